@@ -1,0 +1,187 @@
+"""The ``normlab`` command line: one Typer app.
+
+Exit codes: 0 success, 1 unexpected error, 2 bad config or input, 3 data
+blocked by the gate, 4 tracking store unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from normlab.errors import NormlabError, TrackingError
+
+app = typer.Typer(
+    name="normlab",
+    help="Governed, reproducible training pipelines with the normalization layer as an experiment axis.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigArg = Annotated[
+    Path | None, typer.Argument(help="Pipeline YAML (default: configs/digits.yaml, else built-in defaults).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a setting, e.g. --set model.norm=group (repeatable)."),
+]
+DataOpt = Annotated[str | None, typer.Option("--data", help="CSV or Parquet file to use instead of data.path.")]
+SummaryOpt = Annotated[Path | None, typer.Option("--summary", help="Write a JSON summary of the run here.")]
+
+
+def _prepare_environment() -> None:
+    """Defaults for a local, offline-friendly run; the user's environment wins."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Prefect's own log lines are the progress display; keep them terse.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "")
+
+
+def _fail(exc: BaseException, code: int) -> typer.Exit:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _as_user_error(exc: BaseException) -> NormlabError | None:
+    """Map errors a user can act on (unreachable store, ...) to `NormlabError`."""
+    if isinstance(exc, NormlabError):
+        return exc
+    text = str(exc)
+    name = type(exc).__name__
+    if name in {"MlflowException", "RestException", "ConnectionError", "MaxRetryError"} or "API request to" in text:
+        first = text.strip().splitlines()[0] if text.strip() else name
+        return TrackingError(f"tracking store unreachable or refused the request: {first}")
+    return None
+
+
+def _write_summary(path: Path | None, summary: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_safe(summary), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace NaN/inf (not valid JSON) with None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def metrics_table(metrics: dict[str, float], title: str = "Per-split metrics") -> Table:
+    """Rows: splits; columns: the standard metrics and the ID-to-OOD drop."""
+    columns = ["accuracy", "f1_macro", "precision_macro", "recall_macro", "ece", "nll", "accuracy_drop"]
+    splits: list[str] = []
+    for key in metrics:
+        if key.startswith(("id/test/", "ood/")) and key.endswith("/accuracy"):
+            split = key[: -len("/accuracy")]
+            if split not in splits:
+                splits.append(split)
+    table = Table(title=title)
+    table.add_column("split")
+    table.add_column("rows", justify="right")
+    for col in columns:
+        table.add_column(col.replace("_macro", "").replace("accuracy_drop", "drop"), justify="right")
+    for split in splits:
+        rows = metrics.get(f"{split}/rows")
+        cells = [f"{metrics[f'{split}/{c}']:.4f}" if f"{split}/{c}" in metrics else "" for c in columns]
+        table.add_row(split, "" if rows is None else str(int(rows)), *cells)
+    return table
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The command that opens the MLflow UI on this store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+
+
+@app.command()
+def run(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    summary: SummaryOpt = None,
+) -> None:
+    """Validate the data, train with the configured norm, evaluate ID and OOD splits, log to MLflow."""
+    _prepare_environment()
+    from normlab.config import load_config
+
+    try:
+        cfg = load_config(config, set_ or [])
+    except NormlabError as exc:
+        raise _fail(exc, exc.exit_code) from None
+
+    from flows.training import training_flow
+
+    console.print(f"normlab run: {cfg.name}, {cfg.model.family} + [bold]{cfg.model.norm}[/] norm, "
+                  f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, store {cfg.tracking_uri()}")
+    try:
+        result = training_flow(cfg, data_path=data)
+    except Exception as exc:  # noqa: BLE001 - mapped to one line, or re-raised as a bug
+        user_error = _as_user_error(exc)
+        if user_error is None:
+            raise
+        report = getattr(user_error, "report", None)
+        if isinstance(report, dict):
+            _write_summary(summary, {
+                "status": "blocked", "run_id": getattr(user_error, "run_id", None),
+                "tracking_uri": cfg.tracking_uri(),
+                "data": {"fingerprint": report.get("fingerprint"), "rows": report.get("rows_in")},
+                "validation": {"success": False, "failed": report.get("failed", [])},
+                "metrics": {},
+            })
+        raise _fail(user_error, user_error.exit_code) from None
+
+    console.print(metrics_table(result["metrics"]))
+    console.print(f"run {result['run_id']}  data {result['data']['fingerprint'][:12]}  "
+                  f"model {result['model_uri']}")
+    console.print(f"open the MLflow UI:  [bold]{ui_command(result['tracking_uri'])}[/]", soft_wrap=True)
+    _write_summary(summary, {"status": "finished", **result})
+
+
+@app.command()
+def ui(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Open the MLflow UI on the configured store (bound to 127.0.0.1)."""
+    from normlab.config import load_config
+
+    try:
+        cfg = load_config(config, set_ or [])
+    except NormlabError as exc:
+        raise _fail(exc, exc.exit_code) from None
+    uri = cfg.tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        console.print(f"the store is a server: open {uri}")
+        return
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", "127.0.0.1", "--port", str(port)])
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Load the built-in data sets and read user tables (CSV, Parquet) with clear errors.
+
+Readers never write to the files they open; every failure is a one-line
+`DataSourceError` that names the path, so a scheduled run's log says which file
+to fix.
+"""
+
+from __future__ import annotations
+
+import gzip
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from normlab.errors import ConfigError, DataSourceError
+
+BUILTIN_DATASETS: tuple[str, ...] = ("digits",)
+
+# Image geometry of the built-ins whose rows are flattened images.
+_IMAGE_SHAPES: dict[str, tuple[int, int]] = {"digits": (8, 8)}
+
+_CSV_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz")
+_PARQUET_SUFFIXES: tuple[str, ...] = (".parquet", ".pq")
+
+# Bytes looked at for NUL characters: text CSV never holds them, binary files
+# almost always do within the first block.
+_SNIFF_BYTES = 64 * 1024
+
+
+def load_builtin(name: str) -> pd.DataFrame:
+    """Load a bundled data set (no network).
+
+    Args:
+        name: One of `BUILTIN_DATASETS`.
+
+    Returns:
+        For "digits": 1797 rows, int columns ``pixel_0``..``pixel_63`` (0..16)
+        and ``label`` (0..9).
+
+    Raises:
+        ConfigError: ``name`` is not a built-in data set.
+    """
+    if name == "digits":
+        # Imported here so that importing normlab.data stays cheap.
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        pixels = bunch.data.astype(np.int64)
+        frame = pd.DataFrame(pixels, columns=[f"pixel_{i}" for i in range(pixels.shape[1])])
+        frame["label"] = bunch.target.astype(np.int64)
+        return frame
+    raise ConfigError(
+        f"unknown built-in data set {name!r}; known data sets: {', '.join(BUILTIN_DATASETS)}"
+    )
+
+
+def image_shape_of(name: str) -> tuple[int, int] | None:
+    """Return the (height, width) of a built-in image data set, or None if it has none."""
+    return _IMAGE_SHAPES.get(name)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``, ``.pq``) table.
+
+    Args:
+        path: File to read; it is opened read-only.
+
+    Returns:
+        The table, with at least one column and one row.
+
+    Raises:
+        DataSourceError: The file is missing, a directory, has an unsupported
+            extension, is empty, has a header but no rows, has rows with more
+            fields than the header, holds bytes that are not UTF-8 text, or is
+            not a readable Parquet file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataSourceError(f"data file {str(p)!r} does not exist; check the path in the config")
+    if p.is_dir():
+        raise DataSourceError(
+            f"data path {str(p)!r} is a directory; point it at a .csv, .csv.gz, .parquet or .pq file"
+        )
+    kind = _table_kind(p)
+    if p.stat().st_size == 0:
+        raise DataSourceError(f"data file {str(p)!r} is empty (0 bytes); write a header and rows")
+    frame = _read_csv(p) if kind == "csv" else _read_parquet(p)
+    if frame.shape[1] == 0:
+        raise DataSourceError(f"data file {str(p)!r} has no columns; write a header and rows")
+    if frame.shape[0] == 0:
+        raise DataSourceError(
+            f"data file {str(p)!r} has a header but no rows; add data rows to it"
+        )
+    return frame
+
+
+def _table_kind(path: Path) -> str:
+    """Return "csv" or "parquet" from the file name, or raise for anything else."""
+    name = path.name.lower()
+    if name.endswith(_CSV_SUFFIXES):
+        return "csv"
+    if name.endswith(_PARQUET_SUFFIXES):
+        return "parquet"
+    allowed = ", ".join(_CSV_SUFFIXES + _PARQUET_SUFFIXES)
+    raise DataSourceError(
+        f"data file {str(path)!r} has an unsupported extension; allowed: {allowed}"
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    """Squash a library message onto one line so the error stays one line."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """Read a CSV with the C parser, turning every parse problem into DataSourceError."""
+    _reject_binary(path)
+    try:
+        with warnings.catch_warnings():
+            # With index_col=False pandas only *warns* when the first data row
+            # has more fields than the header and then drops the extra field;
+            # make that an error instead of silent data loss.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            # index_col=False: a ragged first row must not silently become the index.
+            return pd.read_csv(path, engine="c", index_col=False, encoding="utf-8")
+    except pd.errors.EmptyDataError as exc:
+        raise DataSourceError(
+            f"data file {str(path)!r} has no header or rows ({_one_line(exc)}); write a header and rows"
+        ) from exc
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
+        raise DataSourceError(
+            f"data file {str(path)!r} is not a well-formed CSV ({_one_line(exc)}); "
+            "every row must have at most as many fields as the header"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise DataSourceError(
+            f"data file {str(path)!r} is not UTF-8 text ({_one_line(exc)}); save it as UTF-8 CSV"
+        ) from exc
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataSourceError(
+            f"data file {str(path)!r} could not be read ({_one_line(exc)}); check it is a valid CSV file"
+        ) from exc
+
+
+def _reject_binary(path: Path) -> None:
+    """Raise if the start of a CSV holds NUL bytes, which the C parser would silently mangle."""
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as handle:
+                head = handle.read(_SNIFF_BYTES)
+        else:
+            with path.open("rb") as handle:
+                head = handle.read(_SNIFF_BYTES)
+    except (OSError, EOFError) as exc:
+        raise DataSourceError(
+            f"data file {str(path)!r} could not be read ({_one_line(exc)}); check it is a valid CSV file"
+        ) from exc
+    if b"\x00" in head:
+        raise DataSourceError(
+            f"data file {str(path)!r} holds binary data (NUL bytes), not CSV text; export it as UTF-8 CSV"
+        )
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """Read a Parquet file, turning every reader failure into DataSourceError."""
+    # Imported here so that importing normlab.data stays cheap.
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DataSourceError(
+            f"data file {str(path)!r} is not a readable Parquet file ({_one_line(exc)}); "
+            "rewrite it with pandas.DataFrame.to_parquet or pyarrow"
+        ) from exc

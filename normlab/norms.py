@@ -1,0 +1,193 @@
+"""Normalization registry: one name (or factory) -> one layer, channel count first.
+
+Models call :func:`get_norm_layer` once per block in ``__init__``, so the norm is a
+config value and every layer is swappable. Two input layouts are supported:
+feature vectors ``(N, C)`` (``spatial=False``, MLPs) and channel maps
+``(N, C, H, W)`` (``spatial=True``, CNNs).
+
+What each name computes (the choice for vectors matters, because several norms that
+differ on maps collapse onto each other for vectors):
+
+- ``none``: ``nn.Identity``.
+- ``batch``: ``nn.BatchNorm1d`` / ``nn.BatchNorm2d``. Per-channel statistics over the
+  batch (and positions) in training, running averages at eval; the only norm whose
+  output depends on the other samples, and the only one that can be folded into the
+  preceding Linear/Conv.
+- ``layer``: vectors: ``nn.LayerNorm(C)``. Maps: each sample normalized over
+  ``(C, H, W)`` with a per-channel affine, i.e. ``nn.GroupNorm(1, C)`` (the
+  definition of Ba et al. 2016 as used by Wu & He 2018), not a LayerNorm over C
+  at each position.
+- ``group``: ``nn.GroupNorm(g, C)`` for both layouts, where ``g`` is the largest
+  divisor of ``C`` that is ``<= groups``, so any width works (a prime width falls
+  back to one group, i.e. ``layer``).
+- ``instance``: maps: ``nn.InstanceNorm2d(C, affine=True)`` without running stats,
+  so train and eval compute the same thing. Vectors: a sample's features are its one
+  "instance", normalized over its C features with a single scalar gain and bias
+  (:class:`InstanceNorm1dFeatures`). On vectors it therefore differs from ``layer``
+  only by that scalar affine (the two are equal at initialization).
+- ``rms``: vectors: ``nn.RMSNorm(C, eps=eps)``. Maps: each sample divided by its RMS
+  over ``(C, H, W)`` with a per-channel gain and no bias (:class:`RMSNorm2d`), the
+  RMS counterpart of ``layer`` on maps (Zhang & Sennrich 2019).
+- ``dyt``: :class:`DyT`, ``weight * tanh(alpha * x) + bias`` with a learnable scalar
+  ``alpha`` (init 0.5) and a per-channel affine; no statistics at all (Zhu, Chen, He,
+  LeCun, Liu 2025).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+NormSpec = str | type[nn.Module] | Callable[..., nn.Module]
+
+NORM_NAMES: tuple[str, ...] = ("none", "batch", "layer", "group", "instance", "rms", "dyt")
+
+
+class InstanceNorm1dFeatures(nn.Module):
+    """Normalize each feature vector over its features, with a scalar gain and bias.
+
+    Args:
+        num_features: Number of features C of the ``(N, C)`` input.
+        eps: Added to the variance for numerical stability.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(1))
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``weight * (x - mean) / sqrt(var + eps) + bias`` per sample."""
+        # F.layer_norm is the fused kernel for exactly this reduction; the stored
+        # width (not x.shape) keeps the module traceable by torch.fx.
+        return F.layer_norm(x, (self.num_features,), eps=self.eps) * self.weight + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+class RMSNorm2d(nn.Module):
+    """RMS-normalize each channel map sample over ``(C, H, W)`` with a per-channel gain.
+
+    Args:
+        num_features: Number of channels C of the ``(N, C, H, W)`` input.
+        eps: Added to the mean square for numerical stability.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x / sqrt(mean(x^2 over C,H,W) + eps) * weight``."""
+        inv_rms = torch.rsqrt(x.pow(2).mean(dim=(1, 2, 3), keepdim=True) + self.eps)
+        return x * inv_rms * self.weight.view(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+class DyT(nn.Module):
+    """Dynamic Tanh: ``weight * tanh(alpha * x) + bias``, a statistics-free norm.
+
+    Args:
+        num_features: Number of channels C (dim 1 of the input).
+        alpha_init: Initial value of the learnable scalar ``alpha``.
+        spatial: True for ``(N, C, H, W)`` input, False for ``(N, C)``.
+    """
+
+    def __init__(self, num_features: int, alpha_init: float = 0.5, *, spatial: bool = False) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.spatial = spatial
+        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``weight * tanh(alpha * x) + bias`` with the affine on dim 1."""
+        y = torch.tanh(self.alpha * x)
+        if self.spatial:
+            return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y * self.weight + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, spatial={self.spatial}"
+
+
+def _num_groups(num_features: int, groups: int) -> int:
+    """Return the largest divisor of ``num_features`` that is ``<= groups``."""
+    return max(g for g in range(1, min(groups, num_features) + 1) if num_features % g == 0)
+
+
+def get_norm_layer(
+    norm: NormSpec,
+    num_features: int,
+    *,
+    spatial: bool,
+    groups: int = 8,
+    eps: float = 1e-5,
+) -> nn.Module:
+    """Build the normalization layer for ``num_features`` channels.
+
+    Args:
+        norm: A name from ``NORM_NAMES`` (exact, lower case), or a class or callable
+            called as ``norm(num_features)`` (e.g. ``functools.partial``).
+        num_features: Channel count C (dim 1 of the input).
+        spatial: True for ``(N, C, H, W)`` channel maps, False for ``(N, C)`` vectors.
+        groups: Upper bound on the number of groups for ``group``.
+        eps: Numerical-stability constant for the statistics-based norms.
+
+    Returns:
+        A fresh module; nothing is shared between calls.
+
+    Raises:
+        ValueError: If the name is unknown or ``num_features``/``groups`` is < 1.
+        TypeError: If ``norm`` is neither a name nor a factory of modules.
+    """
+    if num_features < 1:
+        raise ValueError(f"num_features must be >= 1, got {num_features}")
+    if isinstance(norm, nn.Module):
+        # A built module is callable too, but reusing it would share parameters.
+        raise TypeError(f"pass a norm class or factory, not a built module: {norm!r}")
+    if not isinstance(norm, str):
+        if not callable(norm):
+            raise TypeError(f"norm must be a name, class or callable, got {type(norm).__name__}")
+        layer = norm(num_features)
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"norm factory {norm!r} returned {type(layer).__name__}, not an nn.Module")
+        return layer
+
+    if norm == "none":
+        return nn.Identity()
+    if norm == "batch":
+        return nn.BatchNorm2d(num_features, eps=eps) if spatial else nn.BatchNorm1d(num_features, eps=eps)
+    if norm == "layer":
+        return nn.GroupNorm(1, num_features, eps=eps) if spatial else nn.LayerNorm(num_features, eps=eps)
+    if norm == "group":
+        if groups < 1:
+            raise ValueError(f"groups must be >= 1, got {groups}")
+        return nn.GroupNorm(_num_groups(num_features, groups), num_features, eps=eps)
+    if norm == "instance":
+        if spatial:
+            return nn.InstanceNorm2d(num_features, eps=eps, affine=True, track_running_stats=False)
+        return InstanceNorm1dFeatures(num_features, eps=eps)
+    if norm == "rms":
+        # nn.RMSNorm's default eps is the dtype's machine epsilon; pin it.
+        return RMSNorm2d(num_features, eps=eps) if spatial else nn.RMSNorm(num_features, eps=eps)
+    if norm == "dyt":
+        return DyT(num_features, alpha_init=0.5, spatial=spatial)
+    raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORM_NAMES)}")
+
+
+def has_batch_stats(module: nn.Module) -> bool:
+    """Return True if ``module`` contains any BatchNorm layer (batch-dependent in training)."""
+    return any(isinstance(m, _BatchNorm) for m in module.modules())

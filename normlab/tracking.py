@@ -1,0 +1,270 @@
+"""MLflow logging with explicit run ids.
+
+Everything goes through `MlflowClient` with a run id passed in, never through
+the fluent API's thread-local active run, so concurrent tasks cannot log into
+each other's runs. The one exception is ``mlflow.pytorch.log_model``, which
+needs an active run: it is called inside a scoped ``start_run(run_id=...)``
+under a scoped tracking URI.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from normlab.errors import TrackingError
+
+# MLflow limits a param value to 6000 characters and a batch to 100 params.
+_PARAM_MAX = 6000
+_BATCH = 100
+_PACKAGES = ("normlab", "torch", "numpy", "pandas", "scikit-learn", "mlflow", "prefect", "great_expectations", "evidently")
+
+
+def client_for(uri: str):
+    """An `MlflowClient` on ``uri`` (imported lazily: mlflow is slow to import)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextmanager
+def tracking_uri(uri: str):
+    """Scope the fluent API's tracking URI to a block."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(uri):
+        yield
+
+
+def ensure_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created when missing."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(uri)
+    try:
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as exc:
+        # Two processes creating the same experiment at once: the loser reads it back.
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        raise TrackingError(f"tracking store {uri}: {str(exc).splitlines()[0]}") from None
+
+
+def start_run(
+    uri: str, experiment: str, *, artifact_location: str | None, run_name: str | None, tags: dict[str, str]
+) -> str:
+    """Create a run and return its id."""
+    client = client_for(uri)
+    exp_id = ensure_experiment(uri, experiment, artifact_location)
+    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    return run.info.run_id
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Close a run as FINISHED, FAILED or KILLED."""
+    client_for(uri).set_terminated(run_id, status=status)
+
+
+def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
+    """Log params in batches; long values are truncated with a marker."""
+    from mlflow.entities import Param
+
+    items = []
+    for key, value in params.items():
+        text = "" if value is None else (json.dumps(value) if isinstance(value, (list, dict)) else str(value))
+        if len(text) > _PARAM_MAX:
+            text = text[: _PARAM_MAX - 3] + "..."
+        items.append(Param(key, text))
+    client = client_for(uri)
+    for i in range(0, len(items), _BATCH):
+        client.log_batch(run_id, params=items[i : i + _BATCH])
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], *, step: int = 0) -> None:
+    """Log a flat metric dict in batches (NaN and None are skipped, not faked)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [
+        Metric(key, float(value), now, step)
+        for key, value in metrics.items()
+        if value is not None and value == value  # NaN != NaN
+    ]
+    client = client_for(uri)
+    for i in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=items[i : i + 1000])
+
+
+def log_history(uri: str, run_id: str, history: Iterable[dict[str, Any]]) -> None:
+    """Log per-epoch records as step metrics (``train/loss``, ``val/accuracy``...)."""
+    for record in history:
+        log_metrics(uri, run_id, epoch_metrics(record), step=int(record["epoch"]))
+
+
+def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """The MLflow keys of one epoch record."""
+    return {
+        "train/loss": record["train_loss"],
+        "train/accuracy": record["train_accuracy"],
+        "val/loss": record["val_loss"],
+        "val/accuracy": record["val_accuracy"],
+        "time/epoch_seconds": record["seconds"],
+    }
+
+
+def epoch_logger(uri: str, run_id: str) -> Callable[[Any], None]:
+    """A callback that logs each finished epoch, so curves grow live in the UI."""
+    from dataclasses import asdict
+
+    def _log(record: Any) -> None:
+        data = asdict(record) if not isinstance(record, dict) else record
+        log_metrics(uri, run_id, epoch_metrics(data), step=int(data["epoch"]))
+
+    return _log
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
+    """Set run tags (values stringified)."""
+    from mlflow.entities import RunTag
+
+    client_for(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_dict(uri: str, run_id: str, data: Any, artifact_file: str) -> None:
+    """Log a dict as a JSON or YAML artifact."""
+    client_for(uri).log_dict(run_id, data, artifact_file)
+
+
+def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
+    client_for(uri).log_text(run_id, text, artifact_file)
+
+
+def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    client_for(uri).log_artifact(run_id, str(path), artifact_path)
+
+
+def log_figure(uri: str, run_id: str, figure: Any, artifact_file: str) -> None:
+    client_for(uri).log_figure(run_id, figure, artifact_file)
+
+
+def log_dataset(
+    uri: str,
+    run_id: str,
+    frame: Any,
+    *,
+    name: str,
+    source: str,
+    fingerprint: str,
+    targets: str | None,
+    context: str,
+) -> None:
+    """Log a frame as an MLflow dataset input whose digest is its fingerprint.
+
+    MLflow stores at most 36 characters of digest; the first 32 hex digits of
+    the fingerprint go there and the full one is a run tag.
+    """
+    import mlflow
+    from mlflow.entities import DatasetInput, InputTag
+
+    dataset = mlflow.data.from_pandas(frame, source=source, targets=targets, name=name, digest=fingerprint[:32])
+    entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+    client_for(uri).log_inputs(run_id, datasets=[entity])
+
+
+def log_torch_model(
+    uri: str,
+    run_id: str,
+    model: Any,
+    *,
+    input_example: Any,
+    name: str = "model",
+    extra_files: list[str] | None = None,
+) -> str:
+    """Log a PyTorch model with a signature inferred from ``input_example``.
+
+    Returns:
+        The model URI (``runs:/<run_id>/<name>``).
+    """
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    model.eval()
+    import torch
+
+    with torch.no_grad():
+        output = model(torch.as_tensor(input_example)).numpy()
+    signature = infer_signature(input_example, output)
+    with tracking_uri(uri), mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(
+            model,
+            name=name,
+            signature=signature,
+            input_example=input_example,
+            extra_files=extra_files,
+            pip_requirements=[f"torch=={metadata.version('torch').split('+')[0]}"],
+        )
+    return f"runs:/{run_id}/{name}"
+
+
+def environment_tags() -> dict[str, str]:
+    """Git commit, Python, platform and package versions, as run tags."""
+    tags = {
+        "normlab.python": platform.python_version(),
+        "normlab.platform": platform.platform(),
+    }
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["normlab.git_commit"] = commit
+        tags["normlab.git_dirty"] = str(git_dirty())
+    for pkg in _PACKAGES:
+        try:
+            tags[f"normlab.version.{pkg}"] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return tags
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The current git commit, or None outside a repository."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def git_dirty(cwd: str | Path | None = None) -> bool:
+    """True when tracked files have uncommitted changes."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(out.stdout.strip())
+
+
+def scratch_dir() -> tempfile.TemporaryDirectory:
+    """A temporary folder for files that are logged then dropped."""
+    return tempfile.TemporaryDirectory(prefix="normlab-")

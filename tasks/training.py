@@ -1,0 +1,104 @@
+"""Thin Prefect tasks around the pipeline stages: policy in the decorator, one call in the body.
+
+No task caches: every stage writes into its run's folder and MLflow run, so a
+cached result from another run would point at another run's files.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from normlab import pipeline, tracking
+from normlab.config import PipelineConfig, flatten
+
+# Tracking calls cross the network when the store is a server: retry with backoff.
+TRACKING = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "cache_policy": NO_CACHE}
+LOCAL = {"cache_policy": NO_CACHE}
+
+
+@task(name="start-run", **TRACKING)
+def start_run(cfg: PipelineConfig) -> dict[str, Any]:
+    """Open the MLflow run with params and provenance tags; create the run folder."""
+    tags = {**tracking.environment_tags(), "normlab.model.norm": cfg.model.norm,
+            "normlab.model.family": cfg.model.family, "prefect.flow_run_id": str(flow_run.id or "")}
+    run_id = tracking.start_run(cfg.tracking_uri(), cfg.tracking.experiment,
+                                artifact_location=cfg.artifact_location(), run_name=cfg.tracking.run_name, tags=tags)
+    tracking.log_params(cfg.tracking_uri(), run_id, flatten(cfg))
+    return {"run_id": run_id, "run_dir": str(pipeline.run_dir_for(cfg, run_id))}
+
+
+@task(name="load-batch", **LOCAL)
+def load_batch(cfg: PipelineConfig, run: dict[str, Any], data_path: str | None) -> dict[str, Any]:
+    """Load, snapshot and fingerprint the batch."""
+    batch = pipeline.load_batch(cfg, run["run_dir"], data_path)
+    get_run_logger().info("batch %s: %d rows, fingerprint %s", batch["source"], batch["rows"], batch["fingerprint"][:12])
+    return batch
+
+
+@task(name="validate-batch", **LOCAL)
+def validate_batch(cfg: PipelineConfig, batch: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """Run the expectation suite."""
+    return pipeline.validate_batch(cfg, batch, run["run_dir"])
+
+
+@task(name="log-validation", **TRACKING)
+def log_validation(cfg: PipelineConfig, run: dict[str, Any], batch: dict[str, Any], report: dict[str, Any]) -> None:
+    """Record the data gate's outcome before anything is trained."""
+    uri = cfg.tracking_uri()
+    tracking.log_dict(uri, run["run_id"], report, "validation/result.json")
+    tracking.set_tags(uri, run["run_id"], {"normlab.data.fingerprint": batch["fingerprint"],
+                                           "normlab.validation.success": report["success"]})
+    tracking.log_metrics(uri, run["run_id"], {"data/rows": batch["rows"],
+                                              "validation/failed": len(report["failed"])})
+
+
+@task(name="enforce-validation", **LOCAL)
+def enforce_validation(report: dict[str, Any]) -> None:
+    """Stop here when a blocking check failed."""
+    pipeline.enforce_validation(report)
+
+
+@task(name="prepare-splits", **LOCAL)
+def prepare_splits(cfg: PipelineConfig, batch: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """Hash-split, build OOD splits, encode."""
+    prepared = pipeline.prepare_splits(cfg, batch, run["run_dir"])
+    get_run_logger().info("splits: %s", ", ".join(f"{k}={v}" for k, v in prepared["counts"].items()))
+    return prepared
+
+
+@task(name="train", **LOCAL)
+def train(cfg: PipelineConfig, prepared: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """Train, logging each epoch to MLflow and to the console as it ends."""
+    logger = get_run_logger()
+    log_epoch = tracking.epoch_logger(cfg.tracking_uri(), run["run_id"])
+
+    def on_epoch_end(record) -> None:
+        log_epoch(record)
+        logger.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.2fs",
+                    record.epoch, cfg.train.epochs, record.train_loss, record.train_accuracy,
+                    record.val_loss, record.val_accuracy, record.seconds)
+
+    return pipeline.train(cfg, prepared, run["run_dir"], on_epoch_end=on_epoch_end)
+
+
+@task(name="evaluate", **LOCAL)
+def evaluate(cfg: PipelineConfig, prepared: dict[str, Any], trained: dict[str, Any], run: dict[str, Any]) -> dict[str, float]:
+    """Score every split."""
+    return pipeline.evaluate(cfg, prepared, trained, run["run_dir"])
+
+
+@task(name="record-run", **TRACKING)
+def record_run(cfg: PipelineConfig, run: dict[str, Any], batch: dict[str, Any], prepared: dict[str, Any],
+               trained: dict[str, Any], metrics: dict[str, float]) -> dict[str, Any]:
+    """Log metrics, dataset, model, plots and files."""
+    return pipeline.record_run(cfg, run["run_id"], batch, prepared, trained, metrics, run["run_dir"])
+
+
+@task(name="end-run", **TRACKING)
+def end_run(cfg: PipelineConfig, run: dict[str, Any], status: str) -> None:
+    """Close the MLflow run."""
+    tracking.end_run(cfg.tracking_uri(), run["run_id"], status)
