@@ -6,6 +6,7 @@ blocked by the gate, 4 tracking store unreachable.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -40,7 +41,7 @@ DataOpt = Annotated[str | None, typer.Option("--data", help="CSV or Parquet file
 SummaryOpt = Annotated[Path | None, typer.Option("--summary", help="Write a JSON summary of the run here.")]
 
 
-def _prepare_environment() -> None:
+def prepare_environment() -> None:
     """Defaults for a local, offline-friendly run; the user's environment wins."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -49,39 +50,40 @@ def _prepare_environment() -> None:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "")
 
 
-def _fail(exc: BaseException, code: int) -> typer.Exit:
+def fail(exc: BaseException, code: int) -> typer.Exit:
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
-def _as_user_error(exc: BaseException) -> NormlabError | None:
+def as_user_error(exc: BaseException) -> NormlabError | None:
     """Map errors a user can act on (unreachable store, ...) to `NormlabError`."""
     if isinstance(exc, NormlabError):
         return exc
     text = str(exc)
     name = type(exc).__name__
-    if name in {"MlflowException", "RestException", "ConnectionError", "MaxRetryError"} or "API request to" in text:
+    unreachable = ("API request to", "Max retries exceeded", "Connection refused", "Failed to establish")
+    if name in {"ConnectionError", "MaxRetryError"} or any(s in text for s in unreachable):
         first = text.strip().splitlines()[0] if text.strip() else name
         return TrackingError(f"tracking store unreachable or refused the request: {first}")
     return None
 
 
-def _write_summary(path: Path | None, summary: dict[str, Any]) -> None:
+def write_summary(path: Path | None, summary: dict[str, Any]) -> None:
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(summary), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(json_safe(summary), indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Replace NaN/inf (not valid JSON) with None, recursively."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -94,14 +96,16 @@ def metrics_table(metrics: dict[str, float], title: str = "Per-split metrics") -
             split = key[: -len("/accuracy")]
             if split not in splits:
                 splits.append(split)
+    short = {"accuracy": "acc", "f1_macro": "f1", "precision_macro": "prec", "recall_macro": "recall",
+             "ece": "ece", "nll": "nll", "accuracy_drop": "drop"}
     table = Table(title=title)
-    table.add_column("split")
-    table.add_column("rows", justify="right")
+    table.add_column("split", no_wrap=True)
+    table.add_column("rows", justify="right", no_wrap=True)
     for col in columns:
-        table.add_column(col.replace("_macro", "").replace("accuracy_drop", "drop"), justify="right")
+        table.add_column(short[col], justify="right", no_wrap=True)
     for split in splits:
         rows = metrics.get(f"{split}/rows")
-        cells = [f"{metrics[f'{split}/{c}']:.4f}" if f"{split}/{c}" in metrics else "" for c in columns]
+        cells = [f"{metrics[f'{split}/{c}']:.3f}" if f"{split}/{c}" in metrics else "" for c in columns]
         table.add_row(split, "" if rows is None else str(int(rows)), *cells)
     return table
 
@@ -113,6 +117,16 @@ def ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
 
 
+def load_or_fail(config: Path | None, overrides: list[str] | None):
+    """Load the config, or exit with its one-line error."""
+    from normlab.config import load_config
+
+    try:
+        return load_config(config, overrides or [])
+    except NormlabError as exc:
+        raise fail(exc, exc.exit_code) from None
+
+
 @app.command()
 def run(
     config: ConfigArg = None,
@@ -121,13 +135,8 @@ def run(
     summary: SummaryOpt = None,
 ) -> None:
     """Validate the data, train with the configured norm, evaluate ID and OOD splits, log to MLflow."""
-    _prepare_environment()
-    from normlab.config import load_config
-
-    try:
-        cfg = load_config(config, set_ or [])
-    except NormlabError as exc:
-        raise _fail(exc, exc.exit_code) from None
+    prepare_environment()
+    cfg = load_or_fail(config, set_)
 
     from flows.training import training_flow
 
@@ -136,25 +145,25 @@ def run(
     try:
         result = training_flow(cfg, data_path=data)
     except Exception as exc:  # noqa: BLE001 - mapped to one line, or re-raised as a bug
-        user_error = _as_user_error(exc)
+        user_error = as_user_error(exc)
         if user_error is None:
             raise
         report = getattr(user_error, "report", None)
         if isinstance(report, dict):
-            _write_summary(summary, {
+            write_summary(summary, {
                 "status": "blocked", "run_id": getattr(user_error, "run_id", None),
                 "tracking_uri": cfg.tracking_uri(),
                 "data": {"fingerprint": report.get("fingerprint"), "rows": report.get("rows_in")},
                 "validation": {"success": False, "failed": report.get("failed", [])},
                 "metrics": {},
             })
-        raise _fail(user_error, user_error.exit_code) from None
+        raise fail(user_error, user_error.exit_code) from None
 
     console.print(metrics_table(result["metrics"]))
     console.print(f"run {result['run_id']}  data {result['data']['fingerprint'][:12]}  "
                   f"model {result['model_uri']}")
     console.print(f"open the MLflow UI:  [bold]{ui_command(result['tracking_uri'])}[/]", soft_wrap=True)
-    _write_summary(summary, {"status": "finished", **result})
+    write_summary(summary, {"status": "finished", **result})
 
 
 @app.command()
@@ -164,12 +173,7 @@ def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
     """Open the MLflow UI on the configured store (bound to 127.0.0.1)."""
-    from normlab.config import load_config
-
-    try:
-        cfg = load_config(config, set_ or [])
-    except NormlabError as exc:
-        raise _fail(exc, exc.exit_code) from None
+    cfg = load_or_fail(config, set_)
     uri = cfg.tracking_uri()
     if uri.startswith(("http://", "https://")):
         console.print(f"the store is a server: open {uri}")
@@ -183,5 +187,10 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()
+# Feature commands live in normlab/commands/<feature>.py and register themselves
+# on `app` when imported (they only define functions; nothing runs).
+COMMAND_MODULES: list[str] = []
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module)
+
+

@@ -112,6 +112,7 @@ class ModelConfig(_Strict):
     hidden: list[int] = Field(default_factory=lambda: [128, 128], description="MLP hidden widths")
     channels: list[int] = Field(default_factory=lambda: [16, 32], description="CNN channels per block")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    registry_name: str | None = Field(None, description="MLflow registered model; default: normlab-<name>")
 
 
 class TrainConfig(_Strict):

@@ -22,10 +22,11 @@ def predict_proba(model: nn.Module, x: np.ndarray, *, batch_size: int = 512) -> 
     """Class probabilities of ``model`` in eval mode, as float64."""
     model.eval()
     xt = torch.as_tensor(x, dtype=torch.float32)
-    chunks = [torch.softmax(model(xt[i : i + batch_size]), dim=1) for i in range(0, len(xt), batch_size)]
+    # Softmax in float64 so probabilities sum to one within sklearn's tolerance.
+    chunks = [torch.softmax(model(xt[i : i + batch_size]).double(), dim=1) for i in range(0, len(xt), batch_size)]
     if not chunks:
         return np.zeros((0, 0))
-    return torch.cat(chunks).double().numpy()
+    return torch.cat(chunks).numpy()
 
 
 def expected_calibration_error(y: np.ndarray, proba: np.ndarray, *, n_bins: int = 15) -> float:

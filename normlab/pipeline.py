@@ -145,8 +145,8 @@ def prepare_splits(cfg: PipelineConfig, batch: dict[str, Any], run_dir: str | Pa
         if name != "val" and len(part) == 0:
             raise DataSourceError(f"the ID {name} split is empty: the batch has too few rows ({len(id_frame)})")
 
-    labels = LabelEncoder().fit(frame[cfg.data.label])
-    encoder = FeatureEncoder().fit(parts["train"], features, scale=cfg.data.scale)
+    labels = LabelEncoder.fit(frame[cfg.data.label])
+    encoder = FeatureEncoder.fit(parts["train"], features, scale=cfg.data.scale)
     arrays: dict[str, np.ndarray] = {}
 
     def add(key: str, part: pd.DataFrame, raw_override: np.ndarray | None = None) -> None:

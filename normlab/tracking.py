@@ -14,6 +14,7 @@ import platform
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from importlib import metadata
@@ -176,9 +177,15 @@ def log_dataset(
     the fingerprint go there and the full one is a run tag.
     """
     import mlflow
+    from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.entities import DatasetInput, InputTag
 
-    dataset = mlflow.data.from_pandas(frame, source=source, targets=targets, name=name, digest=fingerprint[:32])
+    # A file is recorded by its path; a built-in dataset by the loader that makes it.
+    origin = CodeDatasetSource({"normlab.source": source}) if source.startswith("builtin:") else source
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold NaN; the schema is a record here, not a contract.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(frame, source=origin, targets=targets, name=name, digest=fingerprint[:32])
     entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
     client_for(uri).log_inputs(run_id, datasets=[entity])
 

@@ -49,7 +49,7 @@ def fingerprint_frame(df: pd.DataFrame) -> str:
     header = {
         "columns": [repr(c) for c in df.columns],
         "dtypes": [str(t) for t in df.dtypes],
-        "n_rows": int(len(df)),
+        "n_rows": len(df),
     }
     digest.update(json.dumps(header).encode("utf-8"))
     if df.shape[1] > 0 and len(df) > 0:

@@ -1,15 +1,18 @@
 """Image corruptions at five severities (after ImageNet-C and MNIST-C), for 8x8-scale images.
 
-Every corruption works on the whole (n, H*W) matrix at once: numpy
-broadcasting for the pixel-wise kinds and one scipy.ndimage call on the
-(n, H, W) stack for the geometric ones. Parameters grow with severity roughly
-as in Hendrycks & Dietterich (2019), rescaled to the pixel ``value_range``.
+Every corruption works on the whole (n, H*W) matrix at once, with no loop over
+images: numpy broadcasting for the pixel-wise kinds, array slicing for
+translation and occlusion, and for rotation and blur one scipy.ndimage call
+that yields a (H*W, H*W) linear map applied as a single matrix product.
+Parameters grow with severity roughly as in Hendrycks & Dietterich (2019),
+rescaled to the pixel ``value_range``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -42,6 +45,11 @@ _ROTATION_DEGREES = (15.0, 30.0, 45.0, 60.0, 75.0)
 _TRANSLATION_PIXELS = ((1, 0), (1, 1), (2, 1), (2, 2), (3, 3))  # (down, right)
 _BLUR_SIGMA = (0.4, 0.6, 0.8, 1.0, 1.3)  # Gaussian sigma in pixels
 _OCCLUSION_SIDE = (0.15, 0.25, 0.35, 0.45, 0.6)  # patch side, fraction of the shorter edge
+
+# Up to this many pixels per image, linear spatial maps (rotation, blur) run as
+# one (n, P) @ (P, P) product: several times faster than ndimage on a 1M-image
+# stack, and the (P, P) matrix stays small.
+_MATRIX_MAX_PIXELS = 1024
 
 
 def corruption_name(kind: str, severity: int) -> str:
@@ -94,7 +102,10 @@ def corrupt_images(
     images = np.asarray(X, dtype=np.float64).reshape(-1, height, width)
 
     if kind == "gaussian_noise":
-        out = images + rng.normal(0.0, _GAUSSIAN_SIGMA[level] * span, size=images.shape)
+        # float32 draws are about twice as fast and ample for noise.
+        out = rng.standard_normal(images.shape, dtype=np.float32).astype(np.float64)
+        out *= _GAUSSIAN_SIGMA[level] * span
+        out += images
     elif kind == "shot_noise":
         photons = _SHOT_PHOTONS[level]
         unit = np.clip((images - low) / span, 0.0, 1.0)
@@ -112,17 +123,48 @@ def corrupt_images(
         strength = _INVERSION_STRENGTH[level]
         out = (1.0 - strength) * images + strength * (high + low - images)
     elif kind == "rotation":
-        out = _rotate_stack(images, _ROTATION_DEGREES[level], fill=low)
+        degrees = _ROTATION_DEGREES[level]
+        out = _apply_spatial_map(
+            images, lambda stack, fill: _rotate_stack(stack, degrees, fill=fill), fill=low
+        )
     elif kind == "translation":
         down, right = _TRANSLATION_PIXELS[level]
         out = _translate_stack(images, down, right, fill=low)
     elif kind == "blur":
         sigma = _BLUR_SIGMA[level]
-        # sigma 0 on the image axis: never mix pixels of different images.
-        out = ndimage.gaussian_filter(images, sigma=(0.0, sigma, sigma), mode="nearest")
+        out = _apply_spatial_map(images, lambda stack, fill: _blur_stack(stack, sigma), fill=low)
     else:  # occlusion
         out = _occlude_stack(images, _OCCLUSION_SIDE[level], rng, fill=low)
-    return np.clip(out, low, high).reshape(images.shape[0], height * width)
+    # Every branch built a new array, so clipping in place never touches X.
+    np.clip(out, low, high, out=out)
+    return out.reshape(images.shape[0], height * width)
+
+
+def _apply_spatial_map(
+    images: np.ndarray, op: Callable[[np.ndarray, float], np.ndarray], *, fill: float
+) -> np.ndarray:
+    """Apply ``op``, a map linear in (image, fill), to every image.
+
+    For small images the map is read off once from the pixel basis, then
+    applied to all images as one matrix product; the result equals ``op``
+    on the stack up to rounding.
+    """
+    n, height, width = images.shape
+    pixels = height * width
+    if pixels > _MATRIX_MAX_PIXELS or n <= pixels:
+        return op(images, fill)
+    basis = np.eye(pixels).reshape(pixels, height, width)
+    # Row k holds the image of basis pixel k; the fill adds a constant image.
+    matrix = op(basis, 0.0).reshape(pixels, pixels)
+    constant = op(np.zeros((1, height, width)), fill).reshape(pixels)
+    flat = images.reshape(n, pixels) @ matrix
+    flat += constant
+    return flat.reshape(n, height, width)
+
+
+def _blur_stack(images: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-blur every image; sigma 0 on the image axis never mixes images."""
+    return ndimage.gaussian_filter(images, sigma=(0.0, sigma, sigma), mode="nearest")
 
 
 def _rotate_stack(images: np.ndarray, degrees: float, *, fill: float) -> np.ndarray:
@@ -190,9 +232,7 @@ def _check_range(value_range: tuple[float, float]) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in value_range)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"value_range must be two numbers (low, high), got {value_range!r}"
-        ) from exc
+        raise ConfigError(f"value_range must be two numbers (low, high), got {value_range!r}") from exc
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
         raise ConfigError(f"value_range must be finite with low < high, got {value_range!r}")
     return low, high

@@ -51,9 +51,7 @@ def load_builtin(name: str) -> pd.DataFrame:
         frame = pd.DataFrame(pixels, columns=[f"pixel_{i}" for i in range(pixels.shape[1])])
         frame["label"] = bunch.target.astype(np.int64)
         return frame
-    raise ConfigError(
-        f"unknown built-in data set {name!r}; known data sets: {', '.join(BUILTIN_DATASETS)}"
-    )
+    raise ConfigError(f"unknown built-in data set {name!r}; known data sets: {', '.join(BUILTIN_DATASETS)}")
 
 
 def image_shape_of(name: str) -> tuple[int, int] | None:
@@ -90,9 +88,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if frame.shape[1] == 0:
         raise DataSourceError(f"data file {str(p)!r} has no columns; write a header and rows")
     if frame.shape[0] == 0:
-        raise DataSourceError(
-            f"data file {str(p)!r} has a header but no rows; add data rows to it"
-        )
+        raise DataSourceError(f"data file {str(p)!r} has a header but no rows; add data rows to it")
     return frame
 
 
@@ -104,9 +100,7 @@ def _table_kind(path: Path) -> str:
     if name.endswith(_PARQUET_SUFFIXES):
         return "parquet"
     allowed = ", ".join(_CSV_SUFFIXES + _PARQUET_SUFFIXES)
-    raise DataSourceError(
-        f"data file {str(path)!r} has an unsupported extension; allowed: {allowed}"
-    )
+    raise DataSourceError(f"data file {str(path)!r} has an unsupported extension; allowed: {allowed}")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -147,8 +147,7 @@ def ood_mask_quantile(
     values = series.to_numpy(dtype=np.float64, na_value=np.nan)
     if np.isnan(values).all():
         raise DataSourceError(
-            f"column {column!r} has no non-missing values, so it has no {q} quantile; "
-            "pick a column with data"
+            f"column {column!r} has no non-missing values, so it has no {q} quantile; pick a column with data"
         )
     threshold = float(np.nanquantile(values, q))
     # NaN compares False on both sides, so missing values stay in-distribution.
@@ -205,20 +204,31 @@ def _parse_times(series: pd.Series, column: str) -> pd.Series:
             "store dates as ISO 8601 text or datetimes"
         )
     try:
-        try:
-            with warnings.catch_warnings():
-                # pandas 2 only warns on mixed UTC offsets and returns objects
-                # that cannot be compared; read such columns in UTC instead.
-                warnings.simplefilter("error", FutureWarning)
-                return pd.to_datetime(series, errors="raise")
-        except FutureWarning:
-            return pd.to_datetime(series, errors="raise", utc=True)
+        return _to_datetime(series)
+    except (ValueError, TypeError, OverflowError):
+        pass
+    try:
+        # pandas infers one format from the first value; ISO 8601 text that
+        # mixes dates and date-times needs the ISO parser.
+        return _to_datetime(series, format="ISO8601")
     except (ValueError, TypeError, OverflowError) as exc:
         bad = _first_unparsed(series)
         problem = "dates in more than one format" if bad is None else f"a value that is not a date ({bad!r})"
         raise DataSourceError(
             f"column {column!r} holds {problem}; write every value as ISO 8601 such as '2024-01-31'"
         ) from exc
+
+
+def _to_datetime(series: pd.Series, **kwargs: str) -> pd.Series:
+    """Parse with pandas, reading columns with mixed UTC offsets in UTC."""
+    try:
+        with warnings.catch_warnings():
+            # pandas 2 only warns on mixed UTC offsets and returns objects
+            # that cannot be compared; read such columns in UTC instead.
+            warnings.simplefilter("error", FutureWarning)
+            return pd.to_datetime(series, errors="raise", **kwargs)
+    except FutureWarning:
+        return pd.to_datetime(series, errors="raise", utc=True, **kwargs)
 
 
 def _first_unparsed(series: pd.Series) -> object:

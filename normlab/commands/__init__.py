@@ -1,0 +1,1 @@
+"""CLI commands, one module per feature; each registers on `normlab.cli.app`."""

@@ -1,0 +1,37 @@
+"""Shared fixtures: offline settings and the real default config, shrunk."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports Prefect or Great Expectations: no network here.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo_root(monkeypatch) -> Path:
+    """Run from the repository root, where configs/ and expectations/ live."""
+    monkeypatch.chdir(REPO)
+    return REPO
+
+
+@pytest.fixture
+def tiny_config(tmp_path, repo_root):
+    """The real default config, shrunk: few epochs, a private work folder."""
+    from normlab.config import load_config
+
+    def make(*overrides: str):
+        return load_config(
+            REPO / "configs" / "digits.yaml",
+            [f"workdir={tmp_path / 'work'}", "train.epochs=2", *overrides],
+        )
+
+    return make

@@ -1,0 +1,136 @@
+"""Image corruptions: every kind and severity, determinism, and the geometric maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from normlab.data.shifts import CORRUPTIONS, SEVERITIES, corrupt_images, corruption_name
+from normlab.data.sources import load_builtin
+from normlab.errors import ConfigError
+
+SHAPE = (8, 8)
+# More images than pixels, so rotation and blur take the matrix path.
+N_IMAGES = 150
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return load_builtin("digits").drop(columns="label").to_numpy()[:N_IMAGES]
+
+
+@pytest.mark.parametrize("severity", SEVERITIES)
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+def test_corruption_changes_images_keeps_shape_range_and_repeats(
+    images: np.ndarray, kind: str, severity: int
+) -> None:
+    original = images.copy()
+    out = corrupt_images(images, SHAPE, kind, severity, seed=7)
+    assert out.shape == images.shape and out.dtype == np.float64
+    assert out.min() >= 0.0 and out.max() <= 16.0
+    assert not np.array_equal(out, images)
+    assert np.array_equal(corrupt_images(images, SHAPE, kind, severity, seed=7), out)
+    assert np.array_equal(images, original)  # input untouched
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "gaussian_noise",
+        "shot_noise",
+        "impulse_noise",
+        "contrast",
+        "brightness",
+        "inversion",
+        "blur",
+        "occlusion",
+    ],
+)
+def test_severity_five_moves_images_further_than_severity_one(images: np.ndarray, kind: str) -> None:
+    mild = np.abs(corrupt_images(images, SHAPE, kind, 1) - images).mean()
+    strong = np.abs(corrupt_images(images, SHAPE, kind, 5) - images).mean()
+    assert strong > mild
+
+
+@pytest.mark.parametrize("kind", ["gaussian_noise", "shot_noise", "impulse_noise", "occlusion"])
+def test_random_kinds_depend_on_the_seed(images: np.ndarray, kind: str) -> None:
+    a = corrupt_images(images, SHAPE, kind, 3, seed=0)
+    b = corrupt_images(images, SHAPE, kind, 3, seed=1)
+    assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("n_images", [10, N_IMAGES])  # direct ndimage path and matrix path
+@pytest.mark.parametrize(("severity", "angle"), [(1, 15), (5, 75)])
+def test_rotation_matches_ndimage_rotate(
+    images: np.ndarray, n_images: int, severity: int, angle: float
+) -> None:
+    stack = images[:n_images].reshape(-1, *SHAPE).astype(float)
+    expected = ndimage.rotate(stack, angle, axes=(1, 2), reshape=False, order=1)
+    out = corrupt_images(images[:n_images], SHAPE, "rotation", severity)
+    np.testing.assert_allclose(out, np.clip(expected, 0, 16).reshape(n_images, -1), atol=1e-9)
+
+
+@pytest.mark.parametrize("n_images", [10, N_IMAGES])
+def test_blur_matches_gaussian_filter_per_image(images: np.ndarray, n_images: int) -> None:
+    first = images[0].reshape(SHAPE).astype(float)
+    expected = ndimage.gaussian_filter(first, sigma=1.3, mode="nearest")
+    out = corrupt_images(images[:n_images], SHAPE, "blur", 5)
+    np.testing.assert_allclose(out[0].reshape(SHAPE), expected, atol=1e-9)
+
+
+def test_translation_shifts_down_right_with_background_fill() -> None:
+    image = np.arange(1, 65, dtype=float).reshape(1, 64) % 16 + 1
+    out = corrupt_images(image, SHAPE, "translation", 5).reshape(SHAPE)
+    grid = image.reshape(SHAPE)
+    assert np.array_equal(out[3:, 3:], grid[:5, :5])
+    assert (out[:3, :] == 0).all() and (out[:, :3] == 0).all()
+
+
+@pytest.mark.parametrize(("severity", "side"), [(1, 1), (3, 3), (5, 5)])
+def test_occlusion_blanks_one_square_per_image(severity: int, side: int) -> None:
+    bright = np.full((40, 64), 10.0)
+    out = corrupt_images(bright, SHAPE, "occlusion", severity, seed=3).reshape(-1, *SHAPE)
+    assert ((out == 0).sum(axis=(1, 2)) == side * side).all()
+    rows_hit = (out == 0).any(axis=2).sum(axis=1)
+    assert (rows_hit == side).all()
+
+
+def test_full_inversion_and_value_range() -> None:
+    image = np.array([[0.0, 4.0, 16.0, 8.0]])
+    assert corrupt_images(image, (2, 2), "inversion", 5).tolist() == [[16.0, 12.0, 0.0, 8.0]]
+    unit = np.array([[0.0, 0.25, 1.0, 0.5]])
+    out = corrupt_images(unit, (2, 2), "brightness", 5, value_range=(0.0, 1.0))
+    assert out.tolist() == [[0.5, 0.75, 1.0, 1.0]]
+
+
+def test_contrast_pulls_toward_each_images_mean() -> None:
+    images = np.array([[0.0, 16.0, 0.0, 16.0], [4.0, 4.0, 4.0, 8.0]])
+    out = corrupt_images(images, (2, 2), "contrast", 5)
+    np.testing.assert_allclose(out.mean(axis=1), images.mean(axis=1))
+    assert (out.std(axis=1) < images.std(axis=1)).all()
+
+
+def test_corruption_name() -> None:
+    assert corruption_name("gaussian_noise", 3) == "gaussian_noise_s3"
+    assert corruption_name("blur", np.int64(5)) == "blur_s5"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "phrase"),
+    [
+        ({"kind": "fog"}, "known corruptions"),
+        ({"severity": 0}, "severity"),
+        ({"severity": 6}, "severity"),
+        ({"severity": 2.5}, "severity"),
+        ({"severity": True}, "severity"),
+        ({"image_shape": (7, 8)}, "shape"),
+        ({"value_range": (16.0, 0.0)}, "value_range"),
+        ({"value_range": (0.0, float("nan"))}, "value_range"),
+    ],
+)
+def test_bad_arguments_are_config_errors(images: np.ndarray, kwargs: dict, phrase: str) -> None:
+    args = {"X": images, "image_shape": SHAPE, "kind": "blur", "severity": 1} | kwargs
+    with pytest.raises(ConfigError, match=phrase) as info:
+        corrupt_images(**args)
+    assert "\n" not in str(info.value)
