@@ -186,7 +186,7 @@ def log_dataset(
         # MLflow hints that integer columns cannot hold NaN; the schema is a record here, not a contract.
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(frame, source=origin, targets=targets, name=name, digest=fingerprint[:32])
-    entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
     client_for(uri).log_inputs(run_id, datasets=[entity])
 
 
@@ -221,6 +221,8 @@ def log_torch_model(
             signature=signature,
             input_example=input_example,
             extra_files=extra_files,
+            # torch.export's format: loading it never unpickles code.
+            serialization_format="pt2",
             pip_requirements=[f"torch=={metadata.version('torch').split('+')[0]}"],
         )
     return f"runs:/{run_id}/{name}"
