@@ -27,8 +27,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Off a terminal (CI logs, pipes) Rich assumes 80 columns; the metric table needs more.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 ConfigArg = Annotated[
     Path | None, typer.Argument(help="Pipeline YAML (default: configs/digits.yaml, else built-in defaults).")
@@ -102,7 +103,7 @@ def metrics_table(metrics: dict[str, float], title: str = "Per-split metrics") -
     table.add_column("split", no_wrap=True)
     table.add_column("rows", justify="right", no_wrap=True)
     for col in columns:
-        table.add_column(short[col], justify="right", no_wrap=True)
+        table.add_column(short[col], justify="right", no_wrap=True, min_width=6)
     for split in splits:
         rows = metrics.get(f"{split}/rows")
         cells = [f"{metrics[f'{split}/{c}']:.3f}" if f"{split}/{c}" in metrics else "" for c in columns]
