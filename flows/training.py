@@ -7,29 +7,43 @@ from typing import Any
 from prefect import flow
 
 from normlab.config import PipelineConfig
+from tasks import gate as g
+from tasks import registry as r
 from tasks import training as t
 
 
 @flow(name="normlab-train", log_prints=True)
-def training_flow(config: PipelineConfig, data_path: str | None = None) -> dict[str, Any]:
-    """Validate a batch, train with the configured norm, evaluate ID and OOD, log everything."""
-    # 1. Open the MLflow run (params, provenance)
-    run = t.start_run(config)
+def training_flow(config: PipelineConfig, data_path: str | None = None, resume: bool = True) -> dict[str, Any]:
+    """Validate a batch, train with the configured norm, evaluate ID and OOD, log everything.
+
+    With ``resume`` (the default) an interrupted run with the same config and
+    data is reopened and training continues from its last checkpoint.
+    """
+    # 1. Open the MLflow run (params, provenance), or reopen the interrupted one
+    run = t.start_run(config, data_path, resume)
     try:
         # 2. Load, snapshot and fingerprint the batch
         batch = t.load_batch(config, run, data_path)
-        # 3. Data gate: validate, record, stop on a blocking failure
+        # 3. Data gate: validate, quarantine rejected rows, record, stop on a blocking failure
         validation = t.validate_batch(config, batch, run)
         t.log_validation(config, run, batch, validation)
         t.enforce_validation(validation)
-        # 4. Split ID train/val/test and OOD
-        prepared = t.prepare_splits(config, batch, run)
+        accepted = validation["accepted"]  # only the accepted rows go on
+        # 4. Split ID train/val/test and OOD; stop if evaluation rows leak training content
+        prepared = t.prepare_splits(config, accepted, run)
+        g.check_splits(config, accepted, prepared, run)
         # 5. Train
         trained = t.train(config, prepared, run)
         # 6. Evaluate every split
         metrics = t.evaluate(config, prepared, trained, run)
         # 7. Log model, dataset, plots
-        recorded = t.record_run(config, run, batch, prepared, trained, metrics)
+        recorded = t.record_run(config, run, accepted, prepared, trained, metrics)
+        # 8. Register the serving model (raw rows in, labels out) as a new version
+        registered = r.register_model(config, run, prepared)
+        # 9. Promotion gate: thresholds, then the champion re-scored on this run's splits
+        decision = r.gate_model(config, run, prepared, registered, metrics)
+        # 10. Governance record first, then the aliases (challenger; champion on a pass)
+        promotion = r.publish_decision(config, run, accepted, validation, prepared, metrics, registered, decision)
     except BaseException as exc:
         t.end_run(config, run, "FAILED")
         exc.run_id = run["run_id"]  # lets the CLI name the failed run
@@ -37,10 +51,15 @@ def training_flow(config: PipelineConfig, data_path: str | None = None) -> dict[
     t.end_run(config, run, "FINISHED")
     return {
         "run_id": run["run_id"],
-        "tracking_uri": config.tracking_uri(),
+        "resumed": run["resumed"],
+        "tracking_uri": config.redacted().tracking_uri(),
         "model_uri": recorded["model_uri"],
         "data": {"fingerprint": batch["fingerprint"], "rows": batch["rows"], "source": batch["source"]},
-        "validation": {"success": validation["success"], "failed": validation["failed"]},
+        "validation": {"success": validation["success"], "failed": validation["failed"],
+                       "rows_in": validation["rows_in"], "rows_accepted": validation["rows_accepted"],
+                       "rows_quarantined": validation["rows_quarantined"],
+                       "quarantine_path": validation["quarantine_path"], "checks": validation["table"]},
         "splits": prepared["counts"],
         "metrics": metrics,
+        "registry": promotion,
     }

@@ -1,7 +1,8 @@
 """The ``normlab`` command line: one Typer app.
 
 Exit codes: 0 success, 1 unexpected error, 2 bad config or input, 3 data
-blocked by the gate, 4 tracking store unreachable.
+blocked by the gate, 4 tracking store unreachable, 5 drift found (only with
+``normlab monitor --fail-on-drift``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def prepare_environment() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Prefect's own log lines are the progress display; keep them terse.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "")
+    # Tracking tasks retry with backoff themselves (tasks/training.py); MLflow's own
+    # default (7 retries, factor 2: minutes per call) would hide an unreachable server.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def fail(exc: BaseException, code: int) -> typer.Exit:
@@ -93,7 +99,8 @@ def metrics_table(metrics: dict[str, float], title: str = "Per-split metrics") -
     columns = ["accuracy", "f1_macro", "precision_macro", "recall_macro", "ece", "nll", "accuracy_drop"]
     splits: list[str] = []
     for key in metrics:
-        if key.startswith(("id/test/", "ood/")) and key.endswith("/accuracy"):
+        # Configured splits and aggregates only; severities, adapted variants and slices stay in MLflow.
+        if key.startswith(("id/test/", "ood/")) and key.endswith("/accuracy") and key.count("/") == 2:
             split = key[: -len("/accuracy")]
             if split not in splits:
                 splits.append(split)
@@ -119,13 +126,20 @@ def ui_command(tracking_uri: str) -> str:
 
 
 def load_or_fail(config: Path | None, overrides: list[str] | None):
-    """Load the config, or exit with its one-line error."""
+    """Load the config, or exit with its one-line error.
+
+    Credentials in an HTTP tracking URI move to MLflow's environment variables,
+    so the config that is passed on, logged and recorded never holds them.
+    """
     from normlab.config import load_config
+    from normlab.tracking import credentials_to_env
 
     try:
-        return load_config(config, overrides or [])
+        cfg = load_config(config, overrides or [])
     except NormlabError as exc:
         raise fail(exc, exc.exit_code) from None
+    cfg.tracking.uri = credentials_to_env(cfg.tracking.uri)
+    return cfg
 
 
 @app.command()
@@ -134,6 +148,11 @@ def run(
     set_: SetOpt = None,
     data: DataOpt = None,
     summary: SummaryOpt = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume/--no-resume",
+        help="Continue an interrupted run with the same config and data from its last checkpoint "
+             "(--no-resume: start a new run and mark the interrupted one killed).",
+    )] = True,
 ) -> None:
     """Validate the data, train with the configured norm, evaluate ID and OOD splits, log to MLflow."""
     prepare_environment()
@@ -142,27 +161,40 @@ def run(
     from flows.training import training_flow
 
     console.print(f"normlab run: {cfg.name}, {cfg.model.family} + [bold]{cfg.model.norm}[/] norm, "
-                  f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, store {cfg.tracking_uri()}")
+                  f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, store {cfg.redacted().tracking_uri()}")
     try:
-        result = training_flow(cfg, data_path=data)
+        result = training_flow(cfg, data_path=data, resume=resume)
     except Exception as exc:  # noqa: BLE001 - mapped to one line, or re-raised as a bug
         user_error = as_user_error(exc)
         if user_error is None:
             raise
         report = getattr(user_error, "report", None)
+        if isinstance(report, dict) and "checks" in report:
+            from normlab.commands.gate import print_gate_report
+
+            print_gate_report(report)
         if isinstance(report, dict):
             write_summary(summary, {
                 "status": "blocked", "run_id": getattr(user_error, "run_id", None),
                 "tracking_uri": cfg.tracking_uri(),
                 "data": {"fingerprint": report.get("fingerprint"), "rows": report.get("rows_in")},
-                "validation": {"success": False, "failed": report.get("failed", [])},
+                "validation": {"success": False, "failed": report.get("failed", []),
+                               **{k: report.get(k) for k in ("rows_in", "rows_accepted", "rows_quarantined",
+                                                             "quarantine_path") if k in report}},
                 "metrics": {},
             })
         raise fail(user_error, user_error.exit_code) from None
 
+    from normlab.commands.gate import gate_table
+
+    console.print(gate_table(result["validation"]["checks"]))
     console.print(metrics_table(result["metrics"]))
-    console.print(f"run {result['run_id']}  data {result['data']['fingerprint'][:12]}  "
+    resumed = " (resumed after an interruption)" if result.get("resumed") else ""
+    console.print(f"run {result['run_id']}{resumed}  data {result['data']['fingerprint'][:12]}  "
                   f"model {result['model_uri']}")
+    from normlab.commands.registry import print_promotion
+
+    print_promotion(result.get("registry") or {})
     console.print(f"open the MLflow UI:  [bold]{ui_command(result['tracking_uri'])}[/]", soft_wrap=True)
     write_summary(summary, {"status": "finished", **result})
 
@@ -190,7 +222,8 @@ def main() -> None:
 
 # Feature commands live in normlab/commands/<feature>.py and register themselves
 # on `app` when imported (they only define functions; nothing runs).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["normlab.commands.sweep", "normlab.commands.monitor", "normlab.commands.gate",
+                              "normlab.commands.registry"]
 for _module in COMMAND_MODULES:
     importlib.import_module(_module)
 

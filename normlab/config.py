@@ -8,11 +8,12 @@ keys: a typo fails loudly instead of being ignored.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from normlab.errors import ConfigError
 
@@ -44,13 +45,74 @@ class DataConfig(_Strict):
         return self
 
 
+CorruptionLevel = Annotated[int, Field(ge=1, le=5)]
+
+
 class CorruptionSplit(_Strict):
-    """The ID test split with a synthetic corruption (image-shaped data only)."""
+    """The ID test split with a synthetic corruption (image-shaped data only).
+
+    With a list of severities the entry is a group: one split per severity
+    (``ood/<name>/s<k>``) and their mean under ``ood/<name>``.
+    """
 
     name: str
     kind: Literal["corruption"]
     corruption: str = Field(description="one of normlab.data.shifts.CORRUPTIONS")
-    severity: int = Field(3, ge=1, le=5)
+    severity: CorruptionLevel | list[CorruptionLevel] = Field(
+        3, description="1 (mild) to 5, or a list of them: one split per severity and their mean"
+    )
+
+    @field_validator("corruption")
+    @classmethod
+    def _known_corruption(cls, v: str) -> str:
+        return _check_corruptions([v])[0]
+
+    @field_validator("severity")
+    @classmethod
+    def _distinct_levels(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("list each severity once, e.g. [1, 2, 3]")
+        return v
+
+    def leaves(self) -> list[tuple[str, int]]:
+        """(split name, severity) of every split this entry makes."""
+        if isinstance(self.severity, int):
+            return [(self.name, self.severity)]
+        return [(f"{self.name}/s{level}", level) for level in self.severity]
+
+
+class CorruptionSuite(_Strict):
+    """Shorthand for one corruption split per corruption type, each at the same severities.
+
+    Expanded when the config is loaded into `CorruptionSplit` entries named after
+    their corruption (``ood/blur/s2``...), so nothing downstream sees it.
+    """
+
+    kind: Literal["corruption_suite"]
+    corruptions: list[str] | None = Field(None, description="default: every type in normlab.data.shifts.CORRUPTIONS")
+    severity: list[CorruptionLevel] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+
+    @field_validator("corruptions")
+    @classmethod
+    def _known_corruptions(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else _check_corruptions(v)
+
+    def expand(self) -> list[CorruptionSplit]:
+        """One `CorruptionSplit` per corruption type."""
+        from normlab.data.shifts import CORRUPTIONS
+
+        kinds = self.corruptions if self.corruptions is not None else list(CORRUPTIONS)
+        return [CorruptionSplit(name=k, kind="corruption", corruption=k, severity=list(self.severity)) for k in kinds]
+
+
+def _check_corruptions(kinds: list[str]) -> list[str]:
+    """``kinds`` unchanged, or a ValueError naming the first unknown corruption type."""
+    from normlab.data.shifts import CORRUPTIONS
+
+    unknown = [k for k in kinds if k not in CORRUPTIONS]
+    if unknown:
+        raise ValueError(f"unknown corruption {unknown[0]!r}; known: {', '.join(CORRUPTIONS)}")
+    return kinds
 
 
 class ColumnSplit(_Strict):
@@ -81,7 +143,12 @@ class TimeSplit(_Strict):
     after: str
 
 
-OODSplit = Annotated[CorruptionSplit | ColumnSplit | QuantileSplit | TimeSplit, Field(discriminator="kind")]
+OODSplit = Annotated[
+    CorruptionSplit | CorruptionSuite | ColumnSplit | QuantileSplit | TimeSplit, Field(discriminator="kind")
+]
+# OOD split names become metric keys (ood/<name>/accuracy): one plain segment, and not the aggregate's name.
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_RESERVED_SPLIT_NAMES = ("mean",)
 
 
 class SplitsConfig(_Strict):
@@ -91,6 +158,19 @@ class SplitsConfig(_Strict):
     test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     salt: str = Field("normlab", description="changes every row's split when changed")
     ood: list[OODSplit] = Field(default_factory=list)
+
+    @field_validator("ood")
+    @classmethod
+    def _expand_suites(cls, v: list[Any]) -> list[Any]:
+        expanded: list[Any] = []
+        for split in v:
+            expanded.extend(split.expand() if isinstance(split, CorruptionSuite) else [split])
+        for split in expanded:
+            if not _SPLIT_NAME.fullmatch(split.name) or split.name in _RESERVED_SPLIT_NAMES:
+                raise ValueError(
+                    f"OOD split name {split.name!r}: use letters, digits, '_', '-' or '.' (not 'mean')"
+                )
+        return expanded
 
     @model_validator(mode="after")
     def _fractions_leave_training_rows(self) -> SplitsConfig:
@@ -133,6 +213,63 @@ class EvalConfig(_Strict):
 
     ece_bins: int = Field(15, ge=2)
     batch_size: int = Field(512, ge=1)
+    bootstrap_samples: int = Field(
+        1000, ge=0, le=100_000, description="resamples for the intervals of accuracy and macro-F1; 0: none"
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="coverage of the bootstrap intervals")
+    per_class: bool = Field(True, description="precision, recall and F1 of each class on the ID test split")
+    slices: list[str] = Field(
+        default_factory=list, description="columns whose most frequent values each get metrics on the ID test split"
+    )
+    max_slice_values: int = Field(20, ge=1, description="values per slice column (the most frequent ones)")
+    adapt_batchnorm: bool = Field(
+        True, description="BatchNorm models: also score each OOD split with statistics re-estimated on it (AdaBN)"
+    )
+    inference: bool = Field(True, description="time the eager, BatchNorm-folded and int8 models")
+    latency_iterations: int = Field(200, ge=10, le=1000, description="timed single-row calls per model")
+    throughput_batch: int = Field(256, ge=1, description="batch size of the throughput measurement")
+    fold_tolerance: float = Field(1e-5, gt=0.0, description="largest output difference folding may cause")
+
+
+class SweepConfig(_Strict):
+    """A grid of norms x batch sizes x seeds: one child run per point, run on Dask workers."""
+
+    norms: list[NormName] = Field(
+        default_factory=lambda: list(get_args(NormName)), min_length=1, description="norms of the grid"
+    )
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [2, 8, 64], min_length=1, description="training batch sizes of the grid"
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="seeds of the grid")
+    lr_scaling: Literal["linear", "sqrt", "none"] = Field(
+        "linear",
+        description="scale train.lr by (batch_size / train.batch_size) or its square root for each point; "
+        "linear is the rule Wu & He 2018 used to compare batch sizes",
+    )
+    workers: int = Field(2, ge=1, description="worker processes of the local Dask cluster, one thread each")
+    address: str | None = Field(
+        None, description="an existing Dask scheduler (tcp://host:8786) instead of a local cluster"
+    )
+    output: str | None = Field(None, description="report folder; default: <workdir>/sweeps/<parent run id>")
+
+    @field_validator("norms", "batch_sizes", "seeds")
+    @classmethod
+    def _unique(cls, v: list[Any]) -> list[Any]:
+        repeated = sorted({str(x) for x in v if v.count(x) > 1})
+        if repeated:
+            raise ValueError(f"values must be unique; repeated: {', '.join(repeated)}")
+        return v
+
+
+class CheckpointConfig(_Strict):
+    """How often training saves a resumable checkpoint and logs its finished epochs to the run."""
+
+    every_seconds: float = Field(
+        2.0, ge=0.0,
+        description="least seconds between checkpoints, and between writes of per-epoch metrics to the "
+        "tracking store (0: after every epoch); the last epoch is always saved. A killed run redoes at most "
+        "this much training; a small model's epochs then cost no store write each",
+    )
 
 
 class TrackingConfig(_Strict):
@@ -141,6 +278,195 @@ class TrackingConfig(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default: SQLite in the work folder")
     experiment: str = "normlab"
     run_name: str | None = None
+
+
+Severity = Literal["block", "quarantine", "warn", "off"]
+
+
+class GateCheck(_Strict):
+    """A data gate check and what its failure does (block, quarantine, warn; off skips it)."""
+
+    severity: Severity = "quarantine"
+
+
+class TableGateCheck(_Strict):
+    """A check on the whole batch: it cannot single out rows, so quarantine rejects the whole batch."""
+
+    severity: Severity = "block"
+
+
+class LabelNoiseCheck(_Strict):
+    """Label noise or poisoning: rows whose label disagrees with most of their k nearest neighbours."""
+
+    severity: Severity = "block"
+    k: int = Field(5, ge=1, le=50, description="neighbours looked at, in standardized numeric features")
+    max_share: float = Field(0.2, ge=0.0, le=1.0, description="largest share of disagreeing rows that passes")
+    sample_rows: int = Field(5000, ge=10, description="rows scored at most (a seeded sample of larger batches)")
+
+
+class ClassBalanceCheck(_Strict):
+    """Every known class keeps at least `min_share` of the accepted rows."""
+
+    severity: Severity = "block"
+    min_share: float = Field(0.01, ge=0.0, lt=1.0)
+
+
+class RowCountCheck(_Strict):
+    """Bounds on the number of accepted rows."""
+
+    severity: Severity = "block"
+    min_rows: int = Field(20, ge=0, description="fewer accepted rows than this cannot train and evaluate")
+    max_rows: int | None = Field(None, ge=1, description="none: no upper bound")
+
+
+class RejectedShareCheck(_Strict):
+    """A batch that loses more than `max_share` of its rows to quarantine is broken as a whole."""
+
+    severity: Severity = "block"
+    max_share: float = Field(0.2, ge=0.0, le=1.0)
+
+
+class LeakageCheck(_Strict):
+    """After the split: evaluation rows whose features also appear in the training split."""
+
+    severity: Literal["block", "warn", "off"] = Field(
+        "block", description="the split is already made, so leaking rows cannot be quarantined one by one"
+    )
+    max_share: float = Field(0.0, ge=0.0, le=1.0, description="largest share of leaking evaluation rows that passes")
+
+
+class GateConfig(_Strict):
+    """The data gate: per-check severities and thresholds, and where rejected rows are kept."""
+
+    quarantine_dir: str | None = Field(None, description="folder for rejected rows; default: <workdir>/quarantine")
+    engine: Literal["auto", "gx"] = Field(
+        "auto",
+        description="auto: vectorized numpy for the expectation types normlab supports (same results), "
+        "Great Expectations for the rest; gx: Great Expectations for every expectation",
+    )
+    expectations: dict[str, Severity] = Field(
+        default_factory=dict,
+        description="severity overrides for suite expectations, keyed by type or 'type:column'",
+    )
+    columns: TableGateCheck = Field(default_factory=TableGateCheck, description="missing or unexpected columns")
+    types: GateCheck = Field(default_factory=GateCheck, description="text in a numeric column")
+    non_finite: GateCheck = Field(default_factory=GateCheck, description="NaN or +/-inf in a numeric column")
+    duplicates: GateCheck = Field(default_factory=GateCheck, description="exact copies of an earlier row")
+    contamination: GateCheck = Field(
+        default_factory=GateCheck, description="rows already in an evaluation split of an earlier run"
+    )
+    label_noise: LabelNoiseCheck = Field(default_factory=LabelNoiseCheck)
+    class_balance: ClassBalanceCheck = Field(default_factory=ClassBalanceCheck)
+    row_count: RowCountCheck = Field(default_factory=RowCountCheck)
+    rejected_share: RejectedShareCheck = Field(default_factory=RejectedShareCheck)
+    leakage: LeakageCheck = Field(default_factory=LeakageCheck)
+
+    @field_validator("expectations")
+    @classmethod
+    def _expectation_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not k.startswith("expect_")]
+        if bad:
+            raise ValueError(f"keys are expectation types or 'type:column' (expect_...); got {bad[0]!r}")
+        return v
+
+    def quarantine_path(self, workdir: Path) -> Path:
+        """The quarantine folder as an absolute path."""
+        return Path(self.quarantine_dir).expanduser().resolve() if self.quarantine_dir else workdir / "quarantine"
+
+
+class MonitorConfig(_Strict):
+    """Drift monitoring of new batches against the training data of the champion (or latest) run."""
+
+    min_rows: int = Field(200, ge=1, description="batches with fewer accepted rows get no drift decision")
+    alpha: float = Field(0.01, gt=0.0, lt=1.0, description="per-column significance level (KS or chi-square test)")
+    effect_floor: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="smallest effect that counts as drift: KS statistic (numeric) or total variation (categorical)",
+    )
+    drift_share: float = Field(0.3, gt=0.0, le=1.0, description="share of drifted feature columns that drifts a batch")
+    prediction: bool = Field(True, description="a drifted predicted-class distribution drifts the batch too")
+    consecutive: int = Field(2, ge=1, description="drifted batches in a row for `detected`; fewer are `suspected`")
+    cooldown_minutes: float = Field(360.0, ge=0.0, description="no repeat alert for the same model and columns sooner")
+    dedup_overlap: float = Field(
+        0.5, ge=0.0, le=1.0, description="Jaccard overlap of drifted-column sets that makes two alerts the same"
+    )
+    top_columns: int = Field(5, ge=1, description="columns named in alerts and summaries")
+    reference_rows: int = Field(50_000, ge=100, description="reference rows the tests use (a seeded sample above)")
+    report_rows: int = Field(
+        5_000, ge=100, description="rows sampled from batch and reference for the Evidently report"
+    )
+    report_columns: int = Field(10, ge=1, description="top-scoring feature columns drawn in the Evidently report")
+    experiment: str | None = Field(
+        None, description="MLflow experiment of monitoring runs; default: <tracking.experiment>-monitoring"
+    )
+    workspace: str | None = Field(None, description="Evidently workspace folder; default: <workdir>/evidently")
+    retrain_on_drift: bool = Field(False, description="on `detected` drift, train on the reference plus the new rows")
+
+
+class AlertsConfig(_Strict):
+    """Where drift alerts go (Apprise URLs) and when they are sent."""
+
+    urls: list[SecretStr] = Field(
+        default_factory=list,
+        description="Apprise URLs (json://, slack://, mailto://...); "
+        "prefer the NORMLAB_ALERT_URLS environment variable (never logged)",
+    )
+    min_level: Literal["suspected", "detected"] = Field("detected", description="lowest drift level that alerts")
+    prefect_event: bool = Field(True, description="also emit the Prefect event normlab.drift.detected")
+
+
+GATE_METRICS: tuple[str, ...] = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
+_GATED_SPLIT = r"(?P<split>id/(?:train|val|test)|ood/(?:mean|\*|(?P<ood>[^/]+)(?:/s(?P<level>[1-5]))?))"
+_THRESHOLD_KEY = re.compile(_GATED_SPLIT + r"/(?P<metric>[a-z0-9_]+?)(?:_ci_low)?")
+_COMPARE_KEY = re.compile(_GATED_SPLIT + r"/(?P<metric>[a-z0-9_]+)")
+
+
+class PromotionConfig(_Strict):
+    """Registration and the promotion gate.
+
+    Every run's model is registered under ``model.registry_name`` with the alias
+    ``challenger``. It becomes ``champion`` only if every threshold holds and, on
+    every compared metric, the bootstrap interval of (challenger - champion),
+    both scored on this run's splits, does not lie entirely below ``-tolerance``.
+    """
+
+    enabled: bool = Field(True, description="register each run's model and run the gate")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="metric >= value, e.g. id/test/accuracy: 0.9; ood/*/accuracy means every OOD split; "
+        "a _ci_low suffix gates on the interval's lower end",
+    )
+    compare: list[str] = Field(
+        default_factory=lambda: ["id/test/accuracy", "ood/mean/accuracy", "ood/*/accuracy"],
+        description="metrics compared with the champion; ood/* means each OOD split (a severity group once)",
+    )
+    tolerance: float = Field(0.01, ge=0.0, le=1.0, description="regression allowed before the interval counts")
+    bootstrap_samples: int = Field(1000, ge=100, le=100_000, description="paired resamples per compared metric")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="coverage of the paired intervals")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _threshold_keys(cls, v: dict[str, float]) -> dict[str, float]:
+        for key in v:
+            match = _THRESHOLD_KEY.fullmatch(key)
+            if not match or match["metric"] not in GATE_METRICS:
+                raise ValueError(
+                    f"{key!r} is not a gated metric: write <split>/<metric>[_ci_low] with split id/test, id/val, "
+                    f"id/train, ood/mean, ood/* or ood/<name> and metric one of {', '.join(GATE_METRICS)}"
+                )
+        return v
+
+    @field_validator("compare")
+    @classmethod
+    def _compare_keys(cls, v: list[str]) -> list[str]:
+        for key in v:
+            match = _COMPARE_KEY.fullmatch(key)
+            if not match or match["metric"] not in GATE_METRICS or match["split"].startswith(("id/train", "id/val")):
+                raise ValueError(
+                    f"{key!r} cannot be compared: write <split>/<metric> with split id/test, ood/mean, ood/* or "
+                    f"ood/<name> and metric one of {', '.join(GATE_METRICS)}"
+                )
+        return v
 
 
 class PipelineConfig(_Strict):
@@ -155,6 +481,12 @@ class PipelineConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
     @field_validator("name")
     @classmethod
@@ -170,6 +502,22 @@ class PipelineConfig(_Strict):
             raise ValueError("model.family 'cnn' needs data.image_shape, e.g. [8, 8]")
         if any(s.kind == "corruption" for s in self.splits.ood) and self.data.image_shape is None:
             raise ValueError("corruption OOD splits need data.image_shape, e.g. [8, 8]")
+        return self
+
+    @model_validator(mode="after")
+    def _gated_splits_exist(self) -> PipelineConfig:
+        # Severity groups by split name: the levels of a corruption listed with several severities.
+        groups = {s.name: (set(s.severity) if s.kind == "corruption" and isinstance(s.severity, list) else set())
+                  for s in self.splits.ood}
+        keyed = [("promotion.thresholds", k, _THRESHOLD_KEY) for k in self.promotion.thresholds]
+        keyed += [("promotion.compare", k, _COMPARE_KEY) for k in self.promotion.compare]
+        for field, key, pattern in keyed:
+            match = pattern.fullmatch(key)
+            name, level = match["ood"], match["level"]
+            if name is not None and name not in groups:
+                raise ValueError(f"{field}: {key!r} names no OOD split; splits: {', '.join(groups) or 'none'}")
+            if level is not None and int(level) not in groups[name]:
+                raise ValueError(f"{field}: {key!r}: split {name!r} has no severity s{level} in a severity list")
         return self
 
     # Paths derived from the work folder; resolved at use, never at import.
@@ -188,6 +536,13 @@ class PipelineConfig(_Strict):
         if self.tracking.uri and not self.tracking.uri.startswith(("sqlite:", "file:", "/")):
             return None
         return (self.workdir_path() / "artifacts").as_uri()
+
+    def redacted(self) -> PipelineConfig:
+        """A copy fit to record (params, config.yaml, summaries): no credentials in URIs."""
+        if not self.tracking.uri:
+            return self
+        tracking = self.tracking.model_copy(update={"uri": redact_uri(self.tracking.uri)})
+        return self.model_copy(update={"tracking": tracking})
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -276,17 +631,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def default_raw() -> dict[str, Any]:
-    """The built-in default pipeline: digits, an MLP with BatchNorm, three corruptions."""
+    """The built-in default pipeline: digits, an MLP with BatchNorm, 10 corruptions at severities 1-3."""
+    corruptions = {"noise": "gaussian_noise", "shot": "shot_noise", "impulse": "impulse_noise",
+                   "contrast": "contrast", "brightness": "brightness", "inversion": "inversion",
+                   "rotation": "rotation", "translation": "translation", "blur": "blur", "occlusion": "occlusion"}
     return {
         "name": "digits",
         "data": {"source": "digits", "image_shape": [8, 8], "value_range": [0, 16]},
         "splits": {
-            "ood": [
-                {"name": "noise", "kind": "corruption", "corruption": "gaussian_noise", "severity": 3},
-                {"name": "contrast", "kind": "corruption", "corruption": "contrast", "severity": 3},
-                {"name": "rotation", "kind": "corruption", "corruption": "rotation", "severity": 3},
-            ]
+            "ood": [{"name": name, "kind": "corruption", "corruption": kind, "severity": [1, 2, 3]}
+                    for name, kind in corruptions.items()]
         },
+        "promotion": {"thresholds": {"id/test/accuracy": 0.9, "ood/mean/accuracy": 0.3}},
     }
 
 
@@ -304,6 +660,28 @@ def flatten(cfg: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]
         else:
             out[dotted] = value
     return out
+
+
+_SECRET_QUERY_KEYS = ("token", "password", "passwd", "secret", "key", "apikey", "api_key", "access_token")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with the password of its user info and secret-looking query values replaced by ``***``."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return uri
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def to_yaml(cfg: PipelineConfig) -> str:

@@ -31,6 +31,13 @@ differ on maps collapse onto each other for vectors):
 - ``dyt``: :class:`DyT`, ``weight * tanh(alpha * x) + bias`` with a learnable scalar
   ``alpha`` (init 0.5) and a per-channel affine; no statistics at all (Zhu, Chen, He,
   LeCun, Liu 2025).
+
+Speed: PyTorch has fused CPU kernels for LayerNorm, GroupNorm and BatchNorm, not for
+RMSNorm (``F.rms_norm`` runs as six separate ops on the CPU) or DyT. The two modules
+written here, :class:`RMSNorm2d` and :class:`DyT`, therefore compute their backward
+pass by hand (autograd's would take about twice the passes over the data) and,
+where no gradient is needed, work in place on their own temporaries. The results
+are the same as the plain formulas; ``bench/norms.py`` measures them against LayerNorm.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
 NormSpec = str | type[nn.Module] | Callable[..., nn.Module]
@@ -88,8 +96,10 @@ class RMSNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``x / sqrt(mean(x^2 over C,H,W) + eps) * weight``."""
-        inv_rms = torch.rsqrt(x.pow(2).mean(dim=(1, 2, 3), keepdim=True) + self.eps)
-        return x * inv_rms * self.weight.view(1, -1, 1, 1)
+        # A Python flag, not a tensor value: the branch stays torch.fx traceable.
+        if torch.is_grad_enabled():
+            return _RMSNormMaps.apply(x, self.weight, self.eps)
+        return (x * _inv_rms_maps(x, self.eps)).mul_(self.weight.view(1, -1, 1, 1))
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
@@ -114,13 +124,91 @@ class DyT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``weight * tanh(alpha * x) + bias`` with the affine on dim 1."""
-        y = torch.tanh(self.alpha * x)
+        weight, bias = self.weight, self.bias
         if self.spatial:
-            return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return y * self.weight + self.bias
+            weight, bias = weight.view(1, -1, 1, 1), bias.view(1, -1, 1, 1)
+        # A Python flag, not a tensor value: the branch stays torch.fx traceable.
+        if torch.is_grad_enabled():
+            return _DyTFunction.apply(x, self.alpha, weight, bias)
+        return torch.addcmul(bias, torch.mul(x, self.alpha).tanh_(), weight)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, spatial={self.spatial}"
+
+
+def _inv_rms_maps(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """``1 / sqrt(mean(x^2) + eps)`` per sample over ``(C, H, W)``, shape ``(N, 1, 1, 1)``.
+
+    The norm reduction reads ``x`` once and allocates nothing of its size
+    (``x.pow(2).mean()`` would write a full temporary first).
+    """
+    count = x.shape[1] * x.shape[2] * x.shape[3]
+    norm = torch.linalg.vector_norm(x, dim=(1, 2, 3), keepdim=True)
+    return norm.square_().div_(count).add_(eps).rsqrt_()
+
+
+class _RMSNormMaps(torch.autograd.Function):
+    """:class:`RMSNorm2d` with a hand-written backward pass.
+
+    With ``xhat = x * r`` and ``r = (mean(x^2) + eps)^-1/2`` per sample, and
+    ``gh = grad * weight``: ``grad_x = r * (gh - xhat * mean(gh * xhat))`` and
+    ``grad_weight = sum(grad * xhat)`` over N, H, W.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        inv_rms = _inv_rms_maps(x, eps)
+        xhat = x * inv_rms
+        ctx.save_for_backward(xhat, inv_rms, weight)
+        return xhat * weight.view(1, -1, 1, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        xhat, inv_rms, weight = ctx.saved_tensors
+        grad_weight = (grad * xhat).sum(dim=(0, 2, 3)) if ctx.needs_input_grad[1] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            n = xhat.shape[0]
+            count = xhat.shape[1] * xhat.shape[2] * xhat.shape[3]
+            gh = grad * weight.view(1, -1, 1, 1)
+            # One batched dot product per sample: no temporary the size of x.
+            dot = torch.bmm(gh.reshape(n, 1, count), xhat.reshape(n, count, 1)).view(n, 1, 1, 1).div_(count)
+            grad_x = gh.addcmul_(xhat, dot, value=-1).mul_(inv_rms)
+        return grad_x, grad_weight, None
+
+
+class _DyTFunction(torch.autograd.Function):
+    """:class:`DyT` with a hand-written backward pass.
+
+    With ``t = tanh(alpha * x)`` and ``gu = grad * weight * (1 - t^2)``:
+    ``grad_x = alpha * gu``, ``grad_alpha = sum(gu * x)``,
+    ``grad_weight = sum(grad * t)`` and ``grad_bias = sum(grad)`` over all dims but 1.
+    ``weight`` and ``bias`` arrive shaped to broadcast against ``x``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        t = torch.mul(x, alpha).tanh_()
+        ctx.save_for_backward(x, t, alpha, weight)
+        return torch.addcmul(bias, t, weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, t, alpha, weight = ctx.saved_tensors
+        dims = [d for d in range(grad.dim()) if d != 1]
+        needs_x, needs_alpha, needs_weight, needs_bias = ctx.needs_input_grad
+        grad_weight = (grad * t).sum(dims).view(weight.shape) if needs_weight else None
+        grad_bias = grad.sum(dims).view(weight.shape) if needs_bias else None
+        grad_x = grad_alpha = None
+        if needs_x or needs_alpha:
+            gu = torch.ops.aten.tanh_backward(grad * weight, t)
+            if needs_alpha:
+                grad_alpha = torch.dot(gu.reshape(-1), x.reshape(-1)).view(alpha.shape)
+            if needs_x:
+                grad_x = gu.mul_(alpha)
+        return grad_x, grad_alpha, grad_weight, grad_bias
 
 
 def _num_groups(num_features: int, groups: int) -> int:

@@ -7,13 +7,18 @@ Prefect task passes on. Frames, arrays and models stay on disk.
 Run folder layout (``<workdir>/runs/<run_id>/``)::
 
     batch.parquet        the batch as loaded (a snapshot; the source may change)
-    validation.json      the data gate's report
+    validation.json      the data gate's report (validation.html: the same, for people)
+    accepted.parquet     the rows the gate accepted, when it took rows out or repaired types
+    leakage.json         the split audit: evaluation rows whose features sit in training
     prepared.npz         encoded features and labels per split
     encoder.json         feature and label encoders (saved with the model)
     reference.parquet    raw training rows: the drift reference
     checkpoints/last.pt  the latest epoch, for resuming
     model.pt, model.json final weights and the arguments that rebuild the model
     metrics.json         per-split metrics
+    eval_frames/         raw rows of each scored split (slices, champion re-scoring)
+    predictions.npz      predicted class per row of each scored split (the promotion gate)
+    inference.json       what the folded and int8 variants measured, or why not
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ from normlab.data.fingerprint import fingerprint_frame
 from normlab.data.shifts import corrupt_images
 from normlab.data.sources import load_builtin, read_table
 from normlab.data.splits import assign_id_splits, ood_mask_column, ood_mask_quantile, ood_mask_time
-from normlab.errors import ConfigError, DataSourceError
-from normlab.evaluation import confusion, evaluate_splits
-from normlab.governance import load_suite, raise_for_blocking, run_suite
+from normlab.errors import ConfigError, DataSourceError, NormlabError
+from normlab.evaluation import confusion, evaluate_run
+from normlab.gate import enforce, run_gate
+from normlab.inference import profile_inference
 from normlab.models import build_model
 from normlab.training import make_optimizer, set_seeds, train_model
 
@@ -49,15 +55,22 @@ def run_dir_for(cfg: PipelineConfig, run_id: str) -> Path:
 # 1. Load -------------------------------------------------------------------------------
 
 
-def load_batch(cfg: PipelineConfig, run_dir: str | Path, data_path: str | None = None) -> dict[str, Any]:
-    """Load the batch (a file, or the built-in dataset), snapshot and fingerprint it."""
+def read_batch(cfg: PipelineConfig, data_path: str | None = None) -> tuple[pd.DataFrame, str]:
+    """The batch (a file, or the built-in dataset) and a description of its source."""
     path = data_path or cfg.data.path
     if path:
-        frame = read_table(path)
-        source = str(Path(path).resolve())
-    else:
-        frame = load_builtin(cfg.data.source or "")
-        source = f"builtin:{cfg.data.source}"
+        return read_table(path), str(Path(path).resolve())
+    return load_builtin(cfg.data.source or ""), f"builtin:{cfg.data.source}"
+
+
+def batch_fingerprint(cfg: PipelineConfig, data_path: str | None = None) -> str:
+    """The fingerprint the batch will have once loaded (what an interrupted run is matched on)."""
+    return fingerprint_frame(read_batch(cfg, data_path)[0])
+
+
+def load_batch(cfg: PipelineConfig, run_dir: str | Path, data_path: str | None = None) -> dict[str, Any]:
+    """Load the batch (a file, or the built-in dataset), snapshot and fingerprint it."""
+    frame, source = read_batch(cfg, data_path)
     if cfg.data.label not in frame.columns:
         raise DataSourceError(
             f"{source}: label column {cfg.data.label!r} not found; columns: {', '.join(map(str, frame.columns[:20]))}"
@@ -77,23 +90,18 @@ def load_batch(cfg: PipelineConfig, run_dir: str | Path, data_path: str | None =
 
 
 def validate_batch(cfg: PipelineConfig, batch: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
-    """Run the configured expectation suite on the batch; the report goes to ``validation.json``."""
-    frame = pd.read_parquet(batch["path"])
-    if cfg.data.expectations:
-        report = run_suite(frame, load_suite(cfg.data.expectations), fingerprint=batch["fingerprint"]).to_dict()
-    else:
-        report = {"suite": None, "fingerprint": batch["fingerprint"], "rows_in": len(frame),
-                  "success": True, "failed": [], "checks": []}
-    (Path(run_dir) / "validation.json").write_text(json.dumps(report, indent=1, default=str))
-    return report
+    """The data gate: run every check, quarantine rejected rows, write the accepted ones.
+
+    Returns `normlab.gate.run_gate`'s result; its ``accepted`` batch (the same
+    shape as `load_batch`'s) is what the later stages read. The report goes to
+    ``validation.json``.
+    """
+    return run_gate(cfg, batch, run_dir)
 
 
-def enforce_validation(report: dict[str, Any]) -> None:
-    """Stop the pipeline when a blocking check failed."""
-    from normlab.governance import CheckResult, ValidationReport
-
-    checks = [CheckResult(**c) for c in report["checks"]]
-    raise_for_blocking(ValidationReport(report["suite"] or "none", report["fingerprint"], report["rows_in"], checks))
+def enforce_validation(gate: dict[str, Any]) -> None:
+    """Stop the pipeline when the gate blocked the batch (`DataValidationError`, exit code 3)."""
+    enforce(gate)
 
 
 # 3. Split ------------------------------------------------------------------------------
@@ -148,6 +156,7 @@ def prepare_splits(cfg: PipelineConfig, batch: dict[str, Any], run_dir: str | Pa
     labels = LabelEncoder.fit(frame[cfg.data.label])
     encoder = FeatureEncoder.fit(parts["train"], features, scale=cfg.data.scale)
     arrays: dict[str, np.ndarray] = {}
+    scored: dict[str, pd.DataFrame] = {}  # raw rows of the scored splits, for slices and the champion
 
     def add(key: str, part: pd.DataFrame, raw_override: np.ndarray | None = None) -> None:
         if raw_override is not None:
@@ -155,6 +164,8 @@ def prepare_splits(cfg: PipelineConfig, batch: dict[str, Any], run_dir: str | Pa
             part[features] = raw_override
         arrays[f"{key}/x"] = encoder.transform(part)
         arrays[f"{key}/y"] = labels.transform(part[cfg.data.label])
+        if key == "id/test" or key.startswith("ood/"):
+            scored[key] = part
 
     for name, part in parts.items():
         add(f"id/{name}", part)
@@ -162,10 +173,11 @@ def prepare_splits(cfg: PipelineConfig, batch: dict[str, Any], run_dir: str | Pa
         if split.kind == "corruption":
             raw = parts["test"][features].to_numpy(dtype=np.float64)
             lo, hi = cfg.data.value_range or (float(np.nanmin(raw)), float(np.nanmax(raw)))
-            corrupted = corrupt_images(
-                raw, cfg.data.image_shape, split.corruption, split.severity, seed=cfg.seed, value_range=(lo, hi)
-            )
-            add(f"ood/{split.name}", parts["test"], corrupted)
+            for leaf, level in split.leaves():
+                corrupted = corrupt_images(
+                    raw, cfg.data.image_shape, split.corruption, level, seed=cfg.seed, value_range=(lo, hi)
+                )
+                add(f"ood/{leaf}", parts["test"], corrupted)
         else:
             add(f"ood/{split.name}", frame.loc[domain_masks[split.name]])
 
@@ -175,6 +187,7 @@ def prepare_splits(cfg: PipelineConfig, batch: dict[str, Any], run_dir: str | Pa
     )
     parts["train"].to_parquet(run_dir / "reference.parquet", index=False)
     counts = {key[:-2]: int(len(v)) for key, v in arrays.items() if key.endswith("/y")}
+    eval_frames = save_eval_frames(scored, run_dir / "eval_frames", slices=cfg.eval.slices)
     return {
         "path": str(run_dir / "prepared.npz"),
         "encoder": str(run_dir / "encoder.json"),
@@ -184,7 +197,36 @@ def prepare_splits(cfg: PipelineConfig, batch: dict[str, Any], run_dir: str | Pa
         "classes": [str(c) for c in labels.classes],
         "counts": counts,
         "ood_thresholds": thresholds,
+        "eval_frames": eval_frames,
+        # Corrupted splits are copies of the ID test rows: the bootstrap resamples them together.
+        "populations": {f"ood/{leaf}": "id/test" for split in cfg.splits.ood if split.kind == "corruption"
+                        for leaf, _ in split.leaves()},
     }
+
+
+def save_eval_frames(frames: dict[str, pd.DataFrame], folder: Path, *, slices: list[str]) -> dict[str, str]:
+    """Write the raw rows of each scored split (one Parquet file each); split key to path.
+
+    Raises:
+        ConfigError: An ``eval.slices`` column is not in the data.
+    """
+    columns = list(next(iter(frames.values())).columns) if frames else []
+    missing = [c for c in slices if c not in columns]
+    if missing:
+        raise ConfigError(f"eval.slices: columns not in the data: {', '.join(missing)}; columns: "
+                          f"{', '.join(map(str, columns[:20]))}")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str] = {}
+    for key, frame in frames.items():
+        path = folder / f"{key.replace('/', '__')}.parquet"
+        frame.to_parquet(path, index=False)
+        paths[key] = str(path)
+    return paths
+
+
+def load_eval_frames(prepared: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """Split key to the raw rows of that scored split (``id/test``, ``ood/...``)."""
+    return {key: pd.read_parquet(path) for key, path in prepared["eval_frames"].items()}
 
 
 def load_prepared(prepared: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -220,8 +262,15 @@ def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
     return build_model(**spec)
 
 
-def train(cfg: PipelineConfig, prepared: dict[str, Any], run_dir: str | Path, on_epoch_end=None) -> dict[str, Any]:
-    """Train the configured model; resumes from ``checkpoints/last.pt`` when present."""
+def train(
+    cfg: PipelineConfig, prepared: dict[str, Any], run_dir: str | Path, on_epoch_end=None, on_checkpoint=None
+) -> dict[str, Any]:
+    """Train the configured model; resumes from ``checkpoints/last.pt`` when present.
+
+    ``on_epoch_end`` gets each epoch's record; ``on_checkpoint`` the records since
+    the previous checkpoint, at most every ``checkpoint.every_seconds`` (see
+    `normlab.training.train_model`).
+    """
     run_dir = Path(run_dir)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -240,6 +289,7 @@ def train(cfg: PipelineConfig, prepared: dict[str, Any], run_dir: str | Path, on
         epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, seed=cfg.seed,
         target_accuracy=cfg.train.target_accuracy, checkpoint_dir=run_dir / "checkpoints",
         on_epoch_end=on_epoch_end, eval_batch_size=cfg.eval.batch_size,
+        checkpoint_every_seconds=cfg.checkpoint.every_seconds, on_checkpoint=on_checkpoint,
     )
     torch.save(model.state_dict(), run_dir / "model.pt")
     (run_dir / "model.json").write_text(json.dumps(spec))
@@ -261,8 +311,17 @@ def evaluate(cfg: PipelineConfig, prepared: dict[str, Any], trained: dict[str, A
     splits = load_prepared(prepared)
     model = load_trained(trained)
     scored = {k: v for k, v in splits.items() if k == "id/test" or k.startswith("ood/")}
-    metrics = evaluate_splits(model, scored, n_classes=len(prepared["classes"]),
-                              ece_bins=cfg.eval.ece_bins, batch_size=cfg.eval.batch_size)
+    frames = load_eval_frames(prepared) if cfg.eval.slices else None
+    metrics, predictions = evaluate_run(model, scored, classes=prepared["classes"], settings=cfg.eval, seed=cfg.seed,
+                                        populations=prepared["populations"], frames=frames)
+    np.savez(Path(run_dir) / "predictions.npz", **predictions)
+    if cfg.eval.inference:
+        timing, notes = profile_inference(
+            model, *splits["id/test"], iterations=cfg.eval.latency_iterations,
+            throughput_batch=cfg.eval.throughput_batch, fold_tolerance=cfg.eval.fold_tolerance,
+        )
+        metrics.update(timing)
+        (Path(run_dir) / "inference.json").write_text(json.dumps(notes, indent=1))
     result = trained["result"]
     last = result["history"][-1]
     metrics.update({
@@ -296,7 +355,8 @@ def record_run(
 ) -> dict[str, Any]:
     """Log metrics, the dataset, the model, plots and files to the run.
 
-    Per-epoch metrics were logged live during training; params, validation and
+    Per-epoch metrics were logged live during training (epochs an interrupted
+    run stopped before logging are filled in here); params, validation and
     tags at the start. Returns the model URI.
     """
     from normlab import plots, tracking
@@ -304,6 +364,7 @@ def record_run(
 
     uri, run_dir = cfg.tracking_uri(), Path(run_dir)
     tracking.log_metrics(uri, run_id, metrics)
+    tracking.log_missing_history(uri, run_id, trained["result"]["history"])
 
     frame = pd.read_parquet(batch["path"])
     tracking.log_dataset(
@@ -312,9 +373,11 @@ def record_run(
     )
     tracking.log_artifact(uri, run_id, prepared["reference"], "drift")
     tracking.log_artifact(uri, run_id, prepared["encoder"], "model_inputs")
-    tracking.log_text(uri, run_id, to_yaml(cfg), "config.yaml")
+    tracking.log_text(uri, run_id, to_yaml(cfg.redacted()), "config.yaml")
     tracking.log_dict(uri, run_id, metrics, "metrics.json")
     tracking.log_dict(uri, run_id, trained["result"], "training/history.json")
+    if (run_dir / "inference.json").is_file():
+        tracking.log_artifact(uri, run_id, run_dir / "inference.json", "evaluation")
 
     history = trained["result"]["history"]
     title = f"{cfg.model.family} + {cfg.model.norm} norm, batch {cfg.train.batch_size}"
@@ -333,3 +396,102 @@ def record_run(
                                          extra_files=[prepared["encoder"]])
     tracking.set_tags(uri, run_id, {"normlab.model_uri": model_uri})
     return {"model_uri": model_uri}
+
+
+# 7. Register, gate, publish ------------------------------------------------------------
+
+
+def register_model(cfg: PipelineConfig, run_id: str, prepared: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
+    """Log the serving model (raw rows in, labels out) and register it as a new version.
+
+    A run that already has a version (a retried or resumed run) keeps it.
+    Returns ``{"enabled": False}`` when ``promotion.enabled`` is off.
+    """
+    from normlab import registry, serving
+
+    if not cfg.promotion.enabled:
+        return {"enabled": False}
+    uri, name = cfg.tracking_uri(), registry.registry_name(cfg)
+    existing = registry.version_for_run(uri, name, run_id)
+    if existing is not None:
+        return {"enabled": True, **existing, "reused": True}
+    logged = serving.log_serving_model(uri, run_id, run_dir=run_dir, reference=pd.read_parquet(prepared["reference"]),
+                                       features=prepared["features"])
+    return {"enabled": True, **registry.register_version(uri, name, run_id, logged["model_id"])}
+
+
+def gate_model(
+    cfg: PipelineConfig,
+    prepared: dict[str, Any],
+    registered: dict[str, Any],
+    metrics: dict[str, float],
+    run_dir: str | Path,
+) -> dict[str, Any]:
+    """The promotion gate: thresholds, then the champion re-scored on this run's splits.
+
+    A champion that cannot be re-scored (its inputs are not in this data, its
+    files are gone) makes the gate refuse, with that reason. The decision is
+    also written to ``gate.json``.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from normlab import registry
+
+    if not registered["enabled"]:
+        return {"enabled": False}
+    uri = cfg.tracking_uri()
+    labels = {k: y for k, (_, y) in load_prepared(prepared).items() if k in prepared["eval_frames"]}
+    with np.load(Path(run_dir) / "predictions.npz") as npz:
+        challenger = {k: npz[k] for k in npz.files}
+    champion = registry.alias_version(uri, registered["name"], registry.CHAMPION)
+    champion_predictions, error = None, None
+    if champion is not None:
+        try:
+            classifier = registry.load_classifier(uri, champion)
+            champion_predictions = registry.predict_indices(classifier, load_eval_frames(prepared), prepared["classes"])
+        except (NormlabError, MlflowException, OSError, ValueError, KeyError) as exc:
+            error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    decision = registry.decide(
+        cfg.promotion, metrics, labels, challenger, n_classes=len(prepared["classes"]), seed=cfg.seed,
+        champion=champion, champion_predictions=champion_predictions, champion_error=error,
+        populations=prepared["populations"],
+    )
+    (Path(run_dir) / "gate.json").write_text(json.dumps(decision, indent=1))
+    return {"enabled": True, **decision}
+
+
+def publish_decision(
+    cfg: PipelineConfig,
+    run_id: str,
+    accepted: dict[str, Any],
+    validation: dict[str, Any],
+    prepared: dict[str, Any],
+    metrics: dict[str, float],
+    registered: dict[str, Any],
+    decision: dict[str, Any],
+    flow_run_id: str | None,
+) -> dict[str, Any]:
+    """Write the version's governance record, then move its aliases (challenger; champion on a pass)."""
+    from normlab import registry, tracking
+
+    if not registered["enabled"]:
+        return {"enabled": False}
+    uri = cfg.tracking_uri()
+    model = {k: registered.get(k) for k in ("name", "version", "run_id", "model_id", "source")}
+    record = registry.governance_record(
+        model=model,
+        data={"fingerprint": accepted["fingerprint"], "source": accepted["source"], "rows": accepted["rows"]},
+        validation=validation,
+        metrics=metrics,
+        decision={k: v for k, v in decision.items() if k != "enabled"},
+        drift_reference={"artifact_uri": f"runs:/{run_id}/drift/reference.parquet",
+                         "local_path": prepared["reference"]},
+        flow_run_id=flow_run_id,
+        promotion=cfg.promotion,
+    )
+    published = registry.publish(uri, record)
+    tracking.set_tags(uri, run_id, {"normlab.registry.name": model["name"], "normlab.registry.version": model["version"],
+                                    "normlab.gate.passed": decision["passed"],
+                                    "normlab.gate.reason": decision["reason"][:4000]})
+    tracking.log_metrics(uri, run_id, {"gate/passed": float(decision["passed"])})
+    return {"enabled": True, **published}

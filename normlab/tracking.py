@@ -10,6 +10,7 @@ under a scoped tracking URI.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import tempfile
@@ -36,6 +37,31 @@ def client_for(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def credentials_to_env(uri: str | None) -> str | None:
+    """Move ``user:password@`` out of an HTTP tracking URI into MLflow's credential variables.
+
+    MLflow sends ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` as
+    basic auth; a URI without them can then be logged, shown in errors and
+    passed as a flow parameter without exposing the password.
+
+    Returns:
+        The URI without user info (unchanged when it has none).
+    """
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    if not uri or not uri.startswith(("http://", "https://")):
+        return uri
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(user)
+    if password:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
 @contextmanager
 def tracking_uri(uri: str):
     """Scope the fluent API's tracking URI to a block."""
@@ -54,7 +80,9 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
-        return client.create_experiment(name, artifact_location=artifact_location)
+        # The kind makes the MLflow UI open the experiment on its model-training views.
+        return client.create_experiment(name, artifact_location=artifact_location,
+                                        tags={"mlflow.experimentKind": "custom_model_development"})
     except MlflowException as exc:
         # Two processes creating the same experiment at once: the loser reads it back.
         exp = client.get_experiment_by_name(name)
@@ -109,9 +137,23 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], *, step: int =
 
 
 def log_history(uri: str, run_id: str, history: Iterable[dict[str, Any]]) -> None:
-    """Log per-epoch records as step metrics (``train/loss``, ``val/accuracy``...)."""
-    for record in history:
-        log_metrics(uri, run_id, epoch_metrics(record), step=int(record["epoch"]))
+    """Log per-epoch records as step metrics (``train/loss``, ``val/accuracy``...).
+
+    All epochs go in one write (per 1000 values): a store write costs about as
+    much as a small model's epoch, so one write per epoch would double its time.
+    """
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [
+        Metric(key, float(value), now, int(record["epoch"]))
+        for record in history
+        for key, value in epoch_metrics(record).items()
+        if value is not None and value == value  # NaN != NaN
+    ]
+    client = client_for(uri)
+    for i in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=items[i : i + 1000])
 
 
 def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
@@ -126,14 +168,42 @@ def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
 
 
 def epoch_logger(uri: str, run_id: str) -> Callable[[Any], None]:
-    """A callback that logs each finished epoch, so curves grow live in the UI."""
+    """A callback that logs a finished epoch, or a list of them in one write, so curves grow live in the UI.
+
+    Live logging is best effort: once the store refuses or cannot be reached,
+    the callback warns and stops trying, training goes on, and
+    `log_missing_history` fills in the epochs when the run is recorded (under
+    that task's retries). A blip never costs the training done so far.
+    """
     from dataclasses import asdict
 
+    from mlflow.exceptions import MlflowException
+
+    stopped = False
+
     def _log(record: Any) -> None:
-        data = asdict(record) if not isinstance(record, dict) else record
-        log_metrics(uri, run_id, epoch_metrics(data), step=int(data["epoch"]))
+        nonlocal stopped
+        if stopped:
+            return
+        records = record if isinstance(record, list) else [record]
+        data = [asdict(r) if not isinstance(r, dict) else r for r in records]
+        if not data:
+            return
+        try:
+            log_history(uri, run_id, data)
+        except MlflowException as exc:
+            stopped = True
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            warnings.warn(f"live epoch logging stopped at epoch {data[0]['epoch']} (logged again at the end): {first}",
+                          RuntimeWarning, stacklevel=2)
 
     return _log
+
+
+def log_missing_history(uri: str, run_id: str, history: Iterable[dict[str, Any]]) -> None:
+    """Log the epochs the run does not have yet (a resumed run may have stopped before logging one)."""
+    logged = {m.step for m in client_for(uri).get_metric_history(run_id, "val/accuracy")}
+    log_history(uri, run_id, [r for r in history if int(r["epoch"]) not in logged])
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:

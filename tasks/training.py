@@ -12,8 +12,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from normlab import pipeline, tracking
+from normlab import gate, pipeline, tracking
+from normlab import resume as resume_runs
 from normlab.config import PipelineConfig, flatten
+from tasks.gate import publish_gate
 
 # Tracking calls cross the network when the store is a server: retry with backoff.
 TRACKING = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "cache_policy": NO_CACHE}
@@ -21,14 +23,15 @@ LOCAL = {"cache_policy": NO_CACHE}
 
 
 @task(name="start-run", **TRACKING)
-def start_run(cfg: PipelineConfig) -> dict[str, Any]:
-    """Open the MLflow run with params and provenance tags; create the run folder."""
+def start_run(cfg: PipelineConfig, data_path: str | None = None, resume: bool = True) -> dict[str, Any]:
+    """Reopen the interrupted run with this config and data, or open a new one (params, provenance tags)."""
     tags = {**tracking.environment_tags(), "normlab.model.norm": cfg.model.norm,
             "normlab.model.family": cfg.model.family, "prefect.flow_run_id": str(flow_run.id or "")}
-    run_id = tracking.start_run(cfg.tracking_uri(), cfg.tracking.experiment,
-                                artifact_location=cfg.artifact_location(), run_name=cfg.tracking.run_name, tags=tags)
-    tracking.log_params(cfg.tracking_uri(), run_id, flatten(cfg))
-    return {"run_id": run_id, "run_dir": str(pipeline.run_dir_for(cfg, run_id))}
+    run = resume_runs.open_run(cfg, data_path, tags=tags, params=flatten(cfg.redacted()), resume=resume,
+                               owner=str(flow_run.id) if flow_run.id else None)
+    if run["resumed"]:
+        get_run_logger().info("resuming interrupted run %s (same config and data)", run["run_id"])
+    return run
 
 
 @task(name="load-batch", **LOCAL)
@@ -47,13 +50,9 @@ def validate_batch(cfg: PipelineConfig, batch: dict[str, Any], run: dict[str, An
 
 @task(name="log-validation", **TRACKING)
 def log_validation(cfg: PipelineConfig, run: dict[str, Any], batch: dict[str, Any], report: dict[str, Any]) -> None:
-    """Record the data gate's outcome before anything is trained."""
-    uri = cfg.tracking_uri()
-    tracking.log_dict(uri, run["run_id"], report, "validation/result.json")
-    tracking.set_tags(uri, run["run_id"], {"normlab.data.fingerprint": batch["fingerprint"],
-                                           "normlab.validation.success": report["success"]})
-    tracking.log_metrics(uri, run["run_id"], {"data/rows": batch["rows"],
-                                              "validation/failed": len(report["failed"])})
+    """Record the data gate's outcome (``report`` is the gate's result) before anything is trained."""
+    gate.log_gate(cfg, run["run_id"], report)
+    publish_gate(report)
 
 
 @task(name="enforce-validation", **LOCAL)
@@ -72,17 +71,16 @@ def prepare_splits(cfg: PipelineConfig, batch: dict[str, Any], run: dict[str, An
 
 @task(name="train", **LOCAL)
 def train(cfg: PipelineConfig, prepared: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
-    """Train, logging each epoch to MLflow and to the console as it ends."""
+    """Train, logging each epoch to the console as it ends and to MLflow at each checkpoint."""
     logger = get_run_logger()
-    log_epoch = tracking.epoch_logger(cfg.tracking_uri(), run["run_id"])
+    log_epochs = tracking.epoch_logger(cfg.tracking_uri(), run["run_id"])
 
     def on_epoch_end(record) -> None:
-        log_epoch(record)
         logger.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.2fs",
                     record.epoch, cfg.train.epochs, record.train_loss, record.train_accuracy,
                     record.val_loss, record.val_accuracy, record.seconds)
 
-    return pipeline.train(cfg, prepared, run["run_dir"], on_epoch_end=on_epoch_end)
+    return pipeline.train(cfg, prepared, run["run_dir"], on_epoch_end=on_epoch_end, on_checkpoint=log_epochs)
 
 
 @task(name="evaluate", **LOCAL)
@@ -100,5 +98,5 @@ def record_run(cfg: PipelineConfig, run: dict[str, Any], batch: dict[str, Any], 
 
 @task(name="end-run", **TRACKING)
 def end_run(cfg: PipelineConfig, run: dict[str, Any], status: str) -> None:
-    """Close the MLflow run."""
-    tracking.end_run(cfg.tracking_uri(), run["run_id"], status)
+    """Close the MLflow run and release its folder."""
+    resume_runs.close_run(cfg, run, status)

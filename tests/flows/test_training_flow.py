@@ -105,7 +105,9 @@ def test_broken_batch_stops_before_training(tmp_path, tiny_config):
     frame.loc[7, "label"] = 12  # not a digit
     csv = tmp_path / "broken.csv"
     frame.to_csv(csv, index=False)
-    cfg = tiny_config()
+    # The digits suite quarantines such rows by default; made blocking here, they stop the batch.
+    cfg = tiny_config("gate.expectations={expect_column_values_to_be_between: block, "
+                      "expect_column_values_to_be_in_set: block}")
     with pytest.raises(DataValidationError) as info:
         training_flow(cfg, data_path=str(csv))
     message = str(info.value)

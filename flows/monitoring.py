@@ -1,0 +1,86 @@
+"""The monitoring flow: wiring only.
+
+One run of `monitoring_flow` looks at a batch file or a landing folder,
+processes every batch it has not seen before (one `batch_flow` subflow run per
+batch), and retrains when drift is detected and retraining is on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.training import training_flow
+from normlab.config import PipelineConfig
+from tasks import monitoring as m
+
+
+@flow(name="normlab-monitor-batch", flow_run_name="batch-{path}")
+def batch_flow(config: PipelineConfig, path: str, reference: dict[str, Any], retrain: bool | None = None,
+               config_hint: str = "") -> dict[str, Any]:
+    """Gate one batch, measure its drift, report, decide, alert, and commit it as processed."""
+    # 1. Fingerprint and claim the batch; a batch seen before is skipped
+    batch = m.open_batch(config, path)
+    if batch["skip"]:
+        return {"entry": m.skip_batch(batch), "retrain": False}
+    try:
+        # 2. Data gate: accepted rows go on, rejected rows to quarantine
+        gated = m.gate_batch(config, batch)
+        analysis = report = None
+        if not gated["blocked"]:
+            # 3. Data drift, prediction drift, performance when labelled (every accepted row)
+            analysis = m.analyze_batch(config, reference, gated, batch)
+            # 4. Evidently report on a sample, added to the Evidently workspace
+            report = m.build_report(config, reference, batch, analysis)
+        # 5. Decision: level over consecutive batches, cooldown and de-duplication
+        decision = m.decide_batch(config, reference, analysis, retrain)
+        # 6. One MLflow run in the monitoring experiment: metrics, reports, gate result
+        monitor_run_id = m.log_monitoring_run(config, batch, gated, reference, analysis, report, decision)
+        # 7. Alert through Apprise, and a Prefect event for automations
+        alert = m.send_alert(config, batch, reference, analysis, report, decision, monitor_run_id, config_hint)
+        if decision["alert"] and config.alerts.prefect_event:
+            m.emit_drift_event(reference, batch, decision, analysis, monitor_run_id)
+        # 8. Commit: batch done, streak and alert history; a Markdown summary in Prefect
+        entry = m.finish_batch(config, batch, gated, reference, analysis, report, decision, alert, monitor_run_id)
+        m.publish_batch_summary(entry, reference)
+    except BaseException:
+        m.release_batch(config, batch)
+        raise
+    return {"entry": entry, "retrain": decision["retrain"]}
+
+
+@flow(name="normlab-monitor", log_prints=True)
+def monitoring_flow(config: PipelineConfig, data: str, retrain: bool | None = None,
+                    config_hint: str = "") -> dict[str, Any]:
+    """Monitor every new batch at ``data`` (a file or a landing folder) against the champion's training data.
+
+    ``retrain`` overrides ``monitor.retrain_on_drift``; ``config_hint`` is the
+    config argument alert messages repeat in the commands they suggest.
+    """
+    # 1. Alert URLs usable? Which batch files are there?
+    m.check_alert_urls(config)
+    paths = m.discover_batches(data)
+    # 2. The drift reference: the champion's training data, else the latest run's
+    reference = m.resolve_reference(config) if paths else None
+    batches: list[dict[str, Any]] = []
+    retrained: list[dict[str, Any]] = []
+    for path in paths:
+        # 3. One subflow run per batch
+        result = batch_flow(config, path, reference, retrain, config_hint)
+        batches.append(result["entry"])
+        if result["retrain"]:
+            # 4. Retrain on the reference plus the drifted batches' accepted rows (same gate as any run)
+            data_set = m.retraining_data(config, reference)
+            trained, error = None, None
+            if data_set["path"]:
+                try:
+                    trained = training_flow(config, data_path=data_set["path"])
+                except Exception as exc:  # noqa: BLE001 - a failed retraining is reported; the batches stay processed
+                    error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            else:
+                error = "no labelled new rows to train on"
+            retrained.append(m.record_retraining(config, reference, data_set, trained, error))
+            # 5. Later batches compare against whatever the retraining made the reference
+            reference = m.resolve_reference(config)
+    return {"data": data, "reference": reference, "batches": batches, "retrained": retrained}

@@ -1,0 +1,78 @@
+"""Sweeps and the built-in study: wiring only.
+
+The grid runs in a subflow whose task runner is a `prefect_dask.DaskTaskRunner`
+built from ``config.sweep``: a local cluster of single-threaded worker
+processes, or an existing scheduler by address (the same sweep on many machines).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, unmapped
+from prefect.server.api.server import SubprocessASGIServer
+from prefect.settings import get_current_settings
+from prefect_dask import DaskTaskRunner
+
+from normlab.config import PipelineConfig, SweepConfig
+from normlab.sweep import collect
+from tasks import sweep as s
+from tasks import training as t
+
+
+def dask_runner(settings: SweepConfig) -> DaskTaskRunner:
+    """The configured scheduler, else a local cluster of ``workers`` processes with one thread each."""
+    if settings.address:
+        return DaskTaskRunner(address=settings.address)
+    # Local workers report to this process's Prefect API, including the temporary
+    # server Prefect starts when none is configured (else each would start its own).
+    api_url = get_current_settings().api.url
+    if not api_url and SubprocessASGIServer().running:
+        api_url = SubprocessASGIServer().api_url
+    env = {"PREFECT_API_URL": api_url} if api_url else {}
+    # One thread per process: torch trains on one core per worker, so N workers use N cores.
+    return DaskTaskRunner(cluster_kwargs={"n_workers": settings.workers, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": ":0", "env": env})
+
+
+@flow(name="normlab-sweep-grid")
+def grid_flow(config: PipelineConfig, parent: dict[str, Any], batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run every grid point as one task on the Dask cluster; a failed point is recorded, not fatal."""
+    # 1. One task per grid point, shipped to the workers
+    futures = s.run_point.map(unmapped(config), parent["points"], unmapped(parent), unmapped(batch))
+    # 2. Wait for every point; a failed one keeps its error and run id
+    return collect(parent["points"], [f.result(raise_on_failure=False) for f in futures])
+
+
+@flow(name="normlab-sweep", log_prints=True)
+def sweep_flow(config: PipelineConfig, data_path: str | None = None, kind: str = "sweep") -> dict[str, Any]:
+    """Train every (norm, batch size, seed) of ``config.sweep`` as nested MLflow runs and compare them."""
+    # 1. Open the parent MLflow run (the grid as params)
+    parent = s.start_sweep(config, kind)
+    try:
+        # 2. Load, snapshot and validate the batch once for every grid point
+        batch = t.load_batch(config, parent, data_path)
+        validation = t.validate_batch(config, batch, parent)
+        t.log_validation(config, parent, batch, validation)
+        t.enforce_validation(validation)
+        # 3. Run the grid on Dask: one nested child run per point
+        results = grid_flow.with_options(task_runner=dask_runner(config.sweep))(config, parent, batch)
+        # 4. Aggregate over seeds, write the comparison report, log it to the parent run
+        summary = s.finish_sweep(config, parent, batch, results)
+    except BaseException as exc:
+        t.end_run(config, parent, "FAILED")
+        exc.run_id = parent["run_id"]  # lets the CLI name the failed run
+        raise
+    t.end_run(config, parent, "FINISHED" if summary["status"] == "finished" else "FAILED")
+    return summary
+
+
+@flow(name="normlab-study", log_prints=True)
+def study_flow(config: PipelineConfig) -> dict[str, Any]:
+    """Run the study's grid, test each known finding against it, write the one-page report."""
+    # 1. The study's grid, as a sweep (nested runs, comparison report)
+    summary = sweep_flow(config, kind="study")
+    # 2. Test each finding: intervals, held or not
+    findings = s.check_findings(config, summary)
+    # 3. The one-page report, logged to the sweep's parent run
+    return s.write_study(config, summary, findings)

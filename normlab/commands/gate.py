@@ -1,0 +1,99 @@
+"""``normlab validate`` (the data gate alone) and ``normlab init`` (profile a trusted file)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from normlab.cli import ConfigArg, DataOpt, SetOpt, SummaryOpt, app, console, fail, load_or_fail, prepare_environment, write_summary
+from normlab.errors import NormlabError
+
+_STYLE = {"blocked": "bold red", "quarantined": "yellow", "warned": "yellow", "passed": "green", "off": "dim"}
+
+
+def gate_table(rows: list[dict[str, Any]]) -> Table:
+    """The per-check table, as `normlab.gate.check_table` lays it out."""
+    table = Table(title="Data gate")
+    for name, justify in (("check", "left"), ("column", "left"), ("severity", "left"), ("outcome", "left"),
+                          ("rows", "right"), ("detail", "left")):
+        table.add_column(name, justify=justify, overflow="fold", no_wrap=name == "check")
+    for row in rows:
+        style = _STYLE.get(row["outcome"], "")
+        table.add_row(row["check"], row["column"], row["severity"], f"[{style}]{row['outcome']}[/]",
+                      str(row["rows"]), row["detail"])
+    return table
+
+
+def print_gate_report(report: dict[str, Any]) -> None:
+    """Print a validation report's per-check table and its row accounting."""
+    from normlab.gate import check_table
+
+    console.print(gate_table(check_table(report)))
+    console.print(f"rows in {report['rows_in']} = accepted {report['rows_accepted']} "
+                  f"+ quarantined {report['rows_quarantined']}", highlight=False)
+    if report.get("quarantine_path"):
+        console.print(f"rejected rows, with reasons: {report['quarantine_path']}", soft_wrap=True, highlight=False)
+
+
+@app.command()
+def validate(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    summary: SummaryOpt = None,
+) -> None:
+    """Run only the data gate on a batch: print the per-check table, keep rejected rows in quarantine.
+
+    Exit codes: 0 the batch passed (rejected rows, if any, are in quarantine),
+    3 the batch is blocked, 2 the data or config cannot be used.
+    """
+    prepare_environment()
+    cfg = load_or_fail(config, set_)
+    from normlab import gate
+    from normlab.pipeline import load_batch
+
+    out_dir = cfg.workdir_path() / "validations" / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        batch = load_batch(cfg, out_dir, data)
+        result = gate.run_gate(cfg, batch, out_dir)
+    except NormlabError as exc:
+        raise fail(exc, exc.exit_code) from None
+
+    print_gate_report(result["report"])
+    console.print(f"report: {result['html_path']}", soft_wrap=True, highlight=False)
+    write_summary(summary, gate.summary(result))
+    try:
+        gate.enforce(result)
+    except NormlabError as exc:
+        raise fail(exc, exc.exit_code) from None
+    console.print("[green]passed[/]: accepted rows in " + result["accepted_path"], soft_wrap=True, highlight=False)
+
+
+@app.command()
+def init(
+    data: Annotated[Path, typer.Option("--data", help="A trusted CSV or Parquet file to profile (read only).")],
+    label: Annotated[str, typer.Option("--label", help="Its label column.")],
+    name: Annotated[str | None, typer.Option("--name", help="Name of the suite and config (default: from the file).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing suite or config of that name.")] = False,
+) -> None:
+    """Profile a trusted file into expectations/NAME.json and configs/NAME.yaml, ready for `normlab run`."""
+    prepare_environment()
+    from normlab.profiling import init_project
+
+    try:
+        made = init_project(data, label, name=name, force=force)
+    except NormlabError as exc:
+        raise fail(exc, exc.exit_code) from None
+    here = Path.cwd()
+    suite = Path(made["suite_path"]).relative_to(here)
+    config = Path(made["config_path"]).relative_to(here)
+    console.print(f"profiled {made['rows']} rows: {suite} ({made['expectations']} expectations) and {config}",
+                  highlight=False)
+    console.print(f"next: [bold]normlab run {config}[/]   then check new batches with "
+                  f"[bold]normlab validate {config} --data NEW.csv[/]", soft_wrap=True, highlight=False)

@@ -1,0 +1,151 @@
+"""Command: ``normlab monitor`` (drift of new batches, alerts, retraining)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from normlab.cli import (
+    ConfigArg,
+    SetOpt,
+    SummaryOpt,
+    app,
+    as_user_error,
+    console,
+    fail,
+    load_or_fail,
+    prepare_environment,
+    ui_command,
+    write_summary,
+)
+
+# Exit code of --fail-on-drift when a batch drifted (0-4 are taken, see normlab.cli).
+DRIFT_EXIT_CODE = 5
+
+
+def batches_table(batches: list[dict[str, Any]]) -> Table:
+    """One row per batch: rows, drift level and share, top columns, alert."""
+    table = Table(title="Monitored batches")
+    for head, justify in (("batch", "left"), ("status", "left"), ("rows in/ok", "right"), ("level", "left"),
+                          ("share", "right"), ("top columns (score)", "left"), ("alert", "left")):
+        table.add_column(head, justify=justify, no_wrap=head != "top columns (score)")
+    for b in batches:
+        drift = b.get("drift") or {}
+        share = drift.get("share")
+        top = ", ".join(f"{c['column']} ({c['score']:.2f})" for c in (drift.get("columns") or [])[:3] if c["drifted"])
+        alert = b.get("alert") or {}
+        alert_text = "-"
+        if alert.get("due"):
+            alert_text = "sent" if alert["sent"] else ("failed" if alert["targets"] else "no URL set")
+        table.add_row(
+            b["fingerprint"][:12], b["status"],
+            f"{b.get('rows_in', '')}/{b.get('rows_accepted', '')}" if "rows_in" in b else "",
+            str(drift.get("level", "")), "" if share is None else f"{share:.2f}", top or "-", alert_text,
+        )
+    return table
+
+
+@app.command()
+def monitor(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    data: Annotated[str, typer.Option("--data", help="A batch file (CSV/Parquet) or a landing folder of them.")] = ...,
+    summary: SummaryOpt = None,
+    fail_on_drift: Annotated[bool, typer.Option(
+        "--fail-on-drift", help=f"Exit with code {DRIFT_EXIT_CODE} when a batch drifted (suspected or detected).",
+    )] = False,
+    retrain: Annotated[bool | None, typer.Option(
+        "--retrain/--no-retrain",
+        help="Retrain on the reference plus the new rows when drift is detected (default: monitor.retrain_on_drift).",
+    )] = None,
+) -> None:
+    """Check new batches for drift against the champion's training data; alert, report, and optionally retrain.
+
+    Each batch is processed once (by content fingerprint; a batch seen before
+    is skipped). Drift does not change the exit code unless --fail-on-drift.
+    Alert URLs come from alerts.urls or the NORMLAB_ALERT_URLS environment variable.
+    """
+    prepare_environment()
+    cfg = load_or_fail(config, set_)
+
+    from flows.monitoring import monitoring_flow
+    from normlab.monitoring import workspace_dir
+
+    console.print(f"normlab monitor: {cfg.name}, data {data}, store {cfg.redacted().tracking_uri()}", soft_wrap=True)
+    hint = command_hint(config, set_)
+    try:
+        result = monitoring_flow(cfg, data=data, retrain=retrain, config_hint=hint)
+    except Exception as exc:  # noqa: BLE001 - mapped to one line, or re-raised as a bug
+        user_error = as_user_error(exc)
+        if user_error is None:
+            raise
+        write_summary(summary, {"status": "failed", "data": data, "error": str(user_error).splitlines()[0],
+                                "batches": []})
+        raise fail(user_error, user_error.exit_code) from None
+
+    batches = result["batches"]
+    if not batches:
+        console.print(f"no batch files at {data}")
+    else:
+        console.print(batches_table(batches))
+    for b in batches:
+        level = (b.get("drift") or {}).get("level")
+        if b["status"] == "skipped":
+            console.print(f"{b['fingerprint'][:12]} skipped: {b['reason']}", soft_wrap=True)
+        elif level in ("suspected", "detected", "blocked", "too_small"):
+            console.print(f"{b['fingerprint'][:12]} {level}: {b['drift']['reason']}", soft_wrap=True)
+        if b.get("alert", {}).get("due") and b["alert"]["targets"] and not b["alert"]["sent"]:
+            console.print(f"[yellow]alert not delivered[/]: {b['alert']['reason']}", soft_wrap=True)
+        if b.get("rows_quarantined"):
+            console.print(f"{b['fingerprint'][:12]}: {b['rows_quarantined']} row(s) quarantined in "
+                          f"{b['quarantine_path']}", soft_wrap=True)
+    for r in result["retrained"]:
+        if r["error"]:
+            console.print(f"[yellow]retraining failed[/]: {r['error']}", soft_wrap=True)
+        else:
+            console.print(f"retrained: run {r['run_id']} on {r['rows_reference']} reference + {r['rows_new']} "
+                          f"new rows", soft_wrap=True)
+    reports = [b["report"]["html"] for b in batches if b["status"] == "processed" and b.get("report")]
+    if reports:
+        console.print(f"latest report: {reports[-1]}", soft_wrap=True)
+        console.print(f"drift over time:  [bold]evidently ui --workspace {workspace_dir(cfg)}[/]", soft_wrap=True)
+        console.print(f"monitoring runs:  [bold]{ui_command(cfg.redacted().tracking_uri())}[/]", soft_wrap=True)
+
+    processed = [b for b in batches if b["status"] == "processed"]
+    drifted = [b for b in processed if b["drift"]["level"] in ("suspected", "detected")]
+    write_summary(summary, {
+        "status": "finished",
+        "data": data,
+        "tracking_uri": cfg.redacted().tracking_uri(),
+        "reference": _public_reference(result["reference"]),
+        "batches": batches,
+        "retrained": result["retrained"],
+        "drift": {"processed": len(processed), "drifted": len(drifted),
+                  "detected": sum(b["drift"]["level"] == "detected" for b in processed)},
+    })
+    if fail_on_drift and drifted:
+        raise typer.Exit(DRIFT_EXIT_CODE)
+
+
+def command_hint(config: Path | None, overrides: list[str] | None) -> str:
+    """The config argument and overrides a suggested ``normlab run`` should repeat.
+
+    Alert and monitor settings do not matter to training, and a value with a
+    URI may hold credentials: those are left out.
+    """
+    parts = [shlex.quote(str(config))] if config else []
+    for item in overrides or []:
+        if not item.strip().startswith(("alerts.", "monitor.")) and "://" not in item:
+            parts.append(f"--set {shlex.quote(item)}")
+    return " ".join(parts) + " " if parts else ""
+
+
+def _public_reference(reference: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the summary says about the reference (run, model, version; no local model paths)."""
+    if reference is None:
+        return None
+    return {k: reference.get(k) for k in ("run_id", "model", "version", "selected_by", "reference")}

@@ -1,0 +1,65 @@
+"""Commands: ``normlab promote`` (move the champion alias by hand, with who and why)."""
+
+from __future__ import annotations
+
+import getpass
+from typing import Annotated, Any
+
+import typer
+
+from normlab.cli import (
+    ConfigArg,
+    SetOpt,
+    SummaryOpt,
+    app,
+    as_user_error,
+    console,
+    fail,
+    load_or_fail,
+    prepare_environment,
+    write_summary,
+)
+
+
+def print_promotion(result: dict[str, Any]) -> None:
+    """One line on what the run's model version became, and the gate's reason."""
+    if not result.get("enabled"):
+        return
+    aliases = ", ".join(result["aliases"])
+    verdict = "[bold green]champion[/]" if "champion" in result["aliases"] else "[bold yellow]not promoted[/]"
+    console.print(f"model {result['name']} version {result['version']} ({aliases}): {verdict}")
+    console.print(f"  gate {result['reason']}", highlight=False, soft_wrap=True)
+    console.print(f"  governance record: {result['record']}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def promote(
+    run_id: Annotated[str, typer.Argument(help="The MLflow run whose registered model version becomes champion.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why, in words; kept in the governance record.")],
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    by: Annotated[str | None, typer.Option("--by", help="Who promotes (default: the login name).")] = None,
+    summary: SummaryOpt = None,
+) -> None:
+    """Make a run's model version the champion by hand, overriding the gate; records who and why first."""
+    prepare_environment()
+    cfg = load_or_fail(config, set_)
+    from normlab import registry
+
+    name, uri = registry.registry_name(cfg), cfg.tracking_uri()
+    who = by or getpass.getuser()
+    try:
+        result = registry.promote(uri, name, run_id, reason=reason, by=who)
+    except Exception as exc:  # noqa: BLE001 - mapped to one line, or re-raised as a bug
+        user_error = as_user_error(exc)
+        if user_error is None:
+            raise
+        raise fail(user_error, user_error.exit_code) from None
+    if result["already"]:
+        console.print(f"{name} version {result['version']} is the champion already; nothing changed")
+    else:
+        previous = f" (was version {result['previous_champion']})" if result["previous_champion"] else ""
+        console.print(f"{name} version {result['version']} is now the champion{previous}; promoted by {who}")
+        console.print(f"  governance record: {result['record']}", highlight=False, soft_wrap=True)
+    write_summary(summary, {"status": "unchanged" if result["already"] else "promoted", "by": who,
+                            "reason": reason, **result})

@@ -1,0 +1,554 @@
+"""The data gate: run every check on a batch, quarantine what fails, block what must stop.
+
+One entry point, `run_gate`, serves the training flow, the monitoring flow and
+``normlab validate``. Checks run in stages; rows a stage rejects are not seen
+by the later stages (a text value coerced away must not also count as a
+missing value)::
+
+    1 structure    columns (table), types (rows)
+    2 rows         the suite's expectations, non_finite, duplicates, contamination
+    3 labels       label_noise, on the rows still accepted
+    4 batch        class_balance, row_count, rejected_share, on the accepted rows
+
+Severities: ``block`` stops the batch; ``quarantine`` takes the flagged rows
+out and keeps them (a table-level check cannot single out rows, so its
+quarantine rejects the whole batch); ``warn`` only reports; ``off`` skips.
+A blocked batch is quarantined whole. Every run checks, from the files it
+wrote, that rows_in = rows_accepted + rows_quarantined.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from normlab import checks as ck
+from normlab.config import PipelineConfig, TimeSplit
+from normlab.data.fingerprint import fingerprint_frame
+from normlab.errors import DataValidationError
+from normlab.governance import (
+    CheckResult,
+    Evaluated,
+    ValidationReport,
+    evaluate_suite,
+    is_blocking,
+    load_suite,
+    positional,
+    take_rows,
+)
+from normlab.quarantine import Rejection, annotate, verify_accounting, write_parquet
+
+OUTCOMES = ("passed", "warned", "quarantined", "blocked", "off")
+_COLUMN_SET_TYPES = ("expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list")
+
+
+@dataclass
+class Assessment:
+    """Everything the gate decided about one batch, before anything is written."""
+
+    checks: list[CheckResult]
+    rejections: list[Rejection]
+    blocked_by: list[Rejection]
+    accepted: np.ndarray  # sorted positions of the accepted rows
+    repaired: pd.DataFrame  # the batch with text-in-numeric columns converted (what training reads)
+    converted: list[str] = field(default_factory=list)
+
+    @property
+    def blocked(self) -> bool:
+        """Whether a blocking check failed."""
+        return bool(self.blocked_by)
+
+
+# 1. Assess (pure) -----------------------------------------------------------------------
+
+
+def feature_names(cfg: PipelineConfig, columns: list[str]) -> list[str]:
+    """The configured features as named (present or not), else every column but the label and time columns."""
+    if cfg.data.features:
+        return list(cfg.data.features)
+    excluded = {cfg.data.label} | {s.column for s in cfg.splits.ood if isinstance(s, TimeSplit)}
+    return [c for c in columns if c not in excluded]
+
+
+def suite_columns(suite: dict[str, Any] | None) -> tuple[list[str], list[str] | None]:
+    """Columns the suite's expectations refer to, and the column set it declares (if any)."""
+    referenced: list[str] = []
+    declared: list[str] | None = None
+    for exp in (suite or {}).get("expectations", []):
+        kwargs = exp.get("kwargs", {})
+        if isinstance(kwargs.get("column"), str) and kwargs["column"] not in referenced:
+            referenced.append(kwargs["column"])
+        if exp["type"] in _COLUMN_SET_TYPES and kwargs.get("exact_match", True):
+            listed = kwargs.get("column_set") or kwargs.get("column_list")
+            if isinstance(listed, list):
+                declared = [str(c) for c in listed]
+    return referenced, declared
+
+
+def known_labels(suite: dict[str, Any] | None, label: str) -> list[Any] | None:
+    """The label set a suite declares (``expect_column_values_to_be_in_set`` on the label), if any."""
+    for exp in (suite or {}).get("expectations", []):
+        kwargs = exp.get("kwargs", {})
+        if exp["type"] == "expect_column_values_to_be_in_set" and kwargs.get("column") == label:
+            values = kwargs.get("value_set")
+            if isinstance(values, list):
+                return values
+    return None
+
+
+def assess(
+    frame: pd.DataFrame,
+    cfg: PipelineConfig,
+    suite: dict[str, Any] | None,
+    *,
+    evaluation_index: pd.DataFrame | None = None,
+) -> Assessment:
+    """Run every check on a batch and decide, row by row, what is accepted.
+
+    Args:
+        frame: The batch as it arrived.
+        cfg: The pipeline config (``gate`` section, label, features, split salt).
+        suite: The expectation suite, or None.
+        evaluation_index: Earlier runs' evaluation rows, for the contamination check.
+
+    Returns:
+        The checks in stage order, with outcomes, and the accepted rows.
+    """
+    gate = cfg.gate
+    frame = positional(frame)
+    n = len(frame)
+    label = cfg.data.label
+    columns = [str(c) for c in frame.columns]
+    features = feature_names(cfg, columns)
+    referenced, declared = suite_columns(suite)
+    results: list[tuple[Evaluated, str]] = []
+    work = frame
+
+    # Stage 1: structure.
+    required = list(dict.fromkeys([label, *(cfg.data.features or []), *referenced]))
+    results.append(_run(gate.columns.severity, "columns", lambda: ck.check_columns(frame, required=required, expected=declared)))
+    converted: list[str] = []
+    if gate.types.severity == "off":
+        results.append((_off("types"), "off"))
+    else:
+        typed, numbers = ck.check_types(frame, ck.numeric_columns_of_suite(suite))
+        results.append((typed, gate.types.severity))
+        if numbers and gate.types.severity != "warn":
+            # Repair the columns for the rows that stay; the rejected rows keep their text in quarantine.
+            work = frame.assign(**numbers)
+            converted = list(numbers)
+    keep = _remaining(n, results)
+
+    # Stage 2: rows (on the rows stage 1 kept; positions are mapped back to the batch).
+    view = work if keep.size == n else take_rows(work, keep)
+    stage: list[tuple[Evaluated, str]] = []
+    if suite is not None:
+        stage += [(e, e.result.severity) for e in evaluate_suite(view, suite, engine=gate.engine, overrides=gate.expectations)]
+    numeric_inputs = [c for c in [*features, label] if c in view.columns]
+    stage.append(_run(gate.non_finite.severity, "non_finite", lambda: ck.check_non_finite(view, numeric_inputs)))
+    present = [c for c in features if c in view.columns]
+    hashed = gate.duplicates.severity != "off" or (gate.contamination.severity != "off" and evaluation_index is not None)
+    feature_hashes = ck.content_hashes(view, present) if hashed else None  # shared by the two checks below
+    stage.append(_run(gate.duplicates.severity, "duplicates",
+                      lambda: ck.check_duplicates(view, features=present, feature_hashes=feature_hashes)))
+    stage.append(_run(gate.contamination.severity, "contamination",
+                      lambda: ck.check_contamination(view, feature_hashes, evaluation_index, salt=cfg.splits.salt)))
+    results += [(_map_back(e, keep, n), s) for e, s in stage]
+    keep = _remaining(n, results)
+
+    # Stage 3: labels, on the rows still accepted.
+    view = work if keep.size == n else take_rows(work, keep)
+    noise = gate.label_noise
+    scored, severity = _run(noise.severity, "label_noise", lambda: ck.check_label_noise(
+        view, present, label, k=noise.k, max_share=noise.max_share, sample_rows=noise.sample_rows, seed=cfg.seed))
+    results.append((_map_back(scored, keep, n), severity))
+    accepted = _remaining(n, results)
+
+    # Stage 4: the batch as it would be accepted.
+    labels = work[label].iloc[accepted] if label in work.columns else pd.Series([], dtype=object)
+    known = known_labels(suite, label)
+    results.append(_run(gate.class_balance.severity, "class_balance",
+                        lambda: ck.check_class_balance(labels, known=known, min_share=gate.class_balance.min_share)))
+    results.append(_run(gate.row_count.severity, "row_count", lambda: ck.check_row_count(
+        int(accepted.size), min_rows=gate.row_count.min_rows, max_rows=gate.row_count.max_rows)))
+    results.append(_run(gate.rejected_share.severity, "rejected_share", lambda: ck.check_rejected_share(
+        n - int(accepted.size), n, max_share=gate.rejected_share.max_share)))
+
+    checks: list[CheckResult] = []
+    rejections: list[Rejection] = []
+    blocked_by: list[Rejection] = []
+    for evaluated, severity in results:
+        result = evaluated.result
+        result.severity = severity if severity != "off" else result.severity
+        result.outcome = _outcome(result, severity)
+        checks.append(result)
+        reason = result.why or result.name
+        if result.outcome in ("quarantined", "blocked") and evaluated.rows is not None and evaluated.rows.size:
+            rejections.append(Rejection(result.label, reason, evaluated.rows))
+        if result.outcome == "blocked":
+            blocked_by.append(Rejection(f"blocked by {result.label}", reason, np.zeros(0, dtype=np.int64)))
+    if blocked_by:
+        accepted = np.zeros(0, dtype=np.int64)
+    return Assessment(checks=checks, rejections=rejections, blocked_by=blocked_by, accepted=accepted,
+                      repaired=work, converted=converted)
+
+
+def _run(severity: str, name: str, check) -> tuple[Evaluated, str]:
+    """Run a built-in check unless its severity is off."""
+    if severity == "off":
+        return _off(name), "off"
+    return check(), severity
+
+
+def _off(name: str) -> Evaluated:
+    result = CheckResult(name=name, success=True, kind="check", scope="table", why=ck.WHY.get(name), outcome="off")
+    return Evaluated(result)
+
+
+def _outcome(result: CheckResult, severity: str) -> str:
+    if severity == "off":
+        return "off"
+    if result.success:
+        return "passed"
+    if severity == "warn":
+        return "warned"
+    return "blocked" if is_blocking(result) else "quarantined"
+
+
+def _remaining(n: int, results: list[tuple[Evaluated, str]]) -> np.ndarray:
+    """Positions not yet taken out by a failed quarantine-severity row check."""
+    keep = np.ones(n, dtype=bool)
+    for evaluated, severity in results:
+        if severity == "quarantine" and not evaluated.result.success and evaluated.rows is not None:
+            keep[evaluated.rows] = False
+    return np.flatnonzero(keep)
+
+
+def _map_back(evaluated: Evaluated, keep: np.ndarray, n: int) -> Evaluated:
+    """Turn positions within a stage's view (the rows in ``keep``) into positions within the batch."""
+    if evaluated.rows is None or keep.size == n or evaluated.rows.size == 0:
+        return evaluated
+    rows = keep[evaluated.rows]
+    result = evaluated.result
+    if result.kind == "check" and result.scope == "rows":
+        result.unexpected_sample = [int(r) for r in rows[: len(result.unexpected_sample)]]
+    return Evaluated(result, rows)
+
+
+# 2. Settle (files) ----------------------------------------------------------------------
+
+
+def evaluation_index_dir(cfg: PipelineConfig) -> Path:
+    """Where runs record the hashes of their evaluation rows (one Parquet file per run)."""
+    return cfg.workdir_path() / "gate" / cfg.name / "evaluation"
+
+
+def read_evaluation_index(folder: Path) -> pd.DataFrame | None:
+    """Every run's evaluation rows (``feature_hash``, ``row_hash``, ``salt``), or None if none."""
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not files:
+        return None
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True).drop_duplicates()
+
+
+def run_gate(cfg: PipelineConfig, batch: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """Validate a batch, write the accepted rows and the quarantine, and check the accounting.
+
+    Args:
+        cfg: The pipeline config.
+        batch: What `normlab.pipeline.load_batch` returns (``path``, ``source``,
+            ``fingerprint``, ``rows``, ``columns``).
+        out_dir: A folder of this run (``validation.json``, ``validation.html``
+            and, when rows were taken out or repaired, ``accepted.parquet``).
+
+    Returns:
+        ``report`` (the validation report dict), ``accepted_path`` (Parquet of
+        the accepted rows; None when blocked), ``accepted`` (a batch dict for
+        the accepted rows; None when blocked), ``quarantine_path`` (Parquet of
+        the rejected rows, or None), ``quarantine_dir``, ``rows_in``,
+        ``rows_accepted``, ``rows_quarantined``, ``blocked`` (and its
+        opposite ``success``), ``failed`` (a line per failed check),
+        ``table`` (`check_table`), ``report_path`` and ``html_path``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = pd.read_parquet(batch["path"])
+    suite = load_suite(cfg.data.expectations) if cfg.data.expectations else None
+    index = read_evaluation_index(evaluation_index_dir(cfg)) if cfg.gate.contamination.severity != "off" else None
+    assessment = assess(frame, cfg, suite, evaluation_index=index)
+    return settle(cfg, batch, frame, assessment, out_dir, suite_name=(suite or {}).get("name"))
+
+
+def settle(
+    cfg: PipelineConfig,
+    batch: dict[str, Any],
+    frame: pd.DataFrame,
+    assessment: Assessment,
+    out_dir: Path,
+    *,
+    suite_name: str | None,
+) -> dict[str, Any]:
+    """Write what an assessment decided and prove that every row is accounted for."""
+    n = len(frame)
+    rejected = np.ones(n, dtype=bool)
+    rejected[assessment.accepted] = False
+    rows_quarantined = int(rejected.sum())
+    quarantine_dir = cfg.gate.quarantine_path(cfg.workdir_path()) / cfg.name / out_dir.name
+    quarantine_path: str | None = None
+    if rows_quarantined:
+        rows = annotate(frame, np.flatnonzero(rejected), assessment.rejections, blocked_by=assessment.blocked_by,
+                        fingerprint=batch["fingerprint"], source=batch["source"])
+        quarantine_path = str(write_parquet(rows, quarantine_dir / "rows.parquet"))
+
+    accepted: dict[str, Any] | None = None
+    if not assessment.blocked:
+        if rows_quarantined == 0 and not assessment.converted:
+            accepted = dict(batch)  # nothing removed or repaired: the snapshot is the accepted batch
+        else:
+            kept = take_rows(assessment.repaired, assessment.accepted)
+            path = write_parquet(kept, out_dir / "accepted.parquet")
+            accepted = {"path": str(path), "source": batch["source"], "fingerprint": fingerprint_frame(kept),
+                        "rows": int(len(kept)), "columns": [str(c) for c in kept.columns]}
+    counts = verify_accounting(n, accepted["path"] if accepted else None, quarantine_path)
+
+    report = ValidationReport(
+        suite=suite_name or "none", fingerprint=batch["fingerprint"], rows_in=n, checks=assessment.checks,
+        rows_accepted=counts["rows_accepted"], rows_quarantined=counts["rows_quarantined"], source=batch["source"],
+    ).to_dict()
+    report["quarantine_path"] = quarantine_path
+    report_path = out_dir / "validation.json"
+    report_path.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    html_path = out_dir / "validation.html"
+    html_path.write_text(render_html(report), encoding="utf-8")
+    if quarantine_path:
+        # The validation result sits beside the rows it rejected.
+        shutil.copy2(report_path, quarantine_dir / "validation.json")
+        shutil.copy2(html_path, quarantine_dir / "validation.html")
+    return {
+        "report": report,
+        "accepted": accepted,
+        "accepted_path": accepted["path"] if accepted else None,
+        "quarantine_path": quarantine_path,
+        "quarantine_dir": str(quarantine_dir),
+        **counts,
+        "blocked": assessment.blocked,
+        "success": not assessment.blocked,
+        "failed": report["failed"],
+        "table": check_table(report),
+        "report_path": str(report_path),
+        "html_path": str(html_path),
+    }
+
+
+def enforce(gate: dict[str, Any]) -> None:
+    """Raise `DataValidationError` (exit code 3) when the gate blocked the batch."""
+    if not gate["blocked"]:
+        return
+    report = gate["report"]
+    failures = [CheckResult(**c) for c in report["checks"] if c["outcome"] == "blocked"]
+    listed = "; ".join(c.describe() for c in failures[:5]) + (f"; and {len(failures) - 5} more" if len(failures) > 5 else "")
+    kept = f"; all {gate['rows_in']} rows kept in {gate['quarantine_path']}" if gate["quarantine_path"] else ""
+    raise DataValidationError(
+        f"batch {report['fingerprint'][:12]} blocked by {len(failures)} check(s): {listed}{kept}", report=report
+    )
+
+
+# 3. Split audit -------------------------------------------------------------------------
+
+
+def check_splits(
+    cfg: PipelineConfig, batch: dict[str, Any], prepared: dict[str, Any], run_dir: str | Path,
+    *, run_id: str | None = None,
+) -> dict[str, Any]:
+    """After the split: block evaluation rows that leak training content, then index them.
+
+    Training rows are the rows of ``prepared["reference"]``; since splits hash
+    whole rows, a batch row identical to a training row is a training row, so
+    every other row is an evaluation row. Once the check passes, this run's
+    evaluation rows are recorded for later batches' contamination check.
+    With ``run_id``, the result is logged to that MLflow run.
+
+    Returns:
+        The leakage check's result dict and the number of evaluation rows recorded.
+
+    Raises:
+        DataValidationError: Leakage above ``gate.leakage.max_share`` with severity ``block``.
+    """
+    from normlab.data.fingerprint import row_hashes
+
+    run_dir = Path(run_dir)
+    setting = cfg.gate.leakage
+    if setting.severity == "off":
+        return {"leakage": asdict(_off("leakage").result), "evaluation_rows": 0}
+    frame = pd.read_parquet(batch["path"])
+    train = pd.read_parquet(prepared["reference"])
+    salt = cfg.splits.salt
+    rows = row_hashes(frame, salt=salt)
+    is_train = np.isin(rows, row_hashes(train, salt=salt))
+    features = ck.content_hashes(frame, prepared["features"])
+    evaluated = ck.check_leakage(features[is_train], features[~is_train], max_share=setting.max_share)
+    result = evaluated.result
+    result.severity = setting.severity
+    result.outcome = _outcome(result, setting.severity)
+    (run_dir / "leakage.json").write_text(json.dumps(asdict(result), indent=1, default=str), encoding="utf-8")
+    if run_id is not None:
+        from normlab import tracking
+
+        uri = cfg.tracking_uri()
+        tracking.log_metrics(uri, run_id, {"gate/leakage_share": float(result.observed),
+                                           "gate/leaked_rows": result.details["leaked_rows"]})
+        tracking.log_artifact(uri, run_id, run_dir / "leakage.json", "validation")
+    if result.outcome == "blocked":
+        raise DataValidationError(
+            f"split leaks: {result.details['leaked_rows']} of {result.details['evaluation_rows']} evaluation rows "
+            f"share their features with training rows (share {result.observed} > {setting.max_share}); "
+            "deduplicate the features or set gate.leakage", report=asdict(result),
+        )
+    index = pd.DataFrame({"feature_hash": features[~is_train], "row_hash": rows[~is_train], "salt": salt})
+    write_parquet(index, evaluation_index_dir(cfg) / f"{run_dir.name}.parquet")
+    return {"leakage": asdict(result), "evaluation_rows": int(len(index))}
+
+
+# 4. Reports -----------------------------------------------------------------------------
+
+
+def check_table(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-check table: every failed check on its own row, passed and off checks grouped by name."""
+    rows: list[dict[str, Any]] = []
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in report["checks"]:
+        if c["outcome"] in ("passed", "off"):
+            grouped.setdefault((c["name"], c["outcome"]), []).append(c)
+            continue
+        rows.append({"check": c["name"], "column": c["column"] or "", "severity": c["severity"],
+                     "outcome": c["outcome"], "rows": c["rows_flagged"], "detail": _detail(c)})
+    for (name, outcome), members in grouped.items():
+        severities = sorted({m["severity"] for m in members})
+        many = len(members) > 1
+        rows.append({
+            "check": name,
+            "column": f"{len(members)} columns" if many and members[0]["column"] else (members[0]["column"] or ""),
+            "severity": severities[0] if len(severities) == 1 else "/".join(severities),
+            "outcome": outcome,
+            "rows": sum(m["rows_flagged"] for m in members),
+            "detail": "" if many else _detail(members[0]),
+        })
+    order = {o: i for i, o in enumerate(("blocked", "quarantined", "warned", "passed", "off"))}
+    return sorted(rows, key=lambda r: order[r["outcome"]])
+
+
+def _detail(c: dict[str, Any]) -> str:
+    if c.get("error"):
+        return f"error: {c['error']}"
+    parts = []
+    observed = c["observed"]
+    if isinstance(observed, list) and len(observed) > 5:
+        observed = f"{len(observed)} values"
+    if observed is not None:
+        parts.append(f"observed {observed}")
+    if c["unexpected_sample"]:
+        what = "rows" if c["kind"] == "check" else "e.g."
+        parts.append(f"{what} {', '.join(map(str, c['unexpected_sample'][:5]))}")
+    if c["details"]:
+        parts.append(", ".join(f"{k}={v}" for k, v in c["details"].items() if k not in ("max_share", "min_share"))
+                     if c["kind"] == "check" else json.dumps(c["details"]))
+    return "; ".join(p for p in parts if p)
+
+
+def summary(gate: dict[str, Any]) -> dict[str, Any]:
+    """What ``normlab validate --summary`` writes: counts, paths and each check's outcome."""
+    report = gate["report"]
+    return {
+        "status": "blocked" if gate["blocked"] else "passed",
+        "fingerprint": report["fingerprint"],
+        "source": report["source"],
+        "suite": report["suite"],
+        "rows_in": gate["rows_in"],
+        "rows_accepted": gate["rows_accepted"],
+        "rows_quarantined": gate["rows_quarantined"],
+        "accepted_path": gate["accepted_path"],
+        "quarantine_path": gate["quarantine_path"],
+        "report_path": gate["report_path"],
+        "html_path": gate["html_path"],
+        "checks": [
+            {"check": c["name"], "column": c["column"], "severity": c["severity"], "outcome": c["outcome"],
+             "rows_flagged": c["rows_flagged"], "unexpected_count": c["unexpected_count"], "observed": c["observed"]}
+            for c in report["checks"]
+        ],
+    }
+
+
+_COLOURS = {"passed": "#e6f4ea", "warned": "#fff4e5", "quarantined": "#fde7d9", "blocked": "#fce8e6", "off": "#f1f3f4"}
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """A self-contained HTML page: the accounting, then one row per check."""
+    esc = html.escape
+    status = "BLOCKED" if report["blocked"] else "passed"
+    head = (
+        f"<h1>Data gate: {esc(status)}</h1>"
+        f"<p>batch <code>{esc(report['fingerprint'])}</code> from {esc(str(report['source']))}, "
+        f"suite {esc(str(report['suite']))}</p>"
+        f"<p>rows in {report['rows_in']} = accepted {report['rows_accepted']} "
+        f"+ quarantined {report['rows_quarantined']}</p>"
+    )
+    if report.get("quarantine_path"):
+        head += f"<p>rejected rows: <code>{esc(report['quarantine_path'])}</code></p>"
+    cells = ("check", "column", "severity", "outcome", "rows", "why", "detail")
+    lines = ["<tr>" + "".join(f"<th>{c}</th>" for c in cells) + "</tr>"]
+    for c in report["checks"]:
+        values = (c["name"], c["column"] or "", c["severity"], c["outcome"], c["rows_flagged"], c["why"] or "", _detail(c))
+        colour = _COLOURS.get(c["outcome"], "#ffffff")
+        lines.append(f'<tr style="background:{colour}">' + "".join(f"<td>{esc(str(v))}</td>" for v in values) + "</tr>")
+    style = "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>normlab data gate</title>"
+            f"<style>{style}</style></head><body>{head}<table>{''.join(lines)}</table></body></html>\n")
+
+
+def log_gate(cfg: PipelineConfig, run_id: str, gate: dict[str, Any]) -> None:
+    """Record the gate in the MLflow run: accounting metrics, the report, the per-check table, the quarantine."""
+    from normlab import tracking
+
+    uri = cfg.tracking_uri()
+    report = gate["report"]
+    failed = [c for c in report["checks"] if c["outcome"] in ("warned", "quarantined", "blocked")]
+    tracking.log_metrics(uri, run_id, {
+        "data/rows": gate["rows_in"],
+        "gate/rows_in": gate["rows_in"],
+        "gate/rows_accepted": gate["rows_accepted"],
+        "gate/rows_quarantined": gate["rows_quarantined"],
+        "gate/blocked": float(gate["blocked"]),
+        "validation/failed": len(failed),
+    })
+    tracking.set_tags(uri, run_id, {
+        "normlab.data.fingerprint": report["fingerprint"],
+        "normlab.validation.success": not gate["blocked"],
+        "normlab.gate.quarantine": gate["quarantine_path"] or "",
+    })
+    tracking.log_dict(uri, run_id, report, "validation/result.json")
+    tracking.log_dict(uri, run_id, check_table(report), "validation/checks.json")
+    tracking.log_artifact(uri, run_id, gate["html_path"], "validation")
+    if gate["quarantine_path"]:
+        tracking.log_artifact(uri, run_id, gate["quarantine_path"], "validation/quarantine")
+
+
+def markdown_summary(gate: dict[str, Any]) -> str:
+    """A short Markdown account of the gate, for a Prefect artifact."""
+    report = gate["report"]
+    status = "**blocked**" if gate["blocked"] else "passed"
+    lines = [
+        f"# Data gate: {status}",
+        f"batch `{report['fingerprint'][:12]}` from `{report['source']}`",
+        "",
+        f"rows in {gate['rows_in']} = accepted {gate['rows_accepted']} + quarantined {gate['rows_quarantined']}",
+    ]
+    if gate["quarantine_path"]:
+        lines.append(f"\nrejected rows: `{gate['quarantine_path']}`")
+    return "\n".join(lines)

@@ -1,0 +1,769 @@
+"""Monitoring new batches: discovery, exactly-once bookkeeping, and the per-batch stages.
+
+Each stage is a plain function over files that returns a small JSON-able
+dict, which is what a Prefect task passes on (see ``flows/monitoring.py``).
+
+Work folder layout (``<workdir>/monitoring/``)::
+
+    state.json                  batches seen (by fingerprint), per-model streaks and alerts
+    state.lock                  serializes read-modify-write of state.json across processes
+    batches/<fp16>/             one folder per batch: batch.parquet (snapshot), gate report,
+                                accepted.parquet, drift.json, report samples, evidently/report.*
+    references/<run_id>/        reference artifacts downloaded from MLflow when the run folder is gone
+    retrain/<stamp>/data.parquet  reference + accepted new rows for a retraining run
+
+A batch is identified by its content fingerprint, so a renamed or re-uploaded
+copy is recognised. It is *claimed* before processing and marked *done* only
+when every stage finished; a failed batch is released and retried on the next
+run, and a claim left by a process that died is taken over. State writes are
+atomic (write, then rename) under an exclusive file lock, so the state
+survives restarts and concurrent monitors.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from normlab import drift
+from normlab.config import PipelineConfig, flatten
+from normlab.data.fingerprint import fingerprint_frame
+from normlab.data.sources import read_table
+from normlab.errors import DataSourceError, NormlabError, TrackingError
+from normlab.registry import CHAMPION, registry_name
+
+BATCH_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+_STATE_VERSION = 1
+# A claim older than this is taken over even when its process seems alive (pid reuse).
+_CLAIM_TIMEOUT_S = 6 * 3600
+_LEVEL_CODE = {"none": 0, "suspected": 1, "detected": 2}
+
+
+class NoReferenceError(NormlabError):
+    """No training run with a drift reference exists yet."""
+
+
+# Names and folders ---------------------------------------------------------------------
+
+
+def monitor_dir(cfg: PipelineConfig) -> Path:
+    """``<workdir>/monitoring`` (created)."""
+    path = cfg.workdir_path() / "monitoring"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def monitoring_experiment(cfg: PipelineConfig) -> str:
+    """The MLflow experiment of monitoring runs."""
+    return cfg.monitor.experiment or f"{cfg.tracking.experiment}-monitoring"
+
+
+def workspace_dir(cfg: PipelineConfig) -> Path:
+    """The Evidently workspace folder."""
+    if cfg.monitor.workspace:
+        return Path(cfg.monitor.workspace).expanduser().resolve()
+    return cfg.workdir_path() / "evidently"
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# 1. Discovery --------------------------------------------------------------------------
+
+
+def discover_batches(data: str | Path) -> list[str]:
+    """The batch files at ``data``: the file itself, or a landing folder's table files.
+
+    In a folder, files are taken oldest first (modification time, then name);
+    hidden files and names starting with ``_`` are skipped, so a writer can
+    upload as ``_part.parquet`` and rename when done.
+
+    Raises:
+        DataSourceError: ``data`` does not exist or is a file of another type.
+    """
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise DataSourceError(f"--data {str(path)!r} does not exist; give a batch file or a landing folder")
+    if path.is_file():
+        if not path.name.lower().endswith(BATCH_SUFFIXES):
+            raise DataSourceError(f"--data {str(path)!r}: batch files end with {', '.join(BATCH_SUFFIXES)}")
+        return [str(path.resolve())]
+    files = [
+        p for p in path.iterdir()
+        if p.is_file() and not p.name.startswith((".", "_")) and p.name.lower().endswith(BATCH_SUFFIXES)
+    ]
+    files.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
+    return [str(p.resolve()) for p in files]
+
+
+# State ---------------------------------------------------------------------------------
+
+
+def _empty_state() -> dict[str, Any]:
+    return {"version": _STATE_VERSION, "files": {}, "batches": {}, "models": {}}
+
+
+@contextmanager
+def locked_state(cfg: PipelineConfig) -> Iterator[dict[str, Any]]:
+    """The monitoring state under an exclusive lock; changes are written back atomically."""
+    folder = monitor_dir(cfg)
+    path = folder / "state.json"
+    with open(folder / "state.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            state = _read_state_file(path)
+            yield state
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(state, indent=1, default=str), encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_state(cfg: PipelineConfig) -> dict[str, Any]:
+    """A consistent copy of the monitoring state (read-only)."""
+    folder = monitor_dir(cfg)
+    with open(folder / "state.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            return _read_state_file(folder / "state.json")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read_state_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return _empty_state()
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataSourceError(
+            f"monitoring state {path} is unreadable ({exc.__class__.__name__}); "
+            "restore it from a backup or move it away to start over (every batch will be processed again)"
+        ) from None
+    if state.get("version") != _STATE_VERSION:
+        raise DataSourceError(f"monitoring state {path} has version {state.get('version')!r}; expected {_STATE_VERSION}")
+    return state
+
+
+def _claim_is_live(claim: dict[str, Any]) -> bool:
+    """True while the process that claimed a batch may still be working on it."""
+    if time.time() - float(claim.get("claimed_ts", 0)) > _CLAIM_TIMEOUT_S:
+        return False
+    if claim.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(claim["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# 2. Open and claim a batch -------------------------------------------------------------
+
+
+def open_batch(cfg: PipelineConfig, path: str) -> dict[str, Any]:
+    """Fingerprint a batch file and claim it, or say why it is skipped.
+
+    A file whose size and modification time match a file seen before is
+    recognised without being read again.
+
+    Returns:
+        ``skip`` (bool) and ``fingerprint``, ``source``; when skipped also
+        ``reason`` and ``previous`` (the earlier record); otherwise ``path``
+        (the snapshot), ``rows``, ``columns`` and ``batch_dir``.
+    """
+    stat = Path(path).stat()
+    known = read_state(cfg)["files"].get(path)
+    frame = None
+    if known and known["size"] == stat.st_size and known["mtime_ns"] == stat.st_mtime_ns:
+        fingerprint = known["fingerprint"]
+    else:
+        frame = read_table(path)
+        fingerprint = fingerprint_frame(frame)
+    with locked_state(cfg) as state:
+        state["files"][path] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "fingerprint": fingerprint}
+        record = state["batches"].get(fingerprint)
+        if record and record.get("status") == "done":
+            return {"skip": True, "fingerprint": fingerprint, "source": path, "previous": record,
+                    "reason": f"already processed at {record['processed_at']} (from {record['source']})"}
+        if record and record.get("status") == "claimed" and _claim_is_live(record):
+            return {"skip": True, "fingerprint": fingerprint, "source": path, "previous": None,
+                    "reason": f"being processed by pid {record['pid']} on {record['host']}"}
+        state["batches"][fingerprint] = {"status": "claimed", "source": path, "pid": os.getpid(),
+                                         "host": socket.gethostname(), "claimed_ts": time.time()}
+    if frame is None:
+        frame = read_table(path)
+    batch_dir = monitor_dir(cfg) / "batches" / fingerprint[:16]
+    batch_dir.mkdir(parents=True, exist_ok=True)
+    snapshot = batch_dir / "batch.parquet"
+    frame.to_parquet(snapshot, index=False)
+    return {"skip": False, "fingerprint": fingerprint, "source": path, "path": str(snapshot),
+            "rows": int(len(frame)), "columns": [str(c) for c in frame.columns], "batch_dir": str(batch_dir)}
+
+
+def release_batch(cfg: PipelineConfig, batch: dict[str, Any]) -> None:
+    """Drop this process's claim on a batch that failed, so the next run retries it."""
+    with locked_state(cfg) as state:
+        record = state["batches"].get(batch["fingerprint"])
+        if record and record.get("status") == "claimed" and record.get("pid") == os.getpid():
+            del state["batches"][batch["fingerprint"]]
+
+
+# 3. The data gate ----------------------------------------------------------------------
+
+
+def gate_batch(cfg: PipelineConfig, batch: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """The same data gate as training: accepted rows go on, rejected rows to quarantine.
+
+    Returns:
+        ``accepted_path`` (None when blocked), ``quarantine_path`` (None when
+        nothing was rejected), ``rows_in``, ``rows_accepted``,
+        ``rows_quarantined``, ``blocked``, ``failed`` (a line per failed
+        check) and ``report_path`` (the full validation report).
+    """
+    from normlab.gate import run_gate
+
+    gated = run_gate(cfg, batch, out_dir)
+    # The full report stays in its file; tasks pass on the counts and paths.
+    return {k: gated[k] for k in ("accepted_path", "quarantine_path", "rows_in", "rows_accepted",
+                                  "rows_quarantined", "blocked", "failed", "report_path")}
+
+
+# 4. The drift reference ----------------------------------------------------------------
+
+
+def resolve_reference(cfg: PipelineConfig) -> dict[str, Any]:
+    """The drift reference: the training data of the ``champion`` model, else of the latest run.
+
+    Returns:
+        ``run_id``, ``model``, ``version`` (None without a registry),
+        ``selected_by``, and local paths ``reference``, ``encoder`` and
+        either ``model_spec``/``model_weights`` (the run folder) or
+        ``model_uri`` (MLflow), plus ``reference_accuracy``.
+
+    Raises:
+        NoReferenceError: No champion and no finished run with a reference.
+        TrackingError: The store cannot be reached.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from normlab import tracking
+
+    uri, name = cfg.tracking_uri(), registry_name(cfg)
+    client = tracking.client_for(uri)
+    run_id, version, selected_by = None, None, "latest run"
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+        run_id, version, selected_by = mv.run_id, str(mv.version), "champion"
+    except MlflowException as exc:
+        # No registered model, or no champion alias yet: fall back to the latest run.
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise TrackingError(f"tracking store {uri}: {str(exc).splitlines()[0]}") from None
+    if run_id is None:
+        run_id = _latest_run_with_reference(client, cfg)
+    run = client.get_run(run_id)
+    paths = _reference_files(cfg, run_id)
+    return {
+        "run_id": run_id,
+        "model": name,
+        "version": version,
+        "selected_by": selected_by,
+        "reference_accuracy": run.data.metrics.get("id/test/accuracy"),
+        **paths,
+    }
+
+
+def _latest_run_with_reference(client: Any, cfg: PipelineConfig) -> str:
+    uri = cfg.tracking_uri()
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is not None:
+        runs = client.search_runs(
+            [exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+            max_results=50,
+        )
+        for run in runs:
+            if any(a.path == "drift/reference.parquet" for a in client.list_artifacts(run.info.run_id, "drift")):
+                return run.info.run_id
+    raise NoReferenceError(
+        f"no drift reference: no champion of '{registry_name(cfg)}' and no finished run with drift/reference.parquet "
+        f"in experiment '{cfg.tracking.experiment}' at {uri}; train one first with `normlab run`"
+    )
+
+
+def _reference_files(cfg: PipelineConfig, run_id: str) -> dict[str, str]:
+    """Reference, encoder and model files: from the run folder, else downloaded from MLflow."""
+    run_dir = cfg.workdir_path() / "runs" / run_id
+    local = {k: run_dir / f for k, f in (("reference", "reference.parquet"), ("encoder", "encoder.json"),
+                                         ("model_spec", "model.json"), ("model_weights", "model.pt"))}
+    if all(p.is_file() for p in local.values()):
+        return {k: str(p) for k, p in local.items()}
+    import mlflow.artifacts
+
+    dest = monitor_dir(cfg) / "references" / run_id
+    dest.mkdir(parents=True, exist_ok=True)
+    uri = cfg.tracking_uri()
+    fetched = {}
+    for key, artifact in (("reference", "drift/reference.parquet"), ("encoder", "model_inputs/encoder.json")):
+        target = dest / artifact
+        if not target.is_file():
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dest),
+                                                tracking_uri=uri)
+        fetched[key] = str(target)
+    return {**fetched, "model_uri": f"runs:/{run_id}/model"}
+
+
+def load_reference_model(cfg: PipelineConfig, reference: dict[str, Any]):
+    """The reference run's model (eval mode) and its feature and label encoders."""
+    from normlab.data.encoding import FeatureEncoder, LabelEncoder
+
+    encoders = json.loads(Path(reference["encoder"]).read_text(encoding="utf-8"))
+    features, labels = FeatureEncoder.from_dict(encoders["features"]), LabelEncoder.from_dict(encoders["labels"])
+    if reference.get("model_spec"):
+        from normlab.pipeline import load_trained
+
+        spec = json.loads(Path(reference["model_spec"]).read_text(encoding="utf-8"))
+        model = load_trained({"spec": spec, "model_path": reference["model_weights"]})
+    else:
+        import mlflow.pytorch
+
+        from normlab import tracking
+
+        with tracking.tracking_uri(cfg.tracking_uri()):
+            model = mlflow.pytorch.load_model(reference["model_uri"], map_location="cpu").eval()
+    return model, features, labels, encoders.get("label_column", cfg.data.label)
+
+
+# 5. Drift analysis (the decision path) -------------------------------------------------
+
+
+def analyze_batch(
+    cfg: PipelineConfig, reference: dict[str, Any], gated: dict[str, Any], batch: dict[str, Any]
+) -> dict[str, Any]:
+    """Score data drift, prediction drift and (with labels) performance of the accepted rows.
+
+    Writes ``drift.json`` (every column's score) and the row samples the
+    Evidently report draws from into the batch folder.
+
+    Returns:
+        ``rows``, ``decidable``, ``drifted`` (None when not decidable),
+        ``drifted_columns``, ``drift`` (share and top columns), ``prediction``,
+        ``performance`` (None without labels) and ``drift_json``.
+    """
+    from normlab.evaluation import classification_metrics, predict_proba
+
+    mon = cfg.monitor
+    out = Path(batch["batch_dir"])
+    current = pd.read_parquet(gated["accepted_path"])
+    ref = drift.sample_rows(pd.read_parquet(reference["reference"]), mon.reference_rows, cfg.seed)
+    model, encoder, labels, label_column = load_reference_model(cfg, reference)
+    features = encoder.features
+    missing = [c for c in features if c not in current.columns]
+    if missing:
+        raise DataSourceError(f"batch {batch['fingerprint'][:12]} lacks the model's feature columns: {missing[:10]}")
+
+    scores = drift.score_columns(ref, current, features, alpha=mon.alpha, effect_floor=mon.effect_floor)
+    data = drift.summarize_columns(scores, drift_share=mon.drift_share, top=mon.top_columns)
+    ref_proba = predict_proba(model, encoder.transform(ref), batch_size=cfg.eval.batch_size)
+    cur_proba = predict_proba(model, encoder.transform(current), batch_size=cfg.eval.batch_size)
+    prediction = drift.prediction_drift(ref_proba, cur_proba, classes=labels.classes, alpha=mon.alpha,
+                                        effect_floor=mon.effect_floor)
+    performance = None
+    if label_column in current.columns and current[label_column].notna().all():
+        try:
+            y = labels.transform(current[label_column])
+        except DataSourceError:
+            y = None  # labels the model never saw: accuracy is undefined, the drift is not
+        if y is not None:
+            m = classification_metrics(y, cur_proba, n_classes=labels.n_classes, ece_bins=cfg.eval.ece_bins)
+            performance = {"accuracy": m["accuracy"], "f1_macro": m["f1_macro"], "ece": m["ece"]}
+            if reference.get("reference_accuracy") is not None:
+                performance["reference_accuracy"] = reference["reference_accuracy"]
+                performance["accuracy_drop"] = reference["reference_accuracy"] - m["accuracy"]
+
+    decidable = len(current) >= mon.min_rows
+    drifted = bool(data["drifted"] or (mon.prediction and prediction["drifted"])) if decidable else None
+    drifted_columns = data["drifted_columns"] + ([drift.PREDICTION_COLUMN] if prediction["drifted"] else [])
+
+    # Samples for the report, with the model's outputs as two more columns.
+    # Seeded by the batch content: the same batch always gets the same sample.
+    seed = int(batch["fingerprint"][:8], 16)
+    for frame, proba, name in ((ref, ref_proba, "reference"), (current, cur_proba, "current")):
+        picked = drift.sample_rows(frame.assign(**{drift.PREDICTION_COLUMN: proba.argmax(axis=1).astype(str),
+                                                   drift.CONFIDENCE_COLUMN: proba.max(axis=1)}),
+                                   mon.report_rows, seed)
+        picked.to_parquet(out / f"report_{name}.parquet", index=False)
+
+    full = {"fingerprint": batch["fingerprint"], "reference_run_id": reference["run_id"], "rows": len(current),
+            "decidable": decidable, "drifted": drifted, "drifted_columns": drifted_columns, "data": data,
+            "prediction": prediction, "performance": performance,
+            "columns": [s.to_dict() for s in scores]}
+    (out / "drift.json").write_text(json.dumps(full, indent=1, default=float), encoding="utf-8")
+    return {
+        "rows": int(len(current)),
+        "decidable": decidable,
+        "drifted": drifted,
+        "drifted_columns": drifted_columns,
+        "drift": {k: data[k] for k in ("share", "n_columns", "n_drifted", "drifted", "columns")},
+        "prediction": prediction,
+        "performance": performance,
+        "drift_json": str(out / "drift.json"),
+        "report_inputs": {"reference": str(out / "report_reference.parquet"),
+                          "current": str(out / "report_current.parquet")},
+        "top_features": [c["column"] for c in sorted(full["columns"], key=lambda c: c["score"], reverse=True)],
+    }
+
+
+# 6. The Evidently report ---------------------------------------------------------------
+
+
+def build_report(
+    cfg: PipelineConfig, reference: dict[str, Any], batch: dict[str, Any], analysis: dict[str, Any]
+) -> dict[str, Any]:
+    """Evidently report (HTML + JSON) on the sampled rows, added to the Evidently workspace.
+
+    The report covers ``monitor.report_rows`` sampled rows of batch and
+    reference, counts drifted columns over every feature, and draws the
+    ``monitor.report_columns`` top-scoring features plus the predicted class
+    and confidence.
+    """
+    started = time.perf_counter()
+    ref = pd.read_parquet(analysis["report_inputs"]["reference"])
+    cur = pd.read_parquet(analysis["report_inputs"]["current"])
+    features = [c for c in ref.columns if c not in (drift.PREDICTION_COLUMN, drift.CONFIDENCE_COLUMN)]
+    features = [c for c in features if c in cur.columns and c in analysis["top_features"]]
+    numeric = [c for c in features if drift.is_numeric(ref[c]) and drift.is_numeric(cur[c])]
+    categorical = [c for c in features if c not in numeric]
+    drawn = [c for c in analysis["top_features"] if c in features][: cfg.monitor.report_columns]
+    version = reference["version"] or "none"
+    snapshot = drift.evidently_report(
+        ref, cur,
+        numeric=[*numeric, drift.CONFIDENCE_COLUMN],
+        categorical=[*categorical, drift.PREDICTION_COLUMN],
+        drawn=[*drawn, drift.PREDICTION_COLUMN, drift.CONFIDENCE_COLUMN],
+        name=f"batch {batch['fingerprint'][:12]}",
+        metadata={"fingerprint": batch["fingerprint"], "source": batch["source"], "model": reference["model"],
+                  "model_version": version, "reference_run_id": reference["run_id"]},
+        tags=[reference["model"], f"version-{version}"],
+    )
+    paths = drift.save_report(snapshot, Path(batch["batch_dir"]) / "evidently")
+    ws = drift.add_to_workspace(snapshot, workspace_dir(cfg), project=reference["model"])
+    return {**paths, **ws, "rows_sampled": {"reference": len(ref), "current": len(cur)},
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+# 7. The decision -----------------------------------------------------------------------
+
+
+def model_history(state: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """The model's streak and alerts; a new reference (retrained or promoted model) starts afresh."""
+    history = state["models"].get(reference["model"])
+    if not history or history.get("reference_run_id") != reference["run_id"]:
+        return {"reference_run_id": reference["run_id"], "version": reference["version"], "streak": 0,
+                "streak_batches": [], "alerts": []}
+    return history
+
+
+def decide_batch(
+    cfg: PipelineConfig, reference: dict[str, Any], analysis: dict[str, Any] | None, now: datetime | None = None
+) -> dict[str, Any]:
+    """The batch's drift level and whether to alert (nothing is written: `finish_batch` commits)."""
+    history = model_history(read_state(cfg), reference)
+    if analysis is None:
+        return {"level": drift.BLOCKED, "streak": history["streak"], "alert": False,
+                "reason": "blocked by the data gate: no rows to compare", "decided_at": (now or now_utc()).isoformat()}
+    when = now or now_utc()
+    decision = drift.decide(
+        analysis["drifted"], analysis["drifted_columns"], history,
+        consecutive=cfg.monitor.consecutive, cooldown_minutes=cfg.monitor.cooldown_minutes,
+        dedup_overlap=cfg.monitor.dedup_overlap, min_level=cfg.alerts.min_level, now=when,
+    )
+    return {**decision, "decided_at": when.isoformat()}
+
+
+# 8. MLflow -----------------------------------------------------------------------------
+
+
+def log_monitoring_run(
+    cfg: PipelineConfig,
+    batch: dict[str, Any],
+    gated: dict[str, Any],
+    reference: dict[str, Any],
+    analysis: dict[str, Any] | None,
+    report: dict[str, Any] | None,
+    decision: dict[str, Any],
+) -> str:
+    """One MLflow run per batch in the monitoring experiment: drift metrics, the reports, the gate's result."""
+    from normlab import tracking
+
+    uri = cfg.tracking_uri()
+    tags = {
+        "normlab.data.fingerprint": batch["fingerprint"],
+        "normlab.data.source": batch["source"],
+        "normlab.model": reference["model"],
+        "normlab.model.version": reference["version"] or "",
+        "normlab.reference_run_id": reference["run_id"],
+        "normlab.drift.level": decision["level"],
+    }
+    run_id = tracking.start_run(uri, monitoring_experiment(cfg), artifact_location=cfg.artifact_location(),
+                                run_name=f"batch-{batch['fingerprint'][:12]}", tags=tags)
+    try:
+        tracking.log_params(uri, run_id, {**flatten(cfg.monitor, "monitor."), "reference.selected_by":
+                                          reference["selected_by"], "data.fingerprint": batch["fingerprint"]})
+        metrics: dict[str, float] = {
+            "rows/in": gated["rows_in"], "rows/accepted": gated["rows_accepted"],
+            "rows/quarantined": gated["rows_quarantined"], "drift/streak": decision["streak"],
+        }
+        if decision["level"] in _LEVEL_CODE:
+            metrics["drift/level"] = _LEVEL_CODE[decision["level"]]
+        if analysis is not None:
+            full = json.loads(Path(analysis["drift_json"]).read_text(encoding="utf-8"))
+            metrics.update({
+                "drift/share": analysis["drift"]["share"],
+                "drift/n_drifted": analysis["drift"]["n_drifted"],
+                "drift/n_columns": analysis["drift"]["n_columns"],
+                "prediction/class_shift": analysis["prediction"]["class"]["score"],
+                "prediction/confidence_shift": analysis["prediction"]["confidence"]["score"],
+                "prediction/mean_confidence": analysis["prediction"]["confidence"]["current_mean"],
+            })
+            metrics.update({f"drift/column/{c['column']}": c["score"] for c in full["columns"]})
+            for key, value in (analysis["performance"] or {}).items():
+                metrics[f"performance/{key}"] = value
+            tracking.log_artifact(uri, run_id, analysis["drift_json"])
+        tracking.log_metrics(uri, run_id, metrics)
+        tracking.log_artifact(uri, run_id, gated["report_path"], "gate")
+        tracking.log_dict(uri, run_id, decision, "decision.json")
+        if report is not None:
+            tracking.log_artifact(uri, run_id, report["html"], "evidently")
+            tracking.log_artifact(uri, run_id, report["json"], "evidently")
+    except BaseException:
+        tracking.end_run(uri, run_id, "FAILED")
+        raise
+    tracking.end_run(uri, run_id, "FINISHED")
+    return run_id
+
+
+# 9. Commit -----------------------------------------------------------------------------
+
+
+def finish_batch(
+    cfg: PipelineConfig,
+    batch: dict[str, Any],
+    gated: dict[str, Any],
+    reference: dict[str, Any],
+    analysis: dict[str, Any] | None,
+    report: dict[str, Any] | None,
+    decision: dict[str, Any],
+    alert: dict[str, Any],
+    monitor_run_id: str,
+) -> dict[str, Any]:
+    """Mark the batch done and update the model's streak and alert history, in one atomic write.
+
+    Returns:
+        The batch's entry in the monitor summary.
+    """
+    entry = batch_entry(batch, gated, analysis, report, decision, alert, monitor_run_id)
+    with locked_state(cfg) as state:
+        history = model_history(state, reference)
+        if decision["level"] in _LEVEL_CODE:
+            history["streak"] = decision["streak"]
+            if decision["level"] == "none":
+                history["streak_batches"] = []
+            else:
+                history["streak_batches"] = [*history["streak_batches"], gated["accepted_path"]][-50:]
+        if decision["alert"]:
+            # An alert that reached nobody because none is configured still starts the cooldown (it
+            # also gates retraining); one that failed to reach a configured target does not.
+            if alert["sent"] or alert["targets"] == 0:
+                history["alerts"] = [*history["alerts"], {"at": decision["decided_at"], "level": decision["level"],
+                                                          "columns": analysis["drifted_columns"] if analysis else [],
+                                                          "fingerprint": batch["fingerprint"],
+                                                          "delivered": alert["delivered"]}][-100:]
+        state["models"][reference["model"]] = history
+        state["batches"][batch["fingerprint"]] = {
+            "status": "done", "source": batch["source"], "processed_at": now_utc().isoformat(),
+            "monitor_run_id": monitor_run_id, "reference_run_id": reference["run_id"], "entry": entry,
+        }
+    if monitor_run_id:
+        from normlab import tracking
+
+        tracking.set_tags(cfg.tracking_uri(), monitor_run_id, {
+            "normlab.alert.sent": alert["sent"], "normlab.alert.delivered": alert["delivered"],
+        })
+    return entry
+
+
+def batch_entry(
+    batch: dict[str, Any],
+    gated: dict[str, Any],
+    analysis: dict[str, Any] | None,
+    report: dict[str, Any] | None,
+    decision: dict[str, Any],
+    alert: dict[str, Any],
+    monitor_run_id: str,
+) -> dict[str, Any]:
+    """One batch in the summary JSON."""
+    entry: dict[str, Any] = {
+        "fingerprint": batch["fingerprint"],
+        "source": batch["source"],
+        "status": "processed",
+        "rows_in": gated["rows_in"],
+        "rows_accepted": gated["rows_accepted"],
+        "rows_quarantined": gated["rows_quarantined"],
+        "quarantine_path": gated["quarantine_path"],
+        "drift": {"level": decision["level"], "reason": decision["reason"], "streak": decision["streak"],
+                  "share": None, "n_drifted": None, "n_columns": None, "columns": []},
+        "prediction": None,
+        "performance": None,
+        "alert": {k: alert[k] for k in ("due", "sent", "targets", "delivered", "reason") if k in alert},
+        "report": {k: report[k] for k in ("html", "json", "snapshot_id")} if report else None,
+        "monitor_run_id": monitor_run_id,
+    }
+    if analysis is not None:
+        entry["drift"].update({k: analysis["drift"][k] for k in ("share", "n_drifted", "n_columns", "columns")})
+        pred = analysis["prediction"]
+        entry["prediction"] = {"drifted": pred["drifted"], "class_shift": pred["class"]["score"],
+                               "confidence_shift": pred["confidence"]["score"]}
+        entry["performance"] = analysis["performance"]
+    return entry
+
+
+def skipped_entry(opened: dict[str, Any]) -> dict[str, Any]:
+    """A batch seen before, in the summary JSON: its earlier result, marked skipped."""
+    previous = (opened.get("previous") or {}).get("entry") or {}
+    return {
+        **previous,
+        "fingerprint": opened["fingerprint"],
+        "source": opened["source"],
+        "status": "skipped",
+        "reason": opened["reason"],
+        "alert": {"due": False, "sent": False, "targets": 0, "delivered": 0},
+    }
+
+
+# 10. Alerts ----------------------------------------------------------------------------
+
+
+def alert_batch(
+    cfg: PipelineConfig,
+    batch: dict[str, Any],
+    reference: dict[str, Any],
+    analysis: dict[str, Any] | None,
+    report: dict[str, Any] | None,
+    decision: dict[str, Any],
+    monitor_run_id: str,
+    retrain: bool,
+    config_hint: str = "",
+) -> dict[str, Any]:
+    """Send the drift alert when the decision calls for one.
+
+    Returns:
+        ``sent``, ``targets``, ``delivered`` and, when nothing was sent, ``reason``.
+    """
+    from normlab import alerts
+
+    if not decision["alert"] or analysis is None:
+        return {"due": False, "sent": False, "targets": 0, "delivered": 0, "reason": decision["reason"]}
+    title, body = alerts.drift_message(
+        model=reference["model"], version=reference["version"], reference_run_id=reference["run_id"],
+        fingerprint=batch["fingerprint"], source=batch["source"], level=decision["level"],
+        drift=analysis["drift"], prediction=analysis["prediction"], performance=analysis["performance"],
+        rows=analysis["rows"], report_html=report["html"] if report else None, monitor_run_id=monitor_run_id,
+        tracking_uri=cfg.tracking_uri(), retrain=retrain, config_hint=config_hint,
+    )
+    return {"due": True, **alerts.send(alerts.alert_urls(cfg), title, body)}
+
+
+def wants_retraining(cfg: PipelineConfig, decision: dict[str, Any], retrain: bool | None) -> bool:
+    """Retrain on a new (not held back) `detected` drift when enabled in the config or by the caller."""
+    enabled = cfg.monitor.retrain_on_drift if retrain is None else retrain
+    return bool(enabled and decision["level"] == "detected" and decision["alert"])
+
+
+def batch_markdown(entry: dict[str, Any], reference: dict[str, Any]) -> str:
+    """A short Markdown summary of one batch (the Prefect artifact)."""
+    d = entry["drift"]
+    which = f"{reference['model']} v{reference['version']}" if reference["version"] else reference["model"]
+    lines = [
+        f"### Batch `{entry['fingerprint'][:12]}`: drift **{d['level']}**",
+        "",
+        f"- source: `{entry['source']}`",
+        f"- model: {which} (reference run `{reference['run_id']}`)",
+        f"- rows: {entry['rows_in']} in, {entry['rows_accepted']} accepted, {entry['rows_quarantined']} quarantined",
+        f"- decision: {d['reason']}",
+    ]
+    if d["share"] is not None:
+        lines.append(f"- drifted columns: {d['n_drifted']} of {d['n_columns']} (share {d['share']:.2f})")
+        lines += ["", "| column | test | score | p-value | drifted |", "|---|---|---|---|---|"]
+        lines += [f"| {c['column']} | {c['test']} | {c['score']:.3f} | {c['p_value']:.2g} | {c['drifted']} |"
+                  for c in d["columns"]]
+    if entry.get("performance"):
+        lines.append(f"\n- accuracy on the batch: {entry['performance']['accuracy']:.3f}")
+    alert = entry["alert"]
+    lines.append(f"- alert: {'sent' if alert['sent'] else 'not sent'}"
+                 + (f" ({alert['reason']})" if alert.get("reason") else ""))
+    if entry.get("report"):
+        lines.append(f"- report: `{entry['report']['html']}`")
+    return "\n".join(lines)
+
+
+# 11. Retraining ------------------------------------------------------------------------
+
+
+def retraining_data(cfg: PipelineConfig, reference: dict[str, Any]) -> dict[str, Any]:
+    """Write the reference rows plus the accepted rows of the drifted batches as one Parquet file.
+
+    Only batches with the label column can train; others are left out and counted.
+
+    Returns:
+        ``path`` (None when no new labelled rows exist), ``rows_reference``,
+        ``rows_new``, ``batches_used``, ``batches_unlabelled``.
+    """
+    history = model_history(read_state(cfg), reference)
+    ref = pd.read_parquet(reference["reference"])
+    new, unlabelled = [], 0
+    for path in history["streak_batches"]:
+        if not path or not Path(path).is_file():
+            continue
+        frame = pd.read_parquet(path)
+        if cfg.data.label not in frame.columns or frame[cfg.data.label].isna().any():
+            unlabelled += 1
+            continue
+        new.append(frame[list(ref.columns)] if set(ref.columns) <= set(frame.columns) else frame)
+    out = {"rows_reference": int(len(ref)), "rows_new": int(sum(len(f) for f in new)), "batches_used": len(new),
+           "batches_unlabelled": unlabelled, "path": None}
+    if not new:
+        return out
+    combined = pd.concat([ref, *new], ignore_index=True)
+    folder = monitor_dir(cfg) / "retrain" / now_utc().strftime("%Y%m%dT%H%M%S%fZ")
+    folder.mkdir(parents=True, exist_ok=True)
+    combined.to_parquet(folder / "data.parquet", index=False)
+    return {**out, "path": str(folder / "data.parquet")}
+
+
+def record_retraining(cfg: PipelineConfig, reference: dict[str, Any], data: dict[str, Any],
+                      result: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
+    """Note the retraining in the model's history and return its summary entry."""
+    entry = {"at": now_utc().isoformat(), "data": data.get("path"), "rows_reference": data["rows_reference"],
+             "rows_new": data["rows_new"], "run_id": (result or {}).get("run_id"), "error": error}
+    if result:
+        entry.update({"model_uri": result["model_uri"], "rows": result["data"]["rows"],
+                      "rows_accepted": result["validation"]["rows_accepted"], "registry": result.get("registry")})
+    with locked_state(cfg) as state:
+        history = model_history(state, reference)
+        history["retrained"] = [*history.get("retrained", []), entry][-20:]
+        state["models"][reference["model"]] = history
+    return entry

@@ -1,0 +1,178 @@
+"""The serving model: raw table rows in, class labels and probabilities out.
+
+`NormlabClassifier` is an MLflow pyfunc that bundles what turns a row of the
+training table into a prediction: the feature and label encoders (JSON), the
+arguments that rebuild the network (JSON) and its weights (a ``state_dict``
+read with ``weights_only=True``). ``mlflow.pyfunc.load_model(uri).predict(frame)``
+takes a DataFrame with the raw training columns, categorical text included,
+and returns one row per input row: ``label`` (the predicted class, as in the
+training data) and ``proba_<class>`` for every class. The same model answers
+``mlflow models serve``.
+
+The pickled wrapper holds no state and no code: cloudpickle records the class
+by reference (``normlab.serving.NormlabClassifier``), and the normlab sources
+travel with the model as MLflow ``code_paths`` so it loads where normlab is not
+installed.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+
+from normlab.data.encoding import FeatureEncoder, LabelEncoder
+from normlab.errors import DataSourceError
+from normlab.models import build_model
+
+# Artifact keys inside the logged model, and the files they come from in a run folder.
+ARTIFACT_FILES: dict[str, str] = {"encoder": "encoder.json", "spec": "model.json", "weights": "model.pt"}
+LABEL_COLUMN = "label"
+PROBA_PREFIX = "proba_"
+# The model's entry point, run by MLflow when it loads the model.
+_ENTRY_POINT = """\
+from mlflow.models import set_model
+
+from normlab.serving import NormlabClassifier
+
+set_model(NormlabClassifier())
+"""
+# Rows scored per forward pass: bounds memory on large requests.
+_CHUNK = 4096
+# What the bundled normlab sources import, pinned to this environment's versions.
+_REQUIREMENTS = ("torch", "numpy", "pandas", "scipy")
+
+
+class LoadedClassifier:
+    """A network with its encoders, scoring raw rows.
+
+    Args:
+        encoder: The run's ``encoder.json`` content (features, labels).
+        spec: The keyword arguments of `normlab.models.build_model`.
+        state_dict: The trained weights.
+    """
+
+    def __init__(self, encoder: dict[str, Any], spec: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> None:
+        self.features = FeatureEncoder.from_dict(encoder["features"])
+        self.labels = LabelEncoder.from_dict(encoder["labels"])
+        args = dict(spec)
+        if args.get("image_shape") is not None:
+            args["image_shape"] = tuple(args["image_shape"])
+        self.model = build_model(**args)
+        self.model.load_state_dict(state_dict)
+        self.model.eval()
+
+    @classmethod
+    def from_files(cls, encoder: str | Path, spec: str | Path, weights: str | Path) -> LoadedClassifier:
+        """Load from the three files (weights read as data only, never as code)."""
+        return cls(
+            json.loads(Path(encoder).read_text(encoding="utf-8")),
+            json.loads(Path(spec).read_text(encoding="utf-8")),
+            torch.load(weights, map_location="cpu", weights_only=True),
+        )
+
+    @torch.inference_mode()
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Class probabilities (float64), one row per input row."""
+        x = torch.as_tensor(self.features.transform(frame))
+        chunks = [torch.softmax(self.model(x[i : i + _CHUNK]).double(), dim=1) for i in range(0, len(x), _CHUNK)]
+        if not chunks:
+            return np.zeros((0, self.labels.n_classes))
+        return torch.cat(chunks).numpy()
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``label`` and ``proba_<class>`` columns for every row of ``frame``."""
+        missing = [c for c in self.features.features if c not in frame.columns]
+        if missing:
+            raise DataSourceError(
+                f"input lacks the model's feature columns {missing[:10]}; send every training column"
+            )
+        proba = self.predict_proba(frame)
+        out = pd.DataFrame({LABEL_COLUMN: self.labels.inverse_transform(proba.argmax(axis=1))}, index=frame.index)
+        for i, cls in enumerate(self.labels.classes):
+            out[f"{PROBA_PREFIX}{cls}"] = proba[:, i]
+        return out
+
+
+class NormlabClassifier(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc wrapper around `LoadedClassifier`; its state comes from the model's artifacts."""
+
+    def load_context(self, context: Any) -> None:
+        """Rebuild the classifier from the bundled JSON files and weights."""
+        paths = context.artifacts
+        self._classifier = LoadedClassifier.from_files(paths["encoder"], paths["spec"], paths["weights"])
+
+    @property
+    def classifier(self) -> LoadedClassifier:
+        """The loaded network and encoders (scores frames without MLflow's schema enforcement)."""
+        return self._classifier
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Predict labels and class probabilities for a DataFrame of raw rows."""
+        return self._classifier.predict(pd.DataFrame(model_input))
+
+
+def serving_example(frame: pd.DataFrame, features: list[str], rows: int = 5) -> pd.DataFrame:
+    """A few raw training rows: the signature is inferred from them, so requests keep the training dtypes."""
+    return frame[features].head(rows).reset_index(drop=True)
+
+
+def log_serving_model(
+    uri: str,
+    run_id: str,
+    *,
+    run_dir: str | Path,
+    reference: pd.DataFrame,
+    features: list[str],
+    name: str = "serving",
+) -> dict[str, str]:
+    """Log the pyfunc serving model of a run folder to its MLflow run.
+
+    Args:
+        uri: Tracking URI.
+        run_id: The run to log into.
+        run_dir: Folder holding ``encoder.json``, ``model.json`` and ``model.pt``.
+        reference: Raw training rows; a few become the input example.
+        features: The raw feature columns, in training order.
+        name: Name of the logged model inside the run.
+
+    Returns:
+        ``model_uri`` (``models:/<model_id>``), ``model_id`` and ``name``.
+    """
+    from mlflow.models import infer_signature
+
+    from normlab.tracking import client_for, tracking_uri
+
+    run_dir = Path(run_dir)
+    artifacts = {key: str(run_dir / file) for key, file in ARTIFACT_FILES.items()}
+    example = serving_example(reference, features)
+    local = LoadedClassifier.from_files(artifacts["encoder"], artifacts["spec"], artifacts["weights"])
+    package = Path(__file__).resolve().parent
+    requirements = [f"{pkg}=={metadata.version(pkg).split('+')[0]}" for pkg in _REQUIREMENTS]
+    # Models from code: MLflow runs this file to get the wrapper, so nothing is unpickled.
+    entry = run_dir / "serving_model.py"
+    entry.write_text(_ENTRY_POINT, encoding="utf-8")
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold NaN: the training dtypes are the contract here.
+        warnings.simplefilter("ignore", UserWarning)
+        signature = infer_signature(example, local.predict(example))
+    with tracking_uri(uri), mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(entry),
+            artifacts=artifacts,
+            code_paths=[str(package)],
+            signature=signature,
+            input_example=example,
+            pip_requirements=requirements,
+        )
+    # Leaving the fluent run context marks the run FINISHED; the pipeline closes it itself.
+    client_for(uri).update_run(run_id, status="RUNNING")
+    return {"model_uri": info.model_uri, "model_id": info.model_id, "name": name}

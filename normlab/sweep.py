@@ -1,0 +1,293 @@
+"""Normalization sweeps: the grid, one grid point end to end, and aggregation over seeds.
+
+A sweep is one MLflow parent run plus one nested child run per grid point
+(norm x batch size x seed). The parent loads and validates the batch once; each
+point then runs split -> train -> evaluate -> record on exactly that validated
+snapshot (its fingerprint is checked again), so a model is never trained on
+data the gate did not see. A point is a plain function of small JSON-able
+inputs, which is what lets a Dask worker on another machine run it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from normlab import pipeline, tracking
+from normlab.config import PipelineConfig, flatten, to_yaml
+from normlab.errors import DataValidationError
+
+GRID_KEYS: tuple[str, ...] = ("norm", "batch_size", "seed")
+
+# Metrics summarised per (norm, batch size) in reports and the summary JSON.
+SUMMARY_METRICS: tuple[str, ...] = (
+    "id/test/accuracy",
+    "ood/mean/accuracy",
+    "ood/mean/accuracy_drop",
+    "id/test/ece",
+    "train/epochs_to_target",
+    "time/train_seconds",
+    "time/infer/eager/p50_ms",
+)
+
+# Batch-1 latency: the key `normlab.inference.profile_inference` writes, and the
+# single-row calls timed when evaluation did not measure it.
+LATENCY_KEY = "time/infer/eager/p50_ms"
+LATENCY_CALLS = 200
+
+
+def expand_grid(cfg: PipelineConfig) -> list[dict[str, Any]]:
+    """Every grid point of ``cfg.sweep``, norms outermost, seeds innermost."""
+    sweep = cfg.sweep
+    return [
+        {"norm": norm, "batch_size": batch_size, "seed": seed}
+        for norm in sweep.norms
+        for batch_size in sweep.batch_sizes
+        for seed in sweep.seeds
+    ]
+
+
+def point_name(point: dict[str, Any]) -> str:
+    """A short readable name for a grid point, e.g. ``batch-bs2-s0``."""
+    return f"{point['norm']}-bs{point['batch_size']}-s{point['seed']}"
+
+
+def scaled_lr(cfg: PipelineConfig, batch_size: int) -> float:
+    """The learning rate of a point: ``train.lr`` scaled from ``train.batch_size`` by the sweep's rule."""
+    ratio = batch_size / cfg.train.batch_size
+    if cfg.sweep.lr_scaling == "linear":
+        return cfg.train.lr * ratio
+    if cfg.sweep.lr_scaling == "sqrt":
+        return cfg.train.lr * math.sqrt(ratio)
+    return cfg.train.lr
+
+
+def point_config(cfg: PipelineConfig, point: dict[str, Any]) -> PipelineConfig:
+    """The single-run config of a grid point.
+
+    Each point trains with one torch thread unless ``train.threads`` says
+    otherwise: one worker process per core then scales, where several
+    multi-threaded workers would fight over the same cores.
+    """
+    model = cfg.model.model_copy(update={"norm": point["norm"]})
+    train = cfg.train.model_copy(update={
+        "batch_size": int(point["batch_size"]),
+        "lr": scaled_lr(cfg, int(point["batch_size"])),
+        "threads": cfg.train.threads or 1,
+    })
+    run_name = f"{cfg.tracking.run_name or cfg.name}-{point_name(point)}"
+    track = cfg.tracking.model_copy(update={"run_name": run_name})
+    return cfg.model_copy(update={"seed": int(point["seed"]), "model": model, "train": train, "tracking": track})
+
+
+def start_parent(cfg: PipelineConfig, *, kind: str = "sweep", flow_run_id: str | None = None) -> dict[str, Any]:
+    """Open the sweep's parent run with the grid as params; returns its id and folder."""
+    uri = cfg.tracking_uri()
+    points = expand_grid(cfg)
+    tags = {**tracking.environment_tags(), "normlab.kind": kind, "normlab.model.family": cfg.model.family,
+            "normlab.sweep.points": len(points), "prefect.flow_run_id": flow_run_id or ""}
+    run_id = tracking.start_run(uri, cfg.tracking.experiment, artifact_location=cfg.artifact_location(),
+                                run_name=cfg.tracking.run_name or f"{cfg.name}-{kind}", tags=tags)
+    tracking.log_params(uri, run_id, flatten(cfg.redacted()))
+    tracking.log_text(uri, run_id, to_yaml(cfg.redacted()), "config.yaml")
+    return {"run_id": run_id, "run_dir": str(pipeline.run_dir_for(cfg, run_id)), "points": points}
+
+
+def run_point(
+    cfg: PipelineConfig,
+    point: dict[str, Any],
+    *,
+    parent_run_id: str,
+    batch: dict[str, Any],
+    on_epoch_end: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """Run one grid point as a nested MLflow run: split, train, evaluate, record.
+
+    Args:
+        cfg: The sweep's config; the point's norm, batch size and seed override it.
+        point: ``{"norm", "batch_size", "seed"}``.
+        parent_run_id: The sweep's parent run (tag ``mlflow.parentRunId``).
+        batch: The parent's validated batch (``pipeline.load_batch`` output).
+        on_epoch_end: Called with each epoch's record after it is logged.
+
+    Returns:
+        The point, its ``run_id``, ``metrics`` (the keys of a single run),
+        ``curve`` (per-epoch losses and accuracies) and ``run_dir``.
+
+    Raises:
+        DataValidationError: The snapshot no longer has the validated fingerprint.
+    """
+    pcfg = point_config(cfg, point)
+    uri = pcfg.tracking_uri()
+    tags = {**tracking.environment_tags(), "mlflow.parentRunId": parent_run_id, "normlab.kind": "sweep-point",
+            "normlab.model.norm": pcfg.model.norm, "normlab.model.family": pcfg.model.family,
+            "normlab.sweep.batch_size": pcfg.train.batch_size, "normlab.sweep.seed": pcfg.seed}
+    run_id = tracking.start_run(uri, pcfg.tracking.experiment, artifact_location=pcfg.artifact_location(),
+                                run_name=pcfg.tracking.run_name, tags=tags)
+    try:
+        tracking.log_params(uri, run_id, flatten(pcfg.redacted()))
+        run_dir = pipeline.run_dir_for(pcfg, run_id)
+        loaded = pipeline.load_batch(pcfg, run_dir, batch["path"])
+        if loaded["fingerprint"] != batch["fingerprint"]:
+            raise DataValidationError(
+                f"grid point {point_name(point)}: the validated batch changed on disk "
+                f"(fingerprint {loaded['fingerprint'][:12]}, validated {batch['fingerprint'][:12]})"
+            )
+        # The parent validated this exact content; the child records which data it was.
+        tracking.set_tags(uri, run_id, {"normlab.data.fingerprint": loaded["fingerprint"],
+                                        "normlab.data.source": batch["source"],
+                                        "normlab.validation.success": True})
+        prepared = pipeline.prepare_splits(pcfg, loaded, run_dir)
+        log_epoch = tracking.epoch_logger(uri, run_id)
+
+        def _on_epoch_end(record: Any) -> None:
+            log_epoch(record)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+
+        trained = pipeline.train(pcfg, prepared, run_dir, on_epoch_end=_on_epoch_end)
+        metrics = pipeline.evaluate(pcfg, prepared, trained, run_dir)
+        metrics.update(inference_metrics(prepared, trained, metrics))
+        pipeline.record_run(pcfg, run_id, loaded, prepared, trained, metrics, run_dir)
+    except BaseException as exc:
+        tracking.end_run(uri, run_id, "FAILED")
+        exc.run_id = run_id  # lets the sweep name the failed child run
+        raise
+    tracking.end_run(uri, run_id, "FINISHED")
+    history = trained["result"]["history"]
+    return {
+        **point,
+        "run_id": run_id,
+        "status": "finished",
+        "metrics": metrics,
+        "curve": {key: [r[key] for r in history] for key in ("train_loss", "val_loss", "val_accuracy")},
+        "run_dir": str(run_dir),
+    }
+
+
+def inference_metrics(prepared: dict[str, Any], trained: dict[str, Any], metrics: dict[str, float]) -> dict[str, float]:
+    """Median batch-1 latency of the trained model, unless evaluation already measured it."""
+    if LATENCY_KEY in metrics:
+        return {}
+    import torch
+
+    from normlab.inference import latency_ms
+
+    model = pipeline.load_trained(trained)
+    rows = torch.as_tensor(pipeline.load_prepared(prepared)["id/test"][0], dtype=torch.float32)
+    return {LATENCY_KEY: latency_ms(model, rows, iterations=LATENCY_CALLS)[0]}
+
+
+def failed_point(point: dict[str, Any], error: BaseException) -> dict[str, Any]:
+    """The record of a grid point whose run raised: no metrics, the reason in one line."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return {**point, "run_id": getattr(error, "run_id", None), "status": "failed",
+            "error": f"{type(error).__name__}: {text}", "metrics": {}, "curve": {}}
+
+
+def collect(points: list[dict[str, Any]], outcomes: list[Any]) -> list[dict[str, Any]]:
+    """Pair each grid point with its outcome (a `run_point` result or the exception it raised)."""
+    return [failed_point(p, o) if isinstance(o, BaseException) else o for p, o in zip(points, outcomes, strict=True)]
+
+
+# Aggregation -----------------------------------------------------------------------------
+
+
+def mean_interval(values: list[float], confidence: float = 0.95) -> dict[str, float | int | None]:
+    """Mean and two-sided Student-t interval of the mean.
+
+    With one value the interval is undefined and reported as None, not zero.
+    """
+    from scipy import stats
+
+    clean = [float(v) for v in values if v is not None and v == v]
+    n = len(clean)
+    if n == 0:
+        return {"n": 0, "mean": None, "low": None, "high": None}
+    mean = sum(clean) / n
+    if n == 1:
+        return {"n": 1, "mean": mean, "low": None, "high": None}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in clean) / (n - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "low": mean - half, "high": mean + half}
+
+
+def aggregate(results: list[dict[str, Any]], metrics: tuple[str, ...] = SUMMARY_METRICS) -> list[dict[str, Any]]:
+    """Mean and 95 % interval over seeds of each metric, per (norm, batch size).
+
+    Rows keep the grid's order; only finished points count, and ``n`` says how many.
+    """
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for result in results:
+        groups.setdefault((result["norm"], int(result["batch_size"])), []).append(result)
+    rows = []
+    for (norm, batch_size), members in groups.items():
+        finished = [m for m in members if m["status"] == "finished"]
+        row: dict[str, Any] = {"norm": norm, "batch_size": batch_size, "points": len(members),
+                               "finished": len(finished)}
+        for key in metrics:
+            row[key] = mean_interval([m["metrics"].get(key) for m in finished])
+        rows.append(row)
+    return rows
+
+
+def summarize(
+    cfg: PipelineConfig, parent: dict[str, Any], batch: dict[str, Any], results: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The sweep's summary: every grid point with its run and metrics, plus the aggregate."""
+    return {
+        "status": "finished" if all(r["status"] == "finished" for r in results) else "partial",
+        "parent_run_id": parent["run_id"],
+        "tracking_uri": cfg.redacted().tracking_uri(),
+        "data": {"fingerprint": batch["fingerprint"], "rows": batch["rows"], "source": batch["source"]},
+        "grid": {"norms": list(cfg.sweep.norms), "batch_sizes": list(cfg.sweep.batch_sizes),
+                 "seeds": list(cfg.sweep.seeds), "lr_scaling": cfg.sweep.lr_scaling},
+        "points": [{k: v for k, v in r.items() if k != "curve"} for r in results],
+        "aggregate": aggregate(results),
+    }
+
+
+def output_dir(cfg: PipelineConfig, parent_run_id: str) -> Path:
+    """The sweep's report folder (created)."""
+    path = Path(cfg.sweep.output).expanduser().resolve() if cfg.sweep.output else (
+        cfg.workdir_path() / "sweeps" / parent_run_id)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def finish(
+    cfg: PipelineConfig, parent: dict[str, Any], batch: dict[str, Any], results: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Write the comparison report and log it, with the aggregate, to the parent run.
+
+    Returns:
+        The summary (see `summarize`) with ``report`` naming the written files.
+    """
+    from normlab import report
+
+    summary = summarize(cfg, parent, batch, results)
+    out = output_dir(cfg, parent["run_id"])
+    files = report.write_sweep_report(summary, results, out)
+    uri = cfg.tracking_uri()
+    for path in files.values():
+        tracking.log_artifact(uri, parent["run_id"], path, "report")
+    tracking.log_dict(uri, parent["run_id"], summary, "sweep_summary.json")
+    tracking.log_metrics(uri, parent["run_id"], parent_metrics(summary))
+    tracking.set_tags(uri, parent["run_id"], {"normlab.data.fingerprint": batch["fingerprint"]})
+    return {**summary, "report": {k: str(v) for k, v in files.items()}, "output": str(out)}
+
+
+def parent_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """Per-cell means on the parent run, e.g. ``batch/bs2/id/test/accuracy``, for the MLflow UI."""
+    out: dict[str, float] = {
+        "sweep/points": float(len(summary["points"])),
+        "sweep/failed": float(sum(p["status"] != "finished" for p in summary["points"])),
+    }
+    for row in summary["aggregate"]:
+        for key in ("id/test/accuracy", "ood/mean/accuracy"):
+            mean = row[key]["mean"]
+            if mean is not None:
+                out[f"{row['norm']}/bs{row['batch_size']}/{key}"] = mean
+    return out

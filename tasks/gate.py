@@ -1,0 +1,31 @@
+"""Thin Prefect tasks and artifacts for the data gate (the gate itself is `normlab.gate`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from normlab import gate
+from normlab.config import PipelineConfig
+
+# Tracking calls cross the network when the store is a server: retry with backoff.
+TRACKING = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "cache_policy": NO_CACHE}
+
+
+def publish_gate(result: dict[str, Any]) -> None:
+    """Publish the per-check table and the row accounting as Prefect artifacts (call inside a task)."""
+    create_table_artifact(key="data-gate-checks", table=gate.check_table(result["report"]),
+                          description="Data gate: one row per failed check, passed checks grouped")
+    create_markdown_artifact(key="data-gate", markdown=gate.markdown_summary(result),
+                             description="Data gate: outcome and row accounting")
+    get_run_logger().info("data gate: %d rows in = %d accepted + %d quarantined%s", result["rows_in"],
+                          result["rows_accepted"], result["rows_quarantined"], " (blocked)" if result["blocked"] else "")
+
+
+@task(name="check-splits", **TRACKING)
+def check_splits(cfg: PipelineConfig, batch: dict[str, Any], prepared: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """Stop when evaluation rows share their features with training rows; index them for later batches."""
+    return gate.check_splits(cfg, batch, prepared, run["run_dir"], run_id=run["run_id"])

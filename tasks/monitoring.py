@@ -1,0 +1,179 @@
+"""Thin Prefect tasks of drift monitoring: policy in the decorator, one library call in the body.
+
+No task caches: a batch is processed exactly once through the monitoring
+state on disk, not through Prefect's result cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from normlab import alerts, monitoring
+from normlab.config import PipelineConfig
+
+# Tracking calls cross the network when the store is a server: retry with backoff.
+TRACKING = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "cache_policy": NO_CACHE}
+LOCAL = {"cache_policy": NO_CACHE}
+
+
+@task(name="check-alert-urls", **LOCAL)
+def check_alert_urls(cfg: PipelineConfig) -> int:
+    """Fail early on an alert URL Apprise cannot use; returns how many targets are configured."""
+    urls = alerts.alert_urls(cfg)
+    alerts.check_urls(urls)
+    return len(urls)
+
+
+@task(name="discover-batches", **LOCAL)
+def discover_batches(data: str) -> list[str]:
+    """The batch file, or the table files of a landing folder, oldest first."""
+    paths = monitoring.discover_batches(data)
+    get_run_logger().info("%d batch file(s) at %s", len(paths), data)
+    return paths
+
+
+@task(name="resolve-reference", **TRACKING)
+def resolve_reference(cfg: PipelineConfig) -> dict[str, Any]:
+    """The champion's (else the latest run's) training data, model and encoders."""
+    reference = monitoring.resolve_reference(cfg)
+    get_run_logger().info("reference: %s (%s) from run %s", reference["model"],
+                          f"v{reference['version']}" if reference["version"] else reference["selected_by"],
+                          reference["run_id"])
+    return reference
+
+
+@task(name="open-batch", **LOCAL)
+def open_batch(cfg: PipelineConfig, path: str) -> dict[str, Any]:
+    """Fingerprint and claim the batch, or say why it is skipped."""
+    opened = monitoring.open_batch(cfg, path)
+    if opened["skip"]:
+        get_run_logger().info("skipping %s (%s): %s", path, opened["fingerprint"][:12], opened["reason"])
+    return opened
+
+
+@task(name="skip-batch", **LOCAL)
+def skip_batch(opened: dict[str, Any]) -> dict[str, Any]:
+    """The summary entry of a batch seen before."""
+    return monitoring.skipped_entry(opened)
+
+
+@task(name="gate-batch", **LOCAL)
+def gate_batch(cfg: PipelineConfig, batch: dict[str, Any]) -> dict[str, Any]:
+    """The data gate: accepted rows go on, rejected rows to quarantine."""
+    gated = monitoring.gate_batch(cfg, batch, batch["batch_dir"])
+    get_run_logger().info("gate: %d in, %d accepted, %d quarantined%s", gated["rows_in"], gated["rows_accepted"],
+                          gated["rows_quarantined"], " (blocked)" if gated["blocked"] else "")
+    return gated
+
+
+@task(name="analyze-drift", **LOCAL)
+def analyze_batch(cfg: PipelineConfig, reference: dict[str, Any], gated: dict[str, Any],
+                  batch: dict[str, Any]) -> dict[str, Any]:
+    """Data drift, prediction drift and performance of the accepted rows."""
+    analysis = monitoring.analyze_batch(cfg, reference, gated, batch)
+    get_run_logger().info("drift: %d of %d columns (share %.2f), prediction drift %s",
+                          analysis["drift"]["n_drifted"], analysis["drift"]["n_columns"],
+                          analysis["drift"]["share"], analysis["prediction"]["drifted"])
+    return analysis
+
+
+@task(name="evidently-report", **LOCAL)
+def build_report(cfg: PipelineConfig, reference: dict[str, Any], batch: dict[str, Any],
+                 analysis: dict[str, Any]) -> dict[str, Any]:
+    """The Evidently report on sampled rows, saved and added to the workspace."""
+    report = monitoring.build_report(cfg, reference, batch, analysis)
+    get_run_logger().info("report: %s (%.1fs)", report["html"], report["seconds"])
+    return report
+
+
+@task(name="decide", **LOCAL)
+def decide_batch(cfg: PipelineConfig, reference: dict[str, Any], analysis: dict[str, Any] | None,
+                 retrain: bool | None) -> dict[str, Any]:
+    """Drift level, alert or not (cooldown, de-duplication), retrain or not."""
+    decision = monitoring.decide_batch(cfg, reference, analysis)
+    decision["retrain"] = monitoring.wants_retraining(cfg, decision, retrain)
+    get_run_logger().info("decision: %s", decision["reason"])
+    return decision
+
+
+@task(name="log-monitoring-run", **TRACKING)
+def log_monitoring_run(cfg: PipelineConfig, batch: dict[str, Any], gated: dict[str, Any],
+                       reference: dict[str, Any], analysis: dict[str, Any] | None,
+                       report: dict[str, Any] | None, decision: dict[str, Any]) -> str:
+    """One MLflow run per batch with drift metrics and the reports."""
+    return monitoring.log_monitoring_run(cfg, batch, gated, reference, analysis, report, decision)
+
+
+# Apprise retries per service itself; a failed delivery is reported, never raised.
+@task(name="send-alert", **LOCAL)
+def send_alert(cfg: PipelineConfig, batch: dict[str, Any], reference: dict[str, Any],
+               analysis: dict[str, Any] | None, report: dict[str, Any] | None, decision: dict[str, Any],
+               monitor_run_id: str, config_hint: str) -> dict[str, Any]:
+    """Send the drift alert when the decision calls for one."""
+    alert = monitoring.alert_batch(cfg, batch, reference, analysis, report, decision, monitor_run_id,
+                                   retrain=decision["retrain"], config_hint=config_hint)
+    if decision["alert"]:
+        get_run_logger().info("alert: %s to %d of %d target(s)", "sent" if alert["sent"] else "NOT sent",
+                              alert["delivered"], alert["targets"])
+    return alert
+
+
+@task(name="emit-drift-event", **LOCAL)
+def emit_drift_event(reference: dict[str, Any], batch: dict[str, Any], decision: dict[str, Any],
+                     analysis: dict[str, Any], monitor_run_id: str) -> str | None:
+    """Emit ``normlab.drift.<level>`` about the model, so Prefect automations can react."""
+    event = emit_event(
+        event=f"normlab.drift.{decision['level']}",
+        resource={"prefect.resource.id": f"normlab.model.{reference['model']}",
+                  "prefect.resource.name": reference["model"],
+                  "normlab.model.version": reference["version"] or "",
+                  "normlab.reference_run_id": reference["run_id"]},
+        related=[{"prefect.resource.id": f"normlab.batch.{batch['fingerprint']}", "prefect.resource.role": "batch"}],
+        payload={"fingerprint": batch["fingerprint"], "source": batch["source"], "level": decision["level"],
+                 "share": analysis["drift"]["share"], "columns": analysis["drifted_columns"][:20],
+                 "monitor_run_id": monitor_run_id},
+    )
+    return str(event.id) if event is not None else None
+
+
+@task(name="finish-batch", **TRACKING)
+def finish_batch(cfg: PipelineConfig, batch: dict[str, Any], gated: dict[str, Any], reference: dict[str, Any],
+                 analysis: dict[str, Any] | None, report: dict[str, Any] | None, decision: dict[str, Any],
+                 alert: dict[str, Any], monitor_run_id: str) -> dict[str, Any]:
+    """Mark the batch done; commit the model's streak and alert history."""
+    return monitoring.finish_batch(cfg, batch, gated, reference, analysis, report, decision, alert, monitor_run_id)
+
+
+@task(name="batch-artifact", **LOCAL)
+def publish_batch_summary(entry: dict[str, Any], reference: dict[str, Any]) -> None:
+    """A Markdown artifact that summarises the batch in the Prefect UI."""
+    create_markdown_artifact(markdown=monitoring.batch_markdown(entry, reference),
+                             key=f"drift-{entry['fingerprint'][:16]}",
+                             description=f"drift {entry['drift']['level']} for {reference['model']}")
+
+
+@task(name="release-batch", **LOCAL)
+def release_batch(cfg: PipelineConfig, batch: dict[str, Any]) -> None:
+    """Give up the claim on a batch that failed, so the next run retries it."""
+    monitoring.release_batch(cfg, batch)
+
+
+@task(name="retraining-data", **LOCAL)
+def retraining_data(cfg: PipelineConfig, reference: dict[str, Any]) -> dict[str, Any]:
+    """Reference rows plus the drifted batches' accepted, labelled rows, as one file."""
+    data = monitoring.retraining_data(cfg, reference)
+    get_run_logger().info("retraining data: %d reference + %d new rows (%d unlabelled batch(es) left out)",
+                          data["rows_reference"], data["rows_new"], data["batches_unlabelled"])
+    return data
+
+
+@task(name="record-retraining", **LOCAL)
+def record_retraining(cfg: PipelineConfig, reference: dict[str, Any], data: dict[str, Any],
+                      result: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
+    """Note the retraining in the model's history."""
+    return monitoring.record_retraining(cfg, reference, data, result, error)

@@ -1,0 +1,48 @@
+"""Thin Prefect tasks around registration, the promotion gate and the aliases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from normlab import pipeline
+from normlab.config import PipelineConfig
+
+# Registry calls cross the network when the store is a server: retry with backoff.
+TRACKING = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "cache_policy": NO_CACHE}
+LOCAL = {"cache_policy": NO_CACHE}
+
+
+@task(name="register-model", **TRACKING)
+def register_model(cfg: PipelineConfig, run: dict[str, Any], prepared: dict[str, Any]) -> dict[str, Any]:
+    """Log the serving model and register it as a new version of model.registry_name."""
+    registered = pipeline.register_model(cfg, run["run_id"], prepared, run["run_dir"])
+    if registered["enabled"]:
+        get_run_logger().info("registered %s version %s", registered["name"], registered["version"])
+    return registered
+
+
+@task(name="promotion-gate", **TRACKING)
+def gate_model(cfg: PipelineConfig, run: dict[str, Any], prepared: dict[str, Any], registered: dict[str, Any],
+               metrics: dict[str, float]) -> dict[str, Any]:
+    """Thresholds, then the champion re-scored on this run's splits."""
+    decision = pipeline.gate_model(cfg, prepared, registered, metrics, run["run_dir"])
+    if decision["enabled"]:
+        get_run_logger().info("promotion gate %s", decision["reason"])
+    return decision
+
+
+@task(name="publish-decision", **TRACKING)
+def publish_decision(cfg: PipelineConfig, run: dict[str, Any], accepted: dict[str, Any], validation: dict[str, Any],
+                     prepared: dict[str, Any], metrics: dict[str, float], registered: dict[str, Any],
+                     decision: dict[str, Any]) -> dict[str, Any]:
+    """Write the governance record, then set the aliases it names."""
+    published = pipeline.publish_decision(cfg, run["run_id"], accepted, validation, prepared, metrics, registered,
+                                          decision, str(flow_run.id) if flow_run.id else None)
+    if published["enabled"]:
+        get_run_logger().info("%s version %s now holds: %s", published["name"], published["version"],
+                              ", ".join(published["aliases"]))
+    return published

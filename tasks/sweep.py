@@ -1,0 +1,64 @@
+"""Thin Prefect tasks of sweeps and the study: policy in the decorator, one library call in the body.
+
+No task caches: each writes into its own MLflow run and run folder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from normlab import study, sweep
+from normlab.config import PipelineConfig
+
+# Tracking calls cross the network when the store is a server: retry with backoff.
+TRACKING = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "cache_policy": NO_CACHE}
+LOCAL = {"cache_policy": NO_CACHE}
+
+
+@task(name="start-sweep", **TRACKING)
+def start_sweep(cfg: PipelineConfig, kind: str) -> dict[str, Any]:
+    """Open the parent MLflow run with the grid as params."""
+    parent = sweep.start_parent(cfg, kind=kind, flow_run_id=str(flow_run.id or ""))
+    get_run_logger().info("%s %s: %d grid points", kind, parent["run_id"], len(parent["points"]))
+    return parent
+
+
+# A point is deterministic given its inputs: a failure is not transient, so no retries.
+@task(name="grid-point", task_run_name="{point[norm]}-bs{point[batch_size]}-s{point[seed]}", **LOCAL)
+def run_point(cfg: PipelineConfig, point: dict[str, Any], parent: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
+    """Run one grid point as a nested MLflow run (on whichever Dask worker gets it)."""
+    logger = get_run_logger()
+
+    def on_epoch_end(record) -> None:
+        logger.info("epoch %d  train loss %.4f | val acc %.4f | %.2fs",
+                    record.epoch, record.train_loss, record.val_accuracy, record.seconds)
+
+    result = sweep.run_point(cfg, point, parent_run_id=parent["run_id"], batch=batch, on_epoch_end=on_epoch_end)
+    logger.info("%s: ID %.4f, OOD %.4f (run %s)", sweep.point_name(point), result["metrics"]["id/test/accuracy"],
+                result["metrics"].get("ood/mean/accuracy", float("nan")), result["run_id"])
+    return result
+
+
+@task(name="sweep-report", **TRACKING)
+def finish_sweep(cfg: PipelineConfig, parent: dict[str, Any], batch: dict[str, Any],
+                 results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate over seeds, write the comparison report, log it to the parent run."""
+    summary = sweep.finish(cfg, parent, batch, results)
+    get_run_logger().info("report: %s", summary["report"]["html"])
+    return summary
+
+
+@task(name="study-findings", **LOCAL)
+def check_findings(cfg: PipelineConfig, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Test each known finding against the study's runs."""
+    return study.check_findings(cfg, summary)
+
+
+@task(name="study-report", **TRACKING)
+def write_study(cfg: PipelineConfig, summary: dict[str, Any], findings: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write the one-page study report and log it to the parent run."""
+    return study.finish(cfg, summary, findings)

@@ -1,0 +1,135 @@
+"""The sweep library without Prefect: grid, per-point configs, intervals, aggregation, the report."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from normlab.config import load_config
+from normlab.errors import ConfigError
+from normlab.report import fmt_interval, write_sweep_report
+from normlab.sweep import aggregate, collect, expand_grid, mean_interval, point_config, summarize
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return load_config(None, [f"workdir={tmp_path}", "sweep.norms=[batch,layer]", "sweep.batch_sizes=[2,64]",
+                              "sweep.seeds=[0,1,2]"])
+
+
+def test_grid_is_the_product_in_a_stable_order(cfg):
+    points = expand_grid(cfg)
+    assert len(points) == 2 * 2 * 3
+    assert points[0] == {"norm": "batch", "batch_size": 2, "seed": 0}
+    assert points[-1] == {"norm": "layer", "batch_size": 64, "seed": 2}
+    assert len({tuple(p.values()) for p in points}) == len(points)
+
+
+def test_point_config_overrides_norm_batch_seed_and_threads(cfg):
+    pcfg = point_config(cfg, {"norm": "layer", "batch_size": 2, "seed": 7})
+    assert (pcfg.model.norm, pcfg.train.batch_size, pcfg.seed) == ("layer", 2, 7)
+    assert pcfg.train.threads == 1
+    assert pcfg.train.lr == pytest.approx(cfg.train.lr * 2 / cfg.train.batch_size)
+    assert pcfg.tracking.run_name == "digits-layer-bs2-s7"
+    # The base config is left alone.
+    assert (cfg.model.norm, cfg.train.batch_size, cfg.seed, cfg.train.threads) == ("batch", 64, 0, None)
+
+
+@pytest.mark.parametrize(("rule", "factor"), [("linear", 8 / 64), ("sqrt", math.sqrt(8 / 64)), ("none", 1.0)])
+def test_learning_rate_scaling_rules(tmp_path, rule, factor):
+    cfg = load_config(None, [f"workdir={tmp_path}", f"sweep.lr_scaling={rule}", "train.lr=0.1"])
+    assert point_config(cfg, {"norm": "batch", "batch_size": 8, "seed": 0}).train.lr == pytest.approx(0.1 * factor)
+
+
+def test_explicit_thread_count_is_kept(tmp_path):
+    cfg = load_config(None, [f"workdir={tmp_path}", "train.threads=3"])
+    assert point_config(cfg, {"norm": "batch", "batch_size": 8, "seed": 0}).train.threads == 3
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("sweep.seeds=[1,1]", "repeated: 1"),
+    ("sweep.batch_sizes=[0]", "sweep.batch_sizes[0]=0"),
+    ("sweep.norms=[batchnorm]", "sweep.norms[0]='batchnorm'"),
+    ("sweep.norms=[]", "sweep.norms=[]"),
+    ("sweep.workers=0", "sweep.workers=0"),
+])
+def test_bad_sweep_settings_fail_in_one_line(tmp_path, override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"workdir={tmp_path}", override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_mean_interval_is_the_student_t_interval():
+    stat = mean_interval([1.0, 2.0, 3.0])
+    # t(0.975, 2) = 4.3027; sd = 1; half width = 4.3027 / sqrt(3)
+    assert stat["n"] == 3 and stat["mean"] == pytest.approx(2.0)
+    assert stat["high"] - stat["mean"] == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+    assert stat["mean"] - stat["low"] == pytest.approx(stat["high"] - stat["mean"])
+
+
+def test_mean_interval_without_enough_values_has_no_interval():
+    assert mean_interval([0.5]) == {"n": 1, "mean": 0.5, "low": None, "high": None}
+    assert mean_interval([None, float("nan")]) == {"n": 0, "mean": None, "low": None, "high": None}
+
+
+def _result(norm, batch_size, seed, acc, status="finished"):
+    metrics = {"id/test/accuracy": acc, "ood/mean/accuracy": acc / 2, "time/train_seconds": 1.0 + seed,
+               "time/infer/eager/p50_ms": 0.05} if status == "finished" else {}
+    return {"norm": norm, "batch_size": batch_size, "seed": seed, "run_id": f"r{norm}{batch_size}{seed}",
+            "status": status, "metrics": metrics, "error": "" if status == "finished" else "ValueError: x",
+            "curve": {"val_accuracy": [acc - 0.1, acc]} if status == "finished" else {}}
+
+
+def test_aggregate_averages_finished_points_per_cell():
+    results = [_result("batch", 2, 0, 0.7), _result("batch", 2, 1, 0.8), _result("batch", 2, 2, 0.0, "failed"),
+               _result("layer", 2, 0, 0.96), _result("layer", 2, 1, 0.98)]
+    rows = {(r["norm"], r["batch_size"]): r for r in aggregate(results)}
+    batch = rows[("batch", 2)]
+    assert (batch["points"], batch["finished"]) == (3, 2)
+    assert batch["id/test/accuracy"]["n"] == 2
+    assert batch["id/test/accuracy"]["mean"] == pytest.approx(0.75)
+    assert rows[("layer", 2)]["ood/mean/accuracy"]["mean"] == pytest.approx(0.485)
+
+
+def test_collect_turns_an_exception_into_a_failed_record():
+    error = RuntimeError("the data moved\nsecond line")
+    error.run_id = "abc"
+    points = [{"norm": "batch", "batch_size": 2, "seed": 0}, {"norm": "layer", "batch_size": 2, "seed": 0}]
+    done = _result("layer", 2, 0, 0.9)
+    records = collect(points, [error, done])
+    assert records[0]["status"] == "failed"
+    assert records[0]["run_id"] == "abc"
+    assert records[0]["error"] == "RuntimeError: the data moved"
+    assert records[0]["metrics"] == {}
+    assert records[1] is done
+
+
+def test_report_files_tables_and_plots(tmp_path, cfg):
+    results = [_result(n, b, s, 0.9 - (0.2 if (n, b) == ("batch", 2) else 0) + 0.01 * s)
+               for n in ("batch", "layer") for b in (2, 64) for s in (0, 1, 2)]
+    results[0] = _result("batch", 2, 0, 0.0, "failed")
+    summary = summarize(cfg, {"run_id": "p" * 32}, {"fingerprint": "f" * 64, "rows": 10, "source": "builtin:x"},
+                        results)
+    assert summary["status"] == "partial"
+    files = write_sweep_report(summary, results, tmp_path)
+    for key in ("results_csv", "aggregate_csv", "accuracy_plot", "convergence_plot", "time_plot", "markdown", "html"):
+        assert files[key].is_file() and files[key].stat().st_size > 0, key
+    markdown = files["markdown"].read_text()
+    layer_64 = [r for r in summary["aggregate"] if (r["norm"], r["batch_size"]) == ("layer", 64)][0]
+    assert fmt_interval(layer_64["id/test/accuracy"]) in markdown
+    assert "| norm | batch 2 | batch 64 |" in markdown
+    assert "11 of 12 grid points finished" in markdown
+    assert "ValueError: x" in markdown
+    assert "data:image/png;base64," in files["html"].read_text()
+    with files["results_csv"].open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 12
+    assert {r["status"] for r in rows} == {"finished", "failed"}
+    with files["aggregate_csv"].open() as fh:
+        cells = list(csv.DictReader(fh))
+    assert len(cells) == 4
+    batch_2 = [c for c in cells if (c["norm"], c["batch_size"]) == ("batch", "2")][0]
+    assert float(batch_2["id/test/accuracy:mean"]) == pytest.approx((0.71 + 0.72) / 2)
