@@ -16,6 +16,7 @@ from prefect_dask import DaskTaskRunner
 
 from normlab.config import PipelineConfig, SweepConfig
 from normlab.sweep import collect
+from tasks import gate as g
 from tasks import sweep as s
 from tasks import training as t
 
@@ -50,15 +51,19 @@ def sweep_flow(config: PipelineConfig, data_path: str | None = None, kind: str =
     # 1. Open the parent MLflow run (the grid as params)
     parent = s.start_sweep(config, kind)
     try:
-        # 2. Load, snapshot and validate the batch once for every grid point
+        # 2. Data gate, once for every grid point: validate, quarantine, stop on a blocking failure
         batch = t.load_batch(config, parent, data_path)
         validation = t.validate_batch(config, batch, parent)
         t.log_validation(config, parent, batch, validation)
         t.enforce_validation(validation)
-        # 3. Run the grid on Dask: one nested child run per point
-        results = grid_flow.with_options(task_runner=dask_runner(config.sweep))(config, parent, batch)
-        # 4. Aggregate over seeds, write the comparison report, log it to the parent run
-        summary = s.finish_sweep(config, parent, batch, results)
+        accepted = validation["accepted"]  # only the accepted rows go on
+        # 3. Leakage check on the split every point makes (it depends on the rows only)
+        prepared = t.prepare_splits(config, accepted, parent)
+        g.check_splits(config, accepted, prepared, parent)
+        # 4. Run the grid on Dask: one nested child run per point
+        results = grid_flow.with_options(task_runner=dask_runner(config.sweep))(config, parent, accepted)
+        # 5. Aggregate over seeds, write the comparison report, log it to the parent run
+        summary = s.finish_sweep(config, parent, accepted, results)
     except BaseException as exc:
         t.end_run(config, parent, "FAILED")
         exc.run_id = parent["run_id"]  # lets the CLI name the failed run

@@ -176,8 +176,25 @@ def check_types(df: pd.DataFrame, numeric: Sequence[str]) -> tuple[Evaluated, di
 # Rows -----------------------------------------------------------------------------------
 
 
-def check_non_finite(df: pd.DataFrame, columns: Sequence[str]) -> Evaluated:
-    """Rows with NaN or +/-inf in any numeric column of ``columns``."""
+def nullable_columns_of_suite(suite: dict[str, Any] | None) -> list[str]:
+    """Columns whose gaps the suite tolerates (a not-null expectation with ``mostly`` below 1)."""
+    out: list[str] = []
+    for exp in (suite or {}).get("expectations", []):
+        kwargs = exp.get("kwargs", {})
+        if exp["type"] != "expect_column_values_to_not_be_null" or not isinstance(kwargs.get("column"), str):
+            continue
+        mostly = kwargs.get("mostly", 1)
+        if _is_real(mostly) and mostly < 1:
+            out.append(kwargs["column"])
+    return out
+
+
+def check_non_finite(df: pd.DataFrame, columns: Sequence[str], *, nullable: Sequence[str] = ()) -> Evaluated:
+    """Rows with +/-inf, or NaN, in any numeric column of ``columns``.
+
+    NaN is a missing value: in a ``nullable`` column (the suite tolerates gaps
+    there) it is left to the suite's null policy; infinities never pass.
+    """
     bad = np.zeros(len(df), dtype=bool)
     per_column: dict[str, int] = {}
     for column in columns:
@@ -187,7 +204,8 @@ def check_non_finite(df: pd.DataFrame, columns: Sequence[str]) -> Evaluated:
         # Integers and booleans cannot hold NaN or inf: skip them without a pass over the data.
         if not isinstance(dtype, np.dtype) or dtype.kind != "f":
             continue
-        wrong = ~np.isfinite(df[column].to_numpy())
+        values = df[column].to_numpy()
+        wrong = np.isinf(values) if column in nullable else ~np.isfinite(values)
         if wrong.any():
             per_column[column] = int(wrong.sum())
             bad |= wrong
@@ -196,7 +214,9 @@ def check_non_finite(df: pd.DataFrame, columns: Sequence[str]) -> Evaluated:
     return _check("non_finite", rows.size == 0, scope="rows", rows=rows, observed=int(rows.size), details=details)
 
 
-def check_duplicates(df: pd.DataFrame, *, features: Sequence[str] = (), feature_hashes: np.ndarray | None = None) -> Evaluated:
+def check_duplicates(
+    df: pd.DataFrame, *, features: Sequence[str] = (), feature_hashes: np.ndarray | None = None
+) -> Evaluated:
     """Rows that exactly repeat an earlier row (the first copy stays).
 
     ``feature_hashes`` (`content_hashes` of ``features``) saves hashing those columns again.

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from normlab.errors import ConfigError
 
@@ -280,7 +289,12 @@ class TrackingConfig(_Strict):
     run_name: str | None = None
 
 
-Severity = Literal["block", "quarantine", "warn", "off"]
+def _yaml_off(value: Any) -> Any:
+    # YAML 1.1 reads a bare `off` as false; here it can only mean the severity "off".
+    return "off" if value is False else value
+
+
+Severity = Annotated[Literal["block", "quarantine", "warn", "off"], BeforeValidator(_yaml_off)]
 
 
 class GateCheck(_Strict):
@@ -329,7 +343,7 @@ class RejectedShareCheck(_Strict):
 class LeakageCheck(_Strict):
     """After the split: evaluation rows whose features also appear in the training split."""
 
-    severity: Literal["block", "warn", "off"] = Field(
+    severity: Annotated[Literal["block", "warn", "off"], BeforeValidator(_yaml_off)] = Field(
         "block", description="the split is already made, so leaking rows cannot be quarantined one by one"
     )
     max_share: float = Field(0.0, ge=0.0, le=1.0, description="largest share of leaking evaluation rows that passes")

@@ -15,6 +15,11 @@ out and keeps them (a table-level check cannot single out rows, so its
 quarantine rejects the whole batch); ``warn`` only reports; ``off`` skips.
 A blocked batch is quarantined whole. Every run checks, from the files it
 wrote, that rows_in = rows_accepted + rows_quarantined.
+
+A batch without the label column (new data awaiting labels, in monitoring) is
+judged as the labelled batch minus its label: expectations on the label and
+the label checks are skipped. Training never gets here without a label
+(`normlab.pipeline.load_batch` requires it).
 """
 
 from __future__ import annotations
@@ -92,6 +97,25 @@ def suite_columns(suite: dict[str, Any] | None) -> tuple[list[str], list[str] | 
     return referenced, declared
 
 
+def unlabelled_suite(suite: dict[str, Any] | None, label: str) -> dict[str, Any] | None:
+    """The suite as it applies to a batch without its label column (new data awaiting labels).
+
+    Expectations on the label are dropped and the label leaves any declared column set.
+    """
+    if suite is None:
+        return None
+    kept = []
+    for exp in suite["expectations"]:
+        kwargs = exp.get("kwargs", {})
+        if kwargs.get("column") == label:
+            continue
+        for key in ("column_set", "column_list"):
+            if isinstance(kwargs.get(key), list) and label in kwargs[key]:
+                exp = {**exp, "kwargs": {**kwargs, key: [c for c in kwargs[key] if c != label]}}
+        kept.append(exp)
+    return {**suite, "expectations": kept}
+
+
 def known_labels(suite: dict[str, Any] | None, label: str) -> list[Any] | None:
     """The label set a suite declares (``expect_column_values_to_be_in_set`` on the label), if any."""
     for exp in (suite or {}).get("expectations", []):
@@ -126,14 +150,18 @@ def assess(
     n = len(frame)
     label = cfg.data.label
     columns = [str(c) for c in frame.columns]
+    labelled = label in columns
+    if not labelled:
+        suite = unlabelled_suite(suite, label)
     features = feature_names(cfg, columns)
     referenced, declared = suite_columns(suite)
     results: list[tuple[Evaluated, str]] = []
     work = frame
 
     # Stage 1: structure.
-    required = list(dict.fromkeys([label, *(cfg.data.features or []), *referenced]))
-    results.append(_run(gate.columns.severity, "columns", lambda: ck.check_columns(frame, required=required, expected=declared)))
+    required = list(dict.fromkeys([*([label] if labelled else []), *(cfg.data.features or []), *referenced]))
+    results.append(_run(gate.columns.severity, "columns",
+                        lambda: ck.check_columns(frame, required=required, expected=declared)))
     converted: list[str] = []
     if gate.types.severity == "off":
         results.append((_off("types"), "off"))
@@ -150,11 +178,15 @@ def assess(
     view = work if keep.size == n else take_rows(work, keep)
     stage: list[tuple[Evaluated, str]] = []
     if suite is not None:
-        stage += [(e, e.result.severity) for e in evaluate_suite(view, suite, engine=gate.engine, overrides=gate.expectations)]
+        evaluated = evaluate_suite(view, suite, engine=gate.engine, overrides=gate.expectations)
+        stage += [(e, e.result.severity) for e in evaluated]
     numeric_inputs = [c for c in [*features, label] if c in view.columns]
-    stage.append(_run(gate.non_finite.severity, "non_finite", lambda: ck.check_non_finite(view, numeric_inputs)))
+    nullable = ck.nullable_columns_of_suite(suite)
+    stage.append(_run(gate.non_finite.severity, "non_finite",
+                      lambda: ck.check_non_finite(view, numeric_inputs, nullable=nullable)))
     present = [c for c in features if c in view.columns]
-    hashed = gate.duplicates.severity != "off" or (gate.contamination.severity != "off" and evaluation_index is not None)
+    contamination = gate.contamination.severity != "off" and evaluation_index is not None
+    hashed = gate.duplicates.severity != "off" or contamination
     feature_hashes = ck.content_hashes(view, present) if hashed else None  # shared by the two checks below
     stage.append(_run(gate.duplicates.severity, "duplicates",
                       lambda: ck.check_duplicates(view, features=present, feature_hashes=feature_hashes)))
@@ -172,10 +204,11 @@ def assess(
     accepted = _remaining(n, results)
 
     # Stage 4: the batch as it would be accepted.
-    labels = work[label].iloc[accepted] if label in work.columns else pd.Series([], dtype=object)
-    known = known_labels(suite, label)
-    results.append(_run(gate.class_balance.severity, "class_balance",
-                        lambda: ck.check_class_balance(labels, known=known, min_share=gate.class_balance.min_share)))
+    if labelled:
+        results.append(_run(gate.class_balance.severity, "class_balance", lambda: ck.check_class_balance(
+            work[label].iloc[accepted], known=known_labels(suite, label), min_share=gate.class_balance.min_share)))
+    else:
+        results.append((ck.skipped("class_balance", "unlabelled batch"), gate.class_balance.severity))
     results.append(_run(gate.row_count.severity, "row_count", lambda: ck.check_row_count(
         int(accepted.size), min_rows=gate.row_count.min_rows, max_rows=gate.row_count.max_rows)))
     results.append(_run(gate.rejected_share.severity, "rejected_share", lambda: ck.check_rejected_share(
@@ -186,7 +219,7 @@ def assess(
     blocked_by: list[Rejection] = []
     for evaluated, severity in results:
         result = evaluated.result
-        result.severity = severity if severity != "off" else result.severity
+        result.severity = severity
         result.outcome = _outcome(result, severity)
         checks.append(result)
         reason = result.why or result.name
@@ -353,7 +386,8 @@ def enforce(gate: dict[str, Any]) -> None:
         return
     report = gate["report"]
     failures = [CheckResult(**c) for c in report["checks"] if c["outcome"] == "blocked"]
-    listed = "; ".join(c.describe() for c in failures[:5]) + (f"; and {len(failures) - 5} more" if len(failures) > 5 else "")
+    more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+    listed = "; ".join(c.describe() for c in failures[:5]) + more
     kept = f"; all {gate['rows_in']} rows kept in {gate['quarantine_path']}" if gate["quarantine_path"] else ""
     raise DataValidationError(
         f"batch {report['fingerprint'][:12]} blocked by {len(failures)} check(s): {listed}{kept}", report=report
@@ -504,7 +538,8 @@ def render_html(report: dict[str, Any]) -> str:
     cells = ("check", "column", "severity", "outcome", "rows", "why", "detail")
     lines = ["<tr>" + "".join(f"<th>{c}</th>" for c in cells) + "</tr>"]
     for c in report["checks"]:
-        values = (c["name"], c["column"] or "", c["severity"], c["outcome"], c["rows_flagged"], c["why"] or "", _detail(c))
+        values = (c["name"], c["column"] or "", c["severity"], c["outcome"], c["rows_flagged"], c["why"] or "",
+                  _detail(c))
         colour = _COLOURS.get(c["outcome"], "#ffffff")
         lines.append(f'<tr style="background:{colour}">' + "".join(f"<td>{esc(str(v))}</td>" for v in values) + "</tr>")
     style = "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from normlab.errors import ConfigError, DataValidationError
+from normlab.errors import ConfigError
 
 SEVERITIES = ("block", "quarantine", "warn")
 # Great Expectations' default `partial_unexpected_count`: unexpected values kept per expectation.
@@ -87,7 +87,9 @@ class CheckResult:
         what = f": {self.unexpected_count} unexpected" if self.unexpected_count else ""
         lead = "rows" if self.kind == "check" else "e.g."
         sample = f" ({lead} {', '.join(map(str, self.unexpected_sample[:3]))})" if self.unexpected_sample else ""
-        shown = f"{len(self.observed)} values" if isinstance(self.observed, list) and len(self.observed) > 5 else self.observed
+        shown = self.observed
+        if isinstance(shown, list) and len(shown) > 5:
+            shown = f"{len(shown)} values"
         observed = f" (observed {shown})" if shown is not None and not self.unexpected_count else ""
         return f"{self.name}{where}{what}{sample}{observed}{_facts(self.details)}"
 
@@ -129,10 +131,6 @@ class ValidationReport:
         """A line per failed check, blocking or not."""
         return [c.describe() for c in self.checks if not c.success and c.outcome != "off"]
 
-    def by_name(self, name: str, column: str | None = None) -> list[CheckResult]:
-        """Results of the checks called ``name`` (optionally on one column)."""
-        return [c for c in self.checks if c.name == name and (column is None or c.column == column)]
-
     def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON-able data."""
         return {
@@ -147,20 +145,6 @@ class ValidationReport:
             "failed": self.failed,
             "checks": [asdict(c) for c in self.checks],
         }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ValidationReport:
-        """Rebuild a report written by `to_dict`."""
-        return cls(
-            suite=data["suite"] or "none",
-            fingerprint=data["fingerprint"],
-            rows_in=data["rows_in"],
-            checks=[CheckResult(**c) for c in data["checks"]],
-            rows_accepted=data.get("rows_accepted"),
-            rows_quarantined=data.get("rows_quarantined", 0),
-            source=data.get("source"),
-        )
-
 
 def is_blocking(check: CheckResult) -> bool:
     """Whether a failure of this check stops the batch."""
@@ -187,7 +171,8 @@ def load_suite(path: str | Path) -> dict[str, Any]:
     if not isinstance(suite, dict) or not isinstance(suite.get("expectations"), list):
         raise ConfigError(f"{p}: a suite needs 'name' and a list of 'expectations'")
     for i, exp in enumerate(suite["expectations"]):
-        if not isinstance(exp, dict) or not isinstance(exp.get("type"), str) or not isinstance(exp.get("kwargs", {}), dict):
+        shaped = isinstance(exp, dict) and isinstance(exp.get("type"), str) and isinstance(exp.get("kwargs", {}), dict)
+        if not shaped:
             raise ConfigError(f"{p}: expectations[{i}] needs a 'type' and a 'kwargs' mapping")
         severity = (exp.get("meta") or {}).get("severity", "block")
         if severity not in SEVERITIES:
@@ -256,32 +241,14 @@ def evaluate_suite(
             deferred.append((position, exp))
         slots.append(fast)
     if deferred:
-        for (position, _), evaluated in zip(deferred, _evaluate_gx(df, [e for _, e in deferred], suite.get("name"))):
+        gx_results = _evaluate_gx(df, [e for _, e in deferred], suite.get("name"))
+        for (position, _), evaluated in zip(deferred, gx_results, strict=True):
             slots[position] = evaluated
     out: list[Evaluated] = []
-    for exp, evaluated in zip(suite["expectations"], slots):
+    for exp, evaluated in zip(suite["expectations"], slots, strict=True):
         evaluated.result.severity = expectation_severity(exp, overrides)
         out.append(evaluated)
     return out
-
-
-def run_suite(df: pd.DataFrame, suite: dict[str, Any], *, fingerprint: str, engine: str = "auto") -> ValidationReport:
-    """Validate a frame against a suite and wrap the results in a report (no quarantine)."""
-    results = [e.result for e in evaluate_suite(df, suite, engine=engine)]
-    for r in results:
-        r.outcome = "passed" if r.success else ("warned" if r.severity == "warn" else "failed")
-    return ValidationReport(suite=suite.get("name", "suite"), fingerprint=fingerprint, rows_in=len(df), checks=results)
-
-
-def raise_for_blocking(report: ValidationReport) -> None:
-    """Raise `DataValidationError` listing each blocking failure."""
-    failures = report.blocking_failures
-    if failures:
-        listed = "; ".join(c.describe() for c in failures)
-        raise DataValidationError(
-            f"batch {report.fingerprint[:12]} blocked by {len(failures)} failed check(s): {listed}",
-            report=report.to_dict(),
-        )
 
 
 # Vectorized evaluation --------------------------------------------------------------------
@@ -306,7 +273,7 @@ def evaluate_fast(df: pd.DataFrame, exp: dict[str, Any]) -> Evaluated | None:
                                  error=f'Error: The column "{column}" in BatchData does not exist.'))
     series = df[column]
     if kind == "expect_column_values_to_not_be_null":
-        return _fast_not_null(series, exp, kwargs)
+        return _fast_not_null(series, exp)
     if kind == "expect_column_values_to_be_between":
         return _fast_between(series, exp, kwargs)
     return _fast_in_set(series, exp, kwargs)
@@ -345,7 +312,7 @@ def _map_result(
     return Evaluated(result, positions.astype(np.int64))
 
 
-def _fast_not_null(series: pd.Series, exp: dict[str, Any], kwargs: dict[str, Any]) -> Evaluated:
+def _fast_not_null(series: pd.Series, exp: dict[str, Any]) -> Evaluated:
     null = series.isna().to_numpy()
     # Not-null counts every row; the others count non-null rows only.
     return _map_result(exp, series.to_numpy(), null, considered=len(series), total=len(series))

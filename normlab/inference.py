@@ -1,7 +1,8 @@
 """Normalization at inference: BatchNorm folding, int8, latency, and test-time adaptation.
 
-- Folding: ``torch.fx.experimental.optimization.fuse`` rewrites each
-  Linear/Conv followed by BatchNorm into one layer with
+- Folding: each Linear/Conv followed by BatchNorm becomes one layer (PyTorch's
+  ``fuse_linear_bn_eval``/``fuse_conv_bn_eval``, or ``torch.fx`` fusion outside
+  ``nn.Sequential`` blocks) with
   ``W' = W * gamma / sqrt(var + eps)``, ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``.
   The folded model must reproduce the original's outputs to ``fold_tolerance``;
   the largest difference is measured on real rows and reported.
@@ -76,11 +77,42 @@ def adapt_batchnorm(model: nn.Module, x: np.ndarray, *, batch_size: int = 512) -
     return adapted
 
 
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (in eval mode) with each BatchNorm folded into the layer before it."""
-    from torch.fx.experimental.optimization import fuse
+# (layer, BatchNorm) pairs folded in place, as torch.fx.experimental.optimization.fuse pairs them.
+_FOLDABLE = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d),
+             (nn.Linear, nn.BatchNorm1d))
 
-    return fuse(copy.deepcopy(model).eval())
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (in eval mode) with each BatchNorm folded into the layer before it.
+
+    A Linear/Conv followed by its BatchNorm inside an ``nn.Sequential`` (every
+    normlab model) is replaced in place by the fused layer and an
+    ``nn.Identity``, so the copy keeps the eager module structure and runs like
+    the same model built with norm ``none`` (an fx ``GraphModule`` adds about a
+    third to a small model's batch-1 latency; see ``bench/inference.py``). Any
+    BatchNorm left over, in other layouts, goes through
+    ``torch.fx.experimental.optimization.fuse``.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    folded = copy.deepcopy(model).eval()
+    for block in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(block) - 1):
+            layer, norm = block[i], block[i + 1]
+            if not _folds_into(layer, norm):
+                continue
+            fold = fuse_linear_bn_eval if isinstance(layer, nn.Linear) else fuse_conv_bn_eval
+            block[i], block[i + 1] = fold(layer, norm), nn.Identity()
+    if count_batchnorm(folded):
+        from torch.fx.experimental.optimization import fuse
+
+        folded = fuse(folded)
+    return folded
+
+
+def _folds_into(layer: nn.Module, norm: nn.Module) -> bool:
+    """True when ``norm`` is a BatchNorm with running statistics that folds into ``layer``."""
+    return any(isinstance(layer, a) and type(norm) is b for a, b in _FOLDABLE) and bool(norm.track_running_stats)
 
 
 def count_batchnorm(model: nn.Module) -> int:
@@ -109,8 +141,9 @@ def quantize_int8(model: nn.Module) -> tuple[nn.Module | None, str | None]:
         return None, f"torch.ao.quantization is unavailable ({exc})"
     try:
         with warnings.catch_warnings():
-            # Its deprecation notice points at torchao; the fallback here is to skip the variant.
+            # Its deprecation notices point at torchao; the fallback here is to skip the variant.
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*quantize.* deprecated", category=UserWarning)
             return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8), None
     except (RuntimeError, NotImplementedError, AssertionError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -264,6 +264,10 @@ def resolve_reference(cfg: PipelineConfig) -> dict[str, Any]:
     from normlab import tracking
 
     uri, name = cfg.tracking_uri(), registry_name(cfg)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        # Opening a missing SQLite store would create an empty one; there is nothing to monitor against.
+        raise NoReferenceError(f"no drift reference: no tracking store at {uri}; train a model first with "
+                               "`normlab run` (same workdir or tracking.uri)")
     client = tracking.client_for(uri)
     run_id, version, selected_by = None, None, "latest run"
     try:

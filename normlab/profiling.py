@@ -25,9 +25,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from normlab.checks import check_label_noise
+from normlab.checks import check_label_noise, content_hashes
 from normlab.config import GateConfig, validate_config
 from normlab.errors import ConfigError, DataSourceError
+from normlab.gate import assess
 
 # Text columns with at most this many distinct values get a value set.
 MAX_CATEGORIES = 50
@@ -88,7 +89,8 @@ def profile_suite(frame: pd.DataFrame, label: str, *, name: str, source: str) ->
             lo, hi = _bounds(values.to_numpy(dtype=np.float64), integer=kind == "integer")
             expectations.append(_exp(
                 "expect_column_values_to_be_between", {"column": column, "min_value": lo, "max_value": hi},
-                "quarantine", f"observed {_scalar(values.min())}..{_scalar(values.max())}, widened by {RANGE_MARGIN:.0%}"))
+                "quarantine",
+                f"observed {_scalar(values.min())}..{_scalar(values.max())}, widened by {RANGE_MARGIN:.0%}"))
     return {
         "name": name,
         "expectations": expectations,
@@ -132,18 +134,32 @@ def _bounds(values: np.ndarray, *, integer: bool) -> tuple[float | int, float | 
 
 
 def gate_settings(frame: pd.DataFrame, label: str, *, seed: int = 0) -> dict[str, Any]:
-    """Gate thresholds fitted to a trusted frame, so that it passes them with room to spare."""
+    """Gate thresholds fitted to a trusted frame, so that it passes them with room to spare.
+
+    Label noise: twice the frame's own kNN disagreement plus five points (at
+    most 0.5); class balance: half the rarest class's share (at most the
+    default); leakage: above the share of rows whose features recur under
+    another label (only when there are such rows).
+    """
     defaults = GateConfig()
     features = [str(c) for c in frame.columns if c != label]
     noise = check_label_noise(frame, features, label, k=defaults.label_noise.k, max_share=1.0,
                               sample_rows=defaults.label_noise.sample_rows, seed=seed).result
     settings: dict[str, Any] = {}
     if isinstance(noise.observed, float):
-        # Twice the file's own disagreement plus five points: catches flipped labels, not hard data.
+        # Catches flipped labels, not data that is merely hard.
         settings["label_noise"] = {"max_share": round(min(0.5, 2 * noise.observed + 0.05), 3)}
     shares = frame[label].value_counts(normalize=True)
     if len(shares):
-        settings["class_balance"] = {"min_share": round(min(defaults.class_balance.min_share, float(shares.min()) / 2), 6)}
+        rarest = float(shares.min())
+        settings["class_balance"] = {"min_share": round(min(defaults.class_balance.min_share, rarest / 2), 6)}
+    # Rows sharing their features with a row of another label can land on both sides of the split:
+    # data like this leaks by nature, so the leakage threshold starts above its share.
+    groups = pd.DataFrame({"features": content_hashes(frame, features), "label": frame[label].astype(str)})
+    labels_per_features = groups.groupby("features")["label"].transform("nunique")
+    ambiguous = float((labels_per_features > 1).mean())
+    if ambiguous > 0:
+        settings["leakage"] = {"max_share": round(min(1.0, 1.2 * ambiguous + 0.01), 3)}
     return settings
 
 
@@ -165,7 +181,9 @@ def init_project(
         root: The project folder (the config's paths are relative to it).
 
     Returns:
-        ``suite_path``, ``config_path``, ``name``, ``rows``, ``expectations`` and the config.
+        ``suite_path``, ``config_path``, ``name``, ``rows``, ``expectations``,
+        the config, and how the file fares at its own gate: ``own_rows_rejected``
+        and ``own_failures`` (the checks that would reject rows of it).
 
     Raises:
         DataSourceError: The file is unreadable or has no such label column.
@@ -197,6 +215,9 @@ def init_project(
         "gate": gate_settings(frame, label),
     }
     cfg = validate_config(raw, source=str(config_path))
+    # The file should pass its own gate; duplicate rows or a tiny file are what it can still catch.
+    own = assess(frame, cfg, suite)
+    own_failures = [c.label for c in own.checks if c.outcome in ("quarantined", "blocked")]
     header = (f"# Profiled by `normlab init` from {shown} ({len(frame)} rows, label {label!r}).\n"
               f"# Run it: normlab run configs/{name}.yaml   Check a new batch: normlab validate "
               f"configs/{name}.yaml --data NEW.csv\n")
@@ -205,4 +226,5 @@ def init_project(
     suite_path.write_text(json.dumps(suite, indent=1) + "\n", encoding="utf-8")
     config_path.write_text(header + yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return {"suite_path": str(suite_path), "config_path": str(config_path), "name": name, "rows": len(frame),
-            "expectations": len(suite["expectations"]), "config": cfg}
+            "expectations": len(suite["expectations"]), "config": cfg,
+            "own_rows_rejected": len(frame) - int(own.accepted.size), "own_failures": own_failures}

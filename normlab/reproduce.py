@@ -21,8 +21,13 @@ from normlab.errors import ConfigError, DataSourceError, NormlabError
 
 FINGERPRINT_TAG = "normlab.data.fingerprint"
 REPRODUCES_TAG = "normlab.reproduces"
-# Wall-clock figures: the same computation takes a different time on every run.
-TIMING_PREFIXES: tuple[str, ...] = ("time/",)
+# Not results of the run's computation, so not expected to repeat: wall-clock figures
+# (``time/...``), and the promotion decision, which depends on the registry's champion
+# at the time (a reproduction is a check: it never registers a model or moves an alias).
+UNREPEATABLE_PREFIXES: tuple[str, ...] = ("time/", "gate/passed")
+# Relative difference left by summing the same float64 numbers in another order
+# (a few ulp; 1e-12 is far above that and far below any change of result).
+ROUNDING_RTOL = 1e-12
 
 
 class RunNotFoundError(NormlabError):
@@ -73,7 +78,7 @@ def prepare(uri: str, run_id: str) -> dict[str, Any]:
     """What a rerun of ``run_id`` needs, after checking that its data is unchanged.
 
     Returns:
-        ``config`` (the logged config, logging to ``uri``), ``data_path`` (a file,
+        ``config`` (the logged config, logging to ``uri``, promotion off), ``data_path`` (a file,
         or None for a built-in data set), ``fingerprint`` and ``source``.
 
     Raises:
@@ -87,9 +92,12 @@ def prepare(uri: str, run_id: str) -> dict[str, Any]:
     if not logged:
         raise RunNotFoundError(f"run {run_id} has no {FINGERPRINT_TAG} tag: its data was never fingerprinted")
     cfg = logged_config(uri, run_id)
-    if cfg.tracking_uri() != uri:
-        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": uri})})
+    # The reproduction logs next to the original, and, being a check, registers nothing.
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": uri}),
+                                 "promotion": cfg.promotion.model_copy(update={"enabled": False})})
     # The recorded source first (a `--data` file, a sweep's validated snapshot), then the config's.
+    # MLflow keeps one dataset per name and digest in an experiment, so the recorded path can be
+    # another file with the same content; the content, checked below, is what counts.
     configured = str(Path(cfg.data.path).resolve()) if cfg.data.path else f"builtin:{cfg.data.source}"
     candidates = list(dict.fromkeys(s for s in (logged_source(run), configured) if s))
     changed, missing = [], []
@@ -125,39 +133,59 @@ def metric_histories(uri: str, run_id: str) -> dict[str, list[tuple[int, float]]
     return out
 
 
-def _same(a: list[tuple[int, float]] | None, b: list[tuple[int, float]] | None) -> bool:
-    if a is None or b is None or len(a) != len(b):
-        return False
-    return all(sa == sb and (va == vb or (math.isnan(va) and math.isnan(vb))) for (sa, va), (sb, vb) in zip(a, b))
+def match(a: list[tuple[int, float]], b: list[tuple[int, float]] | None) -> str:
+    """How two metric histories compare: ``identical`` (bit for bit), ``rounding``, ``different`` or ``missing``.
+
+    ``rounding``: every value within `ROUNDING_RTOL` of the other, the trace of
+    float64 sums taken in another order (numpy's pairwise sums follow memory
+    alignment), never of another computation.
+    """
+    if b is None:
+        return "missing"
+    if len(a) != len(b) or any(sa != sb for (sa, _), (sb, _) in zip(a, b)):
+        return "different"
+    pairs = [(va, vb) for (_, va), (_, vb) in zip(a, b)]
+    if all(va == vb or (math.isnan(va) and math.isnan(vb)) for va, vb in pairs):
+        return "identical"
+    if all(math.isclose(va, vb, rel_tol=ROUNDING_RTOL, abs_tol=0.0) for va, vb in pairs):
+        return "rounding"
+    return "different"
 
 
 def compare(uri: str, original: str, reproduced: str) -> dict[str, Any]:
-    """Compare two runs metric by metric (every logged step).
+    """Compare the original run's metrics with the reproduction's, key by key, every logged step.
 
     Returns:
-        ``identical`` (every non-timing metric equal), ``metrics`` (one row per
-        key: ``key``, ``original``, ``reproduced`` last values, ``identical``,
-        ``timing``), and the keys that ``differ`` (timing keys excluded).
+        ``identical`` (every repeatable metric of the original equal in the
+        reproduction, bit for bit or to float64 rounding), ``metrics`` (one row
+        per key: ``key``, ``original`` and ``reproduced`` last values, ``match``,
+        ``repeatable``), ``differ`` (repeatable keys that differ or are
+        missing), ``rounding`` (keys equal only to rounding), ``unrepeatable``
+        (wall-clock and registry keys, not compared) and ``extra`` (keys only
+        the reproduction logged, e.g. stages a sweep point skips).
     """
     a, b = metric_histories(uri, original), metric_histories(uri, reproduced)
     rows = []
-    for key in sorted(set(a) | set(b)):
+    for key in sorted(a):
         rows.append({
             "key": key,
-            "original": a[key][-1][1] if a.get(key) else None,
+            "original": a[key][-1][1] if a[key] else None,
             "reproduced": b[key][-1][1] if b.get(key) else None,
-            "steps": max(len(a.get(key, [])), len(b.get(key, []))),
-            "identical": _same(a.get(key), b.get(key)),
-            "timing": key.startswith(TIMING_PREFIXES),
+            "steps": len(a[key]),
+            "match": match(a[key], b.get(key)),
+            "repeatable": not key.startswith(UNREPEATABLE_PREFIXES),
         })
-    differ = [r["key"] for r in rows if not r["timing"] and not r["identical"]]
+    compared = [r for r in rows if r["repeatable"]]
+    differ = [r["key"] for r in compared if r["match"] in ("different", "missing")]
     return {
         "original_run_id": original,
         "reproduced_run_id": reproduced,
-        "identical": not differ and any(not r["timing"] for r in rows),
+        "identical": bool(compared) and not differ,
         "differ": differ,
-        "compared": sum(not r["timing"] for r in rows),
-        "timing": [r["key"] for r in rows if r["timing"]],
+        "rounding": [r["key"] for r in compared if r["match"] == "rounding"],
+        "compared": len(compared),
+        "unrepeatable": [r["key"] for r in rows if not r["repeatable"]],
+        "extra": sorted(set(b) - set(a)),
         "metrics": rows,
     }
 

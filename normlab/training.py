@@ -31,6 +31,9 @@ from normlab.norms import has_batch_stats
 
 CHECKPOINT_NAME = "last.pt"
 
+# Least seconds between two progress lines (see `throttled`).
+PROGRESS_EVERY_SECONDS = 1.0
+
 # Batches whose outputs are held before their loss and accuracy are summed: a
 # few tensor ops per chunk instead of per step (about 5% of a small model's step
 # time), and no host-device sync per step; memory stays bounded by the chunk.
@@ -71,6 +74,27 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "history": [asdict(r) for r in self.history]}
+
+
+def throttled(
+    callback: Callable[[EpochRecord], None], *, last_epoch: int, seconds: float = PROGRESS_EVERY_SECONDS
+) -> Callable[[EpochRecord], None]:
+    """``callback`` on the first epoch it sees, on ``last_epoch``, and at most once per ``seconds`` between.
+
+    For progress lines: one costs about a millisecond (console rendering and the
+    orchestrator's log API), while a small model's epoch takes tens of
+    milliseconds, so a line per epoch would slow its training by several percent.
+    """
+    shown_at: float | None = None
+
+    def _call(record: EpochRecord) -> None:
+        nonlocal shown_at
+        now = time.perf_counter()
+        if shown_at is None or record.epoch >= last_epoch or now - shown_at >= seconds:
+            shown_at = now
+            callback(record)
+
+    return _call
 
 
 def make_optimizer(

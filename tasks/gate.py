@@ -21,11 +21,14 @@ def publish_gate(result: dict[str, Any]) -> None:
                           description="Data gate: one row per failed check, passed checks grouped")
     create_markdown_artifact(key="data-gate", markdown=gate.markdown_summary(result),
                              description="Data gate: outcome and row accounting")
+    blocked = " (blocked)" if result["blocked"] else ""
     get_run_logger().info("data gate: %d rows in = %d accepted + %d quarantined%s", result["rows_in"],
-                          result["rows_accepted"], result["rows_quarantined"], " (blocked)" if result["blocked"] else "")
+                          result["rows_accepted"], result["rows_quarantined"], blocked)
 
 
 @task(name="check-splits", **TRACKING)
-def check_splits(cfg: PipelineConfig, batch: dict[str, Any], prepared: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+def check_splits(
+    cfg: PipelineConfig, batch: dict[str, Any], prepared: dict[str, Any], run: dict[str, Any]
+) -> dict[str, Any]:
     """Stop when evaluation rows share their features with training rows; index them for later batches."""
     return gate.check_splits(cfg, batch, prepared, run["run_dir"], run_id=run["run_id"])

@@ -15,9 +15,18 @@ from prefect.events import emit_event
 
 from normlab import alerts, monitoring
 from normlab.config import PipelineConfig
+from normlab.errors import NormlabError, TrackingError
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry what may pass on its own (an unreachable store), not what a user must fix (no reference yet)."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, TrackingError) or not isinstance(exc, NormlabError)
+
 
 # Tracking calls cross the network when the store is a server: retry with backoff.
-TRACKING = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "cache_policy": NO_CACHE}
+TRACKING = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "retry_condition_fn": _transient,
+            "cache_policy": NO_CACHE}
 LOCAL = {"cache_policy": NO_CACHE}
 
 

@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 from normlab import gate, pipeline, tracking
 from normlab import resume as resume_runs
 from normlab.config import PipelineConfig, flatten
+from normlab.training import throttled
 from tasks.gate import publish_gate
 
 # Tracking calls cross the network when the store is a server: retry with backoff.
@@ -71,16 +72,17 @@ def prepare_splits(cfg: PipelineConfig, batch: dict[str, Any], run: dict[str, An
 
 @task(name="train", **LOCAL)
 def train(cfg: PipelineConfig, prepared: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
-    """Train, logging each epoch to the console as it ends and to MLflow at each checkpoint."""
+    """Train; epochs go to the console as they end (at most one line a second) and to MLflow at each checkpoint."""
     logger = get_run_logger()
     log_epochs = tracking.epoch_logger(cfg.tracking_uri(), run["run_id"])
 
-    def on_epoch_end(record) -> None:
+    def log_line(record) -> None:
         logger.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.2fs",
                     record.epoch, cfg.train.epochs, record.train_loss, record.train_accuracy,
                     record.val_loss, record.val_accuracy, record.seconds)
 
-    return pipeline.train(cfg, prepared, run["run_dir"], on_epoch_end=on_epoch_end, on_checkpoint=log_epochs)
+    return pipeline.train(cfg, prepared, run["run_dir"], on_checkpoint=log_epochs,
+                          on_epoch_end=throttled(log_line, last_epoch=cfg.train.epochs))
 
 
 @task(name="evaluate", **LOCAL)

@@ -10,7 +10,18 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from normlab.cli import ConfigArg, DataOpt, SetOpt, SummaryOpt, app, console, fail, load_or_fail, prepare_environment, write_summary
+from normlab.cli import (
+    ConfigArg,
+    DataOpt,
+    SetOpt,
+    SummaryOpt,
+    app,
+    console,
+    fail,
+    load_or_fail,
+    prepare_environment,
+    write_summary,
+)
 from normlab.errors import NormlabError
 
 _STYLE = {"blocked": "bold red", "quarantined": "yellow", "warned": "yellow", "passed": "green", "off": "dim"}
@@ -58,11 +69,13 @@ def validate(
     from normlab.pipeline import load_batch
 
     out_dir = cfg.workdir_path() / "validations" / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
         batch = load_batch(cfg, out_dir, data)
         result = gate.run_gate(cfg, batch, out_dir)
     except NormlabError as exc:
+        if not any(out_dir.iterdir()):
+            out_dir.rmdir()  # an unreadable file leaves nothing behind
         raise fail(exc, exc.exit_code) from None
 
     print_gate_report(result["report"])
@@ -79,7 +92,9 @@ def validate(
 def init(
     data: Annotated[Path, typer.Option("--data", help="A trusted CSV or Parquet file to profile (read only).")],
     label: Annotated[str, typer.Option("--label", help="Its label column.")],
-    name: Annotated[str | None, typer.Option("--name", help="Name of the suite and config (default: from the file).")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Name of the suite and config (default: from the file).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing suite or config of that name.")] = False,
 ) -> None:
     """Profile a trusted file into expectations/NAME.json and configs/NAME.yaml, ready for `normlab run`."""
@@ -95,5 +110,8 @@ def init(
     config = Path(made["config_path"]).relative_to(here)
     console.print(f"profiled {made['rows']} rows: {suite} ({made['expectations']} expectations) and {config}",
                   highlight=False)
+    if made["own_failures"]:
+        console.print(f"[yellow]note[/]: the gate would reject {made['own_rows_rejected']} rows of this file itself "
+                      f"({', '.join(made['own_failures'])}); see normlab validate {config}", highlight=False)
     console.print(f"next: [bold]normlab run {config}[/]   then check new batches with "
                   f"[bold]normlab validate {config} --data NEW.csv[/]", soft_wrap=True, highlight=False)

@@ -226,13 +226,20 @@ def reproduce(
             if row["key"] in comparison["differ"]:
                 table.add_row(row["key"], _num(row["original"]), _num(row["reproduced"]))
         console.print(table)
-    if comparison["timing"]:
-        console.print(f"{len(comparison['timing'])} wall-clock metrics not expected to repeat, not compared: "
-                      f"{', '.join(comparison['timing'])}", soft_wrap=True)
+    if comparison["unrepeatable"]:
+        console.print(f"not compared (wall-clock or registry state, not expected to repeat): "
+                      f"{', '.join(comparison['unrepeatable'])}", soft_wrap=True)
+    if comparison["extra"]:
+        console.print(f"only in the reproduction (stages the original did not run): "
+                      f"{', '.join(comparison['extra'])}", soft_wrap=True)
+    if comparison["rounding"]:
+        console.print(f"equal to float64 rounding (relative difference <= {rep.ROUNDING_RTOL:g}), not bit for bit: "
+                      f"{', '.join(comparison['rounding'])}", soft_wrap=True)
+    same = comparison["compared"] - len(comparison["differ"])
     verdict = "[green]identical[/]" if comparison["identical"] else "[red]different[/]"
-    console.print(f"{comparison['compared'] - len(comparison['differ'])} of {comparison['compared']} metrics "
-                  f"identical at every step: {verdict}  (original {run_id}, reproduction {result['run_id']})",
-                  soft_wrap=True)
+    console.print(f"{same} of {comparison['compared']} metrics equal at every step "
+                  f"({same - len(comparison['rounding'])} bit for bit): {verdict}  "
+                  f"(original {run_id}, reproduction {result['run_id']})", soft_wrap=True)
     write_summary(summary, {"status": "identical" if comparison["identical"] else "different",
                             "tracking_uri": cfg.redacted().tracking_uri(), "data": result["data"], **comparison})
     if not comparison["identical"]:

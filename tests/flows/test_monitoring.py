@@ -177,6 +177,17 @@ def test_a_repeated_batch_is_skipped_even_renamed(trained, tmp_path, repo_root):
     assert {e["fingerprint"] for e in entries} <= set(done)
 
 
+def test_a_batch_the_gate_blocks_is_quarantined_and_gets_no_decision(trained, receiver, tmp_path, repo_root):
+    url, received = receiver
+    cfg = _config(trained, "blocked", "monitor.consecutive=1", f'alerts.urls=["{url}"]')
+    unlabelled = shifted_batch(trained, 12).drop(columns="label")  # the suite requires the label column
+    (entry,) = monitoring_flow(cfg, data=_write(unlabelled, tmp_path / "unlabelled.parquet"))["batches"]
+    assert (entry["status"], entry["drift"]["level"]) == ("processed", "blocked")
+    assert (entry["rows_accepted"], entry["rows_quarantined"]) == (0, 400)
+    assert len(pd.read_parquet(entry["quarantine_path"])) == 400  # kept, with reasons, never dropped
+    assert entry["alert"]["due"] is False and received == []
+
+
 def test_detection_needs_consecutive_batches_and_the_cooldown_holds_back_a_repeat(
     trained, receiver, tmp_path, repo_root
 ):

@@ -150,7 +150,7 @@ def test_slice_metrics_keep_the_most_frequent_values():
     assert not any("/pune/" in k for k in m)
 
 
-def _digits_bn_model(epochs: int = 8):
+def _digits_bn_model(epochs: int = 3):
     from sklearn.datasets import load_digits
 
     from normlab.models import build_model

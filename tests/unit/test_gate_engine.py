@@ -29,7 +29,7 @@ def assert_same_as_gx(frame: pd.DataFrame, expectations: list[dict]) -> None:
     fast = evaluate_suite(frame, suite, engine="auto")
     reference = evaluate_suite(frame, suite, engine="gx")
     assert all(r.result.engine == "gx" for r in reference)
-    for exp, a, b in zip(expectations, fast, reference):
+    for exp, a, b in zip(expectations, fast, reference, strict=True):
         assert _comparable(a) == _comparable(b), exp
 
 
@@ -86,7 +86,8 @@ def expectations(draw) -> dict:
             lo = 3
         if lo is not None and hi is not None and lo > hi:
             lo, hi = hi, lo
-        kwargs = {"min_value": lo, "max_value": hi, "strict_min": draw(st.booleans()), "strict_max": draw(st.booleans())}
+        kwargs = {"min_value": lo, "max_value": hi,
+                  "strict_min": draw(st.booleans()), "strict_max": draw(st.booleans())}
     else:
         kwargs = {"column_set": draw(st.lists(st.sampled_from(columns), unique=True)),
                   "exact_match": draw(st.booleans())}
@@ -130,7 +131,8 @@ def test_fast_engine_matches_great_expectations_on_edge_cases():
 
 def test_unsupported_arguments_fall_back_to_great_expectations():
     frame = pd.DataFrame({"s": ["a", "b"], "d": pd.to_datetime(["2024-01-01", "2024-02-01"])})
-    between_text = {"type": "expect_column_values_to_be_between", "kwargs": {"column": "s", "min_value": 0, "max_value": 1}}
+    between_text = {"type": "expect_column_values_to_be_between",
+                    "kwargs": {"column": "s", "min_value": 0, "max_value": 1}}
     between_dates = {"type": "expect_column_values_to_be_between",
                      "kwargs": {"column": "d", "min_value": "2024-01-15", "max_value": "2024-03-01"}}
     parameter = {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": {"$PARAMETER": "lo"}}}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 from normlab import resume
@@ -99,11 +98,11 @@ def test_a_different_batch_does_not_reopen_the_run(tiny_config, tmp_path):
     assert other["run_id"] != first["run_id"] and other["fingerprint"] != first["fingerprint"]
 
 
-@pytest.mark.parametrize("status", ["FAILED", "KILLED"])
-def test_closed_interrupted_runs_are_reopened(tiny_config, status):
+def test_closed_interrupted_runs_are_reopened(tiny_config):
     cfg = tiny_config()
-    first = resume.open_run(cfg, None, tags={}, params={}, owner="flow-1")
-    resume.close_run(cfg, first, status)
-    again = resume.open_run(cfg, None, tags={}, params={}, owner="flow-2")
-    resume.close_run(cfg, again, "FINISHED")
-    assert again["run_id"] == first["run_id"] and again["resumed"]
+    for status in ("FAILED", "KILLED"):
+        first = resume.open_run(cfg, None, tags={}, params={}, owner=f"{status}-1")
+        resume.close_run(cfg, first, status)
+        again = resume.open_run(cfg, None, tags={}, params={}, owner=f"{status}-2")
+        resume.close_run(cfg, again, "FINISHED")
+        assert again["run_id"] == first["run_id"] and again["resumed"], status

@@ -65,6 +65,11 @@ def test_source_loads_nothing_unsafely(path):
             allow = {k.arg: k.value for k in node.keywords}.get("allow_pickle")
             if isinstance(allow, ast.Constant) and allow.value is True:
                 problems.append(f"{where}: np.load(allow_pickle=True)")
+    # MLflow refuses pickled models (and pickles inside pt2 archives) unless this is set.
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    problems += [f"{path.relative_to(REPO)}:{node.lineno}: MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+                 for node in ast.walk(tree)
+                 if isinstance(node, ast.Constant) and node.value == "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"]
     assert problems == []
 
 
@@ -72,7 +77,8 @@ def test_source_loads_nothing_unsafely(path):
 def test_source_binds_no_server_to_all_interfaces(path):
     tree = ast.parse(path.read_text(encoding="utf-8"))
     wildcard = [node.lineno for node in ast.walk(tree)
-                if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.strip() in {"0.0.0.0", "::"}]
+                if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and node.value.strip() in {"0.0.0.0", "::"}]
     assert wildcard == [], f"{path.relative_to(REPO)} lines {wildcard}: bind 127.0.0.1 unless the user asks otherwise"
 
 

@@ -122,7 +122,13 @@ def _trained_point(tmp_path, seed: int) -> dict:
 @pytest.fixture(scope="module")
 def trained_points(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study-models")
-    return [_trained_point(tmp, seed) for seed in range(3)]
+    # One thread, as the study runs: tiny models gain nothing from more, and lose a lot on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield [_trained_point(tmp, seed) for seed in range(3)]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_batchnorm_adaptation_recovers_a_shifted_split(trained_points):
