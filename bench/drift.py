@@ -10,7 +10,7 @@ digits resampled with a +-1 pixel jitter, so rows are unique and pass the
 gate's duplicate check; 10,000 reference rows):
 
 * ``evidently_s``: ``Report([DataDriftPreset()])`` on every row and column;
-* ``scipy_s``: ``scipy.stats.ks_2samp`` column by column;
+* ``scipy_s``: ``scipy.stats.ks_2samp(method="asymp")`` column by column;
 * ``decision_s``: `normlab.drift.score_columns` (vectorized KS, the decision path);
 * ``batch_s``: one batch end to end through the monitoring library as the
   flow runs it (fingerprint and snapshot, data gate, drift and prediction
@@ -135,7 +135,7 @@ def run(rows: int, *, baseline: bool = True, columns_checked: int = 64) -> dict[
 
         start = time.perf_counter()
         for name in features[:columns_checked]:
-            stats.ks_2samp(reference_frame[name].to_numpy(), batch_frame[name].to_numpy())
+            stats.ks_2samp(reference_frame[name].to_numpy(), batch_frame[name].to_numpy(), method="asymp")
         out["scipy_s"] = round(time.perf_counter() - start, 3)
 
         start = time.perf_counter()

@@ -165,7 +165,8 @@ def score_columns(
     if numeric:
         d, p = ks_columns(_as_float(reference, numeric), _as_float(current, numeric))
         for name, score, p_value in zip(numeric, d, p):
-            out[name] = ColumnScore(name, "ks", float(score), float(p_value), _drifted(score, p_value, alpha, effect_floor))
+            drifted = _drifted(score, p_value, alpha, effect_floor)
+            out[name] = ColumnScore(name, "ks", float(score), float(p_value), drifted)
     for name in columns:
         if name not in out:
             score, p_value = categorical_test(reference[name], current[name])

@@ -153,7 +153,9 @@ def _read_state_file(path: Path) -> dict[str, Any]:
             "restore it from a backup or move it away to start over (every batch will be processed again)"
         ) from None
     if state.get("version") != _STATE_VERSION:
-        raise DataSourceError(f"monitoring state {path} has version {state.get('version')!r}; expected {_STATE_VERSION}")
+        raise DataSourceError(
+            f"monitoring state {path} has version {state.get('version')!r}; this normlab reads {_STATE_VERSION}"
+        )
     return state
 
 
@@ -178,41 +180,54 @@ def _claim_is_live(claim: dict[str, Any]) -> bool:
 def open_batch(cfg: PipelineConfig, path: str) -> dict[str, Any]:
     """Fingerprint a batch file and claim it, or say why it is skipped.
 
-    A file whose size and modification time match a file seen before is
-    recognised without being read again.
+    A file whose size and modification time match a file already processed is
+    skipped without being read again. A file that cannot be read is skipped
+    and left in place (it is tried again on the next run).
 
     Returns:
-        ``skip`` (bool) and ``fingerprint``, ``source``; when skipped also
-        ``reason`` and ``previous`` (the earlier record); otherwise ``path``
-        (the snapshot), ``rows``, ``columns`` and ``batch_dir``.
+        ``skip`` (bool), ``status`` and ``fingerprint`` (None for an unreadable
+        file), ``source``; when skipped also ``reason`` and ``previous`` (the
+        earlier record); otherwise ``path`` (the snapshot), ``rows``,
+        ``columns`` and ``batch_dir``.
     """
     stat = Path(path).stat()
-    known = read_state(cfg)["files"].get(path)
-    frame = None
+    state = read_state(cfg)
+    known = state["files"].get(path)
     if known and known["size"] == stat.st_size and known["mtime_ns"] == stat.st_mtime_ns:
-        fingerprint = known["fingerprint"]
-    else:
+        record = state["batches"].get(known["fingerprint"])
+        if record and record.get("status") == "done":
+            return _seen(known["fingerprint"], path, record)
+    try:
         frame = read_table(path)
-        fingerprint = fingerprint_frame(frame)
+    except DataSourceError as exc:
+        return {"skip": True, "status": "unreadable", "fingerprint": None, "source": path, "previous": None,
+                "reason": f"unreadable, left in place: {exc}"}
+    fingerprint = fingerprint_frame(frame)
     with locked_state(cfg) as state:
         state["files"][path] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "fingerprint": fingerprint}
         record = state["batches"].get(fingerprint)
         if record and record.get("status") == "done":
-            return {"skip": True, "fingerprint": fingerprint, "source": path, "previous": record,
-                    "reason": f"already processed at {record['processed_at']} (from {record['source']})"}
+            return _seen(fingerprint, path, record)
         if record and record.get("status") == "claimed" and _claim_is_live(record):
-            return {"skip": True, "fingerprint": fingerprint, "source": path, "previous": None,
+            return {"skip": True, "status": "skipped", "fingerprint": fingerprint, "source": path, "previous": None,
                     "reason": f"being processed by pid {record['pid']} on {record['host']}"}
         state["batches"][fingerprint] = {"status": "claimed", "source": path, "pid": os.getpid(),
                                          "host": socket.gethostname(), "claimed_ts": time.time()}
-    if frame is None:
-        frame = read_table(path)
-    batch_dir = monitor_dir(cfg) / "batches" / fingerprint[:16]
-    batch_dir.mkdir(parents=True, exist_ok=True)
-    snapshot = batch_dir / "batch.parquet"
-    frame.to_parquet(snapshot, index=False)
-    return {"skip": False, "fingerprint": fingerprint, "source": path, "path": str(snapshot),
-            "rows": int(len(frame)), "columns": [str(c) for c in frame.columns], "batch_dir": str(batch_dir)}
+    opened = {"skip": False, "status": "claimed", "fingerprint": fingerprint, "source": path,
+              "rows": int(len(frame)), "columns": [str(c) for c in frame.columns]}
+    try:
+        batch_dir = monitor_dir(cfg) / "batches" / fingerprint[:16]
+        batch_dir.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(batch_dir / "batch.parquet", index=False)
+    except BaseException:
+        release_batch(cfg, opened)
+        raise
+    return {**opened, "path": str(batch_dir / "batch.parquet"), "batch_dir": str(batch_dir)}
+
+
+def _seen(fingerprint: str, path: str, record: dict[str, Any]) -> dict[str, Any]:
+    return {"skip": True, "status": "skipped", "fingerprint": fingerprint, "source": path, "previous": record,
+            "reason": f"already processed at {record['processed_at']} (from {record['source']})"}
 
 
 def release_batch(cfg: PipelineConfig, batch: dict[str, Any]) -> None:
@@ -579,8 +594,16 @@ def finish_batch(
     Returns:
         The batch's entry in the monitor summary.
     """
+    from normlab import tracking
+
+    # The store first: a commit that follows it cannot be left half done by an unreachable server.
+    tracking.set_tags(cfg.tracking_uri(), monitor_run_id, {
+        "normlab.alert.sent": alert["sent"], "normlab.alert.delivered": alert["delivered"],
+    })
     entry = batch_entry(batch, gated, analysis, report, decision, alert, monitor_run_id)
     with locked_state(cfg) as state:
+        if state["batches"].get(batch["fingerprint"], {}).get("status") == "done":
+            return state["batches"][batch["fingerprint"]]["entry"]  # a retried commit counts the batch once
         history = model_history(state, reference)
         if decision["level"] in _LEVEL_CODE:
             history["streak"] = decision["streak"]
@@ -601,12 +624,6 @@ def finish_batch(
             "status": "done", "source": batch["source"], "processed_at": now_utc().isoformat(),
             "monitor_run_id": monitor_run_id, "reference_run_id": reference["run_id"], "entry": entry,
         }
-    if monitor_run_id:
-        from normlab import tracking
-
-        tracking.set_tags(cfg.tracking_uri(), monitor_run_id, {
-            "normlab.alert.sent": alert["sent"], "normlab.alert.delivered": alert["delivered"],
-        })
     return entry
 
 
@@ -652,7 +669,7 @@ def skipped_entry(opened: dict[str, Any]) -> dict[str, Any]:
         **previous,
         "fingerprint": opened["fingerprint"],
         "source": opened["source"],
-        "status": "skipped",
+        "status": opened["status"],
         "reason": opened["reason"],
         "alert": {"due": False, "sent": False, "targets": 0, "delivered": 0},
     }

@@ -33,11 +33,13 @@ differ on maps collapse onto each other for vectors):
   LeCun, Liu 2025).
 
 Speed: PyTorch has fused CPU kernels for LayerNorm, GroupNorm and BatchNorm, not for
-RMSNorm (``F.rms_norm`` runs as six separate ops on the CPU) or DyT. The two modules
-written here, :class:`RMSNorm2d` and :class:`DyT`, therefore compute their backward
-pass by hand (autograd's would take about twice the passes over the data) and,
-where no gradient is needed, work in place on their own temporaries. The results
-are the same as the plain formulas; ``bench/norms.py`` measures them against LayerNorm.
+RMSNorm (``F.rms_norm`` runs as six separate ops on the CPU) or DyT. Where no gradient
+is needed, :class:`RMSNorm2d` and :class:`DyT` therefore work in place on their own
+temporaries, and :class:`RMSNorm2d` computes its backward pass by hand (autograd's takes
+about twice the passes over the data). DyT keeps autograd's backward: a hand-written one
+is faster only on large tensors, and its Python overhead makes small models, this
+project's usual ones, slower. The results are the same as the plain formulas;
+``bench/norms.py`` measures them against LayerNorm.
 """
 
 from __future__ import annotations
@@ -129,8 +131,9 @@ class DyT(nn.Module):
             weight, bias = weight.view(1, -1, 1, 1), bias.view(1, -1, 1, 1)
         # A Python flag, not a tensor value: the branch stays torch.fx traceable.
         if torch.is_grad_enabled():
-            return _DyTFunction.apply(x, self.alpha, weight, bias)
-        return torch.addcmul(bias, torch.mul(x, self.alpha).tanh_(), weight)
+            return torch.tanh(self.alpha * x) * weight + bias
+        # No graph to keep: one temporary, updated in place (one allocation instead of four).
+        return torch.mul(x, self.alpha).tanh_().mul_(weight).add_(bias)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, spatial={self.spatial}"
@@ -176,39 +179,6 @@ class _RMSNormMaps(torch.autograd.Function):
             dot = torch.bmm(gh.reshape(n, 1, count), xhat.reshape(n, count, 1)).view(n, 1, 1, 1).div_(count)
             grad_x = gh.addcmul_(xhat, dot, value=-1).mul_(inv_rms)
         return grad_x, grad_weight, None
-
-
-class _DyTFunction(torch.autograd.Function):
-    """:class:`DyT` with a hand-written backward pass.
-
-    With ``t = tanh(alpha * x)`` and ``gu = grad * weight * (1 - t^2)``:
-    ``grad_x = alpha * gu``, ``grad_alpha = sum(gu * x)``,
-    ``grad_weight = sum(grad * t)`` and ``grad_bias = sum(grad)`` over all dims but 1.
-    ``weight`` and ``bias`` arrive shaped to broadcast against ``x``.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        t = torch.mul(x, alpha).tanh_()
-        ctx.save_for_backward(x, t, alpha, weight)
-        return torch.addcmul(bias, t, weight)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, t, alpha, weight = ctx.saved_tensors
-        dims = [d for d in range(grad.dim()) if d != 1]
-        needs_x, needs_alpha, needs_weight, needs_bias = ctx.needs_input_grad
-        grad_weight = (grad * t).sum(dims).view(weight.shape) if needs_weight else None
-        grad_bias = grad.sum(dims).view(weight.shape) if needs_bias else None
-        grad_x = grad_alpha = None
-        if needs_x or needs_alpha:
-            gu = torch.ops.aten.tanh_backward(grad * weight, t)
-            if needs_alpha:
-                grad_alpha = torch.dot(gu.reshape(-1), x.reshape(-1)).view(alpha.shape)
-            if needs_x:
-                grad_x = gu.mul_(alpha)
-        return grad_x, grad_alpha, grad_weight, grad_bias
 
 
 def _num_groups(num_features: int, groups: int) -> int:

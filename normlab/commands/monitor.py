@@ -42,7 +42,7 @@ def batches_table(batches: list[dict[str, Any]]) -> Table:
         if alert.get("due"):
             alert_text = "sent" if alert["sent"] else ("failed" if alert["targets"] else "no URL set")
         table.add_row(
-            b["fingerprint"][:12], b["status"],
+            _label(b), b["status"],
             f"{b.get('rows_in', '')}/{b.get('rows_accepted', '')}" if "rows_in" in b else "",
             str(drift.get("level", "")), "" if share is None else f"{share:.2f}", top or "-", alert_text,
         )
@@ -94,8 +94,8 @@ def monitor(
         console.print(batches_table(batches))
     for b in batches:
         level = (b.get("drift") or {}).get("level")
-        if b["status"] == "skipped":
-            console.print(f"{b['fingerprint'][:12]} skipped: {b['reason']}", soft_wrap=True)
+        if b["status"] in ("skipped", "unreadable"):
+            console.print(f"{_label(b)} {b['status']}: {b['reason']}", soft_wrap=True)
         elif level in ("suspected", "detected", "blocked", "too_small"):
             console.print(f"{b['fingerprint'][:12]} {level}: {b['drift']['reason']}", soft_wrap=True)
         if b.get("alert", {}).get("due") and b["alert"]["targets"] and not b["alert"]["sent"]:
@@ -129,6 +129,11 @@ def monitor(
     })
     if fail_on_drift and drifted:
         raise typer.Exit(DRIFT_EXIT_CODE)
+
+
+def _label(batch: dict[str, Any]) -> str:
+    """The batch's short fingerprint, or its file name when it could not be read."""
+    return batch["fingerprint"][:12] if batch["fingerprint"] else Path(batch["source"]).name
 
 
 def command_hint(config: Path | None, overrides: list[str] | None) -> str:

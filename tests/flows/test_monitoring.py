@@ -164,17 +164,21 @@ def test_a_repeated_batch_is_skipped_even_renamed(trained, tmp_path, repo_root):
     assert again["status"] == "skipped" and "already processed" in again["reason"]
     assert again["drift"]["level"] == "none"  # the earlier result, for the record
 
-    # A renamed copy is the same content; only the new batch is processed. A file being uploaded is ignored.
+    # A renamed copy is the same content; only the new batch is processed. A file being uploaded is
+    # ignored; a broken one is left in place and does not stop the others.
     shutil.copy(first, tmp_path / "landing" / "a-copy.parquet")
     _write(clean_batch(trained, 4), tmp_path / "landing" / "b.parquet", order=2)
     _write(clean_batch(trained, 5), tmp_path / "landing" / "_uploading.parquet", order=3)
+    (tmp_path / "landing" / "broken.parquet").write_bytes(b"not a parquet file")
     entries = monitoring_flow(cfg, data=str(tmp_path / "landing"))["batches"]
     assert sorted((Path(e["source"]).name, e["status"]) for e in entries) == [
-        ("a-copy.parquet", "skipped"), ("a.parquet", "skipped"), ("b.parquet", "processed")]
+        ("a-copy.parquet", "skipped"), ("a.parquet", "skipped"), ("b.parquet", "processed"),
+        ("broken.parquet", "unreadable")]
+    assert (tmp_path / "landing" / "broken.parquet").is_file()
 
     state = json.loads((trained["work"] / "monitoring" / "state.json").read_text())
     done = [fp for fp, rec in state["batches"].items() if rec["status"] == "done"]
-    assert {e["fingerprint"] for e in entries} <= set(done)
+    assert {e["fingerprint"] for e in entries if e["fingerprint"]} <= set(done)
 
 
 def test_a_batch_the_gate_blocks_is_quarantined_and_gets_no_decision(trained, receiver, tmp_path, repo_root):

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from mlflow.tracking import MlflowClient
+from prefect.logging.configuration import ensure_logging_setup
 from typer.testing import CliRunner
 
 from normlab.cli import app
@@ -23,6 +24,9 @@ ONE_OOD = "splits.ood=[{name: noise, kind: corruption, corruption: gaussian_nois
 def swept(prefect_harness, tmp_path_factory):
     """Run ``normlab sweep`` once for the module; returns (summary, tracking URI, output text)."""
     tmp = tmp_path_factory.mktemp("sweep")
+    # Prefect's console handler binds to the stderr of the moment it is set up: here,
+    # not inside CliRunner, whose stream is closed once the command returns.
+    ensure_logging_setup()
     summary_path = tmp / "summary.json"
     result = CliRunner().invoke(app, [
         "sweep", str(REPO / "configs" / "digits.yaml"), "--set", f"workdir={tmp / 'work'}",

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from mlflow.tracking import MlflowClient
+from prefect.logging.configuration import ensure_logging_setup
 from typer.testing import CliRunner
 
 from normlab.cli import app
@@ -21,6 +22,9 @@ KEYS = ["bn_small_batch", "bn_folding", "bn_adaptation", "rms_matches_layer", "d
 @pytest.fixture(scope="module")
 def studied(prefect_harness, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
+    # Prefect's console handler binds to the stderr of the moment it is set up: here,
+    # not inside CliRunner, whose stream is closed once the command returns.
+    ensure_logging_setup()
     summary_path = tmp / "study.json"
     result = CliRunner().invoke(app, [
         "study", str(REPO / "configs" / "digits.yaml"), "--quick", "--seeds", "2", "--epochs", "1",

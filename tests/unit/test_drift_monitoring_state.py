@@ -1,0 +1,94 @@
+"""Batch discovery and the exactly-once bookkeeping on disk (no Prefect, no MLflow)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from normlab import monitoring
+from normlab.config import load_config
+from normlab.errors import DataSourceError
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return load_config(None, [f"workdir={tmp_path / 'work'}"])
+
+
+def _table(path, seed: int = 0, order: int = 0) -> str:
+    pd.DataFrame({"a": [seed, seed + 1], "label": [0, 1]}).to_parquet(path, index=False)
+    os.utime(path, ns=(10**18 + order, 10**18 + order))
+    return str(path)
+
+
+def test_discover_batches_oldest_first_skipping_partial_and_other_files(tmp_path):
+    land = tmp_path / "landing"
+    land.mkdir()
+    _table(land / "z.parquet", order=1)
+    _table(land / "a.parquet", order=2)
+    pd.DataFrame({"a": [1]}).to_csv(land / "m.csv", index=False)
+    os.utime(land / "m.csv", ns=(10**18, 10**18))
+    _table(land / "_partial.parquet")
+    _table(land / ".hidden.parquet")
+    (land / "notes.txt").write_text("x")
+    assert [os.path.basename(p) for p in monitoring.discover_batches(land)] == ["m.csv", "z.parquet", "a.parquet"]
+    assert monitoring.discover_batches(land / "a.parquet") == [str((land / "a.parquet").resolve())]
+    with pytest.raises(DataSourceError, match="does not exist"):
+        monitoring.discover_batches(tmp_path / "nope")
+    with pytest.raises(DataSourceError, match="batch files end with"):
+        monitoring.discover_batches(land / "notes.txt")
+
+
+def test_claim_release_and_a_dead_processs_claim_is_taken_over(cfg, tmp_path):
+    path = _table(tmp_path / "b.parquet")
+    opened = monitoring.open_batch(cfg, path)
+    assert not opened["skip"] and pd.read_parquet(opened["path"]).shape == (2, 2)
+    again = monitoring.open_batch(cfg, path)  # claimed by this (live) process
+    assert again["skip"] and "being processed by pid" in again["reason"]
+
+    monitoring.release_batch(cfg, opened)
+    assert not monitoring.open_batch(cfg, path)["skip"]
+
+    with monitoring.locked_state(cfg) as state:  # a claim left by a process that died
+        state["batches"][opened["fingerprint"]]["pid"] = 2**22 + 12345
+    assert not monitoring.open_batch(cfg, path)["skip"]
+
+
+def test_done_batches_are_skipped_by_content_across_restarts(cfg, tmp_path):
+    path = _table(tmp_path / "b.parquet")
+    fingerprint = monitoring.open_batch(cfg, path)["fingerprint"]
+    with monitoring.locked_state(cfg) as state:
+        state["batches"][fingerprint] = {"status": "done", "source": path, "processed_at": "2026-01-01T00:00:00",
+                                         "entry": {"drift": {"level": "none"}}}
+    state_file = cfg.workdir_path() / "monitoring" / "state.json"
+    assert json.loads(state_file.read_text())["batches"][fingerprint]["status"] == "done"
+    copy = _table(tmp_path / "copy.parquet")  # same content, another name
+    for p in (path, copy):
+        seen = monitoring.open_batch(cfg, p)
+        assert seen["skip"] and "already processed" in seen["reason"]
+        assert monitoring.skipped_entry(seen)["drift"] == {"level": "none"}
+
+
+def test_unreadable_file_is_skipped_and_left_in_place(cfg, tmp_path):
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"garbage")
+    opened = monitoring.open_batch(cfg, str(broken))
+    assert (opened["skip"], opened["status"], opened["fingerprint"]) == (True, "unreadable", None)
+    assert broken.read_bytes() == b"garbage"
+
+
+def test_corrupt_state_is_one_clear_error(cfg):
+    folder = monitoring.monitor_dir(cfg)
+    (folder / "state.json").write_text("{not json")
+    with pytest.raises(DataSourceError, match="unreadable.*move it away"):
+        monitoring.read_state(cfg)
+
+
+def test_history_starts_afresh_for_a_new_reference(cfg):
+    state = {"models": {"m": {"reference_run_id": "old", "streak": 3, "streak_batches": ["x"], "alerts": [{}]}}}
+    assert monitoring.model_history(state, {"model": "m", "run_id": "old", "version": None})["streak"] == 3
+    fresh = monitoring.model_history(state, {"model": "m", "run_id": "new", "version": "2"})
+    assert (fresh["streak"], fresh["alerts"], fresh["version"]) == (0, [], "2")
