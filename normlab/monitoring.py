@@ -47,6 +47,7 @@ _STATE_VERSION = 1
 # A claim older than this is taken over even when its process seems alive (pid reuse).
 _CLAIM_TIMEOUT_S = 6 * 3600
 _LEVEL_CODE = {"none": 0, "suspected": 1, "detected": 2}
+_INFERENCE_ROWS = 8192
 
 
 class NoReferenceError(NormlabError):
@@ -396,8 +397,10 @@ def analyze_batch(
 
     scores = drift.score_columns(ref, current, features, alpha=mon.alpha, effect_floor=mon.effect_floor)
     data = drift.summarize_columns(scores, drift_share=mon.drift_share, top=mon.top_columns)
-    ref_proba = predict_proba(model, encoder.transform(ref), batch_size=cfg.eval.batch_size)
-    cur_proba = predict_proba(model, encoder.transform(current), batch_size=cfg.eval.batch_size)
+    # Eval mode makes outputs independent of the chunking: large chunks, fewer Python round trips.
+    chunk = max(cfg.eval.batch_size, _INFERENCE_ROWS)
+    ref_proba = predict_proba(model, encoder.transform(ref), batch_size=chunk)
+    cur_proba = predict_proba(model, encoder.transform(current), batch_size=chunk)
     prediction = drift.prediction_drift(ref_proba, cur_proba, classes=labels.classes, alpha=mon.alpha,
                                         effect_floor=mon.effect_floor)
     performance = None

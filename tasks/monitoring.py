@@ -61,7 +61,7 @@ def open_batch(cfg: PipelineConfig, path: str) -> dict[str, Any]:
     """Fingerprint and claim the batch, or say why it is skipped."""
     opened = monitoring.open_batch(cfg, path)
     if opened["skip"]:
-        get_run_logger().info("skipping %s (%s): %s", path, opened["fingerprint"][:12], opened["reason"])
+        get_run_logger().info("skipping %s: %s", path, opened["reason"])
     return opened
 
 

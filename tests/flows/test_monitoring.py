@@ -181,15 +181,21 @@ def test_a_repeated_batch_is_skipped_even_renamed(trained, tmp_path, repo_root):
     assert {e["fingerprint"] for e in entries if e["fingerprint"]} <= set(done)
 
 
-def test_a_batch_the_gate_blocks_is_quarantined_and_gets_no_decision(trained, receiver, tmp_path, repo_root):
+def test_a_blocked_batch_is_quarantined_and_an_unlabelled_one_is_monitored(trained, receiver, tmp_path, repo_root):
     url, received = receiver
-    cfg = _config(trained, "blocked", "monitor.consecutive=1", f'alerts.urls=["{url}"]')
-    unlabelled = shifted_batch(trained, 12).drop(columns="label")  # the suite requires the label column
-    (entry,) = monitoring_flow(cfg, data=_write(unlabelled, tmp_path / "unlabelled.parquet"))["batches"]
+    cfg = _config(trained, "gate", "monitor.consecutive=1", f'alerts.urls=["{url}"]')
+    broken = shifted_batch(trained, 12).drop(columns="pixel_5")  # the model's input lacks a column
+    (entry,) = monitoring_flow(cfg, data=_write(broken, tmp_path / "broken.parquet"))["batches"]
     assert (entry["status"], entry["drift"]["level"]) == ("processed", "blocked")
     assert (entry["rows_accepted"], entry["rows_quarantined"]) == (0, 400)
     assert len(pd.read_parquet(entry["quarantine_path"])) == 400  # kept, with reasons, never dropped
     assert entry["alert"]["due"] is False and received == []
+
+    # New data awaiting labels: drift and prediction drift still work, performance is not claimed.
+    unlabelled = shifted_batch(trained, 13).drop(columns="label")
+    (entry,) = monitoring_flow(cfg, data=_write(unlabelled, tmp_path / "unlabelled.parquet"))["batches"]
+    assert (entry["drift"]["level"], entry["rows_accepted"], entry["performance"]) == ("detected", 400, None)
+    assert entry["alert"]["sent"] is True and len(received) == 1
 
 
 def test_detection_needs_consecutive_batches_and_the_cooldown_holds_back_a_repeat(
