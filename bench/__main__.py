@@ -68,8 +68,17 @@ def run_section(name: str, size: str, threads: int | None) -> dict[str, Any]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         result = {"status": "failed", "error": f"{type(exc).__name__}: {first}",
                   "traceback": traceback.format_exc(), "rows": [], "table": [], "targets": [], "notes": []}
-    result.update({"section": name, "size": size, "seconds": time.perf_counter() - start, "machine": machine})
+    result.update({"section": name, "size": size, "seconds": time.perf_counter() - start, "machine": machine,
+                   "load_average_end": [round(x, 2) for x in os.getloadavg()]})
+    result["busy"] = is_busy(result)
     return result
+
+
+def is_busy(section: dict[str, Any]) -> bool:
+    """True when other work kept the cores busy (1-minute load above the usable cores at start or end)."""
+    cores = section["machine"]["usable_cores"]
+    loads = [section["machine"]["load_average"][0], section.get("load_average_end", [0.0])[0]]
+    return max(loads) > cores
 
 
 def json_safe(value: Any) -> Any:
@@ -128,10 +137,14 @@ def render_markdown(results: dict[str, Any]) -> str:
         m = section["machine"]
         where = (f"{section['size']} suite, {m['date']}, {m['cpu']}, {m['usable_cores']} cores, "
                  f"torch {m['torch']} ({m['torch_threads']} threads), Python {m['python']}, "
-                 f"load average {m['load_average'][0]}, commit {(m['git_commit'] or '?')[:10]}"
+                 f"load average {m['load_average'][0]} -> {section.get('load_average_end', ['?'])[0]}, "
+                 f"commit {(m['git_commit'] or '?')[:10]}"
                  f"{' (uncommitted changes)' if m['git_dirty'] else ''}"
                  f"{', GPU ' + m['cuda'] if m.get('cuda') else ''}; section took {section['seconds']:.0f} s.")
         lines += ["", f"### {name}", "", where, ""]
+        if section.get("busy"):
+            lines += [f"**The machine was busy with other work during this section** (load above its "
+                      f"{m['usable_cores']} cores): its timings are noisy.", ""]
         if section["status"] == "failed":
             lines.append(f"Failed: `{section['error']}`")
             continue
@@ -163,6 +176,10 @@ def print_section(console, section: dict[str, Any]) -> None:
     from rich.table import Table
 
     console.rule(f"{section['section']} ({section['status']}, {section['seconds']:.0f} s)")
+    if section.get("busy"):
+        console.print(f"[yellow]warning:[/] load average {section['machine']['load_average'][0]} -> "
+                      f"{section['load_average_end'][0]} on {section['machine']['usable_cores']} cores: "
+                      "other work shared the machine, these timings are noisy")
     if section["status"] == "failed":
         console.print(section["traceback"], highlight=False, markup=False)
         return

@@ -58,14 +58,14 @@ def monitoring_flow(config: PipelineConfig, data: str, retrain: bool | None = No
     ``retrain`` overrides ``monitor.retrain_on_drift``; ``config_hint`` is the
     config argument alert messages repeat in the commands they suggest.
     """
-    # 1. Alert URLs usable? Which batch files are there?
+    # 1. Alert URLs usable? Which batch files are there, and which are new?
     m.check_alert_urls(config)
-    paths = m.discover_batches(data)
+    triage = m.triage_batches(config, m.discover_batches(data))
     # 2. The drift reference: the champion's training data, else the latest run's
-    reference = m.resolve_reference(config) if paths else None
-    batches: list[dict[str, Any]] = []
+    reference = m.resolve_reference(config) if triage["new"] else None
+    batches: list[dict[str, Any]] = list(triage["skipped"])
     retrained: list[dict[str, Any]] = []
-    for path in paths:
+    for path in triage["new"]:
         # 3. One subflow run per batch
         result = batch_flow(config, path, reference, retrain, config_hint)
         batches.append(result["entry"])

@@ -34,7 +34,9 @@ WHY = {
     "rejected_share": "a batch that loses this many rows is broken as a whole",
     "leakage": "an evaluation row also seen in training inflates every metric",
 }
-# Columns hashed per thread: numpy releases the GIL, so blocks hash in parallel.
+# Rows hashed per chunk (each column's chunk stays in cache) and threads hashing chunks
+# (numpy releases the GIL).
+_HASH_CHUNK = 32_768
 _HASH_THREADS = 2
 # Query rows per block in the neighbour search: a block's distance matrix stays small.
 _KNN_BLOCK = 1024
@@ -67,19 +69,34 @@ def skipped(name: str, reason: str) -> Evaluated:
 # Hashing --------------------------------------------------------------------------------
 
 
-def _column_hash(series: pd.Series) -> np.ndarray:
-    """A uint64 hash per value; numbers hash by their float64 value (1 == 1.0, -0.0 == 0.0)."""
+def _mix(bits: np.ndarray) -> np.ndarray:
+    """pandas' numeric hash, the splitmix64 finalizer, applied in place to uint64 values."""
+    with np.errstate(over="ignore"):
+        bits ^= bits >> np.uint64(30)
+        bits *= np.uint64(0xBF58476D1CE4E5B9)
+        bits ^= bits >> np.uint64(27)
+        bits *= np.uint64(0x94D049BB133111EB)
+        bits ^= bits >> np.uint64(31)
+    return bits
+
+
+def _hash_source(series: pd.Series) -> tuple[bool, np.ndarray]:
+    """(True, the numbers) for a numeric column, hashed later chunk by chunk; else (False, its value hashes)."""
     dtype = series.dtype
     if isinstance(dtype, np.dtype) and dtype.kind in "iufb":
-        values = series.to_numpy(dtype=np.float64) + 0.0
-        return pd.util.hash_array(values)
+        return True, series.to_numpy()
     if isinstance(dtype, np.dtype) and dtype.kind in "mM":
-        return pd.util.hash_array(series.to_numpy())
-    return pd.util.hash_array(series.astype(str).to_numpy(dtype=object))
+        return False, pd.util.hash_array(series.to_numpy())
+    return False, pd.util.hash_array(series.astype(str).to_numpy(dtype=object))
 
 
 def content_hashes(df: pd.DataFrame, columns: Sequence[str], *, start: np.ndarray | None = None) -> np.ndarray:
     """One uint64 hash per row of ``columns``' canonical values (order matters).
+
+    Each value hashes as pandas hashes it (numbers by their float64 value, so
+    1 == 1.0 and -0.0 == 0.0; other values by their text); a row combines its
+    values as pandas combines columns, then mixes once more. Rows are done in
+    chunks that stay in cache, by as many threads as numpy can keep busy.
 
     Args:
         df: The rows.
@@ -87,21 +104,34 @@ def content_hashes(df: pd.DataFrame, columns: Sequence[str], *, start: np.ndarra
         start: Row hashes of other columns to extend (a whole-row hash can
             build on a feature hash instead of hashing the features twice).
     """
+    n = len(df)
     if not columns:
-        return np.zeros(len(df), dtype=np.uint64) if start is None else start
+        return np.zeros(n, dtype=np.uint64) if start is None else start
+    sources = [_hash_source(df[c]) for c in columns]
+    out = np.empty(n, dtype=np.uint64)
+
+    def hash_chunk(begin: int) -> None:
+        end = min(begin + _HASH_CHUNK, n)
+        acc = np.full(end - begin, 0x345678, dtype=np.uint64) if start is None else start[begin:end].copy()
+        mult = np.uint64(1000003)
+        with np.errstate(over="ignore"):
+            for i, (numeric, values) in enumerate(sources):
+                if numeric:
+                    part = values[begin:end].astype(np.float64)
+                    part += 0.0  # -0.0 becomes 0.0
+                    acc ^= _mix(part.view(np.uint64))
+                else:
+                    acc ^= values[begin:end]
+                # CPython's tuple-hash combine, as pandas combines columns.
+                acc *= mult
+                inverse = len(sources) - i
+                mult += np.uint64(82520 + inverse + inverse)
+            acc += np.uint64(97531)
+        out[begin:end] = _mix(acc)
+
     with ThreadPoolExecutor(max_workers=_HASH_THREADS) as pool:
-        hashes = list(pool.map(lambda c: _column_hash(df[c]), columns))
-    # CPython's tuple-hash combine (as pandas does), then one more mixing round.
-    mult = np.uint64(1000003)
-    out = np.full(len(df), 0x345678, dtype=np.uint64) if start is None else start.copy()
-    with np.errstate(over="ignore"):
-        for i, h in enumerate(hashes):
-            inverse = len(hashes) - i
-            out ^= h
-            out *= mult
-            mult += np.uint64(82520 + inverse + inverse)
-        out += np.uint64(97531)
-    return pd.util.hash_array(out)
+        list(pool.map(hash_chunk, range(0, n, _HASH_CHUNK)))
+    return out
 
 
 # Schema ---------------------------------------------------------------------------------

@@ -39,8 +39,10 @@ LEVELS = ("none", "suspected", "detected")
 TOO_SMALL = "too_small"
 BLOCKED = "blocked"
 
-PREDICTION_COLUMN = "prediction"
-CONFIDENCE_COLUMN = "confidence"
+# The model's outputs, as two more columns of the report (and `PREDICTION_COLUMN` among the
+# drifted columns); the prefix keeps them apart from any feature.
+PREDICTION_COLUMN = "model.prediction"
+CONFIDENCE_COLUMN = "model.confidence"
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,7 @@ def decide(
 
     Args:
         drifted: The batch verdict, or None when no decision could be made.
-        columns: The drifted columns (with ``prediction`` when outputs drifted).
+        columns: The drifted columns (with `PREDICTION_COLUMN` when the outputs drifted).
         history: The model's ``streak`` and ``alerts`` (each with ``at``, ``columns``).
         consecutive: Drifted batches in a row for `detected`.
         cooldown_minutes: How long an alert holds back its repeats.

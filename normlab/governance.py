@@ -331,15 +331,26 @@ def _fast_between(series: pd.Series, exp: dict[str, Any], kwargs: dict[str, Any]
     if not all(isinstance(s, bool) for s in (strict_min, strict_max)):
         return None
     values = series.to_numpy()
-    null = np.isnan(values) if dtype.kind == "f" else np.zeros(len(values), dtype=bool)
-    ok = np.ones(len(values), dtype=bool)
-    if lo is not None:
-        ok &= (values > lo) if strict_min else (values >= lo)
-    if hi is not None:
-        ok &= (values < hi) if strict_max else (values <= hi)
-    unexpected = ~ok & ~null
-    considered = len(values) - int(null.sum())
-    return _map_result(exp, values, unexpected, considered=considered, total=len(values))
+    nulls = int(np.isnan(values).sum()) if dtype.kind == "f" else 0
+    # "Not within bounds" is "below lo or above hi": NaN compares False both ways, so the nulls
+    # Great Expectations ignores never count, and no mask of them is needed.
+    unexpected = np.zeros(len(values), dtype=bool)
+    if not (nulls == 0 and _within(values, lo, hi, strict_min, strict_max)):
+        if lo is not None:
+            unexpected |= (values <= lo) if strict_min else (values < lo)
+        if hi is not None:
+            unexpected |= (values >= hi) if strict_max else (values > hi)
+    return _map_result(exp, values, unexpected, considered=len(values) - nulls, total=len(values))
+
+
+def _within(values: np.ndarray, lo: Any, hi: Any, strict_min: bool, strict_max: bool) -> bool:
+    """Whether every value is within bounds, from the extremes alone (the clean batch's shortcut)."""
+    if values.size == 0:
+        return True
+    low, high = values.min(), values.max()
+    above = lo is None or (low > lo if strict_min else low >= lo)
+    below = hi is None or (high < hi if strict_max else high <= hi)
+    return bool(above and below)
 
 
 def _fast_in_set(series: pd.Series, exp: dict[str, Any], kwargs: dict[str, Any]) -> Evaluated | None:

@@ -181,9 +181,8 @@ def _claim_is_live(claim: dict[str, Any]) -> bool:
 def open_batch(cfg: PipelineConfig, path: str) -> dict[str, Any]:
     """Fingerprint a batch file and claim it, or say why it is skipped.
 
-    A file whose size and modification time match a file already processed is
-    skipped without being read again. A file that cannot be read is skipped
-    and left in place (it is tried again on the next run).
+    A file that cannot be read is skipped and left in place (it is tried
+    again on the next run).
 
     Returns:
         ``skip`` (bool), ``status`` and ``fingerprint`` (None for an unreadable
@@ -192,12 +191,6 @@ def open_batch(cfg: PipelineConfig, path: str) -> dict[str, Any]:
         ``columns`` and ``batch_dir``.
     """
     stat = Path(path).stat()
-    state = read_state(cfg)
-    known = state["files"].get(path)
-    if known and known["size"] == stat.st_size and known["mtime_ns"] == stat.st_mtime_ns:
-        record = state["batches"].get(known["fingerprint"])
-        if record and record.get("status") == "done":
-            return _seen(known["fingerprint"], path, record)
     try:
         frame = read_table(path)
     except DataSourceError as exc:
@@ -224,6 +217,29 @@ def open_batch(cfg: PipelineConfig, path: str) -> dict[str, Any]:
         release_batch(cfg, opened)
         raise
     return {**opened, "path": str(batch_dir / "batch.parquet"), "batch_dir": str(batch_dir)}
+
+
+def triage_batches(cfg: PipelineConfig, paths: list[str]) -> dict[str, Any]:
+    """Split batch files into those to open and those already processed, without reading them.
+
+    A file whose size and modification time match a file processed before is
+    known; anything else is opened (and still recognised by content there).
+
+    Returns:
+        ``new`` (paths) and ``skipped`` (summary entries).
+    """
+    state = read_state(cfg)
+    new, skipped = [], []
+    for path in paths:
+        stat = Path(path).stat()
+        known = state["files"].get(path)
+        record = state["batches"].get(known["fingerprint"]) if known else None
+        if (record and record.get("status") == "done" and known["size"] == stat.st_size
+                and known["mtime_ns"] == stat.st_mtime_ns):
+            skipped.append(skipped_entry(_seen(known["fingerprint"], path, record)))
+        else:
+            new.append(path)
+    return {"new": new, "skipped": skipped}
 
 
 def _seen(fingerprint: str, path: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -381,7 +397,8 @@ def analyze_batch(
     Returns:
         ``rows``, ``decidable``, ``drifted`` (None when not decidable),
         ``drifted_columns``, ``drift`` (share and top columns), ``prediction``,
-        ``performance`` (None without labels) and ``drift_json``.
+        ``performance`` (None without labels), ``drift_json``, ``report_inputs``
+        (the samples) and ``report_columns`` (the columns the report draws).
     """
     from normlab.evaluation import classification_metrics, predict_proba
 
@@ -424,9 +441,9 @@ def analyze_batch(
     # Seeded by the batch content: the same batch always gets the same sample.
     seed = int(batch["fingerprint"][:8], 16)
     for frame, proba, name in ((ref, ref_proba, "reference"), (current, cur_proba, "current")):
-        picked = drift.sample_rows(frame.assign(**{drift.PREDICTION_COLUMN: proba.argmax(axis=1).astype(str),
-                                                   drift.CONFIDENCE_COLUMN: proba.max(axis=1)}),
-                                   mon.report_rows, seed)
+        outputs = {drift.PREDICTION_COLUMN: proba.argmax(axis=1).astype(str),
+                   drift.CONFIDENCE_COLUMN: proba.max(axis=1)}
+        picked = drift.sample_rows(frame[features].assign(**outputs), mon.report_rows, seed)
         picked.to_parquet(out / f"report_{name}.parquet", index=False)
 
     full = {"fingerprint": batch["fingerprint"], "reference_run_id": reference["run_id"], "rows": len(current),
@@ -445,7 +462,7 @@ def analyze_batch(
         "drift_json": str(out / "drift.json"),
         "report_inputs": {"reference": str(out / "report_reference.parquet"),
                           "current": str(out / "report_current.parquet")},
-        "top_features": [c["column"] for c in sorted(full["columns"], key=lambda c: c["score"], reverse=True)],
+        "report_columns": [s.column for s in sorted(scores, key=lambda s: s.score, reverse=True)][: mon.report_columns],
     }
 
 
@@ -465,11 +482,11 @@ def build_report(
     started = time.perf_counter()
     ref = pd.read_parquet(analysis["report_inputs"]["reference"])
     cur = pd.read_parquet(analysis["report_inputs"]["current"])
+    # The samples hold the model's features and its two outputs, nothing else.
     features = [c for c in ref.columns if c not in (drift.PREDICTION_COLUMN, drift.CONFIDENCE_COLUMN)]
-    features = [c for c in features if c in cur.columns and c in analysis["top_features"]]
     numeric = [c for c in features if drift.is_numeric(ref[c]) and drift.is_numeric(cur[c])]
     categorical = [c for c in features if c not in numeric]
-    drawn = [c for c in analysis["top_features"] if c in features][: cfg.monitor.report_columns]
+    drawn = analysis["report_columns"]
     version = reference["version"] or "none"
     snapshot = drift.evidently_report(
         ref, cur,
@@ -706,7 +723,7 @@ def alert_batch(
         fingerprint=batch["fingerprint"], source=batch["source"], level=decision["level"],
         drift=analysis["drift"], prediction=analysis["prediction"], performance=analysis["performance"],
         rows=analysis["rows"], report_html=report["html"] if report else None, monitor_run_id=monitor_run_id,
-        tracking_uri=cfg.tracking_uri(), retrain=retrain, config_hint=config_hint,
+        tracking_uri=cfg.redacted().tracking_uri(), retrain=retrain, config_hint=config_hint,
     )
     return {"due": True, **alerts.send(alerts.alert_urls(cfg), title, body)}
 

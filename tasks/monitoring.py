@@ -56,6 +56,15 @@ def resolve_reference(cfg: PipelineConfig) -> dict[str, Any]:
     return reference
 
 
+@task(name="triage-batches", **LOCAL)
+def triage_batches(cfg: PipelineConfig, paths: list[str]) -> dict[str, Any]:
+    """Files processed before (same size and time) are skipped without being read."""
+    triage = monitoring.triage_batches(cfg, paths)
+    if triage["skipped"]:
+        get_run_logger().info("%d file(s) already processed, %d to open", len(triage["skipped"]), len(triage["new"]))
+    return triage
+
+
 @task(name="open-batch", **LOCAL)
 def open_batch(cfg: PipelineConfig, path: str) -> dict[str, Any]:
     """Fingerprint and claim the batch, or say why it is skipped."""

@@ -107,8 +107,11 @@ def monitor(
         if r["error"]:
             console.print(f"[yellow]retraining failed[/]: {r['error']}", soft_wrap=True)
         else:
+            registry = r.get("registry") or {}
+            outcome = (f"; {registry['name']} v{registry['version']} ({', '.join(registry['aliases'])}): "
+                       f"{registry['reason']}" if registry.get("version") else "")
             console.print(f"retrained: run {r['run_id']} on {r['rows_reference']} reference + {r['rows_new']} "
-                          f"new rows", soft_wrap=True)
+                          f"new rows{outcome}", soft_wrap=True)
     reports = [b["report"]["html"] for b in batches if b["status"] == "processed" and b.get("report")]
     if reports:
         console.print(f"latest report: {reports[-1]}", soft_wrap=True)

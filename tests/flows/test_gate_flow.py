@@ -71,6 +71,7 @@ def test_a_new_users_csv_trains_on_the_accepted_rows_only(tmp_path, monkeypatch)
     assert "accepted 496 + quarantined 5" in published["data-gate"].data
 
 
+@pytest.mark.slow
 def test_leaking_split_stops_the_flow_before_training(tmp_path, tiny_config):
     from normlab.data.sources import load_builtin
 

@@ -65,7 +65,10 @@ def test_done_batches_are_skipped_by_content_across_restarts(cfg, tmp_path):
                                          "entry": {"drift": {"level": "none"}}}
     state_file = cfg.workdir_path() / "monitoring" / "state.json"
     assert json.loads(state_file.read_text())["batches"][fingerprint]["status"] == "done"
+    triage = monitoring.triage_batches(cfg, [path])  # known by size and time: not even read
+    assert triage["new"] == [] and triage["skipped"][0]["status"] == "skipped"
     copy = _table(tmp_path / "copy.parquet")  # same content, another name
+    assert monitoring.triage_batches(cfg, [copy])["new"] == [copy]
     for p in (path, copy):
         seen = monitoring.open_batch(cfg, p)
         assert seen["skip"] and "already processed" in seen["reason"]
