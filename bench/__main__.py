@@ -39,8 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.set_defaults(size="full")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run, of: {', '.join(SECTIONS)}")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads for every section (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads on both sides of every comparison (default 1: on a shared "
+                             "machine a multi-threaded op waits for descheduled threads, which swamps what is measured)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
     parser.add_argument("--readme", type=Path, default=README, help="Markdown file whose generated block is rewritten")
     args = parser.parse_args(argv)
@@ -68,7 +69,8 @@ def run_section(name: str, size: str, threads: int | None) -> dict[str, Any]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         result = {"status": "failed", "error": f"{type(exc).__name__}: {first}",
                   "traceback": traceback.format_exc(), "rows": [], "table": [], "targets": [], "notes": []}
-    result.update({"section": name, "size": size, "seconds": time.perf_counter() - start, "machine": machine,
+    result.update({"section": name, "size": size, "threads": threads or machine["torch_threads"],
+                   "seconds": time.perf_counter() - start, "machine": machine,
                    "load_average_end": [round(x, 2) for x in os.getloadavg()]})
     result["busy"] = is_busy(result)
     return result
@@ -136,15 +138,17 @@ def render_markdown(results: dict[str, Any]) -> str:
     for name, section in results["sections"].items():
         m = section["machine"]
         where = (f"{section['size']} suite, {m['date']}, {m['cpu']}, {m['usable_cores']} cores, "
-                 f"torch {m['torch']} ({m['torch_threads']} threads), Python {m['python']}, "
+                 f"torch {m['torch']} with {section.get('threads', m['torch_threads'])} thread(s) "
+                 f"(default here: {m['torch_threads']}), Python {m['python']}, "
                  f"load average {m['load_average'][0]} -> {section.get('load_average_end', ['?'])[0]}, "
                  f"commit {(m['git_commit'] or '?')[:10]}"
                  f"{' (uncommitted changes)' if m['git_dirty'] else ''}"
                  f"{', GPU ' + m['cuda'] if m.get('cuda') else ''}; section took {section['seconds']:.0f} s.")
         lines += ["", f"### {name}", "", where, ""]
         if section.get("busy"):
-            lines += [f"**The machine was busy with other work during this section** (load above its "
-                      f"{m['usable_cores']} cores): its timings are noisy.", ""]
+            busy = (f"**The machine was busy with other work during this section** (load above its "
+                    f"{m['usable_cores']} cores): its timings are noisy.")
+            lines += [busy, ""]
         if section["status"] == "failed":
             lines.append(f"Failed: `{section['error']}`")
             continue

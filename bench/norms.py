@@ -80,6 +80,10 @@ def _measure_device(device: str, plan: dict[str, Any], names: tuple[str, ...]) -
     for layout, (widths, batches) in plan["grid"].items():
         for mode in plan["modes"]:
             for backward in (False, True):
+                if mode == "compiled":
+                    # Each group compiles afresh: code compiled for another pass or layout would be
+                    # guarded out, and past dynamo's recompile limit a call silently runs eager.
+                    torch._dynamo.reset()
                 for width in widths:
                     for batch in batches:
                         gen = torch.Generator().manual_seed(0)
@@ -147,7 +151,8 @@ def run(size: Size = "quick", threads: int | None = None) -> dict[str, Any]:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
-    with torch_threads(threads) as used:
+    # Shape guards may recompile a norm once per shape; the default limit of 8 would end in eager runs.
+    with torch_threads(threads) as used, torch._dynamo.config.patch(recompile_limit=64):
         for device in devices:
             device_rows, device_notes = _measure_device(device, plan, names)
             rows += device_rows

@@ -226,7 +226,8 @@ def run(size: Size = "quick", threads: int | None = None) -> dict[str, Any]:
     phase_medians = {k: statistics.median(p[k] for p in phases)
                      for k in ("import_seconds", "data_seconds", "train_seconds", "evaluate_seconds")}
     row = {
-        "epochs": epochs, "rounds": rounds, "normlab_seconds": wall["normlab"], "plain_seconds": wall["plain"],
+        "epochs": epochs, "rounds": rounds, "threads": threads,
+        "normlab_seconds": wall["normlab"], "plain_seconds": wall["plain"],
         "normlab_rounds": walls["normlab"], "plain_rounds": walls["plain"],
         "fixed_overhead_seconds": fixed, "normlab_epoch_seconds": epoch_s["normlab"],
         "plain_epoch_seconds": epoch_s["plain"], "growth_percent_per_epoch": growth,

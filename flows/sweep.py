@@ -7,10 +7,10 @@ processes, or an existing scheduler by address (the same sweep on many machines)
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from prefect import flow, unmapped
-from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import get_current_settings
 from prefect_dask import DaskTaskRunner
 
@@ -28,12 +28,27 @@ def dask_runner(settings: SweepConfig) -> DaskTaskRunner:
     # Local workers report to this process's Prefect API, including the temporary
     # server Prefect starts when none is configured (else each would start its own).
     api_url = get_current_settings().api.url
-    if not api_url and SubprocessASGIServer().running:
-        api_url = SubprocessASGIServer().api_url
+    if not api_url:
+        # Imported here: the server module is heavy, and workers import this module too.
+        from prefect.server.api.server import SubprocessASGIServer
+
+        api_url = SubprocessASGIServer().api_url if SubprocessASGIServer().running else None
     env = {"PREFECT_API_URL": api_url} if api_url else {}
     # One thread per process: torch trains on one core per worker, so N workers use N cores.
+    # Workers preload this module: its imports happen while the cluster starts, and
+    # `dask_teardown` below runs as each worker closes.
     return DaskTaskRunner(cluster_kwargs={"n_workers": settings.workers, "threads_per_worker": 1,
-                                          "processes": True, "dashboard_address": ":0", "env": env})
+                                          "processes": True, "dashboard_address": ":0", "env": env,
+                                          "preload": [__name__]})
+
+
+def dask_teardown(worker: Any) -> None:
+    """Dask's hook in a closing worker: skip the interpreter's last full garbage collection.
+
+    A worker that has imported torch, MLflow and Prefect spends seconds in that
+    collection at exit, longer than the nanny waits before it kills the worker.
+    """
+    gc.freeze()
 
 
 @flow(name="normlab-sweep-grid")

@@ -45,7 +45,11 @@ class DataConfig(_Strict):
     image_shape: tuple[int, int] | None = Field(None, description="(H, W) of image rows, for the CNN and corruptions")
     value_range: tuple[float, float] | None = Field(None, description="pixel range for corruptions; default from data")
     expectations: str | None = Field(None, description="Great Expectations suite (JSON); none: no suite")
-    scale: bool = Field(True, description="standardize numeric features with the training split's mean and std")
+    scale: bool | Literal["global"] = Field(
+        True,
+        description="standardize numeric features with the training split's mean and std per column; "
+        "'global': one mean and std pooled over all numeric columns (images)",
+    )
 
     @model_validator(mode="after")
     def _has_a_source(self) -> DataConfig:
@@ -651,7 +655,7 @@ def default_raw() -> dict[str, Any]:
                    "rotation": "rotation", "translation": "translation", "blur": "blur", "occlusion": "occlusion"}
     return {
         "name": "digits",
-        "data": {"source": "digits", "image_shape": [8, 8], "value_range": [0, 16]},
+        "data": {"source": "digits", "image_shape": [8, 8], "value_range": [0, 16], "scale": "global"},
         "splits": {
             "ood": [{"name": name, "kind": "corruption", "corruption": kind, "severity": [1, 2, 3]}
                     for name, kind in corruptions.items()]

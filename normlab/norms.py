@@ -169,12 +169,16 @@ class _RMSNormMaps(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         xhat, inv_rms, weight = ctx.saved_tensors
-        grad_weight = (grad * xhat).sum(dim=(0, 2, 3)) if ctx.needs_input_grad[1] else None
-        grad_x = None
-        if ctx.needs_input_grad[0]:
+        needs_x, needs_weight = ctx.needs_input_grad[:2]
+        grad_x = grad_weight = buffer = None
+        if needs_weight:
+            buffer = grad * xhat
+            grad_weight = buffer.sum(dim=(0, 2, 3))
+        if needs_x:
             n = xhat.shape[0]
             count = xhat.shape[1] * xhat.shape[2] * xhat.shape[3]
-            gh = grad * weight.view(1, -1, 1, 1)
+            # One temporary the size of x for the whole pass: the weight gradient's is reused.
+            gh = torch.mul(grad, weight.view(1, -1, 1, 1), out=buffer)
             # One batched dot product per sample: no temporary the size of x.
             dot = torch.bmm(gh.reshape(n, 1, count), xhat.reshape(n, count, 1)).view(n, 1, 1, 1).div_(count)
             grad_x = gh.addcmul_(xhat, dot, value=-1).mul_(inv_rms)

@@ -322,7 +322,8 @@ def write_sweep_report(summary: dict[str, Any], results: list[dict[str, Any]], o
                 tables=[metric_table(aggregate, "train/epochs_to_target", 1)],
                 text=["Table: epochs until the validation accuracy reached the target (only runs that reached it)."]),
         Section("Training time and inference latency", figures=[("time and latency", files["time_plot"])],
-                tables=[metric_table(aggregate, "time/train_seconds", 2), metric_table(aggregate, "time/infer/eager/p50_ms", 4)],
+                tables=[metric_table(aggregate, "time/train_seconds", 2),
+                        metric_table(aggregate, "time/infer/eager/p50_ms", 4)],
                 text=["First table: training seconds. Second: batch-1 inference latency in milliseconds."]),
         Section("Files", text=["`results.csv`: every grid point and metric. `aggregate.csv`: the means and "
                                "intervals above. Child runs are nested under the parent run in the MLflow UI."]),

@@ -142,9 +142,9 @@ def match(a: list[tuple[int, float]], b: list[tuple[int, float]] | None) -> str:
     """
     if b is None:
         return "missing"
-    if len(a) != len(b) or any(sa != sb for (sa, _), (sb, _) in zip(a, b)):
+    if len(a) != len(b) or any(sa != sb for (sa, _), (sb, _) in zip(a, b, strict=True)):
         return "different"
-    pairs = [(va, vb) for (_, va), (_, vb) in zip(a, b)]
+    pairs = [(va, vb) for (_, va), (_, vb) in zip(a, b, strict=True)]
     if all(va == vb or (math.isnan(va) and math.isnan(vb)) for va, vb in pairs):
         return "identical"
     if all(math.isclose(va, vb, rel_tol=ROUNDING_RTOL, abs_tol=0.0) for va, vb in pairs):

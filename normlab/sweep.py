@@ -32,10 +32,8 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "time/infer/eager/p50_ms",
 )
 
-# Batch-1 latency: the key `normlab.inference.profile_inference` writes, and the
-# single-row calls timed when evaluation did not measure it.
+# Batch-1 latency, as evaluation measures it (`eval.inference`, see normlab.inference).
 LATENCY_KEY = "time/infer/eager/p50_ms"
-LATENCY_CALLS = 200
 
 
 def expand_grid(cfg: PipelineConfig) -> list[dict[str, Any]]:
@@ -110,7 +108,8 @@ def run_point(
         point: ``{"norm", "batch_size", "seed"}``.
         parent_run_id: The sweep's parent run (tag ``mlflow.parentRunId``).
         batch: The parent's validated batch (``pipeline.load_batch`` output).
-        on_epoch_end: Called with each epoch's record after it is logged.
+        on_epoch_end: Called with each epoch's record (progress display); epochs
+            reach MLflow in batches, at each checkpoint.
 
     Returns:
         The point, its ``run_id``, ``metrics`` (the keys of a single run),
@@ -140,16 +139,9 @@ def run_point(
                                         "normlab.data.source": batch["source"],
                                         "normlab.validation.success": True})
         prepared = pipeline.prepare_splits(pcfg, loaded, run_dir)
-        log_epoch = tracking.epoch_logger(uri, run_id)
-
-        def _on_epoch_end(record: Any) -> None:
-            log_epoch(record)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-
-        trained = pipeline.train(pcfg, prepared, run_dir, on_epoch_end=_on_epoch_end)
+        trained = pipeline.train(pcfg, prepared, run_dir, on_epoch_end=on_epoch_end,
+                                 on_checkpoint=tracking.epoch_logger(uri, run_id))
         metrics = pipeline.evaluate(pcfg, prepared, trained, run_dir)
-        metrics.update(inference_metrics(prepared, trained, metrics))
         pipeline.record_run(pcfg, run_id, loaded, prepared, trained, metrics, run_dir)
     except BaseException as exc:
         tracking.end_run(uri, run_id, "FAILED")
@@ -165,19 +157,6 @@ def run_point(
         "curve": {key: [r[key] for r in history] for key in ("train_loss", "val_loss", "val_accuracy")},
         "run_dir": str(run_dir),
     }
-
-
-def inference_metrics(prepared: dict[str, Any], trained: dict[str, Any], metrics: dict[str, float]) -> dict[str, float]:
-    """Median batch-1 latency of the trained model, unless evaluation already measured it."""
-    if LATENCY_KEY in metrics:
-        return {}
-    import torch
-
-    from normlab.inference import latency_ms
-
-    model = pipeline.load_trained(trained)
-    rows = torch.as_tensor(pipeline.load_prepared(prepared)["id/test"][0], dtype=torch.float32)
-    return {LATENCY_KEY: latency_ms(model, rows, iterations=LATENCY_CALLS)[0]}
 
 
 def failed_point(point: dict[str, Any], error: BaseException) -> dict[str, Any]:

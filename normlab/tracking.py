@@ -295,6 +295,8 @@ def log_torch_model(
             serialization_format="pt2",
             pip_requirements=[f"torch=={metadata.version('torch').split('+')[0]}"],
         )
+    # Leaving start_run() ends the run as FINISHED; the flow is not done with it yet.
+    client_for(uri).update_run(run_id, status="RUNNING")
     return f"runs:/{run_id}/{name}"
 
 

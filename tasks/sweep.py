@@ -13,6 +13,7 @@ from prefect.runtime import flow_run
 
 from normlab import study, sweep
 from normlab.config import PipelineConfig
+from normlab.training import throttled
 
 # Tracking calls cross the network when the store is a server: retry with backoff.
 TRACKING = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "cache_policy": NO_CACHE}
@@ -29,15 +30,17 @@ def start_sweep(cfg: PipelineConfig, kind: str) -> dict[str, Any]:
 
 # A point is deterministic given its inputs: a failure is not transient, so no retries.
 @task(name="grid-point", task_run_name="{point[norm]}-bs{point[batch_size]}-s{point[seed]}", **LOCAL)
-def run_point(cfg: PipelineConfig, point: dict[str, Any], parent: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
+def run_point(cfg: PipelineConfig, point: dict[str, Any], parent: dict[str, Any],
+              batch: dict[str, Any]) -> dict[str, Any]:
     """Run one grid point as a nested MLflow run (on whichever Dask worker gets it)."""
     logger = get_run_logger()
 
-    def on_epoch_end(record) -> None:
-        logger.info("epoch %d  train loss %.4f | val acc %.4f | %.2fs",
-                    record.epoch, record.train_loss, record.val_accuracy, record.seconds)
+    def show(record) -> None:
+        logger.info("epoch %d/%d  train loss %.4f | val acc %.4f | %.2fs",
+                    record.epoch, cfg.train.epochs, record.train_loss, record.val_accuracy, record.seconds)
 
-    result = sweep.run_point(cfg, point, parent_run_id=parent["run_id"], batch=batch, on_epoch_end=on_epoch_end)
+    result = sweep.run_point(cfg, point, parent_run_id=parent["run_id"], batch=batch,
+                             on_epoch_end=throttled(show, last_epoch=cfg.train.epochs))
     logger.info("%s: ID %.4f, OOD %.4f (run %s)", sweep.point_name(point), result["metrics"]["id/test/accuracy"],
                 result["metrics"].get("ood/mean/accuracy", float("nan")), result["run_id"])
     return result

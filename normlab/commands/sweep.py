@@ -101,7 +101,8 @@ def sweep(
 ) -> None:
     """Train every norm x batch size x seed as nested MLflow runs on Dask; write a comparison report.
 
-    Each point's learning rate is train.lr scaled by batch_size / train.batch_size (sweep.lr_scaling: linear, sqrt or none). Exit code 1 when a grid point failed.
+    Each point's learning rate is train.lr scaled by batch_size / train.batch_size
+    (sweep.lr_scaling: linear, sqrt or none). Exit code 1 when a grid point failed.
     """
     _prepare()
     if workers is not None and dask_address is not None:
@@ -147,7 +148,10 @@ def study(
 ) -> None:
     """Check known findings about normalization on this data and write a one-page report of which held.
 
-    BatchNorm at small batches, BatchNorm folding, BatchNorm re-estimation on corrupted data, RMSNorm and Dynamic Tanh against LayerNorm: each with its test, 95 % intervals over seeds and a verdict. On the built-in digits and 2 cores: under 10 minutes (--quick: about 3).
+    BatchNorm at small batches, BatchNorm folding, BatchNorm re-estimation on corrupted
+    data, RMSNorm and Dynamic Tanh against LayerNorm: each with its test, 95 % intervals
+    over seeds and a verdict. On the built-in digits and 2 cores: under 10 minutes
+    (--quick: about 3).
     """
     _prepare()
     cfg = load_or_fail(config, set_)
@@ -183,7 +187,8 @@ def study(
 def reproduce(
     run_id: Annotated[str, typer.Argument(help="The MLflow run id to rerun (32 hex digits).")],
     config: Annotated[Path | None, typer.Option(
-        "--config", help="Config that names the tracking store holding the run (default: configs/digits.yaml).")] = None,
+        "--config", help="Config naming the tracking store that holds the run (default: configs/digits.yaml).",
+    )] = None,
     set_: SetOpt = None,
     tracking_uri: Annotated[str | None, typer.Option(
         "--tracking-uri", help="Read the run from this MLflow store instead of the config's.")] = None,
@@ -191,7 +196,9 @@ def reproduce(
 ) -> None:
     """Rerun a logged run from its logged config and data; say metric by metric whether the results are identical.
 
-    Refuses, with the reason, when the data no longer has the logged fingerprint. Wall-clock metrics (time/...) are listed apart: they are not expected to repeat. Exit code 5 when a metric differs.
+    Refuses, with the reason, when the data no longer has the logged fingerprint.
+    Wall-clock metrics (time/...) are listed apart: they are not expected to repeat.
+    Exit code 5 when a metric differs.
     """
     _prepare()
     from normlab import reproduce as rep
@@ -379,7 +386,8 @@ def _require_server() -> str:
     if problem is not None:
         from normlab.errors import TrackingError
 
-        raise TrackingError(f"Prefect server {url} unreachable: {str(problem).splitlines()[0] if str(problem) else problem!r}")
+        reason = str(problem).splitlines()[0] if str(problem) else repr(problem)
+        raise TrackingError(f"Prefect server {url} unreachable: {reason}")
     return url
 
 
@@ -411,7 +419,9 @@ def deploy(
 ) -> None:
     """Register the deployments of deploy/prefect.yaml on the Prefect server (PREFECT_API_URL).
 
-    train: nightly cron; monitor: hourly, watching the landing folder; sweep: on demand. Their config parameter is your resolved config. They go to the process work pool named there (created when missing); run it with: prefect worker start --pool normlab
+    train: nightly cron; monitor: hourly, watching the landing folder; sweep: on demand.
+    Their config parameter is your resolved config. They go to the process work pool
+    named there (created when missing); run it with: prefect worker start --pool normlab
     """
     _prepare()
     cfg = load_or_fail(config, set_)
@@ -463,7 +473,8 @@ def serve(
 ) -> None:
     """Run the deployments of deploy/prefect.yaml in this process, on their schedules (no work pool).
 
-    One machine, one command: the Prefect UI shows the schedules and runs; Ctrl-C stops and pauses them. Uses the server at PREFECT_API_URL, else a temporary local one.
+    One machine, one command: the Prefect UI shows the schedules and runs; Ctrl-C stops
+    and pauses them. Uses the server at PREFECT_API_URL, else a temporary local one.
     """
     _prepare()
     cfg = load_or_fail(config, set_)

@@ -66,16 +66,19 @@ class FeatureEncoder:
     """
 
     columns: tuple[NumericColumn | CategoricalColumn, ...]
-    scale: bool = True
+    scale: bool | str = True
 
     @classmethod
-    def fit(cls, df: pd.DataFrame, features: Sequence[str], *, scale: bool = True) -> FeatureEncoder:
+    def fit(cls, df: pd.DataFrame, features: Sequence[str], *, scale: bool | str = True) -> FeatureEncoder:
         """Learn the encoding of ``features`` from training rows.
 
         Args:
             df: Training rows.
             features: Column names to encode, in output order.
-            scale: Standardize numeric columns (False keeps raw values, e.g. pixels).
+            scale: Standardize numeric columns (False keeps raw values). ``"global"``
+                standardizes every numeric column with one mean and std pooled over
+                all of them: right for pixels, where a per-pixel std near 0 at the
+                border would turn any brightness or contrast shift into a huge one.
 
         Returns:
             The fitted encoder.
@@ -112,7 +115,9 @@ class FeatureEncoder:
                     f"feature {name!r} has dtype {series.dtype}, which cannot be encoded; "
                     "use numeric (bool, int, float) or categorical (text, category) columns"
                 )
-        return cls(columns=tuple(specs), scale=bool(scale))
+        if scale == "global":
+            specs = _pool_numeric(df, specs)
+        return cls(columns=tuple(specs), scale=scale if scale == "global" else bool(scale))
 
     @property
     def features(self) -> list[str]:
@@ -209,7 +214,7 @@ class FeatureEncoder:
                     specs.append(CategoricalColumn(name=str(item["name"]), categories=categories))
                 else:
                     raise ValueError(f"unknown column kind {item['kind']!r}")
-            return cls(columns=tuple(specs), scale=bool(data["scale"]))
+            return cls(columns=tuple(specs), scale=data["scale"] if data["scale"] == "global" else bool(data["scale"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(
                 f"saved FeatureEncoder is malformed ({type(exc).__name__}: {exc}); re-save it with to_dict"
@@ -365,6 +370,23 @@ def _fit_numeric(series: pd.Series, name: str, *, scale: bool) -> NumericColumn:
         return NumericColumn(name=name, fill=mean, mean=0.0, std=1.0)
     # A constant column carries no signal; std 1 keeps it at 0 instead of dividing by 0.
     return NumericColumn(name=name, fill=mean, mean=mean, std=std if std > 0 and math.isfinite(std) else 1.0)
+
+
+def _pool_numeric(
+    df: pd.DataFrame, specs: list[NumericColumn | CategoricalColumn]
+) -> list[NumericColumn | CategoricalColumn]:
+    """Give every numeric column the mean and std pooled over all numeric columns."""
+    numeric = [s.name for s in specs if isinstance(s, NumericColumn)]
+    if not numeric:
+        return specs
+    values = df[numeric].to_numpy(dtype=np.float64, na_value=np.nan)
+    finite = values[np.isfinite(values)]
+    mean, std = float(finite.mean()), float(finite.std())
+    std = std if std > 0 and math.isfinite(std) else 1.0
+    return [
+        NumericColumn(name=s.name, fill=s.fill, mean=mean, std=std) if isinstance(s, NumericColumn) else s
+        for s in specs
+    ]
 
 
 def _numeric_values(series: pd.Series, name: str) -> np.ndarray:

@@ -68,7 +68,6 @@ def test_deployments_and_schedules_read_back(prefect_api, deployed):
 
 def test_a_worker_runs_the_triggered_training_deployment(prefect_api, deployed):
     from prefect.deployments import run_deployment
-
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: prefect_api}):

@@ -3,7 +3,7 @@
 One model is trained once for the module on 70 % of the digits; clean batches
 are draws from the other 30 % (rows the model never saw: no duplicates, no
 evaluation rows of the run, so the data gate accepts them), shifted batches
-are the same draws with a brightness corruption. Each test monitors under its
+are the same draws with their intensities inverted. Each test monitors under its
 own registered-model name, so streaks and alert histories do not mix.
 """
 
@@ -85,10 +85,10 @@ def clean_batch(trained, seed: int, rows: int = 400) -> pd.DataFrame:
 
 
 def shifted_batch(trained, seed: int, rows: int = 400) -> pd.DataFrame:
-    """A clean batch made brighter (severity 3: +30 % of the pixel range, clipped)."""
+    """A clean batch with inverted intensities (severity 5: dark digits on a bright ground)."""
     frame = clean_batch(trained, seed, rows)
     features = [c for c in frame.columns if c != "label"]
-    frame[features] = corrupt_images(frame[features].to_numpy(float), (8, 8), "brightness", 3, seed=seed,
+    frame[features] = corrupt_images(frame[features].to_numpy(float), (8, 8), "inversion", 5, seed=seed,
                                      value_range=(0, 16))
     return frame
 
@@ -117,7 +117,7 @@ def test_clean_batch_is_quiet_and_a_shifted_batch_alerts_once(trained, receiver,
     (entry,) = shifted["batches"]
     assert entry["drift"]["level"] == "detected" and entry["alert"]["sent"] is True
     assert entry["drift"]["share"] > 0.5 and entry["prediction"]["drifted"] is True
-    assert entry["performance"]["accuracy"] < 0.5  # labelled batch: the model fails on bright digits
+    assert entry["performance"]["accuracy"] < 0.5  # labelled batch: the model fails on inverted digits
     assert len(received) == 1
     message = received[0]
     assert message["path"] == f"/{SECRET}"
@@ -126,6 +126,8 @@ def test_clean_batch_is_quiet_and_a_shifted_batch_alerts_once(trained, receiver,
     for column in entry["drift"]["columns"]:
         assert f"`{column['column']}`: ks score {column['score']:.3f}" in message["message"]
     assert entry["report"]["html"] in message["message"] and entry["monitor_run_id"] in message["message"]
+    assert f"Accuracy on this labelled batch: {entry['performance']['accuracy']:.3f}" in message["message"]
+    assert f"class distribution shift {entry['prediction']['class_shift']:.3f}" in message["message"]
     assert "Next:" in message["message"]
 
     (event,) = events

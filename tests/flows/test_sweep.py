@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -83,13 +84,13 @@ def test_every_point_is_a_child_run_of_the_parent(swept):
 def test_report_is_written_and_logged_to_the_parent(swept):
     summary, uri, output = swept
     report = summary["report"]
-    markdown = open(report["markdown"], encoding="utf-8").read()
+    markdown = Path(report["markdown"]).read_text(encoding="utf-8")
     assert "| norm | batch 8 | batch 32 |" in markdown
     assert "8 of 8 grid points finished" in markdown
     for name in ("accuracy_vs_batch_size.png", "convergence.png", "time_and_latency.png"):
         assert f"plots/{name}" in markdown
-    assert "data:image/png;base64," in open(report["html"], encoding="utf-8").read()
-    with open(report["results_csv"], encoding="utf-8") as fh:
+    assert "data:image/png;base64," in Path(report["html"]).read_text(encoding="utf-8")
+    with Path(report["results_csv"]).open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["run_id"] for r in rows} == {p["run_id"] for p in summary["points"]}
     # The aggregate is the mean over seeds of the points' own metrics.

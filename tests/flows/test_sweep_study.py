@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -49,7 +50,7 @@ def test_verdicts_follow_the_intervals(studied):
     for key in ("rms_matches_layer", "dyt_matches_layer"):
         diff = findings[key]["measured"][0]
         assert diff["n"] == 2
-        inside = -ACCURACY_MARGIN < diff["low"] and diff["high"] < ACCURACY_MARGIN
+        inside = diff["low"] > -ACCURACY_MARGIN and diff["high"] < ACCURACY_MARGIN
         assert findings[key]["held"] is inside
     small = findings["bn_small_batch"]["measured"]
     assert [s["label"].split(":")[0] for s in small] == ["batch", "group", "layer", "rms"]
@@ -62,11 +63,11 @@ def test_verdicts_follow_the_intervals(studied):
 
 def test_one_page_report_plot_and_runs(studied):
     summary, uri, _ = studied
-    markdown = open(summary["report"]["markdown"], encoding="utf-8").read()
+    markdown = Path(summary["report"]["markdown"]).read_text(encoding="utf-8")
     assert markdown.startswith("# normlab study: which normalization findings held on this data")
     assert markdown.count("**held**") + markdown.count("**not held**") == 5
     assert "![the findings](findings.png)" in markdown
-    assert "data:image/png;base64," in open(summary["report"]["html"], encoding="utf-8").read()
+    assert "data:image/png;base64," in Path(summary["report"]["html"]).read_text(encoding="utf-8")
     client = MlflowClient(tracking_uri=uri)
     parent = client.get_run(summary["parent_run_id"])
     assert parent.data.tags["normlab.kind"] == "study"

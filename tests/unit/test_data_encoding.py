@@ -176,3 +176,16 @@ def test_inverse_transform_rejects_out_of_range_indices() -> None:
     encoder = LabelEncoder.fit(pd.Series(["a", "b"]))
     with pytest.raises(DataSourceError, match=r"0\.\.1"):
         encoder.inverse_transform([0, 2])
+
+
+def test_global_scale_pools_mean_and_std_over_numeric_columns():
+    train = pd.DataFrame({"p0": [0.0, 0.0, 0.0, 0.0], "p1": [0.0, 4.0, 8.0, 12.0], "c": ["a", "b", "a", "b"]})
+    encoder = FeatureEncoder.fit(train, ["p0", "p1", "c"], scale="global")
+    pooled = np.concatenate([train["p0"], train["p1"]])
+    out = encoder.transform(train)
+    # The constant border-like column is scaled by the pooled std, not by its own (zero) std.
+    np.testing.assert_allclose(out[:, 0], (0.0 - pooled.mean()) / pooled.std(), rtol=1e-6)
+    np.testing.assert_allclose(out[:, 1], (train["p1"] - pooled.mean()) / pooled.std(), rtol=1e-6)
+    restored = FeatureEncoder.from_dict(json.loads(json.dumps(encoder.to_dict())))
+    assert restored.scale == "global"
+    np.testing.assert_array_equal(restored.transform(train), out)

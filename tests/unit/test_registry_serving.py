@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
@@ -86,7 +88,7 @@ def test_pyfunc_round_trip_on_raw_rows_with_categories(store, tmp_path):
     assert inputs == {"city": "string", "rooms": "long", "area": "double"}
     # No pickled Python: the wrapper comes from a code file, the weights from a state_dict.
     local = mlflow.artifacts.download_artifacts(version["source"], tracking_uri=store)
-    files = {p.name for p in __import__("pathlib").Path(local).rglob("*")}
+    files = {p.name for p in Path(local).rglob("*")}
     assert "python_model.pkl" not in files and {"serving_model.py", "model.pt", "encoder.json"} <= files
 
 
