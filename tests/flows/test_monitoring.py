@@ -236,6 +236,7 @@ def test_twenty_clean_batches_raise_at_most_one_detection(trained, tmp_path, rep
         "detected"] * 3
 
 
+@pytest.mark.slow
 def test_cli_summary_and_fail_on_drift(trained, tmp_path, repo_root):
     from normlab.cli import app
 
