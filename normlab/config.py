@@ -299,24 +299,25 @@ def _yaml_off(value: Any) -> Any:
 
 
 Severity = Annotated[Literal["block", "quarantine", "warn", "off"], BeforeValidator(_yaml_off)]
+_SEVERITY_HELP = "block: stop the batch; quarantine: take the flagged rows out and keep them; warn: report; off: skip"
 
 
 class GateCheck(_Strict):
     """A data gate check and what its failure does (block, quarantine, warn; off skips it)."""
 
-    severity: Severity = "quarantine"
+    severity: Severity = Field("quarantine", description=_SEVERITY_HELP)
 
 
 class TableGateCheck(_Strict):
     """A check on the whole batch: it cannot single out rows, so quarantine rejects the whole batch."""
 
-    severity: Severity = "block"
+    severity: Severity = Field("block", description=_SEVERITY_HELP)
 
 
 class LabelNoiseCheck(_Strict):
     """Label noise or poisoning: rows whose label disagrees with most of their k nearest neighbours."""
 
-    severity: Severity = "block"
+    severity: Severity = Field("block", description=_SEVERITY_HELP)
     k: int = Field(5, ge=1, le=50, description="neighbours looked at, in standardized numeric features")
     max_share: float = Field(0.2, ge=0.0, le=1.0, description="largest share of disagreeing rows that passes")
     sample_rows: int = Field(5000, ge=10, description="rows scored at most (a seeded sample of larger batches)")
@@ -325,14 +326,14 @@ class LabelNoiseCheck(_Strict):
 class ClassBalanceCheck(_Strict):
     """Every known class keeps at least `min_share` of the accepted rows."""
 
-    severity: Severity = "block"
+    severity: Severity = Field("block", description=_SEVERITY_HELP)
     min_share: float = Field(0.01, ge=0.0, lt=1.0)
 
 
 class RowCountCheck(_Strict):
     """Bounds on the number of accepted rows."""
 
-    severity: Severity = "block"
+    severity: Severity = Field("block", description=_SEVERITY_HELP)
     min_rows: int = Field(20, ge=0, description="fewer accepted rows than this cannot train and evaluate")
     max_rows: int | None = Field(None, ge=1, description="none: no upper bound")
 
@@ -340,7 +341,7 @@ class RowCountCheck(_Strict):
 class RejectedShareCheck(_Strict):
     """A batch that loses more than `max_share` of its rows to quarantine is broken as a whole."""
 
-    severity: Severity = "block"
+    severity: Severity = Field("block", description=_SEVERITY_HELP)
     max_share: float = Field(0.2, ge=0.0, le=1.0)
 
 
