@@ -29,7 +29,7 @@ COST_KEYS = {"gate": "gate_s", "drift": "batch_s"}
 
 _PLAN: dict[str, dict[str, Any]] = {
     "smoke": {"rows": (1_000, 4_000), "sweep_points": None},
-    "quick": {"rows": (10_000, 100_000), "sweep_points": 4},
+    "quick": {"rows": (10_000, 100_000), "sweep_points": 2},
     "full": {"rows": (10_000, 100_000, 1_000_000), "sweep_points": 8},
 }
 

@@ -75,9 +75,11 @@ def sweep_flow(config: PipelineConfig, data_path: str | None = None, kind: str =
         # 3. Leakage check on the split every point makes (it depends on the rows only)
         prepared = t.prepare_splits(config, accepted, parent)
         g.check_splits(config, accepted, prepared, parent)
-        # 4. Run the grid on Dask: one nested child run per point
+        # 4. The accepted batch as the parent's dataset input (the points link to it)
+        s.log_data(config, parent, accepted)
+        # 5. Run the grid on Dask: one nested child run per point
         results = grid_flow.with_options(task_runner=dask_runner(config.sweep))(config, parent, accepted)
-        # 5. Aggregate over seeds, write the comparison report, log it to the parent run
+        # 6. Aggregate over seeds, write the comparison report, log it to the parent run
         summary = s.finish_sweep(config, parent, accepted, results)
     except BaseException as exc:
         t.end_run(config, parent, "FAILED")

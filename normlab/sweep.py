@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from normlab import pipeline, tracking
 from normlab.config import PipelineConfig, flatten, to_yaml
 from normlab.errors import DataValidationError
@@ -91,6 +93,19 @@ def start_parent(cfg: PipelineConfig, *, kind: str = "sweep", flow_run_id: str |
     tracking.log_params(uri, run_id, flatten(cfg.redacted()))
     tracking.log_text(uri, run_id, to_yaml(cfg.redacted()), "config.yaml")
     return {"run_id": run_id, "run_dir": str(pipeline.run_dir_for(cfg, run_id)), "points": points}
+
+
+def log_data(cfg: PipelineConfig, parent: dict[str, Any], batch: dict[str, Any]) -> None:
+    """Log the validated batch as the parent run's dataset input, before any grid point starts.
+
+    Every point logs the same dataset. MLflow keeps one entry per name and digest
+    in an experiment and does not guard its creation against concurrent writers
+    (two workers inserting it at once fail on a unique constraint), so the parent
+    creates it first and the points only link to it.
+    """
+    tracking.log_dataset(cfg.tracking_uri(), parent["run_id"], pd.read_parquet(batch["path"]), name=cfg.name,
+                         source=str(Path(batch["path"]).resolve()), fingerprint=batch["fingerprint"],
+                         targets=cfg.data.label, context="sweep")
 
 
 def run_point(

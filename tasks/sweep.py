@@ -28,6 +28,12 @@ def start_sweep(cfg: PipelineConfig, kind: str) -> dict[str, Any]:
     return parent
 
 
+@task(name="log-sweep-data", **TRACKING)
+def log_data(cfg: PipelineConfig, parent: dict[str, Any], batch: dict[str, Any]) -> None:
+    """Record the validated batch on the parent run, so that the points only link to it."""
+    sweep.log_data(cfg, parent, batch)
+
+
 # A point is deterministic given its inputs: a failure is not transient, so no retries.
 @task(name="grid-point", task_run_name="{point[norm]}-bs{point[batch_size]}-s{point[seed]}", **LOCAL)
 def run_point(cfg: PipelineConfig, point: dict[str, Any], parent: dict[str, Any],

@@ -193,7 +193,7 @@ def test_pipeline_smoke_against_a_real_prefect_server():
 
     result = run("smoke")
     (row,) = result["rows"]
-    assert row["epochs"] == 2 and row["normlab_seconds"] > 0 and row["plain_seconds"] > 0
+    assert row["epochs"] == 3 and row["normlab_seconds"] > 0 and row["plain_seconds"] > 0
     assert row["normlab_epoch_seconds"] is not None and row["plain_epoch_seconds"] is not None
     assert {"train", "evaluate", "flow run (all tasks)"} <= set(row["normlab_stage_seconds"])
     assert [t["met"] is not None for t in result["targets"]] == [True, True]
