@@ -49,6 +49,9 @@ def _run_flow(call, summary_path: Path | None) -> dict[str, Any]:
         return call()
     except Exception as exc:  # noqa: BLE001 - mapped to one line, or re-raised as a bug
         user_error = as_user_error(exc)
+        if user_error is None and isinstance(exc, OSError) and "trying to connect" in str(exc):
+            # distributed's own wording when sweep.address does not answer.
+            user_error = ConfigError(f"Dask scheduler unreachable: {str(exc).splitlines()[0]}")
         if user_error is None:
             raise
         write_summary(summary_path, {"status": "failed", "parent_run_id": getattr(exc, "run_id", None),
