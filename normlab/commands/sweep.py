@@ -502,4 +502,10 @@ def serve(
         console.print(f"serving {flow.name}/{spec['name']}: {describe_schedules(spec)}")
     if not deployments:
         raise fail(ConfigError("no deployment to serve"), 2)
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        console.print("no PREFECT_API_URL: the schedules live in a temporary server that stops with this command; "
+                      "for the UI and lasting history run `prefect server start` and set "
+                      "PREFECT_API_URL=http://127.0.0.1:4200/api first", soft_wrap=True)
     prefect_serve(*deployments, limit=limit)
