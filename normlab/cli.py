@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 1 unexpected error, 2 bad config or input, 3 data
 blocked by the gate, 4 tracking store unreachable, 5 drift found (only with
-``normlab monitor --fail-on-drift``).
+``normlab monitor --fail-on-drift``), 6 a reproduction differs from its run.
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ def bn_folding(points: list[dict[str, Any]], reference: int) -> dict[str, Any]:
         "title": "Folding BatchNorm keeps the outputs and removes its inference cost",
         "published": "Folding W' = W*gamma/sqrt(var+eps), b' = (b-mean)*gamma/sqrt(var+eps)+beta gives outputs "
                      "equal to about 1e-5 and the latency of a model without normalization.",
-        "test": f"Each seed's BatchNorm model (batch {reference}) folded with torch.fx: largest absolute output "
+        "test": f"Each seed's BatchNorm model (batch {reference}) folded (normlab.inference): largest absolute output "
                 f"difference on the ID test split must be <= {FOLD_TOLERANCE:g}; median batch-1 latency of the "
                 f"folded model over the same network built without norm, {LATENCY_ROUNDS} interleaved rounds "
                 f"of {LATENCY_CALLS} calls per seed: the 95 % interval must stay below {LATENCY_MARGIN:.2f}.",

@@ -201,7 +201,7 @@ def reproduce(
 
     Refuses, with the reason, when the data no longer has the logged fingerprint.
     Wall-clock metrics (time/...) are listed apart: they are not expected to repeat.
-    Exit code 5 when a metric differs.
+    Exit code 6 when a metric differs.
     """
     _prepare()
     from normlab import reproduce as rep
@@ -253,7 +253,7 @@ def reproduce(
     write_summary(summary, {"status": "identical" if comparison["identical"] else "different",
                             "tracking_uri": cfg.redacted().tracking_uri(), "data": result["data"], **comparison})
     if not comparison["identical"]:
-        raise typer.Exit(5)
+        raise typer.Exit(6)
 
 
 def _num(value: float | None) -> str:
