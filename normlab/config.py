@@ -300,33 +300,47 @@ def _yaml_off(value: Any) -> Any:
 
 Severity = Annotated[Literal["block", "quarantine", "warn", "off"], BeforeValidator(_yaml_off)]
 _SEVERITY_HELP = "block: stop the batch; quarantine: take the flagged rows out and keep them; warn: report; off: skip"
+_MONITOR_HELP = (
+    "severity when monitoring new batches (normlab monitor); default: the check's monitoring default "
+    "(see README, 'Which checks block where')"
+)
+MonitorSeverity = Annotated[Literal["block", "quarantine", "warn", "off"] | None, BeforeValidator(_yaml_off)]
 
 
 class GateCheck(_Strict):
     """A data gate check and what its failure does (block, quarantine, warn; off skips it)."""
 
     severity: Severity = Field("quarantine", description=_SEVERITY_HELP)
+    monitor_severity: MonitorSeverity = Field(None, description=_MONITOR_HELP)
 
 
 class TableGateCheck(_Strict):
     """A check on the whole batch: it cannot single out rows, so quarantine rejects the whole batch."""
 
     severity: Severity = Field("block", description=_SEVERITY_HELP)
+    monitor_severity: MonitorSeverity = Field(None, description=_MONITOR_HELP)
 
 
 class LabelNoiseCheck(_Strict):
     """Label noise or poisoning: rows whose label disagrees with most of their k nearest neighbours."""
 
     severity: Severity = Field("block", description=_SEVERITY_HELP)
+    monitor_severity: MonitorSeverity = Field(None, description=_MONITOR_HELP)
     k: int = Field(5, ge=1, le=50, description="neighbours looked at, in standardized numeric features")
     max_share: float = Field(0.2, ge=0.0, le=1.0, description="largest share of disagreeing rows that passes")
     sample_rows: int = Field(5000, ge=10, description="rows scored at most (a seeded sample of larger batches)")
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1.0,
+        description="the check fails only when the disagreeing share exceeds max_share with this confidence "
+        "(one-sided binomial test), so a small batch needs stronger evidence than a large one",
+    )
 
 
 class ClassBalanceCheck(_Strict):
     """Every known class keeps at least `min_share` of the accepted rows."""
 
     severity: Severity = Field("block", description=_SEVERITY_HELP)
+    monitor_severity: MonitorSeverity = Field(None, description=_MONITOR_HELP)
     min_share: float = Field(0.01, ge=0.0, lt=1.0)
 
 
@@ -334,6 +348,7 @@ class RowCountCheck(_Strict):
     """Bounds on the number of accepted rows."""
 
     severity: Severity = Field("block", description=_SEVERITY_HELP)
+    monitor_severity: MonitorSeverity = Field(None, description=_MONITOR_HELP)
     min_rows: int = Field(20, ge=0, description="fewer accepted rows than this cannot train and evaluate")
     max_rows: int | None = Field(None, ge=1, description="none: no upper bound")
 
@@ -342,6 +357,7 @@ class RejectedShareCheck(_Strict):
     """A batch that loses more than `max_share` of its rows to quarantine is broken as a whole."""
 
     severity: Severity = Field("block", description=_SEVERITY_HELP)
+    monitor_severity: MonitorSeverity = Field(None, description=_MONITOR_HELP)
     max_share: float = Field(0.2, ge=0.0, le=1.0)
 
 
@@ -420,6 +436,10 @@ class MonitorConfig(_Strict):
     )
     workspace: str | None = Field(None, description="Evidently workspace folder; default: <workdir>/evidently")
     retrain_on_drift: bool = Field(False, description="on `detected` drift, train on the reference plus the new rows")
+    quality_share: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="share of quarantined rows that raises a data-quality alert even when the batch is not blocked",
+    )
 
 
 class AlertsConfig(_Strict):
