@@ -13,6 +13,7 @@ from prefect import flow
 
 from flows.training import training_flow
 from normlab.config import PipelineConfig
+from normlab.errors import RetrainingError
 from tasks import monitoring as m
 
 
@@ -25,24 +26,28 @@ def batch_flow(config: PipelineConfig, path: str, reference: dict[str, Any], ret
     if batch["skip"]:
         return {"entry": m.skip_batch(batch), "retrain": False}
     try:
-        # 2. Data gate: accepted rows go on, rejected rows to quarantine
-        gated = m.gate_batch(config, batch)
+        # 2. Data gate, monitoring context: rejected rows to quarantine, never a silent stop
+        gated = m.gate_batch(config, batch, reference)
         analysis = report = None
-        if not gated["blocked"]:
-            # 3. Data drift, prediction drift, performance when labelled (every accepted row)
+        if gated["rows_typed"] and not gated["missing_features"]:
+            # 3. Data drift, prediction drift, performance when labelled (every typed row, quarantined ones too)
             analysis = m.analyze_batch(config, reference, gated, batch)
-            # 4. Evidently report on a sample, added to the Evidently workspace
+            # 4. Evidently report on a sample, showing the decision's verdict, added to the workspace
             report = m.build_report(config, reference, batch, analysis)
-        # 5. Decision: level over consecutive batches, cooldown and de-duplication
-        decision = m.decide_batch(config, reference, analysis, retrain)
+        # 5. Decision: drift level over consecutive batches, data quality; cooldown and de-duplication
+        decision = m.decide_batch(config, reference, analysis, gated, retrain)
         # 6. One MLflow run in the monitoring experiment: metrics, reports, gate result
         monitor_run_id = m.log_monitoring_run(config, batch, gated, reference, analysis, report, decision)
-        # 7. Alert through Apprise, and a Prefect event for automations
+        # 7. Alerts through Apprise (drift; data quality), and Prefect events for automations
         alert = m.send_alert(config, batch, reference, analysis, report, decision, monitor_run_id, config_hint)
+        quality_alert = m.send_quality_alert(config, batch, reference, gated, decision, monitor_run_id)
         if decision["alert"] and config.alerts.prefect_event:
             m.emit_drift_event(reference, batch, decision, analysis, monitor_run_id)
-        # 8. Commit: batch done, streak and alert history; a Markdown summary in Prefect
-        entry = m.finish_batch(config, batch, gated, reference, analysis, report, decision, alert, monitor_run_id)
+        if decision["quality"]["alert"] and config.alerts.prefect_event:
+            m.emit_quality_event(reference, batch, gated, decision, monitor_run_id)
+        # 8. Commit: batch done, streak and alert histories; a Markdown summary in Prefect
+        entry = m.finish_batch(config, batch, gated, reference, analysis, report, decision, alert, quality_alert,
+                               monitor_run_id)
         m.publish_batch_summary(entry, reference)
     except BaseException:
         m.release_batch(config, batch)
@@ -57,6 +62,10 @@ def monitoring_flow(config: PipelineConfig, data: str, retrain: bool | None = No
 
     ``retrain`` overrides ``monitor.retrain_on_drift``; ``config_hint`` is the
     config argument alert messages repeat in the commands they suggest.
+
+    Raises:
+        RetrainingError: A retraining failed; every batch is recorded and the
+            failure alerted before the flow run fails (its ``summary`` is the result).
     """
     # 1. Alert URLs usable? Which batch files are there, and which are new?
     m.check_alert_urls(config)
@@ -76,11 +85,18 @@ def monitoring_flow(config: PipelineConfig, data: str, retrain: bool | None = No
             if data_set["path"]:
                 try:
                     trained = training_flow(config, data_path=data_set["path"])
-                except Exception as exc:  # noqa: BLE001 - a failed retraining is reported; the batches stay processed
-                    error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                except Exception as exc:  # noqa: BLE001 - any failure is recorded, alerted, then fails this run
+                    error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             else:
                 error = "no labelled new rows to train on"
-            retrained.append(m.record_retraining(config, reference, data_set, trained, error))
+            record = m.record_retraining(config, reference, data_set, trained, error)
+            if error is not None and data_set["path"]:
+                record["alert"] = m.retraining_failed_alert(config, reference, record)
+            retrained.append(record)
             # 5. Later batches compare against whatever the retraining made the reference
             reference = m.resolve_reference(config)
-    return {"data": data, "reference": reference, "batches": batches, "retrained": retrained}
+    summary = {"data": data, "reference": reference, "batches": batches, "retrained": retrained}
+    failed = [r for r in retrained if r["error"] and r["data"]]
+    if failed:
+        raise RetrainingError(f"retraining failed after batch monitoring: {failed[0]['error']}", summary=summary)
+    return summary

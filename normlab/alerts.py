@@ -132,6 +132,69 @@ def drift_message(
     return title, "\n".join(lines)
 
 
+def quality_message(
+    *,
+    model: str,
+    version: str | None,
+    fingerprint: str,
+    source: str,
+    quality: dict[str, Any],
+    drift_level: str,
+    rows_in: int,
+    rows_quarantined: int,
+    rows_untyped: int,
+    failed: Sequence[str],
+    quarantine_path: str | None,
+    monitor_run_id: str | None,
+    tracking_uri: str,
+) -> tuple[str, str]:
+    """The data-quality alert: which checks failed, how many rows, the worst columns, where the rows are kept."""
+    which = f"{model} v{version}" if version else model
+    title = f"normlab: data {quality['level']} for {which}: {rows_quarantined}/{rows_in} rows quarantined"
+    lines = [
+        f"**Data {quality['level']}** on batch `{fingerprint[:12]}` from `{source}`: {quality['reason']}.",
+        f"Model: **{which}**. Rows: {rows_in} in, {rows_quarantined} quarantined "
+        f"(share {quality['share']:.2f}), {rows_untyped} unreadable.",
+        f"Drift on the readable rows (quarantined ones included): **{drift_level}**.",
+        "",
+        "Failed checks:",
+    ]
+    lines += [f"- {line}" for line in list(failed)[:10]]
+    if quality["columns"]:
+        worst = ", ".join(f"`{c}` ({quality['column_rows'][c]} rows)" for c in quality["columns"])
+        lines.append(f"Top offending columns: {worst}.")
+    lines += ["", f"Rejected rows are kept, with reasons, in `{quarantine_path}`." if quarantine_path
+              else "No row was quarantined."]
+    if monitor_run_id:
+        lines.append(f"MLflow run `{monitor_run_id}` in {tracking_uri} (artifact `gate/validation.json`).")
+    lines += ["", "Next: fix the source, or, if the data really changed, re-profile it (`normlab init`) and retrain."]
+    return title, "\n".join(lines)
+
+
+def retraining_failed_message(
+    *,
+    model: str,
+    version: str | None,
+    error: str,
+    data: str | None,
+    rows_reference: int,
+    rows_new: int,
+    tracking_uri: str,
+) -> tuple[str, str]:
+    """The alert sent when a retraining started by monitoring failed."""
+    which = f"{model} v{version}" if version else model
+    title = f"normlab: retraining FAILED for {which}"
+    lines = [
+        f"**Retraining failed** for **{which}**: {redact(error)}",
+        f"Training data: `{data}` ({rows_reference} reference + {rows_new} new rows)." if data
+        else "No training data was written.",
+        f"The champion is unchanged; the drifted batches stay recorded in {tracking_uri}.",
+        "",
+        "Next: read the failed flow run's log, fix the cause, and rerun `normlab run --data <that file>`.",
+    ]
+    return title, "\n".join(lines)
+
+
 def send(urls: Sequence[str], title: str, body: str, *, timeout: float = 10.0) -> dict[str, Any]:
     """Send one notification to every URL.
 

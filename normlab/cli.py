@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 unexpected error, 2 bad config or input, 3 data
 blocked by the gate, 4 tracking store unreachable, 5 drift found (only with
-``normlab monitor --fail-on-drift``), 6 a reproduction differs from its run.
+``normlab monitor --fail-on-drift``), 6 a reproduction differs from its run,
+7 a retraining started by ``normlab monitor`` failed (every batch is still recorded).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from normlab.errors import NormlabError, TrackingError
+from normlab.errors import UNREACHABLE, NormlabError, TrackingError
 
 app = typer.Typer(
     name="normlab",
@@ -71,8 +72,7 @@ def as_user_error(exc: BaseException) -> NormlabError | None:
         return exc
     text = str(exc)
     name = type(exc).__name__
-    unreachable = ("API request to", "Max retries exceeded", "Connection refused", "Failed to establish")
-    if name in {"ConnectionError", "MaxRetryError"} or any(s in text for s in unreachable):
+    if name in {"ConnectionError", "MaxRetryError"} or any(s in text for s in UNREACHABLE):
         first = text.strip().splitlines()[0] if text.strip() else name
         return TrackingError(f"tracking store unreachable or refused the request: {first}")
     return None
@@ -144,6 +144,18 @@ def load_or_fail(config: Path | None, overrides: list[str] | None):
     return cfg
 
 
+def check_data_or_fail(path: str | None) -> None:
+    """Stop at once, in one line and exit 2, on a data path that cannot be read (before any flow starts)."""
+    if not path:
+        return
+    from normlab.data.sources import check_readable
+
+    try:
+        check_readable(path)
+    except NormlabError as exc:
+        raise fail(exc, exc.exit_code) from None
+
+
 @app.command()
 def run(
     config: ConfigArg = None,
@@ -159,6 +171,7 @@ def run(
     """Validate the data, train with the configured norm, evaluate ID and OOD splits, log to MLflow."""
     prepare_environment()
     cfg = load_or_fail(config, set_)
+    check_data_or_fail(data or cfg.data.path)
 
     from flows.training import training_flow
 

@@ -290,15 +290,26 @@ def decide(
     window = f"{min(streak, consecutive)} of {consecutive} drifted batches in a row"
     if LEVELS.index(level) < LEVELS.index(min_level):
         return {"level": level, "streak": streak, "alert": False, "reason": f"{level}: {window}"}
+    past = repeated_alert(columns, history.get("alerts", []), cooldown_minutes=cooldown_minutes,
+                          dedup_overlap=dedup_overlap, now=now)
+    if past is not None:
+        return {"level": level, "streak": streak, "alert": False,
+                "reason": f"{level}: repeats the alert of {past['at']} (same model and columns, "
+                          f"cooldown {cooldown_minutes:g} min)"}
+    return {"level": level, "streak": streak, "alert": True, "reason": f"{level}: {window}"}
+
+
+def repeated_alert(
+    columns: Sequence[str], alerts: Sequence[dict[str, Any]], *, cooldown_minutes: float, dedup_overlap: float,
+    now: datetime,
+) -> dict[str, Any] | None:
+    """The earlier alert (younger than the cooldown, overlapping ``columns`` enough) that this one repeats, if any."""
     current = set(columns)
     horizon = now - timedelta(minutes=cooldown_minutes)
-    for past in reversed(history.get("alerts", [])):
-        at = datetime.fromisoformat(past["at"])
-        if at >= horizon and jaccard(current, set(past["columns"])) >= dedup_overlap:
-            return {"level": level, "streak": streak, "alert": False,
-                    "reason": f"{level}: repeats the alert of {past['at']} (same model and columns, "
-                              f"cooldown {cooldown_minutes:g} min)"}
-    return {"level": level, "streak": streak, "alert": True, "reason": f"{level}: {window}"}
+    for past in reversed(list(alerts)):
+        if datetime.fromisoformat(past["at"]) >= horizon and jaccard(current, set(past["columns"])) >= dedup_overlap:
+            return past
+    return None
 
 
 def jaccard(a: set[str], b: set[str]) -> float:
@@ -327,8 +338,17 @@ def evidently_report(
     name: str,
     metadata: dict[str, str],
     tags: Sequence[str] = (),
+    verdict: dict[str, Any] | None = None,
 ):
-    """An Evidently 0.7 snapshot: drifted-column count over every column, one drift panel per drawn column.
+    """An Evidently 0.7 snapshot whose primary content is normlab's drift verdict.
+
+    With ``verdict``, the snapshot opens with normlab's verdict (the one the
+    alert uses): drifted-column count and share, and a table of every column
+    with its test, effect size, p-value and threshold checks (see
+    `normlab.drift_report`). Evidently's own tests follow, grouped and titled
+    as a secondary view: its drifted-column count over the features and one
+    drift panel per drawn column, with the test family and ``alpha`` closest
+    to normlab's (KS / chi-square p-value, no effect floor) on the sample.
 
     Args:
         reference: Reference rows (already sampled).
@@ -339,19 +359,34 @@ def evidently_report(
         name: Snapshot name (shown in the Evidently UI).
         metadata: String metadata stored with the snapshot.
         tags: Snapshot tags.
+        verdict: normlab's verdict on the full batch (`normlab.drift_report.make_verdict`):
+            ``alpha``, ``effect_floor``, ``drift_share``, ``columns`` (every feature's
+            `ColumnScore` as a dict), ``prediction`` (`prediction_drift`), ``drifted``,
+            ``drifted_columns``. Without it the report holds only the secondary view.
 
     Returns:
         The `evidently.Snapshot`.
+
+    Raises:
+        ValueError: ``verdict``'s columns do not give its ``drifted_columns``.
     """
     from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import DriftedColumnsCount, ValueDrift
+
+    from normlab import drift_report
 
     columns = [*numeric, *categorical]
     definition = DataDefinition(numerical_columns=list(numeric), categorical_columns=list(categorical))
     ref = Dataset.from_pandas(reference[columns], data_definition=definition)
     cur = Dataset.from_pandas(current[columns], data_definition=definition)
-    metrics = [DriftedColumnsCount(columns=[c for c in columns if c not in (PREDICTION_COLUMN, CONFIDENCE_COLUMN)])]
-    metrics += [ValueDrift(column=c) for c in drawn]
+    rows = {"current": int(len(current)), "reference": int(len(reference))}
+    metrics: list[Any] = drift_report.verdict_metrics(verdict, sample=rows) if verdict is not None else []
+    metrics.append(drift_report.EvidentlySecondaryView(
+        features=[c for c in columns if c not in (PREDICTION_COLUMN, CONFIDENCE_COLUMN)],
+        drawn=list(drawn), numeric=list(numeric), rows=rows,
+        # Without a verdict Evidently keeps its own default methods and thresholds.
+        alpha=verdict["alpha"] if verdict is not None else None,
+        drift_share=verdict["drift_share"] if verdict is not None else 0.5,
+    ))
     report = Report(metrics, metadata=dict(metadata), tags=list(tags))
     with warnings.catch_warnings():
         # Constant columns (a pixel that is always 0) make Evidently divide by a zero spread.
@@ -360,7 +395,11 @@ def evidently_report(
 
 
 def save_report(snapshot: Any, out_dir: str | Path) -> dict[str, str]:
-    """Write the snapshot as ``report.html`` and ``report.json``."""
+    """Write the snapshot as ``report.html`` and ``report.json``.
+
+    Both carry normlab's verdict when the snapshot was built with one;
+    `normlab.drift_report.report_drifted_columns` reads either back.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(out / "report.html"))
@@ -368,28 +407,75 @@ def save_report(snapshot: Any, out_dir: str | Path) -> dict[str, str]:
     return {"html": str(out / "report.html"), "json": str(out / "report.json")}
 
 
+def report_drifted_columns(path: str | Path) -> list[str]:
+    """The columns a saved report (``report.html`` or ``report.json``) shows as drifted under normlab's verdict."""
+    from normlab import drift_report
+
+    return drift_report.report_drifted_columns(path)
+
+
+# Dashboard panels: normlab's verdict, never Evidently's own count.
+_DASHBOARD = (
+    ("Share of drifted columns, normlab verdict (last batch)", "counter", "share"),
+    ("Drifted columns, normlab verdict (last batch)", "counter", "count"),
+    ("Share of drifted columns per batch, normlab verdict (decides alerts)", "line", "share"),
+)
+
+
+def _dashboard_panels() -> list[Any]:
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import counter_panel, line_plot_panel
+
+    from normlab.drift_report import COUNT_TYPE
+
+    panels = []
+    for title, kind, value_type in _DASHBOARD:
+        values = [PanelMetric(legend=value_type, metric=COUNT_TYPE, metric_labels={"value_type": value_type})]
+        if kind == "counter":
+            panels.append(counter_panel(title=title, values=values, size="half", aggregation="last"))
+        else:
+            panels.append(line_plot_panel(title=title, values=values))
+    return panels
+
+
+def _migrate_dashboard(ws: Any, project_id: Any) -> None:
+    """Point panels of an older normlab dashboard that plot Evidently's ``DriftedColumnsCount`` at normlab's verdict."""
+    from normlab.drift_report import COUNT_TYPE
+
+    dashboard = ws.get_dashboard(project_id)
+    changed = False
+    for panel in dashboard.panels:
+        hit = False
+        for value in panel.values:
+            if value.metric == "evidently:metric_v2:DriftedColumnsCount":
+                value.metric, hit = COUNT_TYPE, True
+        if hit:
+            changed = True
+            if "normlab verdict" not in panel.title:
+                panel.title = f"{panel.title}, normlab verdict"
+    if changed:
+        ws.save_dashboard(project_id, dashboard)
+
+
 def add_to_workspace(snapshot: Any, workspace: str | Path, project: str) -> dict[str, str]:
     """Add the snapshot to a local Evidently workspace (``evidently ui --workspace DIR``).
 
     The project is created on first use with a dashboard that plots the share
-    of drifted columns over time.
+    and count of drifted columns under normlab's verdict (the
+    ``NormlabDriftedColumns`` metric of each snapshot), the verdict the alerts
+    use; a dashboard made by an older normlab that plots Evidently's own
+    ``DriftedColumnsCount`` is switched over.
     """
-    from evidently.sdk.models import PanelMetric
-    from evidently.sdk.panels import counter_panel, line_plot_panel
     from evidently.ui.workspace import Workspace
 
     ws = Workspace(str(workspace))
     found = ws.search_project(project)
     if found:
         target = found[0]
+        _migrate_dashboard(ws, target.id)
     else:
         target = ws.create_project(project, description="normlab drift monitoring: one snapshot per batch")
-        share = PanelMetric(legend="share", metric="DriftedColumnsCount", metric_labels={"value_type": "share"})
-        count = PanelMetric(legend="count", metric="DriftedColumnsCount", metric_labels={"value_type": "count"})
-        target.dashboard.add_panel(counter_panel(title="Share of drifted columns (last batch)", values=[share],
-                                                 size="half", aggregation="last"))
-        target.dashboard.add_panel(counter_panel(title="Drifted columns (last batch)", values=[count],
-                                                 size="half", aggregation="last"))
-        target.dashboard.add_panel(line_plot_panel(title="Share of drifted columns per batch", values=[share]))
+        for panel in _dashboard_panels():
+            target.dashboard.add_panel(panel)
     ref = ws.add_run(target.id, snapshot, include_data=False)
     return {"workspace": str(Path(workspace).resolve()), "project_id": str(target.id), "snapshot_id": str(ref.id)}

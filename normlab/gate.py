@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from normlab import checks as ck
-from normlab.config import PipelineConfig, TimeSplit
+from normlab.config import GateConfig, PipelineConfig, TimeSplit
 from normlab.data.fingerprint import fingerprint_frame
 from normlab.errors import DataValidationError
 from normlab.governance import (
@@ -51,6 +51,36 @@ from normlab.governance import (
 from normlab.quarantine import Rejection, annotate, verify_accounting, write_parquet
 
 OUTCOMES = ("passed", "warned", "quarantined", "blocked", "off")
+CONTEXTS = ("train", "monitor")
+_STRICTNESS = ("off", "warn", "quarantine", "block")
+# Severities when watching production data (normlab monitor): what protects a training set
+# only (contamination, label noise, class balance, duplicates, row count) is reported, never
+# blocking; what makes a batch unusable (columns, unparseable values, a batch that loses too
+# many rows) still acts. A check's monitoring severity is never stricter than its training one.
+MONITOR_DEFAULTS: dict[str, str] = {
+    "columns": "block", "types": "quarantine", "non_finite": "quarantine", "duplicates": "warn",
+    "contamination": "warn", "label_noise": "warn", "class_balance": "warn", "row_count": "warn",
+    "rejected_share": "block",
+}
+
+
+def severity_of(gate: GateConfig, name: str, context: str) -> str:
+    """The severity of a built-in check in a context (``train`` or ``monitor``).
+
+    Training uses ``gate.<check>.severity``. Monitoring uses
+    ``gate.<check>.monitor_severity`` when set, else the check's monitoring
+    default (`MONITOR_DEFAULTS`), capped at its training severity (a check
+    turned off or down for training is not stricter in monitoring).
+    """
+    check = getattr(gate, name)
+    if context == "train":
+        return check.severity
+    if context != "monitor":
+        raise ValueError(f"gate context is one of {CONTEXTS}; got {context!r}")
+    if check.monitor_severity is not None:
+        return check.monitor_severity
+    default = MONITOR_DEFAULTS[name]
+    return min(default, check.severity, key=_STRICTNESS.index)
 _COLUMN_SET_TYPES = ("expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list")
 
 
@@ -64,6 +94,10 @@ class Assessment:
     accepted: np.ndarray  # sorted positions of the accepted rows
     repaired: pd.DataFrame  # the batch with text-in-numeric columns converted (what training reads)
     converted: list[str] = field(default_factory=list)
+    # Rows that can be read and typed (no text in a numeric column), whatever later checks say:
+    # in monitoring, the rows drift is measured on. ``typed_frame`` has those columns converted.
+    typed: np.ndarray | None = None
+    typed_frame: pd.DataFrame | None = None
 
     @property
     def blocked(self) -> bool:
@@ -133,6 +167,8 @@ def assess(
     suite: dict[str, Any] | None,
     *,
     evaluation_index: pd.DataFrame | None = None,
+    context: str = "train",
+    reference: pd.DataFrame | None = None,
 ) -> Assessment:
     """Run every check on a batch and decide, row by row, what is accepted.
 
@@ -141,11 +177,19 @@ def assess(
         cfg: The pipeline config (``gate`` section, label, features, split salt).
         suite: The expectation suite, or None.
         evaluation_index: Earlier runs' evaluation rows, for the contamination check.
+        context: ``train`` (protect a training set) or ``monitor`` (watch production
+            data); it picks each check's severity (`severity_of`).
+        reference: The model's training rows; in monitoring the label-noise check
+            scores the batch's rows against them.
 
     Returns:
         The checks in stage order, with outcomes, and the accepted rows.
     """
     gate = cfg.gate
+
+    def sev(name: str) -> str:
+        return severity_of(gate, name, context)
+
     frame = positional(frame)
     n = len(frame)
     label = cfg.data.label
@@ -160,17 +204,19 @@ def assess(
 
     # Stage 1: structure.
     required = list(dict.fromkeys([*([label] if labelled else []), *(cfg.data.features or []), *referenced]))
-    results.append(_run(gate.columns.severity, "columns",
+    results.append(_run(sev("columns"), "columns",
                         lambda: ck.check_columns(frame, required=required, expected=declared)))
     converted: list[str] = []
-    if gate.types.severity == "off":
+    typed, numbers = ck.check_types(frame, ck.numeric_columns_of_suite(suite))
+    typed_rows = np.setdiff1d(np.arange(n), typed.rows if typed.rows is not None else [])
+    typed_frame = frame.assign(**numbers) if numbers else frame
+    if sev("types") == "off":
         results.append((_off("types"), "off"))
     else:
-        typed, numbers = ck.check_types(frame, ck.numeric_columns_of_suite(suite))
-        results.append((typed, gate.types.severity))
-        if numbers and gate.types.severity != "warn":
+        results.append((typed, sev("types")))
+        if numbers and sev("types") != "warn":
             # Repair the columns for the rows that stay; the rejected rows keep their text in quarantine.
-            work = frame.assign(**numbers)
+            work = typed_frame
             converted = list(numbers)
     keep = _remaining(n, results)
 
@@ -182,15 +228,15 @@ def assess(
         stage += [(e, e.result.severity) for e in evaluated]
     numeric_inputs = [c for c in [*features, label] if c in view.columns]
     nullable = ck.nullable_columns_of_suite(suite)
-    stage.append(_run(gate.non_finite.severity, "non_finite",
+    stage.append(_run(sev("non_finite"), "non_finite",
                       lambda: ck.check_non_finite(view, numeric_inputs, nullable=nullable)))
     present = [c for c in features if c in view.columns]
-    contamination = gate.contamination.severity != "off" and evaluation_index is not None
-    hashed = gate.duplicates.severity != "off" or contamination
+    contamination = sev("contamination") != "off" and evaluation_index is not None
+    hashed = sev("duplicates") != "off" or contamination
     feature_hashes = ck.content_hashes(view, present) if hashed else None  # shared by the two checks below
-    stage.append(_run(gate.duplicates.severity, "duplicates",
+    stage.append(_run(sev("duplicates"), "duplicates",
                       lambda: ck.check_duplicates(view, features=present, feature_hashes=feature_hashes)))
-    stage.append(_run(gate.contamination.severity, "contamination",
+    stage.append(_run(sev("contamination"), "contamination",
                       lambda: ck.check_contamination(view, feature_hashes, evaluation_index, salt=cfg.splits.salt)))
     results += [(_map_back(e, keep, n), s) for e, s in stage]
     keep = _remaining(n, results)
@@ -198,20 +244,21 @@ def assess(
     # Stage 3: labels, on the rows still accepted.
     view = work if keep.size == n else take_rows(work, keep)
     noise = gate.label_noise
-    scored, severity = _run(noise.severity, "label_noise", lambda: ck.check_label_noise(
-        view, present, label, k=noise.k, max_share=noise.max_share, sample_rows=noise.sample_rows, seed=cfg.seed))
+    scored, severity = _run(sev("label_noise"), "label_noise", lambda: ck.check_label_noise(
+        view, present, label, k=noise.k, max_share=noise.max_share, sample_rows=noise.sample_rows, seed=cfg.seed,
+        confidence=noise.confidence, reference=reference))
     results.append((_map_back(scored, keep, n), severity))
     accepted = _remaining(n, results)
 
     # Stage 4: the batch as it would be accepted.
     if labelled:
-        results.append(_run(gate.class_balance.severity, "class_balance", lambda: ck.check_class_balance(
+        results.append(_run(sev("class_balance"), "class_balance", lambda: ck.check_class_balance(
             work[label].iloc[accepted], known=known_labels(suite, label), min_share=gate.class_balance.min_share)))
     else:
-        results.append((ck.skipped("class_balance", "unlabelled batch"), gate.class_balance.severity))
-    results.append(_run(gate.row_count.severity, "row_count", lambda: ck.check_row_count(
+        results.append((ck.skipped("class_balance", "unlabelled batch"), sev("class_balance")))
+    results.append(_run(sev("row_count"), "row_count", lambda: ck.check_row_count(
         int(accepted.size), min_rows=gate.row_count.min_rows, max_rows=gate.row_count.max_rows)))
-    results.append(_run(gate.rejected_share.severity, "rejected_share", lambda: ck.check_rejected_share(
+    results.append(_run(sev("rejected_share"), "rejected_share", lambda: ck.check_rejected_share(
         n - int(accepted.size), n, max_share=gate.rejected_share.max_share)))
 
     checks: list[CheckResult] = []
@@ -230,7 +277,7 @@ def assess(
     if blocked_by:
         accepted = np.zeros(0, dtype=np.int64)
     return Assessment(checks=checks, rejections=rejections, blocked_by=blocked_by, accepted=accepted,
-                      repaired=work, converted=converted)
+                      repaired=work, converted=converted, typed=typed_rows, typed_frame=typed_frame)
 
 
 def _run(severity: str, name: str, check) -> tuple[Evaluated, str]:
@@ -291,11 +338,24 @@ def read_evaluation_index(folder: Path) -> pd.DataFrame | None:
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True).drop_duplicates()
 
 
-def run_gate(cfg: PipelineConfig, batch: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
+def run_gate(
+    cfg: PipelineConfig,
+    batch: dict[str, Any],
+    out_dir: str | Path,
+    *,
+    context: str = "train",
+    reference_path: str | Path | None = None,
+) -> dict[str, Any]:
     """Validate a batch, write the accepted rows and the quarantine, and check the accounting.
+
+    In the ``monitor`` context the rows that can be read and typed are also
+    written (``typed.parquet``, whatever later checks decided): drift is
+    measured on them, quarantined rows included.
 
     Args:
         cfg: The pipeline config.
+        context: ``train`` or ``monitor`` (see `severity_of`).
+        reference_path: Parquet of the model's training rows (monitoring: label noise against them).
         batch: What `normlab.pipeline.load_batch` returns (``path``, ``source``,
             ``fingerprint``, ``rows``, ``columns``).
         out_dir: A folder of this run (``validation.json``, ``validation.html``
@@ -308,15 +368,24 @@ def run_gate(cfg: PipelineConfig, batch: dict[str, Any], out_dir: str | Path) ->
         the rejected rows, or None), ``quarantine_dir``, ``rows_in``,
         ``rows_accepted``, ``rows_quarantined``, ``blocked`` (and its
         opposite ``success``), ``failed`` (a line per failed check),
-        ``table`` (`check_table`), ``report_path`` and ``html_path``.
+        ``table`` (`check_table`), ``report_path`` and ``html_path``; in
+        monitoring also ``typed_path``, ``rows_typed`` and ``rows_untyped``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = pd.read_parquet(batch["path"])
     suite = load_suite(cfg.data.expectations) if cfg.data.expectations else None
-    index = read_evaluation_index(evaluation_index_dir(cfg)) if cfg.gate.contamination.severity != "off" else None
-    assessment = assess(frame, cfg, suite, evaluation_index=index)
-    return settle(cfg, batch, frame, assessment, out_dir, suite_name=(suite or {}).get("name"))
+    index = read_evaluation_index(evaluation_index_dir(cfg)) if cfg.sev("contamination") != "off" else None
+    reference = pd.read_parquet(reference_path) if reference_path is not None else None
+    assessment = assess(frame, cfg, suite, evaluation_index=index, context=context, reference=reference)
+    settled = settle(cfg, batch, frame, assessment, out_dir, suite_name=(suite or {}).get("name"))
+    settled["context"] = context
+    if context == "monitor":
+        typed = assessment.typed if assessment.typed is not None else np.arange(len(frame))
+        path = write_parquet(take_rows(assessment.typed_frame, typed), out_dir / "typed.parquet")
+        settled.update({"typed_path": str(path), "rows_typed": int(typed.size),
+                        "rows_untyped": int(len(frame) - typed.size)})
+    return settled
 
 
 def settle(

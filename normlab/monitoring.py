@@ -47,6 +47,8 @@ _STATE_VERSION = 1
 # A claim older than this is taken over even when its process seems alive (pid reuse).
 _CLAIM_TIMEOUT_S = 6 * 3600
 _LEVEL_CODE = {"none": 0, "suspected": 1, "detected": 2}
+_QUALITY_CODE = {"ok": 0, "quarantined": 1, "blocked": 2}
+NO_ALERT: dict[str, Any] = {"due": False, "sent": False, "targets": 0, "delivered": 0}
 _INFERENCE_ROWS = 8192
 
 
@@ -258,21 +260,71 @@ def release_batch(cfg: PipelineConfig, batch: dict[str, Any]) -> None:
 # 3. The data gate ----------------------------------------------------------------------
 
 
-def gate_batch(cfg: PipelineConfig, batch: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
-    """The same data gate as training: accepted rows go on, rejected rows to quarantine.
+def gate_batch(cfg: PipelineConfig, batch: dict[str, Any], out_dir: str | Path,
+               reference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The data gate in its monitoring context: report what changed, never hide the drift.
+
+    Checks that protect a training set only (contamination, label noise, class
+    balance, duplicates, row count) warn here (`normlab.gate.MONITOR_DEFAULTS`);
+    rows quarantined for their values stay in the drift analysis
+    (``typed_path``); only rows that cannot be read and typed are left out.
 
     Returns:
-        ``accepted_path`` (None when blocked), ``quarantine_path`` (None when
-        nothing was rejected), ``rows_in``, ``rows_accepted``,
-        ``rows_quarantined``, ``blocked``, ``failed`` (a line per failed
-        check) and ``report_path`` (the full validation report).
+        ``accepted_path`` (None when blocked: a blocked batch never trains),
+        ``quarantine_path``, ``typed_path`` (the rows drift is measured on),
+        ``rows_in``, ``rows_accepted``, ``rows_quarantined``, ``rows_typed``,
+        ``rows_untyped``, ``blocked``, ``failed`` (a line per failed check),
+        ``problems`` (failed checks with their columns and row counts),
+        ``missing_features`` (model features the batch lacks) and ``report_path``.
     """
     from normlab.gate import run_gate
 
-    gated = run_gate(cfg, batch, out_dir)
+    gated = run_gate(cfg, batch, out_dir, context="monitor",
+                     reference_path=reference["reference"] if reference else None)
+    problems = [{"check": c["name"], "column": c["column"], "outcome": c["outcome"], "rows": c["rows_flagged"],
+                 "label": c["name"] + (f":{c['column']}" if c["column"] else "")}
+                for c in gated["report"]["checks"] if c["outcome"] in ("blocked", "quarantined")]
+    missing: list[str] = []
+    if reference is not None:
+        encoders = json.loads(Path(reference["encoder"]).read_text(encoding="utf-8"))
+        missing = [c for c in encoders["features"]["features"] if c not in batch["columns"]]
     # The full report stays in its file; tasks pass on the counts and paths.
-    return {k: gated[k] for k in ("accepted_path", "quarantine_path", "rows_in", "rows_accepted",
-                                  "rows_quarantined", "blocked", "failed", "report_path")}
+    kept = {k: gated[k] for k in ("accepted_path", "quarantine_path", "typed_path", "rows_in", "rows_accepted",
+                                  "rows_quarantined", "rows_typed", "rows_untyped", "blocked", "failed",
+                                  "report_path")}
+    return {**kept, "problems": problems, "missing_features": missing}
+
+
+def quality_of(cfg: PipelineConfig, gated: dict[str, Any]) -> dict[str, Any]:
+    """The batch's data-quality verdict: ``blocked``, ``quarantined`` (share above monitor.quality_share) or ``ok``.
+
+    Returns:
+        ``level``, ``share`` (quarantined rows / rows in), ``checks`` (failed
+        check labels, e.g. ``range:temp_c``), ``columns`` (the top offending
+        columns by rows flagged) and ``reason`` (one line).
+    """
+    share = gated["rows_quarantined"] / gated["rows_in"] if gated["rows_in"] else 0.0
+    problems = gated["problems"]
+    per_column: dict[str, int] = {}
+    for p in problems:
+        if p["column"]:
+            per_column[p["column"]] = per_column.get(p["column"], 0) + int(p["rows"] or 0)
+    columns = sorted(per_column, key=lambda c: per_column[c], reverse=True)[: cfg.monitor.top_columns]
+    checks = sorted({p["label"] for p in problems})
+    if gated["blocked"]:
+        level = "blocked"
+        reason = f"blocked by the data gate: {'; '.join(gated['failed'][:3]) or 'a blocking check failed'}"
+    elif problems and share > cfg.monitor.quality_share:
+        level = "quarantined"
+        reason = (f"{gated['rows_quarantined']} of {gated['rows_in']} rows quarantined (share {share:.2f} > "
+                  f"monitor.quality_share {cfg.monitor.quality_share:g})")
+    else:
+        level, reason = "ok", "data quality ok"
+    if gated["missing_features"]:
+        level = "blocked"
+        reason = f"batch lacks the model's feature columns: {gated['missing_features'][:10]}"
+    return {"level": level, "share": round(share, 6), "checks": checks, "columns": columns, "reason": reason,
+            "column_rows": {c: per_column[c] for c in columns}}
 
 
 # 4. The drift reference ----------------------------------------------------------------
@@ -389,7 +441,11 @@ def load_reference_model(cfg: PipelineConfig, reference: dict[str, Any]):
 def analyze_batch(
     cfg: PipelineConfig, reference: dict[str, Any], gated: dict[str, Any], batch: dict[str, Any]
 ) -> dict[str, Any]:
-    """Score data drift, prediction drift and (with labels) performance of the accepted rows.
+    """Score data drift, prediction drift and (with labels) performance of every typed row.
+
+    Drift is measured on every row that could be read and typed, quarantined
+    rows included (rows out of range are the drift); rows with unparseable
+    values are left out and counted by the gate (``rows_untyped``).
 
     Writes ``drift.json`` (every column's score) and the row samples the
     Evidently report draws from into the batch folder.
@@ -404,7 +460,7 @@ def analyze_batch(
 
     mon = cfg.monitor
     out = Path(batch["batch_dir"])
-    current = pd.read_parquet(gated["accepted_path"])
+    current = pd.read_parquet(gated["typed_path"])
     ref = drift.sample_rows(pd.read_parquet(reference["reference"]), mon.reference_rows, cfg.seed)
     model, encoder, labels, label_column = load_reference_model(cfg, reference)
     features = encoder.features
@@ -517,20 +573,39 @@ def model_history(state: dict[str, Any], reference: dict[str, Any]) -> dict[str,
 
 
 def decide_batch(
-    cfg: PipelineConfig, reference: dict[str, Any], analysis: dict[str, Any] | None, now: datetime | None = None
+    cfg: PipelineConfig, reference: dict[str, Any], analysis: dict[str, Any] | None, gated: dict[str, Any],
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """The batch's drift level and whether to alert (nothing is written: `finish_batch` commits)."""
-    history = model_history(read_state(cfg), reference)
-    if analysis is None:
-        return {"level": drift.BLOCKED, "streak": history["streak"], "alert": False,
-                "reason": "blocked by the data gate: no rows to compare", "decided_at": (now or now_utc()).isoformat()}
+    """The batch's drift level and data-quality level, and which alerts are due (nothing is written).
+
+    A batch the gate blocked is still judged for drift and counts towards the
+    streak when its drift test fires; `finish_batch` commits.
+    """
     when = now or now_utc()
-    decision = drift.decide(
-        analysis["drifted"], analysis["drifted_columns"], history,
-        consecutive=cfg.monitor.consecutive, cooldown_minutes=cfg.monitor.cooldown_minutes,
-        dedup_overlap=cfg.monitor.dedup_overlap, min_level=cfg.alerts.min_level, now=when,
-    )
-    return {**decision, "decided_at": when.isoformat()}
+    history = model_history(read_state(cfg), reference)
+    mon = cfg.monitor
+    quality = quality_of(cfg, gated)
+    if analysis is None:
+        why = quality["reason"] if quality["level"] == "blocked" else "no row could be read and typed"
+        decision = {"level": drift.BLOCKED, "streak": history["streak"], "alert": False,
+                    "reason": f"no drift decision: {why}"}
+    else:
+        decision = drift.decide(
+            analysis["drifted"], analysis["drifted_columns"], history,
+            consecutive=mon.consecutive, cooldown_minutes=mon.cooldown_minutes,
+            dedup_overlap=mon.dedup_overlap, min_level=cfg.alerts.min_level, now=when,
+        )
+    quality_alert, quality_reason = False, quality["reason"]
+    if quality["level"] != "ok":
+        repeat = drift.repeated_alert(quality["checks"], history.get("quality_alerts", []),
+                                      cooldown_minutes=mon.cooldown_minutes, dedup_overlap=mon.dedup_overlap,
+                                      now=when)
+        quality_alert = repeat is None
+        if repeat is not None:
+            quality_reason += (f"; repeats the data-quality alert of {repeat['at']} (same checks, "
+                               f"cooldown {mon.cooldown_minutes:g} min)")
+    quality = {**quality, "alert": quality_alert, "reason": quality_reason}
+    return {**decision, "quality": quality, "decided_at": when.isoformat()}
 
 
 # 8. MLflow -----------------------------------------------------------------------------
@@ -556,6 +631,7 @@ def log_monitoring_run(
         "normlab.model.version": reference["version"] or "",
         "normlab.reference_run_id": reference["run_id"],
         "normlab.drift.level": decision["level"],
+        "normlab.data.quality": decision["quality"]["level"],
     }
     run_id = tracking.start_run(uri, monitoring_experiment(cfg), artifact_location=cfg.artifact_location(),
                                 run_name=f"batch-{batch['fingerprint'][:12]}", tags=tags)
@@ -564,7 +640,10 @@ def log_monitoring_run(
                                           reference["selected_by"], "data.fingerprint": batch["fingerprint"]})
         metrics: dict[str, float] = {
             "rows/in": gated["rows_in"], "rows/accepted": gated["rows_accepted"],
-            "rows/quarantined": gated["rows_quarantined"], "drift/streak": decision["streak"],
+            "rows/quarantined": gated["rows_quarantined"], "rows/typed": gated["rows_typed"],
+            "rows/untyped": gated["rows_untyped"], "drift/streak": decision["streak"],
+            "quality/level": _QUALITY_CODE[decision["quality"]["level"]],
+            "quality/quarantined_share": decision["quality"]["share"],
         }
         if decision["level"] in _LEVEL_CODE:
             metrics["drift/level"] = _LEVEL_CODE[decision["level"]]
@@ -607,9 +686,10 @@ def finish_batch(
     report: dict[str, Any] | None,
     decision: dict[str, Any],
     alert: dict[str, Any],
+    quality_alert: dict[str, Any],
     monitor_run_id: str,
 ) -> dict[str, Any]:
-    """Mark the batch done and update the model's streak and alert history, in one atomic write.
+    """Mark the batch done and update the model's streak and alert histories, in one atomic write.
 
     Returns:
         The batch's entry in the monitor summary.
@@ -619,8 +699,9 @@ def finish_batch(
     # The store first: a commit that follows it cannot be left half done by an unreachable server.
     tracking.set_tags(cfg.tracking_uri(), monitor_run_id, {
         "normlab.alert.sent": alert["sent"], "normlab.alert.delivered": alert["delivered"],
+        "normlab.quality_alert.sent": quality_alert["sent"],
     })
-    entry = batch_entry(batch, gated, analysis, report, decision, alert, monitor_run_id)
+    entry = batch_entry(batch, gated, analysis, report, decision, alert, monitor_run_id, quality_alert)
     with locked_state(cfg) as state:
         if state["batches"].get(batch["fingerprint"], {}).get("status") == "done":
             return state["batches"][batch["fingerprint"]]["entry"]  # a retried commit counts the batch once
@@ -639,6 +720,11 @@ def finish_batch(
                                                           "columns": analysis["drifted_columns"] if analysis else [],
                                                           "fingerprint": batch["fingerprint"],
                                                           "delivered": alert["delivered"]}][-100:]
+        quality = decision["quality"]
+        if quality["alert"] and (quality_alert["sent"] or quality_alert["targets"] == 0):
+            history["quality_alerts"] = [*history.get("quality_alerts", []), {
+                "at": decision["decided_at"], "level": quality["level"], "columns": quality["checks"],
+                "fingerprint": batch["fingerprint"], "delivered": quality_alert["delivered"]}][-100:]
         state["models"][reference["model"]] = history
         state["batches"][batch["fingerprint"]] = {
             "status": "done", "source": batch["source"], "processed_at": now_utc().isoformat(),
@@ -655,6 +741,7 @@ def batch_entry(
     decision: dict[str, Any],
     alert: dict[str, Any],
     monitor_run_id: str,
+    quality_alert: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One batch in the summary JSON."""
     entry: dict[str, Any] = {
@@ -664,12 +751,20 @@ def batch_entry(
         "rows_in": gated["rows_in"],
         "rows_accepted": gated["rows_accepted"],
         "rows_quarantined": gated["rows_quarantined"],
+        "rows_typed": gated["rows_typed"],
+        "rows_untyped": gated["rows_untyped"],
         "quarantine_path": gated["quarantine_path"],
+        "gate_report": gated["report_path"],
+        "quality": {**decision["quality"],
+                    "alert_sent": bool((quality_alert or {}).get("sent")),
+                    "alert_reason": (quality_alert or {}).get("reason")},
         "drift": {"level": decision["level"], "reason": decision["reason"], "streak": decision["streak"],
                   "share": None, "n_drifted": None, "n_columns": None, "columns": []},
         "prediction": None,
         "performance": None,
         "alert": {k: alert[k] for k in ("due", "sent", "targets", "delivered", "reason") if k in alert},
+        "quality_alert": {k: v for k, v in (quality_alert or NO_ALERT).items()
+                          if k in ("due", "sent", "targets", "delivered", "reason")},
         "report": {k: report[k] for k in ("html", "json", "snapshot_id")} if report else None,
         "monitor_run_id": monitor_run_id,
     }
@@ -691,7 +786,8 @@ def skipped_entry(opened: dict[str, Any]) -> dict[str, Any]:
         "source": opened["source"],
         "status": opened["status"],
         "reason": opened["reason"],
-        "alert": {"due": False, "sent": False, "targets": 0, "delivered": 0},
+        "alert": dict(NO_ALERT),
+        "quality_alert": dict(NO_ALERT),
     }
 
 
@@ -717,13 +813,49 @@ def alert_batch(
     from normlab import alerts
 
     if not decision["alert"] or analysis is None:
-        return {"due": False, "sent": False, "targets": 0, "delivered": 0, "reason": decision["reason"]}
+        return {**NO_ALERT, "reason": decision["reason"]}
     title, body = alerts.drift_message(
         model=reference["model"], version=reference["version"], reference_run_id=reference["run_id"],
         fingerprint=batch["fingerprint"], source=batch["source"], level=decision["level"],
         drift=analysis["drift"], prediction=analysis["prediction"], performance=analysis["performance"],
         rows=analysis["rows"], report_html=report["html"] if report else None, monitor_run_id=monitor_run_id,
         tracking_uri=cfg.redacted().tracking_uri(), retrain=retrain, config_hint=config_hint,
+    )
+    return {"due": True, **alerts.send(alerts.alert_urls(cfg), title, body)}
+
+
+def quality_alert_batch(
+    cfg: PipelineConfig,
+    batch: dict[str, Any],
+    reference: dict[str, Any],
+    gated: dict[str, Any],
+    decision: dict[str, Any],
+    monitor_run_id: str,
+) -> dict[str, Any]:
+    """Send the data-quality alert (a blocked batch, or too many rows quarantined) when one is due."""
+    from normlab import alerts
+
+    quality = decision["quality"]
+    if not quality["alert"]:
+        return {**NO_ALERT, "reason": quality["reason"]}
+    title, body = alerts.quality_message(
+        model=reference["model"], version=reference["version"], fingerprint=batch["fingerprint"],
+        source=batch["source"], quality=quality, drift_level=decision["level"], rows_in=gated["rows_in"],
+        rows_quarantined=gated["rows_quarantined"], rows_untyped=gated["rows_untyped"], failed=gated["failed"],
+        quarantine_path=gated["quarantine_path"], monitor_run_id=monitor_run_id,
+        tracking_uri=cfg.redacted().tracking_uri(),
+    )
+    return {"due": True, **alerts.send(alerts.alert_urls(cfg), title, body)}
+
+
+def retraining_failed_alert(cfg: PipelineConfig, reference: dict[str, Any], retrained: dict[str, Any]) -> dict[str, Any]:
+    """Tell the alert targets that a retraining started by monitoring failed."""
+    from normlab import alerts
+
+    title, body = alerts.retraining_failed_message(
+        model=reference["model"], version=reference["version"], error=retrained["error"] or "unknown error",
+        data=retrained.get("data"), rows_reference=retrained["rows_reference"], rows_new=retrained["rows_new"],
+        tracking_uri=cfg.redacted().tracking_uri(),
     )
     return {"due": True, **alerts.send(alerts.alert_urls(cfg), title, body)}
 
@@ -743,7 +875,9 @@ def batch_markdown(entry: dict[str, Any], reference: dict[str, Any]) -> str:
         "",
         f"- source: `{entry['source']}`",
         f"- model: {which} (reference run `{reference['run_id']}`)",
-        f"- rows: {entry['rows_in']} in, {entry['rows_accepted']} accepted, {entry['rows_quarantined']} quarantined",
+        f"- rows: {entry['rows_in']} in, {entry['rows_accepted']} accepted, {entry['rows_quarantined']} quarantined, "
+        f"{entry['rows_untyped']} unreadable (left out of the drift)",
+        f"- data quality: **{entry['quality']['level']}** ({entry['quality']['reason']})",
         f"- decision: {d['reason']}",
     ]
     if d["share"] is not None:

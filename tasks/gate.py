@@ -6,13 +6,10 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from normlab import gate
 from normlab.config import PipelineConfig
-
-# Tracking calls cross the network when the store is a server: retry with backoff.
-TRACKING = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "cache_policy": NO_CACHE}
+from tasks.policy import TRANSIENT
 
 
 def publish_gate(result: dict[str, Any]) -> None:
@@ -26,7 +23,7 @@ def publish_gate(result: dict[str, Any]) -> None:
                           result["rows_accepted"], result["rows_quarantined"], blocked)
 
 
-@task(name="check-splits", **TRACKING)
+@task(name="check-splits", **TRANSIENT)
 def check_splits(
     cfg: PipelineConfig, batch: dict[str, Any], prepared: dict[str, Any], run: dict[str, Any]
 ) -> dict[str, Any]:

@@ -10,24 +10,11 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from normlab import alerts, monitoring
 from normlab.config import PipelineConfig
-from normlab.errors import NormlabError, TrackingError
-
-
-def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry what may pass on its own (an unreachable store), not what a user must fix (no reference yet)."""
-    exc = state.result(raise_on_failure=False)
-    return isinstance(exc, TrackingError) or not isinstance(exc, NormlabError)
-
-
-# Tracking calls cross the network when the store is a server: retry with backoff.
-TRACKING = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "retry_condition_fn": _transient,
-            "cache_policy": NO_CACHE}
-LOCAL = {"cache_policy": NO_CACHE}
+from tasks.policy import LOCAL, TRANSIENT
 
 
 @task(name="check-alert-urls", **LOCAL)
@@ -46,7 +33,7 @@ def discover_batches(data: str) -> list[str]:
     return paths
 
 
-@task(name="resolve-reference", **TRACKING)
+@task(name="resolve-reference", **TRANSIENT)
 def resolve_reference(cfg: PipelineConfig) -> dict[str, Any]:
     """The champion's (else the latest run's) training data, model and encoders."""
     reference = monitoring.resolve_reference(cfg)
@@ -81,11 +68,12 @@ def skip_batch(opened: dict[str, Any]) -> dict[str, Any]:
 
 
 @task(name="gate-batch", **LOCAL)
-def gate_batch(cfg: PipelineConfig, batch: dict[str, Any]) -> dict[str, Any]:
-    """The data gate: accepted rows go on, rejected rows to quarantine."""
-    gated = monitoring.gate_batch(cfg, batch, batch["batch_dir"])
-    get_run_logger().info("gate: %d in, %d accepted, %d quarantined%s", gated["rows_in"], gated["rows_accepted"],
-                          gated["rows_quarantined"], " (blocked)" if gated["blocked"] else "")
+def gate_batch(cfg: PipelineConfig, batch: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """The data gate in its monitoring context: rejected rows to quarantine, every typed row on to the drift."""
+    gated = monitoring.gate_batch(cfg, batch, batch["batch_dir"], reference)
+    get_run_logger().info("gate: %d in, %d accepted, %d quarantined, %d unreadable%s", gated["rows_in"],
+                          gated["rows_accepted"], gated["rows_quarantined"], gated["rows_untyped"],
+                          " (blocked)" if gated["blocked"] else "")
     return gated
 
 
@@ -111,15 +99,15 @@ def build_report(cfg: PipelineConfig, reference: dict[str, Any], batch: dict[str
 
 @task(name="decide", **LOCAL)
 def decide_batch(cfg: PipelineConfig, reference: dict[str, Any], analysis: dict[str, Any] | None,
-                 retrain: bool | None) -> dict[str, Any]:
-    """Drift level, alert or not (cooldown, de-duplication), retrain or not."""
-    decision = monitoring.decide_batch(cfg, reference, analysis)
+                 gated: dict[str, Any], retrain: bool | None) -> dict[str, Any]:
+    """Drift and data-quality levels, which alerts are due (cooldown, de-duplication), retrain or not."""
+    decision = monitoring.decide_batch(cfg, reference, analysis, gated)
     decision["retrain"] = monitoring.wants_retraining(cfg, decision, retrain)
-    get_run_logger().info("decision: %s", decision["reason"])
+    get_run_logger().info("decision: %s; data quality: %s", decision["reason"], decision["quality"]["reason"])
     return decision
 
 
-@task(name="log-monitoring-run", **TRACKING)
+@task(name="log-monitoring-run", **TRANSIENT)
 def log_monitoring_run(cfg: PipelineConfig, batch: dict[str, Any], gated: dict[str, Any],
                        reference: dict[str, Any], analysis: dict[str, Any] | None,
                        report: dict[str, Any] | None, decision: dict[str, Any]) -> str:
@@ -141,16 +129,48 @@ def send_alert(cfg: PipelineConfig, batch: dict[str, Any], reference: dict[str, 
     return alert
 
 
+@task(name="send-quality-alert", **LOCAL)
+def send_quality_alert(cfg: PipelineConfig, batch: dict[str, Any], reference: dict[str, Any],
+                       gated: dict[str, Any], decision: dict[str, Any], monitor_run_id: str) -> dict[str, Any]:
+    """Send the data-quality alert when the batch was blocked or lost too many rows to quarantine."""
+    alert = monitoring.quality_alert_batch(cfg, batch, reference, gated, decision, monitor_run_id)
+    if alert["due"]:
+        get_run_logger().warning("data-quality alert (%s): %s to %d of %d target(s)", decision["quality"]["level"],
+                                 "sent" if alert["sent"] else "NOT sent", alert["delivered"], alert["targets"])
+    return alert
+
+
+@task(name="emit-quality-event", **LOCAL)
+def emit_quality_event(reference: dict[str, Any], batch: dict[str, Any], gated: dict[str, Any],
+                       decision: dict[str, Any], monitor_run_id: str) -> str | None:
+    """Emit ``normlab.data.<level>`` (``blocked`` or ``quarantined``) about the model."""
+    quality = decision["quality"]
+    event = emit_event(
+        event=f"normlab.data.{quality['level']}",
+        resource=_model_resource(reference),
+        related=[{"prefect.resource.id": f"normlab.batch.{batch['fingerprint']}", "prefect.resource.role": "batch"}],
+        payload={"fingerprint": batch["fingerprint"], "source": batch["source"], "level": quality["level"],
+                 "checks": quality["checks"][:20], "columns": quality["columns"], "rows_in": gated["rows_in"],
+                 "rows_quarantined": gated["rows_quarantined"], "quarantine_path": gated["quarantine_path"],
+                 "drift_level": decision["level"], "monitor_run_id": monitor_run_id},
+    )
+    return str(event.id) if event is not None else None
+
+
+def _model_resource(reference: dict[str, Any]) -> dict[str, str]:
+    return {"prefect.resource.id": f"normlab.model.{reference['model']}",
+            "prefect.resource.name": reference["model"],
+            "normlab.model.version": reference["version"] or "",
+            "normlab.reference_run_id": reference["run_id"]}
+
+
 @task(name="emit-drift-event", **LOCAL)
 def emit_drift_event(reference: dict[str, Any], batch: dict[str, Any], decision: dict[str, Any],
                      analysis: dict[str, Any], monitor_run_id: str) -> str | None:
     """Emit ``normlab.drift.<level>`` about the model, so Prefect automations can react."""
     event = emit_event(
         event=f"normlab.drift.{decision['level']}",
-        resource={"prefect.resource.id": f"normlab.model.{reference['model']}",
-                  "prefect.resource.name": reference["model"],
-                  "normlab.model.version": reference["version"] or "",
-                  "normlab.reference_run_id": reference["run_id"]},
+        resource=_model_resource(reference),
         related=[{"prefect.resource.id": f"normlab.batch.{batch['fingerprint']}", "prefect.resource.role": "batch"}],
         payload={"fingerprint": batch["fingerprint"], "source": batch["source"], "level": decision["level"],
                  "share": analysis["drift"]["share"], "columns": analysis["drifted_columns"][:20],
@@ -159,12 +179,13 @@ def emit_drift_event(reference: dict[str, Any], batch: dict[str, Any], decision:
     return str(event.id) if event is not None else None
 
 
-@task(name="finish-batch", **TRACKING)
+@task(name="finish-batch", **TRANSIENT)
 def finish_batch(cfg: PipelineConfig, batch: dict[str, Any], gated: dict[str, Any], reference: dict[str, Any],
                  analysis: dict[str, Any] | None, report: dict[str, Any] | None, decision: dict[str, Any],
-                 alert: dict[str, Any], monitor_run_id: str) -> dict[str, Any]:
-    """Mark the batch done; commit the model's streak and alert history."""
-    return monitoring.finish_batch(cfg, batch, gated, reference, analysis, report, decision, alert, monitor_run_id)
+                 alert: dict[str, Any], quality_alert: dict[str, Any], monitor_run_id: str) -> dict[str, Any]:
+    """Mark the batch done; commit the model's streak and alert histories."""
+    return monitoring.finish_batch(cfg, batch, gated, reference, analysis, report, decision, alert, quality_alert,
+                                   monitor_run_id)
 
 
 @task(name="batch-artifact", **LOCAL)
@@ -188,6 +209,15 @@ def retraining_data(cfg: PipelineConfig, reference: dict[str, Any]) -> dict[str,
     get_run_logger().info("retraining data: %d reference + %d new rows (%d unlabelled batch(es) left out)",
                           data["rows_reference"], data["rows_new"], data["batches_unlabelled"])
     return data
+
+
+@task(name="retraining-failed-alert", **LOCAL)
+def retraining_failed_alert(cfg: PipelineConfig, reference: dict[str, Any], retrained: dict[str, Any]) -> dict[str, Any]:
+    """Alert that the retraining failed (the batches stay recorded)."""
+    alert = monitoring.retraining_failed_alert(cfg, reference, retrained)
+    get_run_logger().error("retraining failed: %s; alert %s to %d of %d target(s)", retrained["error"],
+                           "sent" if alert["sent"] else "NOT sent", alert["delivered"], alert["targets"])
+    return alert
 
 
 @task(name="record-retraining", **LOCAL)

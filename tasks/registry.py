@@ -5,18 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from normlab import pipeline
 from normlab.config import PipelineConfig
-
-# Registry calls cross the network when the store is a server: retry with backoff.
-TRACKING = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "cache_policy": NO_CACHE}
-LOCAL = {"cache_policy": NO_CACHE}
+from tasks.policy import TRANSIENT
 
 
-@task(name="register-model", **TRACKING)
+@task(name="register-model", **TRANSIENT)
 def register_model(cfg: PipelineConfig, run: dict[str, Any], prepared: dict[str, Any]) -> dict[str, Any]:
     """Log the serving model and register it as a new version of model.registry_name."""
     registered = pipeline.register_model(cfg, run["run_id"], prepared, run["run_dir"])
@@ -25,7 +21,7 @@ def register_model(cfg: PipelineConfig, run: dict[str, Any], prepared: dict[str,
     return registered
 
 
-@task(name="promotion-gate", **TRACKING)
+@task(name="promotion-gate", **TRANSIENT)
 def gate_model(cfg: PipelineConfig, run: dict[str, Any], prepared: dict[str, Any], registered: dict[str, Any],
                metrics: dict[str, float]) -> dict[str, Any]:
     """Thresholds, then the champion re-scored on this run's splits."""
@@ -35,7 +31,7 @@ def gate_model(cfg: PipelineConfig, run: dict[str, Any], prepared: dict[str, Any
     return decision
 
 
-@task(name="publish-decision", **TRACKING)
+@task(name="publish-decision", **TRANSIENT)
 def publish_decision(cfg: PipelineConfig, run: dict[str, Any], accepted: dict[str, Any], validation: dict[str, Any],
                      prepared: dict[str, Any], metrics: dict[str, float], registered: dict[str, Any],
                      decision: dict[str, Any]) -> dict[str, Any]:

@@ -8,19 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from normlab import study, sweep
 from normlab.config import PipelineConfig
 from normlab.training import throttled
-
-# Tracking calls cross the network when the store is a server: retry with backoff.
-TRACKING = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "cache_policy": NO_CACHE}
-LOCAL = {"cache_policy": NO_CACHE}
+from tasks.policy import LOCAL, TRANSIENT
 
 
-@task(name="start-sweep", **TRACKING)
+@task(name="start-sweep", **TRANSIENT)
 def start_sweep(cfg: PipelineConfig, kind: str) -> dict[str, Any]:
     """Open the parent MLflow run with the grid as params."""
     parent = sweep.start_parent(cfg, kind=kind, flow_run_id=str(flow_run.id or ""))
@@ -28,7 +24,7 @@ def start_sweep(cfg: PipelineConfig, kind: str) -> dict[str, Any]:
     return parent
 
 
-@task(name="log-sweep-data", **TRACKING)
+@task(name="log-sweep-data", **TRANSIENT)
 def log_data(cfg: PipelineConfig, parent: dict[str, Any], batch: dict[str, Any]) -> None:
     """Record the validated batch on the parent run, so that the points only link to it."""
     sweep.log_data(cfg, parent, batch)
@@ -52,7 +48,7 @@ def run_point(cfg: PipelineConfig, point: dict[str, Any], parent: dict[str, Any]
     return result
 
 
-@task(name="sweep-report", **TRACKING)
+@task(name="sweep-report", **TRANSIENT)
 def finish_sweep(cfg: PipelineConfig, parent: dict[str, Any], batch: dict[str, Any],
                  results: list[dict[str, Any]]) -> dict[str, Any]:
     """Aggregate over seeds, write the comparison report, log it to the parent run."""
@@ -67,7 +63,7 @@ def check_findings(cfg: PipelineConfig, summary: dict[str, Any]) -> list[dict[st
     return study.check_findings(cfg, summary)
 
 
-@task(name="study-report", **TRACKING)
+@task(name="study-report", **TRANSIENT)
 def write_study(cfg: PipelineConfig, summary: dict[str, Any], findings: list[dict[str, Any]]) -> dict[str, Any]:
     """Write the one-page study report and log it to the parent run."""
     return study.finish(cfg, summary, findings)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from normlab import gate, pipeline, tracking
@@ -17,13 +16,10 @@ from normlab import resume as resume_runs
 from normlab.config import PipelineConfig, flatten
 from normlab.training import throttled
 from tasks.gate import publish_gate
-
-# Tracking calls cross the network when the store is a server: retry with backoff.
-TRACKING = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "cache_policy": NO_CACHE}
-LOCAL = {"cache_policy": NO_CACHE}
+from tasks.policy import LOCAL, TRANSIENT
 
 
-@task(name="start-run", **TRACKING)
+@task(name="start-run", **TRANSIENT)
 def start_run(cfg: PipelineConfig, data_path: str | None = None, resume: bool = True) -> dict[str, Any]:
     """Reopen the interrupted run with this config and data, or open a new one (params, provenance tags)."""
     tags = {**tracking.environment_tags(), "normlab.model.norm": cfg.model.norm,
@@ -49,7 +45,7 @@ def validate_batch(cfg: PipelineConfig, batch: dict[str, Any], run: dict[str, An
     return pipeline.validate_batch(cfg, batch, run["run_dir"])
 
 
-@task(name="log-validation", **TRACKING)
+@task(name="log-validation", **TRANSIENT)
 def log_validation(cfg: PipelineConfig, run: dict[str, Any], batch: dict[str, Any], report: dict[str, Any]) -> None:
     """Record the data gate's outcome (``report`` is the gate's result) before anything is trained."""
     gate.log_gate(cfg, run["run_id"], report)
@@ -91,14 +87,14 @@ def evaluate(cfg: PipelineConfig, prepared: dict[str, Any], trained: dict[str, A
     return pipeline.evaluate(cfg, prepared, trained, run["run_dir"])
 
 
-@task(name="record-run", **TRACKING)
+@task(name="record-run", **TRANSIENT)
 def record_run(cfg: PipelineConfig, run: dict[str, Any], batch: dict[str, Any], prepared: dict[str, Any],
                trained: dict[str, Any], metrics: dict[str, float]) -> dict[str, Any]:
     """Log metrics, dataset, model, plots and files."""
     return pipeline.record_run(cfg, run["run_id"], batch, prepared, trained, metrics, run["run_dir"])
 
 
-@task(name="end-run", **TRACKING)
+@task(name="end-run", **TRANSIENT)
 def end_run(cfg: PipelineConfig, run: dict[str, Any], status: str) -> None:
     """Close the MLflow run and release its folder."""
     resume_runs.close_run(cfg, run, status)

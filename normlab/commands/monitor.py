@@ -22,29 +22,36 @@ from normlab.cli import (
     ui_command,
     write_summary,
 )
+from normlab.errors import NormlabError, RetrainingError
 
-# Exit code of --fail-on-drift when a batch drifted (0-4 are taken, see normlab.cli).
+# Exit codes of normlab monitor (see normlab.cli for all): 3 a batch was blocked by the data gate
+# (every batch still processed and alerted), 5 a batch drifted (only with --fail-on-drift),
+# 7 a retraining failed (batches recorded, failure alerted). The highest-priority one wins: 7, 3, 5.
+BLOCKED_EXIT_CODE = 3
 DRIFT_EXIT_CODE = 5
+RETRAIN_EXIT_CODE = RetrainingError.exit_code
 
 
 def batches_table(batches: list[dict[str, Any]]) -> Table:
     """One row per batch: rows, drift level and share, top columns, alert."""
     table = Table(title="Monitored batches")
-    for head, justify in (("batch", "left"), ("status", "left"), ("rows in/ok", "right"), ("level", "left"),
-                          ("share", "right"), ("top columns (score)", "left"), ("alert", "left")):
+    for head, justify in (("batch", "left"), ("status", "left"), ("rows in/ok", "right"), ("data", "left"),
+                          ("drift", "left"), ("share", "right"), ("top columns (score)", "left"),
+                          ("alert", "left")):
         table.add_column(head, justify=justify, no_wrap=head != "top columns (score)")
     for b in batches:
         drift = b.get("drift") or {}
         share = drift.get("share")
         top = ", ".join(f"{c['column']} ({c['score']:.2f})" for c in (drift.get("columns") or [])[:3] if c["drifted"])
-        alert = b.get("alert") or {}
-        alert_text = "-"
-        if alert.get("due"):
-            alert_text = "sent" if alert["sent"] else ("failed" if alert["targets"] else "no URL set")
+        alerts = [f"{kind} {_alert_text(b.get(key) or {})}" for kind, key in (("drift", "alert"),
+                                                                               ("data", "quality_alert"))
+                  if (b.get(key) or {}).get("due")]
         table.add_row(
             _label(b), b["status"],
             f"{b.get('rows_in', '')}/{b.get('rows_accepted', '')}" if "rows_in" in b else "",
-            str(drift.get("level", "")), "" if share is None else f"{share:.2f}", top or "-", alert_text,
+            str((b.get("quality") or {}).get("level", "")),
+            str(drift.get("level", "")), "" if share is None else f"{share:.2f}", top or "-",
+            ", ".join(alerts) or "-",
         )
     return table
 
@@ -66,8 +73,10 @@ def monitor(
     """Check new batches for drift against the champion's training data; alert, report, and optionally retrain.
 
     Each batch is processed once (by content fingerprint; a batch seen before
-    is skipped). Drift does not change the exit code unless --fail-on-drift.
-    Alert URLs come from alerts.urls or the NORMLAB_ALERT_URLS environment variable.
+    is skipped). Exit codes: 3 when a batch was blocked by the data gate, 7
+    when a retraining failed, 5 on drift with --fail-on-drift (every batch is
+    processed and alerted first). Alert URLs come from alerts.urls or the
+    NORMLAB_ALERT_URLS environment variable.
     """
     prepare_environment()
     cfg = load_or_fail(config, set_)
@@ -77,8 +86,11 @@ def monitor(
 
     console.print(f"normlab monitor: {cfg.name}, data {data}, store {cfg.redacted().tracking_uri()}", soft_wrap=True)
     hint = command_hint(config, set_)
+    retrain_error: RetrainingError | None = None
     try:
         result = monitoring_flow(cfg, data=data, retrain=retrain, config_hint=hint)
+    except RetrainingError as exc:
+        retrain_error, result = exc, exc.summary
     except Exception as exc:  # noqa: BLE001 - mapped to one line, or re-raised as a bug
         user_error = as_user_error(exc)
         if user_error is None:
@@ -97,15 +109,27 @@ def monitor(
         if b["status"] in ("skipped", "unreadable"):
             console.print(f"{_label(b)} {b['status']}: {b['reason']}", soft_wrap=True)
         elif level in ("suspected", "detected", "blocked", "too_small"):
-            console.print(f"{b['fingerprint'][:12]} {level}: {b['drift']['reason']}", soft_wrap=True)
+            console.print(f"{b['fingerprint'][:12]} drift {level}: {b['drift']['reason']}", soft_wrap=True)
+        quality = b.get("quality") or {}
+        if b["status"] == "processed" and quality.get("level") not in (None, "ok"):
+            console.print(f"[bold red]{b['fingerprint'][:12]} data {quality['level']}[/]: {quality['reason']}",
+                          soft_wrap=True)
+        if b.get("rows_untyped"):
+            console.print(f"{b['fingerprint'][:12]}: {b['rows_untyped']} row(s) could not be read and typed; "
+                          "left out of the drift analysis (kept in the quarantine)", soft_wrap=True)
+        quality_alert = b.get("quality_alert") or {}
+        if quality_alert.get("due") and quality_alert["targets"] and not quality_alert["sent"]:
+            console.print(f"[yellow]data-quality alert not delivered[/]: {quality_alert['reason']}", soft_wrap=True)
         if b.get("alert", {}).get("due") and b["alert"]["targets"] and not b["alert"]["sent"]:
             console.print(f"[yellow]alert not delivered[/]: {b['alert']['reason']}", soft_wrap=True)
         if b.get("rows_quarantined"):
             console.print(f"{b['fingerprint'][:12]}: {b['rows_quarantined']} row(s) quarantined in "
                           f"{b['quarantine_path']}", soft_wrap=True)
     for r in result["retrained"]:
-        if r["error"]:
-            console.print(f"[yellow]retraining failed[/]: {r['error']}", soft_wrap=True)
+        if r["error"] and r["data"]:
+            console.print(f"[bold red]retraining failed[/]: {r['error']}", soft_wrap=True)
+        elif r["error"]:
+            console.print(f"[yellow]retraining skipped[/]: {r['error']}", soft_wrap=True)
         else:
             registry = r.get("registry") or {}
             outcome = (f"; {registry['name']} v{registry['version']} ({', '.join(registry['aliases'])}): "
@@ -120,8 +144,9 @@ def monitor(
 
     processed = [b for b in batches if b["status"] == "processed"]
     drifted = [b for b in processed if b["drift"]["level"] in ("suspected", "detected")]
+    blocked = [b for b in processed if (b.get("quality") or {}).get("level") == "blocked"]
     write_summary(summary, {
-        "status": "finished",
+        "status": "retraining_failed" if retrain_error else ("blocked" if blocked else "finished"),
         "data": data,
         "tracking_uri": cfg.redacted().tracking_uri(),
         "reference": _public_reference(result["reference"]),
@@ -129,9 +154,21 @@ def monitor(
         "retrained": result["retrained"],
         "drift": {"processed": len(processed), "drifted": len(drifted),
                   "detected": sum(b["drift"]["level"] == "detected" for b in processed)},
+        "quality": {"blocked": len(blocked),
+                    "quarantined": sum((b.get("quality") or {}).get("level") == "quarantined" for b in processed)},
     })
+    if retrain_error is not None:
+        raise fail(retrain_error, RETRAIN_EXIT_CODE)
+    if blocked:
+        raise fail(NormlabError(f"{len(blocked)} batch(es) blocked by the data gate; alerts sent, rows kept in the "
+                                "quarantine"),
+                   BLOCKED_EXIT_CODE)
     if fail_on_drift and drifted:
         raise typer.Exit(DRIFT_EXIT_CODE)
+
+
+def _alert_text(alert: dict[str, Any]) -> str:
+    return "sent" if alert["sent"] else ("failed" if alert["targets"] else "no URL set")
 
 
 def _label(batch: dict[str, Any]) -> str:

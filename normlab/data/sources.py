@@ -92,6 +92,35 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def check_readable(path: str | Path) -> Path:
+    """Fail fast, without parsing, on a data path that cannot be a readable table.
+
+    The checks `read_table` would fail on first (exists, is a file, a known
+    extension, not empty, can be opened), so that a command stops on a wrong
+    path before it starts any orchestration.
+
+    Raises:
+        DataSourceError: The path is missing, a directory, of an unsupported
+            type, empty or not readable.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataSourceError(f"data file {str(p)!r} does not exist; check the path in the config or --data")
+    if p.is_dir():
+        raise DataSourceError(
+            f"data path {str(p)!r} is a directory; point it at a .csv, .csv.gz, .parquet or .pq file"
+        )
+    _table_kind(p)
+    try:
+        with p.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise DataSourceError(f"data file {str(p)!r} could not be read ({_one_line(exc)})") from None
+    if p.stat().st_size == 0:
+        raise DataSourceError(f"data file {str(p)!r} is empty (0 bytes); write a header and rows")
+    return p
+
+
 def _table_kind(path: Path) -> str:
     """Return "csv" or "parquet" from the file name, or raise for anything else."""
     name = path.name.lower()

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,7 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-SECRET = "hooks/T000/B000/monitor-secret-7f3a"
+from tests.flows.conftest import SECRET
 
 
 @pytest.fixture(scope="module")
@@ -50,28 +48,6 @@ def trained(tmp_path_factory, prefect_harness):
         cfg = load_config(REPO / "configs" / "digits.yaml", [f"workdir={root / 'work'}", "train.epochs=2"])
         result = training_flow(cfg, data_path=str(root / "train.parquet"))
     return {"work": root / "work", "held": held, "run_id": result["run_id"], "train": root / "train.parquet"}
-
-
-@pytest.fixture
-def receiver():
-    """A webhook on 127.0.0.1 recording every JSON body posted to it."""
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - the http.server API
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            received.append({"path": self.path, **json.loads(body)})
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"json://127.0.0.1:{server.server_port}/{SECRET}", received
-    server.shutdown()
-    server.server_close()
 
 
 def _config(trained, name: str, *overrides: str):
@@ -188,16 +164,19 @@ def test_a_blocked_batch_is_quarantined_and_an_unlabelled_one_is_monitored(train
     cfg = _config(trained, "gate", "monitor.consecutive=1", f'alerts.urls=["{url}"]')
     broken = shifted_batch(trained, 12).drop(columns="pixel_5")  # the model's input lacks a column
     (entry,) = monitoring_flow(cfg, data=_write(broken, tmp_path / "broken.parquet"))["batches"]
-    assert (entry["status"], entry["drift"]["level"]) == ("processed", "blocked")
+    assert (entry["status"], entry["drift"]["level"], entry["quality"]["level"]) == ("processed", "blocked", "blocked")
     assert (entry["rows_accepted"], entry["rows_quarantined"]) == (0, 400)
     assert len(pd.read_parquet(entry["quarantine_path"])) == 400  # kept, with reasons, never dropped
-    assert entry["alert"]["due"] is False and received == []
+    # No drift decision without the model's inputs, but never silence: a data-quality alert says why.
+    assert entry["alert"]["due"] is False and entry["quality_alert"]["sent"] is True
+    assert len(received) == 1 and received[0]["title"].startswith("normlab: data blocked for normlab-gate")
+    assert "pixel_5" in received[0]["message"] and entry["quarantine_path"] in received[0]["message"]
 
     # New data awaiting labels: drift and prediction drift still work, performance is not claimed.
     unlabelled = shifted_batch(trained, 13).drop(columns="label")
     (entry,) = monitoring_flow(cfg, data=_write(unlabelled, tmp_path / "unlabelled.parquet"))["batches"]
     assert (entry["drift"]["level"], entry["rows_accepted"], entry["performance"]) == ("detected", 400, None)
-    assert entry["alert"]["sent"] is True and len(received) == 1
+    assert entry["alert"]["sent"] is True and len(received) == 2
 
 
 def test_detection_needs_consecutive_batches_and_the_cooldown_holds_back_a_repeat(
@@ -223,7 +202,7 @@ def test_twenty_clean_batches_raise_at_most_one_detection(trained, tmp_path, rep
         folder = tmp_path / name
         path = _write(frame, folder / "batch.parquet")
         batch = {"fingerprint": f"{abs(hash(name)):016x}" * 4, "batch_dir": str(folder), "source": path}
-        analysis = monitoring.analyze_batch(cfg, reference, {"accepted_path": path}, batch)
+        analysis = monitoring.analyze_batch(cfg, reference, {"typed_path": path}, batch)
         decision = drift.decide(analysis["drifted"], analysis["drifted_columns"], {"streak": 0, "alerts": []},
                                 consecutive=1, cooldown_minutes=0, dedup_overlap=1.0, min_level="detected",
                                 now=monitoring.now_utc())
