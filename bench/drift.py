@@ -13,9 +13,10 @@ gate's duplicate check; 10,000 reference rows):
 * ``scipy_s``: ``scipy.stats.ks_2samp(method="asymp")`` column by column;
 * ``decision_s``: `normlab.drift.score_columns` (vectorized KS, the decision path);
 * ``batch_s``: one batch end to end through the monitoring library as the
-  flow runs it (fingerprint and snapshot, data gate, drift and prediction
-  drift, the Evidently report on ``monitor.report_rows`` sampled rows,
-  decision, MLflow run, commit), with ``stages`` timing each step.
+  flow runs it (fingerprint and snapshot, data gate in its monitoring
+  context, drift and prediction drift on every typed row, the Evidently
+  report with normlab's verdict on ``monitor.report_rows`` sampled rows,
+  decision, MLflow run, alerts, commit), with ``stages`` timing each step.
 
 Prefect's own per-task overhead, the one-off imports and the creation of
 the MLflow store are not in ``batch_s``; ``evidently_import_s`` is reported
@@ -150,16 +151,18 @@ def run(rows: int, *, baseline: bool = True, columns_checked: int = 64) -> dict[
         stages: dict[str, float] = {}
         start = time.perf_counter()
         batch = _timed(stages, "open", lambda: monitoring.open_batch(cfg, str(landing)))
-        gated = _timed(stages, "gate", lambda: monitoring.gate_batch(cfg, batch, batch["batch_dir"]))
+        gated = _timed(stages, "gate", lambda: monitoring.gate_batch(cfg, batch, batch["batch_dir"], reference))
         analysis = _timed(stages, "analyze", lambda: monitoring.analyze_batch(cfg, reference, gated, batch))
         report = _timed(stages, "report", lambda: monitoring.build_report(cfg, reference, batch, analysis))
-        decision = _timed(stages, "decide", lambda: monitoring.decide_batch(cfg, reference, analysis))
+        decision = _timed(stages, "decide", lambda: monitoring.decide_batch(cfg, reference, analysis, gated))
         run_id = _timed(stages, "mlflow", lambda: monitoring.log_monitoring_run(
             cfg, batch, gated, reference, analysis, report, decision))
         alert = _timed(stages, "alert", lambda: monitoring.alert_batch(
             cfg, batch, reference, analysis, report, decision, run_id, retrain=False))
+        quality_alert = _timed(stages, "quality_alert", lambda: monitoring.quality_alert_batch(
+            cfg, batch, reference, gated, decision, run_id))
         _timed(stages, "commit", lambda: monitoring.finish_batch(
-            cfg, batch, gated, reference, analysis, report, decision, alert, run_id))
+            cfg, batch, gated, reference, analysis, report, decision, alert, quality_alert, run_id))
         out["batch_s"] = round(time.perf_counter() - start, 3)
         out["stages"] = stages
         out["rows_accepted"] = gated["rows_accepted"]

@@ -378,7 +378,7 @@ def evidently_report(
     definition = DataDefinition(numerical_columns=list(numeric), categorical_columns=list(categorical))
     ref = Dataset.from_pandas(reference[columns], data_definition=definition)
     cur = Dataset.from_pandas(current[columns], data_definition=definition)
-    rows = {"current": int(len(current)), "reference": int(len(reference))}
+    rows = {"current": len(current), "reference": len(reference)}
     metrics: list[Any] = drift_report.verdict_metrics(verdict, sample=rows) if verdict is not None else []
     metrics.append(drift_report.EvidentlySecondaryView(
         features=[c for c in columns if c not in (PREDICTION_COLUMN, CONFIDENCE_COLUMN)],

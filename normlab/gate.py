@@ -354,12 +354,12 @@ def run_gate(
 
     Args:
         cfg: The pipeline config.
-        context: ``train`` or ``monitor`` (see `severity_of`).
-        reference_path: Parquet of the model's training rows (monitoring: label noise against them).
         batch: What `normlab.pipeline.load_batch` returns (``path``, ``source``,
             ``fingerprint``, ``rows``, ``columns``).
         out_dir: A folder of this run (``validation.json``, ``validation.html``
             and, when rows were taken out or repaired, ``accepted.parquet``).
+        context: ``train`` or ``monitor`` (see `severity_of`).
+        reference_path: Parquet of the model's training rows (monitoring: label noise against them).
 
     Returns:
         ``report`` (the validation report dict), ``accepted_path`` (Parquet of
@@ -375,7 +375,8 @@ def run_gate(
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = pd.read_parquet(batch["path"])
     suite = load_suite(cfg.data.expectations) if cfg.data.expectations else None
-    index = read_evaluation_index(evaluation_index_dir(cfg)) if cfg.sev("contamination") != "off" else None
+    contamination = severity_of(cfg.gate, "contamination", context) != "off"
+    index = read_evaluation_index(evaluation_index_dir(cfg)) if contamination else None
     reference = pd.read_parquet(reference_path) if reference_path is not None else None
     assessment = assess(frame, cfg, suite, evaluation_index=index, context=context, reference=reference)
     settled = settle(cfg, batch, frame, assessment, out_dir, suite_name=(suite or {}).get("name"))

@@ -36,6 +36,14 @@ MAX_CATEGORIES = 50
 RANGE_MARGIN = 0.1
 # Share of extra missing values a nullable column may have before the gate warns.
 NULL_SLACK = 0.05
+# Label-noise fit: the history is cut into this many folds, each scored against the others (about
+# two thirds of it, like new rows against a model's training rows), over this many seeded shuffles.
+NOISE_FOLDS = 3
+NOISE_REPEATS = 3
+# Least margin added to the estimated label-noise share (one standard error when that is larger).
+NOISE_MIN_MARGIN = 0.01
+# Largest label-noise threshold init writes.
+NOISE_MAX_SHARE = 0.5
 
 
 def safe_name(name: str) -> str:
@@ -133,22 +141,82 @@ def _bounds(values: np.ndarray, *, integer: bool) -> tuple[float | int, float | 
     return float(f"{lo:.6g}"), float(f"{hi:.6g}")
 
 
-def gate_settings(frame: pd.DataFrame, label: str, *, seed: int = 0) -> dict[str, Any]:
-    """Gate thresholds fitted to a trusted frame, so that it passes them with room to spare.
+def fit_label_noise(
+    frame: pd.DataFrame, features: list[str], label: str, *, k: int, sample_rows: int, seed: int = 0,
+) -> dict[str, Any] | None:
+    """A label-noise threshold fitted to a trusted frame that transfers to new batches of any size.
 
-    Label noise: twice the frame's own kNN disagreement plus five points (at
-    most 0.5); class balance: half the rarest class's share (at most the
-    default); leakage: above the share of rows whose features recur under
-    another label (only when there are such rows).
+    The kNN disagreement of a batch depends on how many rows its neighbours
+    come from, so the frame's own leave-one-out share is not the share of new
+    rows. Two estimates are taken:
+
+    * ``leave_one_out``: each row against the frame's other rows (the training
+      context, where a batch is scored within itself);
+    * ``held_out``: ``NOISE_FOLDS``-fold cross-fitting, repeated over
+      ``NOISE_REPEATS`` seeded shuffles: each fold is scored against the rest
+      (about two thirds of the frame), as new rows are scored against a
+      model's training rows in monitoring. Frames larger than the check's
+      sample are cut to a seeded sample first, so the rest is no larger than
+      the reference sample the gate would use.
+
+    ``max_share`` is the larger estimate plus a margin of one standard error of
+    it (at least ``NOISE_MIN_MARGIN``), at most ``NOISE_MAX_SHARE``. The margin
+    covers the estimate's own sampling error; the gate's one-sided binomial
+    test covers the batch's, so a small batch is not blocked for being small.
+
+    Returns:
+        ``max_share``, ``leave_one_out``, ``held_out``, ``margin`` and
+        ``rows`` (rows of the frame scored), or None when the check cannot
+        run on the frame (no label, no numeric features, too few rows).
+    """
+    own = check_label_noise(frame, features, label, k=k, max_share=1.0, sample_rows=sample_rows, seed=seed).result
+    if not isinstance(own.observed, float):
+        return None
+    estimates = {"leave_one_out": own.observed}
+    labelled = np.flatnonzero(frame[label].notna().to_numpy())
+    cap = math.ceil(sample_rows * NOISE_FOLDS / (NOISE_FOLDS - 1))
+    rng = np.random.default_rng([seed, 2])
+    if labelled.size > cap:
+        labelled = np.sort(rng.choice(labelled, size=cap, replace=False))
+    if labelled.size * (NOISE_FOLDS - 1) // NOISE_FOLDS > k:
+        disagreeing = scored = 0
+        for _ in range(NOISE_REPEATS):
+            order = rng.permutation(labelled)
+            for fold in range(NOISE_FOLDS):
+                held = np.zeros(order.size, dtype=bool)
+                held[fold::NOISE_FOLDS] = True
+                part = check_label_noise(
+                    frame.iloc[np.sort(order[held])], features, label, k=k, max_share=1.0,
+                    sample_rows=sample_rows, seed=seed, reference=frame.iloc[np.sort(order[~held])]).result
+                if part.details.get("reference_used"):
+                    disagreeing += part.details["disagreeing_rows"]
+                    scored += part.details["scored_rows"]
+        if scored:
+            estimates["held_out"] = round(disagreeing / scored, 6)
+    rows = int(own.details["scored_rows"])
+    share = max(estimates.values())
+    margin = max(NOISE_MIN_MARGIN, math.sqrt(share * (1.0 - share) / rows))
+    max_share = min(NOISE_MAX_SHARE, math.ceil((share + margin) * 1000) / 1000)
+    return {"max_share": max_share, **estimates, "margin": round(margin, 6), "rows": rows}
+
+
+def gate_settings(frame: pd.DataFrame, label: str, *, seed: int = 0) -> dict[str, Any]:
+    """Gate thresholds fitted to a trusted frame, so that it and new rows like it pass them.
+
+    Label noise: `fit_label_noise` (the larger of the frame's leave-one-out
+    and held-out kNN disagreement, plus one standard error; at most 0.5);
+    class balance: half the rarest class's share (at most the default);
+    leakage: above the share of rows whose features recur under another label
+    (only when there are such rows).
     """
     defaults = GateConfig()
     features = [str(c) for c in frame.columns if c != label]
-    noise = check_label_noise(frame, features, label, k=defaults.label_noise.k, max_share=1.0,
-                              sample_rows=defaults.label_noise.sample_rows, seed=seed).result
+    noise = fit_label_noise(frame, features, label, k=defaults.label_noise.k,
+                            sample_rows=defaults.label_noise.sample_rows, seed=seed)
     settings: dict[str, Any] = {}
-    if isinstance(noise.observed, float):
+    if noise is not None:
         # Catches flipped labels, not data that is merely hard.
-        settings["label_noise"] = {"max_share": round(min(0.5, 2 * noise.observed + 0.05), 3)}
+        settings["label_noise"] = {"max_share": noise["max_share"]}
     shares = frame[label].value_counts(normalize=True)
     if len(shares):
         rarest = float(shares.min())

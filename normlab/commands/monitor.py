@@ -160,8 +160,8 @@ def monitor(
     if retrain_error is not None:
         raise fail(retrain_error, RETRAIN_EXIT_CODE)
     if blocked:
-        raise fail(NormlabError(f"{len(blocked)} batch(es) blocked by the data gate; alerts sent, rows kept in the "
-                                "quarantine"),
+        raise fail(NormlabError(f"{len(blocked)} batch(es) blocked by the data gate (every row kept in the "
+                                "quarantine; drift measured on them, see the lines above)"),
                    BLOCKED_EXIT_CODE)
     if fail_on_drift and drifted:
         raise typer.Exit(DRIFT_EXIT_CODE)

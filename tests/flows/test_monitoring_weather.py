@@ -24,7 +24,7 @@ from prefect.logging.configuration import ensure_logging_setup
 from typer.testing import CliRunner
 
 from normlab.cli import app
-from normlab.data.weather import weather_frame
+from normlab.data.weather import flip_labels, weather_frame
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 
@@ -148,7 +148,9 @@ def test_a_severe_shift_alerts_every_time_for_data_quality_and_drift(project, re
 
 def test_a_batch_that_repeats_training_rows_is_processed_and_judged(project, receiver, tmp_path):
     url, received = receiver
-    resent = pd.read_csv(project / "history.csv").sample(400, random_state=5)
+    # A source re-sends 400 days it sent before, 10 % of them with corrected labels: rows the model
+    # was trained or evaluated on, some under another label (what `contamination` looks for).
+    resent = flip_labels(pd.read_csv(project / "history.csv").sample(400, random_state=5), 0.1, seed=5)
     folder = landing(tmp_path / "resent", [resent])
     code, output, summary = monitor(project, folder, "resent", url=url)
     assert code == 0, output

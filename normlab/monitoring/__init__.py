@@ -1,0 +1,105 @@
+"""Monitoring new batches: the ledger, the drift reference, the per-batch judgement, records, alerts, retraining.
+
+Each stage is a plain function over files that returns a small JSON-able
+dict, which is what a Prefect task passes on (see ``flows/monitoring.py``).
+The modules, by role:
+
+    ledger       folders, batch discovery, the locked state, claims (exactly once)
+    reference    the champion's (else the latest run's) training rows, model and encoders
+    analysis     the gate in its monitoring context, data quality, drift, the report, the decision
+    records      the batch's MLflow run, the committed state, its summary entries
+    alerting     drift, data-quality and retraining alerts; whether to retrain
+    retraining   retraining data from the drifted batches, and the record of each retraining
+
+Work folder layout (``<workdir>/monitoring/``)::
+
+    state.json                  batches seen (by fingerprint), per-model streaks and alerts
+    state.lock                  serializes read-modify-write of state.json across processes
+    batches/<fp16>/             one folder per batch: batch.parquet (snapshot), gate report,
+                                typed.parquet, accepted.parquet, drift.json, report samples,
+                                evidently/report.*
+    references/<run_id>/        reference artifacts downloaded from MLflow when the run folder is gone
+    retrain/<stamp>/data.parquet  reference + accepted new rows for a retraining run
+"""
+
+from __future__ import annotations
+
+from normlab.monitoring.alerting import (
+    alert_batch,
+    quality_alert_batch,
+    retraining_failed_alert,
+    wants_retraining,
+)
+from normlab.monitoring.analysis import (
+    analyze_batch,
+    build_report,
+    decide_batch,
+    gate_batch,
+    quality_of,
+)
+from normlab.monitoring.ledger import (
+    BATCH_SUFFIXES,
+    NO_ALERT,
+    discover_batches,
+    locked_state,
+    model_history,
+    monitor_dir,
+    monitoring_experiment,
+    now_utc,
+    open_batch,
+    read_state,
+    release_batch,
+    skipped_entry,
+    triage_batches,
+    workspace_dir,
+)
+from normlab.monitoring.records import (
+    batch_entry,
+    batch_markdown,
+    finish_batch,
+    log_monitoring_run,
+)
+from normlab.monitoring.reference import (
+    NoReferenceError,
+    load_reference_model,
+    resolve_reference,
+)
+from normlab.monitoring.retraining import (
+    record_retraining,
+    retraining_data,
+)
+
+__all__ = [
+    "BATCH_SUFFIXES",
+    "NO_ALERT",
+    "NoReferenceError",
+    "alert_batch",
+    "analyze_batch",
+    "batch_entry",
+    "batch_markdown",
+    "build_report",
+    "decide_batch",
+    "discover_batches",
+    "finish_batch",
+    "gate_batch",
+    "load_reference_model",
+    "locked_state",
+    "log_monitoring_run",
+    "model_history",
+    "monitor_dir",
+    "monitoring_experiment",
+    "now_utc",
+    "open_batch",
+    "quality_alert_batch",
+    "quality_of",
+    "read_state",
+    "record_retraining",
+    "release_batch",
+    "resolve_reference",
+    "retraining_data",
+    "retraining_failed_alert",
+    "skipped_entry",
+    "triage_batches",
+    "wants_retraining",
+    "workspace_dir",
+]

@@ -1,0 +1,257 @@
+"""Per-batch judgement: the gate in its monitoring context, data quality, drift, the report, the decision."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from normlab import drift, drift_report
+from normlab.config import PipelineConfig
+from normlab.errors import DataSourceError
+from normlab.monitoring.ledger import model_history, now_utc, read_state, workspace_dir
+from normlab.monitoring.reference import load_reference_model
+
+_INFERENCE_ROWS = 8192
+
+# 3. The data gate ----------------------------------------------------------------------
+
+
+def gate_batch(cfg: PipelineConfig, batch: dict[str, Any], out_dir: str | Path,
+               reference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The data gate in its monitoring context: report what changed, never hide the drift.
+
+    Checks that protect a training set only (contamination, label noise, class
+    balance, duplicates, row count) warn here (`normlab.gate.MONITOR_DEFAULTS`);
+    rows quarantined for their values stay in the drift analysis
+    (``typed_path``); only rows that cannot be read and typed are left out.
+
+    Returns:
+        ``accepted_path`` (None when blocked: a blocked batch never trains),
+        ``quarantine_path``, ``typed_path`` (the rows drift is measured on),
+        ``rows_in``, ``rows_accepted``, ``rows_quarantined``, ``rows_typed``,
+        ``rows_untyped``, ``blocked``, ``failed`` (a line per failed check),
+        ``problems`` (failed checks with their columns and row counts),
+        ``missing_features`` (model features the batch lacks) and ``report_path``.
+    """
+    from normlab.gate import run_gate
+
+    gated = run_gate(cfg, batch, out_dir, context="monitor",
+                     reference_path=reference["reference"] if reference else None)
+    problems = [{"check": c["name"], "column": c["column"], "outcome": c["outcome"], "rows": c["rows_flagged"],
+                 "label": c["name"] + (f":{c['column']}" if c["column"] else "")}
+                for c in gated["report"]["checks"] if c["outcome"] in ("blocked", "quarantined")]
+    missing: list[str] = []
+    if reference is not None:
+        from normlab.data.encoding import FeatureEncoder
+
+        encoders = json.loads(Path(reference["encoder"]).read_text(encoding="utf-8"))
+        features = FeatureEncoder.from_dict(encoders["features"]).features
+        missing = [c for c in features if c not in batch["columns"]]
+    # The full report stays in its file; tasks pass on the counts and paths.
+    kept = {k: gated[k] for k in ("accepted_path", "quarantine_path", "typed_path", "rows_in", "rows_accepted",
+                                  "rows_quarantined", "rows_typed", "rows_untyped", "blocked", "failed",
+                                  "report_path")}
+    return {**kept, "problems": problems, "missing_features": missing}
+
+
+def quality_of(cfg: PipelineConfig, gated: dict[str, Any]) -> dict[str, Any]:
+    """The batch's data-quality verdict: ``blocked``, ``quarantined`` (share above monitor.quality_share) or ``ok``.
+
+    Returns:
+        ``level``, ``share`` (quarantined rows / rows in), ``checks`` (failed
+        check labels, e.g. ``range:temp_c``), ``columns`` (the top offending
+        columns by rows flagged) and ``reason`` (one line).
+    """
+    share = gated["rows_quarantined"] / gated["rows_in"] if gated["rows_in"] else 0.0
+    problems = gated["problems"]
+    per_column: dict[str, int] = {}
+    for p in problems:
+        if p["column"]:
+            per_column[p["column"]] = per_column.get(p["column"], 0) + int(p["rows"] or 0)
+    columns = sorted(per_column, key=lambda c: per_column[c], reverse=True)[: cfg.monitor.top_columns]
+    checks = sorted({p["label"] for p in problems})
+    if gated["blocked"]:
+        level = "blocked"
+        reason = f"blocked by the data gate: {'; '.join(gated['failed'][:3]) or 'a blocking check failed'}"
+    elif problems and share > cfg.monitor.quality_share:
+        level = "quarantined"
+        reason = (f"{gated['rows_quarantined']} of {gated['rows_in']} rows quarantined (share {share:.2f} > "
+                  f"monitor.quality_share {cfg.monitor.quality_share:g})")
+    else:
+        level, reason = "ok", "data quality ok"
+    if gated["missing_features"]:
+        level = "blocked"
+        reason = f"batch lacks the model's feature columns: {gated['missing_features'][:10]}"
+    return {"level": level, "share": round(share, 6), "checks": checks, "columns": columns, "reason": reason,
+            "column_rows": {c: per_column[c] for c in columns}}
+
+# 5. Drift analysis (the decision path) -------------------------------------------------
+
+
+def analyze_batch(
+    cfg: PipelineConfig, reference: dict[str, Any], gated: dict[str, Any], batch: dict[str, Any]
+) -> dict[str, Any]:
+    """Score data drift, prediction drift and (with labels) performance of every typed row.
+
+    Drift is measured on every row that could be read and typed, quarantined
+    rows included (rows out of range are the drift); rows with unparseable
+    values are left out and counted by the gate (``rows_untyped``).
+
+    Writes ``drift.json`` (every column's score) and the row samples the
+    Evidently report draws from into the batch folder.
+
+    Returns:
+        ``rows``, ``decidable``, ``drifted`` (None when not decidable),
+        ``drifted_columns``, ``drift`` (share and top columns), ``prediction``,
+        ``performance`` (None without labels), ``drift_json``, ``report_inputs``
+        (the samples) and ``report_columns`` (the columns the report draws).
+    """
+    from normlab.evaluation import classification_metrics, predict_proba
+
+    mon = cfg.monitor
+    out = Path(batch["batch_dir"])
+    current = pd.read_parquet(gated["typed_path"])
+    ref = drift.sample_rows(pd.read_parquet(reference["reference"]), mon.reference_rows, cfg.seed)
+    model, encoder, labels, label_column = load_reference_model(cfg, reference)
+    features = encoder.features
+    missing = [c for c in features if c not in current.columns]
+    if missing:
+        raise DataSourceError(f"batch {batch['fingerprint'][:12]} lacks the model's feature columns: {missing[:10]}")
+
+    scores = drift.score_columns(ref, current, features, alpha=mon.alpha, effect_floor=mon.effect_floor)
+    data = drift.summarize_columns(scores, drift_share=mon.drift_share, top=mon.top_columns)
+    # Eval mode makes outputs independent of the chunking: large chunks, fewer Python round trips.
+    chunk = max(cfg.eval.batch_size, _INFERENCE_ROWS)
+    ref_proba = predict_proba(model, encoder.transform(ref), batch_size=chunk)
+    cur_proba = predict_proba(model, encoder.transform(current), batch_size=chunk)
+    prediction = drift.prediction_drift(ref_proba, cur_proba, classes=labels.classes, alpha=mon.alpha,
+                                        effect_floor=mon.effect_floor)
+    performance = None
+    if label_column in current.columns and current[label_column].notna().all():
+        try:
+            y = labels.transform(current[label_column])
+        except DataSourceError:
+            y = None  # labels the model never saw: accuracy is undefined, the drift is not
+        if y is not None:
+            m = classification_metrics(y, cur_proba, n_classes=labels.n_classes, ece_bins=cfg.eval.ece_bins)
+            performance = {"accuracy": m["accuracy"], "f1_macro": m["f1_macro"], "ece": m["ece"]}
+            if reference.get("reference_accuracy") is not None:
+                performance["reference_accuracy"] = reference["reference_accuracy"]
+                performance["accuracy_drop"] = reference["reference_accuracy"] - m["accuracy"]
+
+    decidable = len(current) >= mon.min_rows
+    drifted = bool(data["drifted"] or (mon.prediction and prediction["drifted"])) if decidable else None
+    drifted_columns = data["drifted_columns"] + ([drift.PREDICTION_COLUMN] if prediction["drifted"] else [])
+
+    # Samples for the report, with the model's outputs as two more columns.
+    # Seeded by the batch content: the same batch always gets the same sample.
+    seed = int(batch["fingerprint"][:8], 16)
+    for frame, proba, name in ((ref, ref_proba, "reference"), (current, cur_proba, "current")):
+        outputs = {drift.PREDICTION_COLUMN: proba.argmax(axis=1).astype(str),
+                   drift.CONFIDENCE_COLUMN: proba.max(axis=1)}
+        picked = drift.sample_rows(frame[features].assign(**outputs), mon.report_rows, seed)
+        picked.to_parquet(out / f"report_{name}.parquet", index=False)
+
+    full = {"fingerprint": batch["fingerprint"], "reference_run_id": reference["run_id"], "rows": len(current),
+            "decidable": decidable, "drifted": drifted, "drifted_columns": drifted_columns, "data": data,
+            "prediction": prediction, "performance": performance,
+            "columns": [s.to_dict() for s in scores]}
+    (out / "drift.json").write_text(json.dumps(full, indent=1, default=float), encoding="utf-8")
+    return {
+        "rows": int(len(current)),
+        "decidable": decidable,
+        "drifted": drifted,
+        "drifted_columns": drifted_columns,
+        "drift": {k: data[k] for k in ("share", "n_columns", "n_drifted", "drifted", "columns")},
+        "prediction": prediction,
+        "performance": performance,
+        "drift_json": str(out / "drift.json"),
+        "report_inputs": {"reference": str(out / "report_reference.parquet"),
+                          "current": str(out / "report_current.parquet")},
+        "report_columns": [s.column for s in sorted(scores, key=lambda s: s.score, reverse=True)][: mon.report_columns],
+    }
+
+
+# 6. The Evidently report ---------------------------------------------------------------
+
+
+def build_report(
+    cfg: PipelineConfig, reference: dict[str, Any], batch: dict[str, Any], analysis: dict[str, Any]
+) -> dict[str, Any]:
+    """Evidently report (HTML + JSON) on the sampled rows, added to the Evidently workspace.
+
+    The report covers ``monitor.report_rows`` sampled rows of batch and
+    reference, counts drifted columns over every feature, and draws the
+    ``monitor.report_columns`` top-scoring features plus the predicted class
+    and confidence.
+    """
+    started = time.perf_counter()
+    ref = pd.read_parquet(analysis["report_inputs"]["reference"])
+    cur = pd.read_parquet(analysis["report_inputs"]["current"])
+    # The samples hold the model's features and its two outputs, nothing else.
+    features = [c for c in ref.columns if c not in (drift.PREDICTION_COLUMN, drift.CONFIDENCE_COLUMN)]
+    numeric = [c for c in features if drift.is_numeric(ref[c]) and drift.is_numeric(cur[c])]
+    categorical = [c for c in features if c not in numeric]
+    drawn = analysis["report_columns"]
+    version = reference["version"] or "none"
+    # The report shows the decision's own verdict (every row, normlab's thresholds) first;
+    # Evidently's tests on the sample follow as a labelled secondary view.
+    mon = cfg.monitor
+    verdict = drift_report.make_verdict(json.loads(Path(analysis["drift_json"]).read_text(encoding="utf-8")),
+                                        alpha=mon.alpha, effect_floor=mon.effect_floor,
+                                        drift_share=mon.drift_share, prediction_decides=mon.prediction)
+    snapshot = drift.evidently_report(
+        ref, cur,
+        numeric=[*numeric, drift.CONFIDENCE_COLUMN],
+        categorical=[*categorical, drift.PREDICTION_COLUMN],
+        drawn=[*drawn, drift.PREDICTION_COLUMN, drift.CONFIDENCE_COLUMN],
+        name=f"batch {batch['fingerprint'][:12]}",
+        metadata={"fingerprint": batch["fingerprint"], "source": batch["source"], "model": reference["model"],
+                  "model_version": version, "reference_run_id": reference["run_id"]},
+        tags=[reference["model"], f"version-{version}"],
+        verdict=verdict,
+    )
+    paths = drift.save_report(snapshot, Path(batch["batch_dir"]) / "evidently")
+    ws = drift.add_to_workspace(snapshot, workspace_dir(cfg), project=reference["model"])
+    return {**paths, **ws, "rows_sampled": {"reference": len(ref), "current": len(cur)},
+            "seconds": round(time.perf_counter() - started, 3)}
+
+def decide_batch(
+    cfg: PipelineConfig, reference: dict[str, Any], analysis: dict[str, Any] | None, gated: dict[str, Any],
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The batch's drift level and data-quality level, and which alerts are due (nothing is written).
+
+    A batch the gate blocked is still judged for drift and counts towards the
+    streak when its drift test fires; `finish_batch` commits.
+    """
+    when = now or now_utc()
+    history = model_history(read_state(cfg), reference)
+    mon = cfg.monitor
+    quality = quality_of(cfg, gated)
+    if analysis is None:
+        why = quality["reason"] if quality["level"] == "blocked" else "no row could be read and typed"
+        decision = {"level": drift.BLOCKED, "streak": history["streak"], "alert": False,
+                    "reason": f"no drift decision: {why}"}
+    else:
+        decision = drift.decide(
+            analysis["drifted"], analysis["drifted_columns"], history,
+            consecutive=mon.consecutive, cooldown_minutes=mon.cooldown_minutes,
+            dedup_overlap=mon.dedup_overlap, min_level=cfg.alerts.min_level, now=when,
+        )
+    quality_alert, quality_reason = False, quality["reason"]
+    if quality["level"] != "ok":
+        repeat = drift.repeated_alert(quality["checks"], history.get("quality_alerts", []),
+                                      cooldown_minutes=mon.cooldown_minutes, dedup_overlap=mon.dedup_overlap,
+                                      now=when)
+        quality_alert = repeat is None
+        if repeat is not None:
+            quality_reason += (f"; repeats the data-quality alert of {repeat['at']} (same checks, "
+                               f"cooldown {mon.cooldown_minutes:g} min)")
+    quality = {**quality, "alert": quality_alert, "reason": quality_reason}
+    return {**decision, "quality": quality, "decided_at": when.isoformat()}

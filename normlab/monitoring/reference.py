@@ -1,0 +1,123 @@
+"""The drift reference: the champion's (else the latest run's) training rows, model and encoders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from normlab.config import PipelineConfig
+from normlab.errors import NormlabError, TrackingError
+from normlab.monitoring.ledger import monitor_dir
+from normlab.registry import CHAMPION, registry_name
+
+
+class NoReferenceError(NormlabError):
+    """No training run with a drift reference exists yet."""
+
+# 4. The drift reference ----------------------------------------------------------------
+
+
+def resolve_reference(cfg: PipelineConfig) -> dict[str, Any]:
+    """The drift reference: the training data of the ``champion`` model, else of the latest run.
+
+    Returns:
+        ``run_id``, ``model``, ``version`` (None without a registry),
+        ``selected_by``, and local paths ``reference``, ``encoder`` and
+        either ``model_spec``/``model_weights`` (the run folder) or
+        ``model_uri`` (MLflow), plus ``reference_accuracy``.
+
+    Raises:
+        NoReferenceError: No champion and no finished run with a reference.
+        TrackingError: The store cannot be reached.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from normlab import tracking
+
+    uri, name = cfg.tracking_uri(), registry_name(cfg)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        # Opening a missing SQLite store would create an empty one; there is nothing to monitor against.
+        raise NoReferenceError(f"no drift reference: no tracking store at {uri}; train a model first with "
+                               "`normlab run` (same workdir or tracking.uri)")
+    client = tracking.client_for(uri)
+    run_id, version, selected_by = None, None, "latest run"
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+        run_id, version, selected_by = mv.run_id, str(mv.version), "champion"
+    except MlflowException as exc:
+        # No registered model, or no champion alias yet: fall back to the latest run.
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise TrackingError(f"tracking store {uri}: {str(exc).splitlines()[0]}") from None
+    if run_id is None:
+        run_id = _latest_run_with_reference(client, cfg)
+    run = client.get_run(run_id)
+    paths = _reference_files(cfg, run_id)
+    return {
+        "run_id": run_id,
+        "model": name,
+        "version": version,
+        "selected_by": selected_by,
+        "reference_accuracy": run.data.metrics.get("id/test/accuracy"),
+        **paths,
+    }
+
+
+def _latest_run_with_reference(client: Any, cfg: PipelineConfig) -> str:
+    uri = cfg.tracking_uri()
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is not None:
+        runs = client.search_runs(
+            [exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+            max_results=50,
+        )
+        for run in runs:
+            if any(a.path == "drift/reference.parquet" for a in client.list_artifacts(run.info.run_id, "drift")):
+                return run.info.run_id
+    raise NoReferenceError(
+        f"no drift reference: no champion of '{registry_name(cfg)}' and no finished run with drift/reference.parquet "
+        f"in experiment '{cfg.tracking.experiment}' at {uri}; train one first with `normlab run`"
+    )
+
+
+def _reference_files(cfg: PipelineConfig, run_id: str) -> dict[str, str]:
+    """Reference, encoder and model files: from the run folder, else downloaded from MLflow."""
+    run_dir = cfg.workdir_path() / "runs" / run_id
+    local = {k: run_dir / f for k, f in (("reference", "reference.parquet"), ("encoder", "encoder.json"),
+                                         ("model_spec", "model.json"), ("model_weights", "model.pt"))}
+    if all(p.is_file() for p in local.values()):
+        return {k: str(p) for k, p in local.items()}
+    import mlflow.artifacts
+
+    dest = monitor_dir(cfg) / "references" / run_id
+    dest.mkdir(parents=True, exist_ok=True)
+    uri = cfg.tracking_uri()
+    fetched = {}
+    for key, artifact in (("reference", "drift/reference.parquet"), ("encoder", "model_inputs/encoder.json")):
+        target = dest / artifact
+        if not target.is_file():
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dest),
+                                                tracking_uri=uri)
+        fetched[key] = str(target)
+    return {**fetched, "model_uri": f"runs:/{run_id}/model"}
+
+
+def load_reference_model(cfg: PipelineConfig, reference: dict[str, Any]):
+    """The reference run's model (eval mode) and its feature and label encoders."""
+    from normlab.data.encoding import FeatureEncoder, LabelEncoder
+
+    encoders = json.loads(Path(reference["encoder"]).read_text(encoding="utf-8"))
+    features, labels = FeatureEncoder.from_dict(encoders["features"]), LabelEncoder.from_dict(encoders["labels"])
+    if reference.get("model_spec"):
+        from normlab.pipeline import load_trained
+
+        spec = json.loads(Path(reference["model_spec"]).read_text(encoding="utf-8"))
+        model = load_trained({"spec": spec, "model_path": reference["model_weights"]})
+    else:
+        import mlflow.pytorch
+
+        from normlab import tracking
+
+        with tracking.tracking_uri(cfg.tracking_uri()):
+            model = mlflow.pytorch.load_model(reference["model_uri"], map_location="cpu").eval()
+    return model, features, labels, encoders.get("label_column", cfg.data.label)
