@@ -136,6 +136,19 @@ def alias_version(uri: str, name: str, alias: str) -> dict[str, Any] | None:
         raise
 
 
+def set_alias(uri: str, name: str, alias: str, version: str | int) -> None:
+    """Point ``alias`` of ``name`` at ``version``.
+
+    MLflow sets an alias by reading it, then inserting or updating its row: two
+    processes setting a new alias at once both insert, and one fails on the
+    row's primary key. That one sets it again (the last one to set it wins, as
+    when they take turns).
+    """
+    from normlab.tracking import client_for, retry_lost_race
+
+    retry_lost_race(uri, client_for(uri).set_registered_model_alias, name, alias, str(version))
+
+
 def load_classifier(uri: str, version: dict[str, Any]):
     """The version's serving model, loaded through ``mlflow.pyfunc`` (a `LoadedClassifier`)."""
     import mlflow.pyfunc
@@ -441,14 +454,11 @@ def read_record(uri: str, version: dict[str, Any]) -> dict[str, Any] | None:
 
 def publish(uri: str, record: dict[str, Any]) -> dict[str, Any]:
     """Write the record, then move the aliases its last decision names (never the other way round)."""
-    from normlab.tracking import client_for
-
     artifact = write_record(uri, record)
     model = record["model"]
-    client = client_for(uri)
     aliases = record["decisions"][-1]["aliases"]
     for alias in aliases:
-        client.set_registered_model_alias(model["name"], alias, model["version"])
+        set_alias(uri, model["name"], alias, model["version"])
     return {"name": model["name"], "version": model["version"], "aliases": aliases, "record": artifact,
             "passed": record["gate"]["passed"] if record.get("gate") else None,
             "reason": record["decisions"][-1]["reason"]}

@@ -9,11 +9,13 @@ under a scoped tracking URI.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -30,11 +32,106 @@ _BATCH = 100
 _PACKAGES = ("normlab", "torch", "numpy", "pandas", "scikit-learn", "mlflow", "prefect", "great_expectations", "evidently")
 
 
+# Store URIs this process has opened (their schema is in place); guarded by _OPENED_LOCK.
+_OPENED: set[str] = set()
+_OPENED_LOCK = threading.Lock()
+# How often a write that lost a race to another process is tried again.
+_CONFLICT_TRIES = 4
+
+
 def client_for(uri: str):
-    """An `MlflowClient` on ``uri`` (imported lazily: mlflow is slow to import)."""
+    """An `MlflowClient` on ``uri`` (imported lazily: mlflow is slow to import).
+
+    The first call for a SQLite store opens it under `store_lock` (see `_open_store`).
+    """
     from mlflow.tracking import MlflowClient
 
+    if uri not in _OPENED:
+        _open_store(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None: another store, or an in-memory one)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextmanager
+def store_lock(uri: str):
+    """Hold an exclusive lock shared by all processes on a SQLite store (``<db>.lock``); no-op for others."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _open_store(uri: str) -> None:
+    """Open the tracking and registry stores of ``uri`` once per process, one process at a time.
+
+    MLflow creates the schema of a fresh SQLite file when a store first opens
+    it (``MlflowClient()`` opens the tracking store; tables, then migrations,
+    then the default experiment) with no guard across processes: two
+    processes opening the same new file at once both run the DDL, and one
+    fails with ``table ... already exists`` or ``duplicate column name``.
+    Under `store_lock` the first process builds the schema and the others
+    find it complete. MLflow caches opened stores, so later clients in this
+    process reuse them without the lock.
+    """
+    from mlflow.tracking import MlflowClient
+
+    if sqlite_path(uri) is None:
+        _OPENED.add(uri)
+        return
+    with _OPENED_LOCK:
+        if uri in _OPENED:
+            return
+        with store_lock(uri):
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # the tracking store
+            client.search_registered_models(max_results=1)  # the registry store
+        _OPENED.add(uri)
+
+
+def _lost_race(uri: str, exc: Exception) -> bool:
+    """True when the store refused a write, as it does when another process wrote the same row first.
+
+    A server must have answered (`RestException`): one that cannot be reached
+    was retried by MLflow already and is not tried again here.
+    """
+    from mlflow.exceptions import RestException
+
+    if uri.startswith(("http://", "https://")) and not isinstance(exc, RestException):
+        return False
+    return getattr(exc, "error_code", "") in ("BAD_REQUEST", "INTERNAL_ERROR", "RESOURCE_ALREADY_EXISTS",
+                                              "TEMPORARILY_UNAVAILABLE")
+
+
+def retry_lost_race(uri: str, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call an idempotent store write, again when it lost a race to another process.
+
+    For a get-or-create (or upsert) that MLflow implements as read, then
+    insert: a process that inserts second fails on a unique key although the
+    row it wanted is there now. Tried again, the write finds that row.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(_CONFLICT_TRIES):
+        try:
+            return write(*args, **kwargs)
+        except MlflowException as exc:
+            if attempt == _CONFLICT_TRIES - 1 or not _lost_race(uri, exc):
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def credentials_to_env(uri: str | None) -> str | None:
@@ -257,7 +354,11 @@ def log_dataset(
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(frame, source=origin, targets=targets, name=name, digest=fingerprint[:32])
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
-    client_for(uri).log_inputs(run_id, datasets=[entity])
+    # MLflow keeps one dataset row per experiment, name and digest, inserted by the
+    # first run that logs it: two runs logging the same new dataset at once both
+    # insert it, and one fails on the unique constraint (datasets.experiment_id,
+    # name, digest). Logging an input is idempotent: the loser logs again and finds the row.
+    retry_lost_race(uri, client_for(uri).log_inputs, run_id, datasets=[entity])
 
 
 def log_torch_model(
