@@ -35,3 +35,29 @@ def tiny_config(tmp_path, repo_root):
         )
 
     return make
+
+
+@pytest.fixture
+def webhook():
+    """An HTTP server on 127.0.0.1 recording every JSON body posted to it: (port, received)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the http.server API
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.append({"path": self.path, **json.loads(body)})
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_port, received
+    server.shutdown()
+    server.server_close()

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 # The path part of the webhook URL: a secret that must never be written anywhere.
@@ -21,22 +17,7 @@ def prefect_harness():
 
 
 @pytest.fixture
-def receiver():
-    """A webhook on 127.0.0.1 recording every JSON body posted to it."""
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - the http.server API
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            received.append({"path": self.path, **json.loads(body)})
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"json://127.0.0.1:{server.server_port}/{SECRET}", received
-    server.shutdown()
-    server.server_close()
+def receiver(webhook):
+    """An Apprise ``json://`` URL to the shared local webhook, and the bodies it received."""
+    port, received = webhook
+    return f"json://127.0.0.1:{port}/{SECRET}", received

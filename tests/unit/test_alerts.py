@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -16,26 +14,9 @@ from normlab.errors import ConfigError
 
 
 @pytest.fixture
-def receiver():
-    """An HTTP server on 127.0.0.1 that records every JSON body posted to it."""
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - the http.server API
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            received.append({"path": self.path, **json.loads(body)})
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_port, received
-    server.shutdown()
-    server.server_close()
+def receiver(webhook):
+    """The shared local webhook (``tests/conftest.py``): (port, received)."""
+    return webhook
 
 
 def _free_port() -> int:
