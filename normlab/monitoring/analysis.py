@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from normlab import drift, drift_report
+from normlab import drift
 from normlab.config import PipelineConfig
 from normlab.errors import DataSourceError
 from normlab.monitoring.ledger import model_history, now_utc, read_state, workspace_dir
@@ -201,6 +201,9 @@ def build_report(
     version = reference["version"] or "none"
     # The report shows the decision's own verdict (every row, normlab's thresholds) first;
     # Evidently's tests on the sample follow as a labelled secondary view.
+    # Imports Evidently (seconds): only when a report is built.
+    from normlab import drift_report
+
     mon = cfg.monitor
     verdict = drift_report.make_verdict(json.loads(Path(analysis["drift_json"]).read_text(encoding="utf-8")),
                                         alpha=mon.alpha, effect_floor=mon.effect_floor,
