@@ -16,6 +16,7 @@ from normlab.cli import (
     SummaryOpt,
     app,
     as_user_error,
+    check_data_or_fail,
     console,
     fail,
     load_or_fail,
@@ -122,6 +123,7 @@ def sweep(
     if output is not None:
         overrides.append(f"sweep.output={output.resolve()}")
     cfg = load_or_fail(config, overrides)
+    check_data_or_fail(data or cfg.data.path)
 
     from flows.sweep import sweep_flow
     from normlab.sweep import expand_grid
@@ -158,6 +160,7 @@ def study(
     """
     _prepare()
     cfg = load_or_fail(config, set_)
+    check_data_or_fail(cfg.data.path)
     from normlab.study import study_config
 
     try:

@@ -113,3 +113,31 @@ def test_broken_file_gives_one_line_error_with_path_and_is_left_untouched(tmp_pa
     assert "\n" not in message
     after = path.read_bytes() if path.is_file() else None
     assert after == before
+
+
+@pytest.mark.parametrize("command", [["run"], ["sweep"], ["validate"]])
+def test_a_missing_data_file_stops_before_any_flow_in_one_line(command, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from normlab.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, [*command, "--data", str(tmp_path / "missing.csv")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: data file") and "does not exist" in lines[-1]
+    assert "Task run" not in result.output and "Flow run" not in result.output
+
+
+def test_check_readable_names_the_problem_without_parsing(tmp_path):
+    from normlab.data.sources import check_readable
+
+    (tmp_path / "empty.csv").write_bytes(b"")
+    (tmp_path / "table.txt").write_text("a,b\n1,2\n")
+    for name, message in (("missing.csv", "does not exist"), ("empty.csv", "empty"), ("table.txt", "extension")):
+        with pytest.raises(DataSourceError, match=message):
+            check_readable(tmp_path / name)
+    with pytest.raises(DataSourceError, match="directory"):
+        check_readable(tmp_path)
+    (tmp_path / "ok.csv").write_text("a,b\n1,2\n")
+    assert check_readable(tmp_path / "ok.csv") == tmp_path / "ok.csv"
