@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +45,21 @@ from normlab.gate_reports import (
     render_html,
     summary,
 )
+from normlab.gate_splits import (
+    check_splits,
+    evaluation_index_dir,
+    read_evaluation_index,
+)
 from normlab.governance import (
     CheckResult,
     Evaluated,
     ValidationReport,
     evaluate_suite,
-    is_blocking,
     load_suite,
     positional,
     take_rows,
 )
+from normlab.label_noise import check_label_noise
 from normlab.quarantine import Rejection, annotate, verify_accounting, write_parquet
 
 OUTCOMES = ("passed", "warned", "quarantined", "blocked", "off")
@@ -218,7 +223,7 @@ def assess(
     typed_rows = np.setdiff1d(np.arange(n), typed.rows if typed.rows is not None else [])
     typed_frame = frame.assign(**numbers) if numbers else frame
     if sev("types") == "off":
-        results.append((_off("types"), "off"))
+        results.append((ck.off_result("types"), "off"))
     else:
         results.append((typed, sev("types")))
         if numbers and sev("types") != "warn":
@@ -251,7 +256,7 @@ def assess(
     # Stage 3: labels, on the rows still accepted.
     view = work if keep.size == n else take_rows(work, keep)
     noise = gate.label_noise
-    scored, severity = _run(sev("label_noise"), "label_noise", lambda: ck.check_label_noise(
+    scored, severity = _run(sev("label_noise"), "label_noise", lambda: check_label_noise(
         view, present, label, k=noise.k, max_share=noise.max_share, sample_rows=noise.sample_rows, seed=cfg.seed,
         confidence=noise.confidence, reference=reference))
     results.append((_map_back(scored, keep, n), severity))
@@ -274,7 +279,7 @@ def assess(
     for evaluated, severity in results:
         result = evaluated.result
         result.severity = severity
-        result.outcome = _outcome(result, severity)
+        result.outcome = ck.outcome_of(result, severity)
         checks.append(result)
         reason = result.why or result.name
         if result.outcome in ("quarantined", "blocked") and evaluated.rows is not None and evaluated.rows.size:
@@ -290,23 +295,8 @@ def assess(
 def _run(severity: str, name: str, check) -> tuple[Evaluated, str]:
     """Run a built-in check unless its severity is off."""
     if severity == "off":
-        return _off(name), "off"
+        return ck.off_result(name), "off"
     return check(), severity
-
-
-def _off(name: str) -> Evaluated:
-    result = CheckResult(name=name, success=True, kind="check", scope="table", why=ck.WHY.get(name), outcome="off")
-    return Evaluated(result)
-
-
-def _outcome(result: CheckResult, severity: str) -> str:
-    if severity == "off":
-        return "off"
-    if result.success:
-        return "passed"
-    if severity == "warn":
-        return "warned"
-    return "blocked" if is_blocking(result) else "quarantined"
 
 
 def _remaining(n: int, results: list[tuple[Evaluated, str]]) -> np.ndarray:
@@ -330,19 +320,6 @@ def _map_back(evaluated: Evaluated, keep: np.ndarray, n: int) -> Evaluated:
 
 
 # 2. Settle (files) ----------------------------------------------------------------------
-
-
-def evaluation_index_dir(cfg: PipelineConfig) -> Path:
-    """Where runs record the hashes of their evaluation rows (one Parquet file per run)."""
-    return cfg.workdir_path() / "gate" / cfg.name / "evaluation"
-
-
-def read_evaluation_index(folder: Path) -> pd.DataFrame | None:
-    """Every run's evaluation rows (``feature_hash``, ``row_hash``, ``salt``), or None if none."""
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-    if not files:
-        return None
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True).drop_duplicates()
 
 
 def run_gate(
@@ -471,63 +448,8 @@ def enforce(gate: dict[str, Any]) -> None:
     )
 
 
-# 3. Split audit -------------------------------------------------------------------------
-
-
-def check_splits(
-    cfg: PipelineConfig, batch: dict[str, Any], prepared: dict[str, Any], run_dir: str | Path,
-    *, run_id: str | None = None,
-) -> dict[str, Any]:
-    """After the split: block evaluation rows that leak training content, then index them.
-
-    Training rows are the rows of ``prepared["reference"]``; since splits hash
-    whole rows, a batch row identical to a training row is a training row, so
-    every other row is an evaluation row. Once the check passes, this run's
-    evaluation rows are recorded for later batches' contamination check.
-    With ``run_id``, the result is logged to that MLflow run.
-
-    Returns:
-        The leakage check's result dict and the number of evaluation rows recorded.
-
-    Raises:
-        DataValidationError: Leakage above ``gate.leakage.max_share`` with severity ``block``.
-    """
-    from normlab.data.fingerprint import row_hashes
-
-    run_dir = Path(run_dir)
-    setting = cfg.gate.leakage
-    if setting.severity == "off":
-        return {"leakage": asdict(_off("leakage").result), "evaluation_rows": 0}
-    frame = pd.read_parquet(batch["path"])
-    train = pd.read_parquet(prepared["reference"])
-    salt = cfg.splits.salt
-    rows = row_hashes(frame, salt=salt)
-    is_train = np.isin(rows, row_hashes(train, salt=salt))
-    features = ck.content_hashes(frame, prepared["features"])
-    evaluated = ck.check_leakage(features[is_train], features[~is_train], max_share=setting.max_share)
-    result = evaluated.result
-    result.severity = setting.severity
-    result.outcome = _outcome(result, setting.severity)
-    (run_dir / "leakage.json").write_text(json.dumps(asdict(result), indent=1, default=str), encoding="utf-8")
-    if run_id is not None:
-        from normlab import tracking
-
-        uri = cfg.tracking_uri()
-        tracking.log_metrics(uri, run_id, {"gate/leakage_share": float(result.observed),
-                                           "gate/leaked_rows": result.details["leaked_rows"]})
-        tracking.log_artifact(uri, run_id, run_dir / "leakage.json", "validation")
-    if result.outcome == "blocked":
-        raise DataValidationError(
-            f"split leaks: {result.details['leaked_rows']} of {result.details['evaluation_rows']} evaluation rows "
-            f"share their features with training rows (share {result.observed} > {setting.max_share}); "
-            "deduplicate the features or set gate.leakage", report=asdict(result),
-        )
-    index = pd.DataFrame({"feature_hash": features[~is_train], "row_hash": rows[~is_train], "salt": salt})
-    write_parquet(index, evaluation_index_dir(cfg) / f"{run_dir.name}.parquet")
-    return {"leakage": asdict(result), "evaluation_rows": int(len(index))}
-
-
 __all__ = [
     "CONTEXTS", "MONITOR_DEFAULTS", "Assessment", "assess", "check_splits", "check_table", "enforce", "log_gate",
-    "markdown_summary", "render_html", "run_gate", "settle", "severity_of", "summary",
+    "markdown_summary", "read_evaluation_index", "evaluation_index_dir", "render_html", "run_gate", "settle",
+    "severity_of", "summary",
 ]

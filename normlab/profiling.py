@@ -25,10 +25,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from normlab.checks import check_label_noise, content_hashes
+from normlab.checks import content_hashes
 from normlab.config import GateConfig, validate_config
 from normlab.errors import ConfigError, DataSourceError
 from normlab.gate import assess
+from normlab.label_noise import check_label_noise
 
 # Text columns with at most this many distinct values get a value set.
 MAX_CATEGORIES = 50

@@ -124,14 +124,14 @@ def retry_lost_race(uri: str, write: Callable[..., Any], *args: Any, **kwargs: A
     """
     from mlflow.exceptions import MlflowException
 
-    for attempt in range(_CONFLICT_TRIES):
+    for attempt in range(1, _CONFLICT_TRIES):
         try:
             return write(*args, **kwargs)
         except MlflowException as exc:
-            if attempt == _CONFLICT_TRIES - 1 or not _lost_race(uri, exc):
+            if not _lost_race(uri, exc):
                 raise
-            time.sleep(0.1 * (attempt + 1))
-    raise AssertionError("unreachable")
+            time.sleep(0.1 * attempt)
+    return write(*args, **kwargs)  # the last try: its error, if any, is the caller's
 
 
 def credentials_to_env(uri: str | None) -> str | None:

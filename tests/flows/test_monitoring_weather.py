@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -201,4 +200,3 @@ def test_run_on_a_missing_file_fails_at_once_in_one_line(tmp_path):
     # No task ran, so nothing was retried: a retry alone would wait 2 + 5 + 15 s.
     assert elapsed < 15, elapsed
     assert not (tmp_path / ".normlab").exists()
-    shutil.rmtree(tmp_path, ignore_errors=True)

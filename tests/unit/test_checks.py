@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from normlab import checks as ck
+from normlab import label_noise
 from normlab.data.fingerprint import row_hashes
 from normlab.data.sources import load_builtin
 
@@ -94,13 +95,13 @@ def test_contamination_flags_earlier_evaluation_rows_unless_they_return_to_their
 def test_label_noise_passes_clean_digits_and_blocks_flipped_labels():
     digits = load_builtin("digits")
     features = [c for c in digits.columns if c != "label"]
-    clean = ck.check_label_noise(digits, features, "label", k=5, max_share=0.1, sample_rows=5000, seed=0)
+    clean = label_noise.check_label_noise(digits, features, "label", k=5, max_share=0.1, sample_rows=5000, seed=0)
     assert clean.result.success and clean.result.observed < 0.05
     flipped = digits.copy()
     rng = np.random.default_rng(0)
     chosen = rng.choice(len(flipped), size=len(flipped) // 4, replace=False)
     flipped.loc[chosen, "label"] = (flipped.loc[chosen, "label"] + 1) % 10
-    noisy = ck.check_label_noise(flipped, features, "label", k=5, max_share=0.1, sample_rows=5000, seed=0)
+    noisy = label_noise.check_label_noise(flipped, features, "label", k=5, max_share=0.1, sample_rows=5000, seed=0)
     assert not noisy.result.success and noisy.result.observed > 0.2
     # Most flipped rows are caught, and most flagged rows were flipped.
     assert np.isin(chosen, noisy.rows).mean() > 0.85
@@ -110,17 +111,17 @@ def test_label_noise_passes_clean_digits_and_blocks_flipped_labels():
 def test_label_noise_samples_large_batches_and_skips_without_numbers():
     digits = load_builtin("digits")
     features = [c for c in digits.columns if c != "label"]
-    sampled = ck.check_label_noise(digits, features, "label", k=5, max_share=0.2, sample_rows=500, seed=1)
+    sampled = label_noise.check_label_noise(digits, features, "label", k=5, max_share=0.2, sample_rows=500, seed=1)
     assert sampled.result.details["scored_rows"] == 500 and sampled.result.success
     text = pd.DataFrame({"s": list("abcdefghij"), "label": [0, 1] * 5})
-    assert ck.check_label_noise(text, ["s"], "label", k=3, max_share=0.2, sample_rows=100, seed=0).result.observed \
+    assert label_noise.check_label_noise(text, ["s"], "label", k=3, max_share=0.2, sample_rows=100, seed=0).result.observed \
         == "skipped: no numeric features"
 
 
 def test_knn_disagreement_on_two_clusters():
     x = np.array([[0.0], [0.1], [0.2], [10.0], [10.1], [10.2]])
     y = np.array([0, 0, 1, 1, 1, 1])
-    assert ck.knn_disagreement(x, y, k=2).tolist() == [False, False, True, False, False, False]
+    assert label_noise.knn_disagreement(x, y, k=2).tolist() == [False, False, True, False, False, False]
 
 
 @pytest.mark.parametrize(("known", "ok"), [(None, True), ([0, 1], True), ([0, 1, 2], False)])

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from normlab import checks as ck
+from normlab import label_noise
 from normlab.data.sources import load_builtin
 from normlab.data.weather import FEATURES, LABEL, flip_labels, weather_frame
 from normlab.profiling import fit_label_noise, gate_settings
@@ -43,7 +43,7 @@ SEEDS = range(5)
 
 
 def _check(frame, features, label, max_share, reference=None):
-    return ck.check_label_noise(frame, features, label, k=5, max_share=max_share, sample_rows=5000, seed=0,
+    return label_noise.check_label_noise(frame, features, label, k=5, max_share=max_share, sample_rows=5000, seed=0,
                                 reference=reference).result
 
 
@@ -117,16 +117,16 @@ def test_digits_still_pass_clean_and_block_flipped():
 
 
 def test_a_small_batch_needs_stronger_evidence_than_a_large_one():
-    assert ck.exceeds_share(6, 10, 0.4) > 0.05  # 60 % of 10 rows: could be chance
-    assert ck.exceeds_share(600, 1000, 0.4) < 1e-6  # 60 % of 1000: not chance
-    assert ck.exceeds_share(0, 10, 0.0) == 1.0 and ck.exceeds_share(1, 10, 0.0) == 0.0
+    assert label_noise.exceeds_share(6, 10, 0.4) > 0.05  # 60 % of 10 rows: could be chance
+    assert label_noise.exceeds_share(600, 1000, 0.4) < 1e-6  # 60 % of 1000: not chance
+    assert label_noise.exceeds_share(0, 10, 0.0) == 1.0 and label_noise.exceeds_share(1, 10, 0.0) == 0.0
 
 
 def test_labels_are_coded_jointly_and_a_label_unknown_to_the_reference_disagrees():
     reference = pd.DataFrame({"x": [0.0, 0.1, 0.2, 10.0, 10.1, 10.2], "y": ["a", "a", "a", "b", "b", "b"]})
     # The batch's own factorization would code "b" first: the codes must still match the reference's.
     batch = pd.DataFrame({"x": [10.05, 0.05, 0.15, 5.0], "y": ["b", "a", "b", "c"]})
-    result = ck.check_label_noise(batch, ["x"], "y", k=3, max_share=0.0, sample_rows=100, seed=0,
+    result = label_noise.check_label_noise(batch, ["x"], "y", k=3, max_share=0.0, sample_rows=100, seed=0,
                                   reference=reference)
     assert result.rows.tolist() == [2, 3]
     assert result.result.observed == 0.5 and not result.result.success
@@ -135,10 +135,10 @@ def test_labels_are_coded_jointly_and_a_label_unknown_to_the_reference_disagrees
 
 def test_the_reference_is_sampled_and_a_batch_row_may_be_its_own_neighbour():
     history = weather_frame(400, seed=3)
-    capped = ck.check_label_noise(history, WEATHER_FEATURES, LABEL, k=1, max_share=1.0, sample_rows=150, seed=0,
+    capped = label_noise.check_label_noise(history, WEATHER_FEATURES, LABEL, k=1, max_share=1.0, sample_rows=150, seed=0,
                                   reference=history).result
     assert capped.details["reference_rows"] == 150 and capped.details["scored_rows"] == 150
-    whole = ck.check_label_noise(history, WEATHER_FEATURES, LABEL, k=1, max_share=0.0, sample_rows=400, seed=0,
+    whole = label_noise.check_label_noise(history, WEATHER_FEATURES, LABEL, k=1, max_share=0.0, sample_rows=400, seed=0,
                                  reference=history).result
     assert whole.observed == 0.0 and whole.success  # each row finds itself (or an identical row) first
 
@@ -154,6 +154,6 @@ def test_knn_disagreement_against_a_reference():
     reference_labels = np.array([0, 0, 0, 1, 1, 1])
     x = np.array([[0.05], [10.0], [0.1]])
     y = np.array([0, 0, 1])
-    assert ck.knn_disagreement(x, y, 3, reference, reference_labels).tolist() == [False, True, True]
+    assert label_noise.knn_disagreement(x, y, 3, reference, reference_labels).tolist() == [False, True, True]
     with pytest.raises(ValueError):
-        ck.knn_disagreement(x, y, 3, reference)
+        label_noise.knn_disagreement(x, y, 3, reference)

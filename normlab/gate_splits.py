@@ -1,0 +1,87 @@
+"""The split audit: evaluation rows that leak training content, and the index of evaluation rows.
+
+A passing split records its evaluation rows (hashes) under
+``<workdir>/gate/<name>/evaluation/``; later batches' ``contamination``
+check reads them back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from normlab import checks as ck
+from normlab.config import PipelineConfig
+from normlab.errors import DataValidationError
+from normlab.quarantine import write_parquet
+
+
+def evaluation_index_dir(cfg: PipelineConfig) -> Path:
+    """Where runs record the hashes of their evaluation rows (one Parquet file per run)."""
+    return cfg.workdir_path() / "gate" / cfg.name / "evaluation"
+
+
+def read_evaluation_index(folder: Path) -> pd.DataFrame | None:
+    """Every run's evaluation rows (``feature_hash``, ``row_hash``, ``salt``), or None if none."""
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not files:
+        return None
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True).drop_duplicates()
+
+
+def check_splits(
+    cfg: PipelineConfig, batch: dict[str, Any], prepared: dict[str, Any], run_dir: str | Path,
+    *, run_id: str | None = None,
+) -> dict[str, Any]:
+    """After the split: block evaluation rows that leak training content, then index them.
+
+    Training rows are the rows of ``prepared["reference"]``; since splits hash
+    whole rows, a batch row identical to a training row is a training row, so
+    every other row is an evaluation row. Once the check passes, this run's
+    evaluation rows are recorded for later batches' contamination check.
+    With ``run_id``, the result is logged to that MLflow run.
+
+    Returns:
+        The leakage check's result dict and the number of evaluation rows recorded.
+
+    Raises:
+        DataValidationError: Leakage above ``gate.leakage.max_share`` with severity ``block``.
+    """
+    from normlab.data.fingerprint import row_hashes
+
+    run_dir = Path(run_dir)
+    setting = cfg.gate.leakage
+    if setting.severity == "off":
+        return {"leakage": asdict(ck.off_result("leakage").result), "evaluation_rows": 0}
+    frame = pd.read_parquet(batch["path"])
+    train = pd.read_parquet(prepared["reference"])
+    salt = cfg.splits.salt
+    rows = row_hashes(frame, salt=salt)
+    is_train = np.isin(rows, row_hashes(train, salt=salt))
+    features = ck.content_hashes(frame, prepared["features"])
+    evaluated = ck.check_leakage(features[is_train], features[~is_train], max_share=setting.max_share)
+    result = evaluated.result
+    result.severity = setting.severity
+    result.outcome = ck.outcome_of(result, setting.severity)
+    (run_dir / "leakage.json").write_text(json.dumps(asdict(result), indent=1, default=str), encoding="utf-8")
+    if run_id is not None:
+        from normlab import tracking
+
+        uri = cfg.tracking_uri()
+        tracking.log_metrics(uri, run_id, {"gate/leakage_share": float(result.observed),
+                                           "gate/leaked_rows": result.details["leaked_rows"]})
+        tracking.log_artifact(uri, run_id, run_dir / "leakage.json", "validation")
+    if result.outcome == "blocked":
+        raise DataValidationError(
+            f"split leaks: {result.details['leaked_rows']} of {result.details['evaluation_rows']} evaluation rows "
+            f"share their features with training rows (share {result.observed} > {setting.max_share}); "
+            "deduplicate the features or set gate.leakage", report=asdict(result),
+        )
+    index = pd.DataFrame({"feature_hash": features[~is_train], "row_hash": rows[~is_train], "salt": salt})
+    write_parquet(index, evaluation_index_dir(cfg) / f"{run_dir.name}.parquet")
+    return {"leakage": asdict(result), "evaluation_rows": int(len(index))}
