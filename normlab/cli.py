@@ -61,7 +61,11 @@ def prepare_environment() -> None:
 
 
 def fail(exc: BaseException, code: int) -> typer.Exit:
+    """Print ``exc`` as one ``error:`` line (no password in it, however it got there); the exit to raise."""
+    from normlab.credentials import scrub
+
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    message = scrub(message)
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
@@ -122,25 +126,29 @@ def metrics_table(metrics: dict[str, float], title: str = "Per-split metrics") -
 
 def ui_command(tracking_uri: str) -> str:
     """The command that opens the MLflow UI on this store."""
-    if tracking_uri.startswith(("http://", "https://")):
+    if tracking_uri.lower().startswith(("http://", "https://")):
         return f"open {tracking_uri}"
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
 
 
-def load_or_fail(config: Path | None, overrides: list[str] | None):
+def load_or_fail(config: Path | None, overrides: list[str] | None, *, writes: bool = True):
     """Load the config, or exit with its one-line error.
 
-    Credentials in an HTTP tracking URI move to MLflow's environment variables,
-    so the config that is passed on, logged and recorded never holds them.
+    A password in the tracking URI is moved out of the config by `load_config`,
+    so the config that is passed on, logged and recorded never holds it. A
+    command that ``writes`` also checks, before any flow starts, that the work
+    folder and the tracking store are usable (`normlab.preflight`).
     """
     from normlab.config import load_config
-    from normlab.tracking import credentials_to_env
 
     try:
         cfg = load_config(config, overrides or [])
+        if writes:
+            from normlab.preflight import check_all
+
+            check_all(cfg)
     except NormlabError as exc:
         raise fail(exc, exc.exit_code) from None
-    cfg.tracking.uri = credentials_to_env(cfg.tracking.uri)
     return cfg
 
 
@@ -221,7 +229,7 @@ def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
     """Open the MLflow UI on the configured store (bound to 127.0.0.1)."""
-    cfg = load_or_fail(config, set_)
+    cfg = load_or_fail(config, set_, writes=False)
     uri = cfg.tracking_uri()
     if uri.startswith(("http://", "https://")):
         console.print(f"the store is a server: open {uri}")

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from normlab.credentials import redact_uri, strip_credentials
 from normlab.errors import ConfigError
 
 NormName = Literal["none", "batch", "layer", "group", "instance", "rms", "dyt"]
@@ -32,7 +33,8 @@ DEFAULT_CONFIG = "configs/digits.yaml"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No NaN or infinity in any number: `lr: .inf` would train a model whose loss is NaN from the first step.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -594,10 +596,76 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'"
-    value = first.get("input")
-    shown = repr(value) if not isinstance(value, dict) else "{...}"
+    shown = short_repr(first.get("input"))
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"{source}: {key}={shown}: {msg}{more}"
+
+
+# A config expands to at most this many YAML nodes with its aliases followed: a few kilobytes of
+# nested aliases (``b: [*a, *a, ...]``, ``c: [*b, *b, ...]``) would otherwise expand to billions.
+MAX_YAML_NODES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing documents whose aliases expand past `MAX_YAML_NODES` (or into themselves)."""
+
+    def compose_document(self):  # noqa: ANN201 - PyYAML's API
+        node = super().compose_document()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the nodes of ``root`` as if every alias were copied out, without copying anything."""
+    sizes: dict[int, int] = {}
+    pending: list[tuple[yaml.Node, bool]] = [(root, False)]
+    on_path: set[int] = set()
+    while pending:
+        node, children_done = pending.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if children_done:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_YAML_NODES:
+                raise yaml.YAMLError(f"aliases expand to more than {MAX_YAML_NODES:,} values")
+            continue
+        if key in on_path:
+            raise yaml.YAMLError("an alias refers to a node that contains it")
+        on_path.add(key)
+        pending.append((node, True))
+        pending.extend((c, False) for c in children if id(c) not in sizes)
+        for child in children:
+            if id(child) in on_path:
+                raise yaml.YAMLError("an alias refers to a node that contains it")
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with bounded alias expansion (no tags that run code, no alias bombs)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """A repr of ``value`` at most ``limit`` characters long, without walking all of a large or aliased value."""
+    import reprlib
+
+    shortener = reprlib.Repr()
+    shortener.maxlevel = 2
+    shortener.maxdict = shortener.maxlist = shortener.maxtuple = shortener.maxset = 4
+    shortener.maxstring = shortener.maxother = limit
+    text = shortener.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -609,7 +677,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"--set {item!r}: empty key segment in {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return parts, value
@@ -637,7 +705,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = safe_yaml(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"{p}: not valid YAML ({first})") from None
@@ -659,6 +727,8 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> PipelineConf
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
     """Load a YAML config (default ``configs/digits.yaml``) and apply overrides.
 
+    A password in ``tracking.uri`` is moved out of the config (`strip_credentials`).
+
     When no path is given and the default file does not exist (an installed
     package used outside the repository), the built-in defaults are used.
     """
@@ -666,7 +736,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = DEFAULT_CONFIG
     raw = read_yaml(path) if path is not None else default_raw()
     raw = apply_overrides(raw, list(overrides or []))
-    return validate_config(raw, source=str(path) if path else "config")
+    cfg = validate_config(raw, source=str(path) if path else "config")
+    # Before anything sees the config: no password in the tracking URI (see normlab/credentials.py).
+    cfg.tracking.uri = strip_credentials(cfg.tracking.uri)
+    return cfg
 
 
 def default_raw() -> dict[str, Any]:
@@ -699,28 +772,6 @@ def flatten(cfg: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]
         else:
             out[dotted] = value
     return out
-
-
-_SECRET_QUERY_KEYS = ("token", "password", "passwd", "secret", "key", "apikey", "api_key", "access_token")
-
-
-def redact_uri(uri: str) -> str:
-    """``uri`` with the password of its user info and secret-looking query values replaced by ``***``."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*")
-    if (netloc, query) == (parts.netloc, parts.query):
-        return uri
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def to_yaml(cfg: PipelineConfig) -> str:

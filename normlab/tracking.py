@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from normlab.credentials import store_uri
 from normlab.errors import TrackingError
 
 # MLflow limits a param value to 6000 characters and a batch to 100 params.
@@ -48,7 +49,8 @@ def client_for(uri: str):
 
     if uri not in _OPENED:
         _open_store(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    full = store_uri(uri)
+    return MlflowClient(tracking_uri=full, registry_uri=full)
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -134,37 +136,12 @@ def retry_lost_race(uri: str, write: Callable[..., Any], *args: Any, **kwargs: A
     return write(*args, **kwargs)  # the last try: its error, if any, is the caller's
 
 
-def credentials_to_env(uri: str | None) -> str | None:
-    """Move ``user:password@`` out of an HTTP tracking URI into MLflow's credential variables.
-
-    MLflow sends ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` as
-    basic auth; a URI without them can then be logged, shown in errors and
-    passed as a flow parameter without exposing the password.
-
-    Returns:
-        The URI without user info (unchanged when it has none).
-    """
-    from urllib.parse import unquote, urlsplit, urlunsplit
-
-    if not uri or not uri.startswith(("http://", "https://")):
-        return uri
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    user, _, password = userinfo.partition(":")
-    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(user)
-    if password:
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-
-
 @contextmanager
 def tracking_uri(uri: str):
     """Scope the fluent API's tracking URI to a block."""
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    with _use_tracking_uri(uri):
+    with _use_tracking_uri(store_uri(uri)):
         yield
 
 

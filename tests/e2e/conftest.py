@@ -257,8 +257,9 @@ def server_runs(mlflow_server, prefect_api, tmp_path_factory) -> ServerRuns:
     env = normlab_env(prefect_api, NORMLAB_ALERT_URLS=f"json://127.0.0.1:9/hook?token={ALERT_TOKEN}")
     names = ["digits-batchnorm", "digits-groupnorm"]
     processes = []
-    for name, norm in zip(names, ["batch", "group"], strict=True):
-        args = small_run_args(out / "work", "--set", f"tracking.uri=http://alice:{TRACKING_PASSWORD}@{host}",
+    # The second URI's scheme is in upper case: credentials leave every form of URI.
+    for name, norm, scheme in zip(names, ["batch", "group"], ["http", "HTTP"], strict=True):
+        args = small_run_args(out / "work", "--set", f"tracking.uri={scheme}://alice:{TRACKING_PASSWORD}@{host}",
                               "--set", f"tracking.run_name={name}", "--set", f"model.norm={norm}",
                               "--summary", str(out / f"{name}.json"))
         processes.append(start_normlab(args, env, out / f"{name}.log"))

@@ -182,16 +182,51 @@ def test_recorded_config_holds_no_tracking_password():
 
 
 def test_credentials_in_the_uri_move_to_mlflows_variables(monkeypatch):
-    from normlab.tracking import credentials_to_env
+    from normlab.credentials import strip_credentials
 
     # Set first so that monkeypatch restores the variables the call overwrites.
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "before")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "before")
-    assert credentials_to_env("http://alice:p%40ss@127.0.0.1:5000/x") == "http://127.0.0.1:5000/x"
+    assert strip_credentials("http://alice:p%40ss@127.0.0.1:5000/x") == "http://127.0.0.1:5000/x"
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice"
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
-    assert credentials_to_env("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
-    assert credentials_to_env("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert strip_credentials("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert strip_credentials("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+@pytest.mark.parametrize("uri", ["HTTP://alice:s3cret@127.0.0.1:5000", "Https://alice:s3cret@h.example.org/p"])
+def test_credentials_leave_an_http_uri_whatever_the_case_of_its_scheme(monkeypatch, uri):
+    from normlab.credentials import strip_credentials
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "before")
+    public = strip_credentials(uri)
+    assert "s3cret" not in public and "alice" not in public
+    assert public.startswith(("http://", "https://"))
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
+
+
+@pytest.mark.parametrize(("uri", "public"), [
+    ("postgresql://alice:s3cret@db.example.org:5432/mlflow", "postgresql://alice:***@db.example.org:5432/mlflow"),
+    ("POSTGRESQL+psycopg2://alice:s3cret@db/mlflow", "postgresql+psycopg2://alice:***@db/mlflow"),
+    ("mysql+pymysql://root:s3cret@127.0.0.1/mlflow?charset=utf8", "mysql+pymysql://root:***@127.0.0.1/mlflow?charset=utf8"),
+])
+def test_a_database_password_stays_in_the_environment_and_reaches_only_mlflow(monkeypatch, uri, public):
+    from normlab.credentials import STORE_URI_VAR, store_uri, strip_credentials
+
+    monkeypatch.delenv(STORE_URI_VAR, raising=False)
+    assert strip_credentials(uri) == public
+    assert store_uri(public) == os.environ[STORE_URI_VAR]
+    assert "s3cret" in store_uri(public)
+    assert store_uri("postgresql://bob:***@elsewhere/db") == "postgresql://bob:***@elsewhere/db"
+
+
+def test_scrub_hides_passwords_in_error_text(monkeypatch):
+    from normlab.credentials import STORE_URI_VAR, scrub, strip_credentials
+
+    monkeypatch.delenv(STORE_URI_VAR, raising=False)
+    strip_credentials("postgresql://alice:s3cret-Pw@db/mlflow")
+    text = "could not connect: s3cret-Pw rejected for HTTP://bob:other-pw@host:5000/api"
+    assert scrub(text) == "could not connect: *** rejected for HTTP://bob:***@host:5000/api"
 
 
 def test_cli_strips_credentials_before_anything_sees_the_config(monkeypatch):
@@ -199,7 +234,7 @@ def test_cli_strips_credentials_before_anything_sees_the_config(monkeypatch):
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "before")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "before")
-    cfg = load_or_fail(None, ["tracking.uri=http://alice:s3cret@127.0.0.1:5000"])
+    cfg = load_or_fail(None, ["tracking.uri=HTTP://alice:s3cret@127.0.0.1:5000"])
     assert cfg.tracking.uri == "http://127.0.0.1:5000"
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
 
