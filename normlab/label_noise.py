@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from normlab.checks import _check, skipped
+from normlab.data.encoding import FLOAT32_MAX, mean_std
 from normlab.governance import Evaluated
 
 # Query rows per block in the neighbour search: a block's distance matrix stays small.
@@ -93,7 +94,10 @@ def _sample(labelled: np.ndarray, size: int, rng: np.random.Generator) -> np.nda
 
 
 def _standardized(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    return np.nan_to_num((x - np.nan_to_num(mean)) / np.where(np.isfinite(std) & (std > 0), std, 1.0))
+    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    # Divided first: values near the float64 limit must not overflow in the subtraction (nor in float32 later).
+    scaled = x / std - np.nan_to_num(mean) / std
+    return np.clip(np.nan_to_num(scaled), -FLOAT32_MAX, FLOAT32_MAX)
 
 
 def _matrix(frame: pd.DataFrame, positions: np.ndarray, columns: list[str]) -> np.ndarray:
@@ -156,12 +160,12 @@ def check_label_noise(
     x = _matrix(df, positions, numeric)
     batch_labels = df[label].iloc[positions].to_numpy(dtype=object)
     if ref_positions is None:
-        mean, std = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
+        mean, std = mean_std(x)
         y = pd.factorize(batch_labels)[0]
         disagree = knn_disagreement(_standardized(x, mean, std), y, k)
     else:
         r = _matrix(reference, ref_positions, numeric)
-        mean, std = np.nanmean(r, axis=0), np.nanstd(r, axis=0)
+        mean, std = mean_std(r)
         ref_labels = reference[label].iloc[ref_positions].to_numpy(dtype=object)
         codes = pd.factorize(np.concatenate([batch_labels, ref_labels]))[0]
         disagree = knn_disagreement(_standardized(x, mean, std), codes[: positions.size], k,

@@ -327,10 +327,14 @@ def evaluate(cfg: PipelineConfig, prepared: dict[str, Any], trained: dict[str, A
     metrics.update({
         "id/train/accuracy": last["train_accuracy"],
         "id/val/accuracy": last["val_accuracy"],
+        "train/final_loss": last["train_loss"],
+        "train/final_val_loss": last["val_loss"],
         "train/reached_target": float(result["epochs_to_target"] is not None),
         "time/train_seconds": result["train_seconds"],
         "time/samples_per_second": result["samples_per_second"],
     })
+    if "id/train" in splits:
+        metrics["train/classes"] = float(len(np.unique(splits["id/train"][1])))
     # Convergence figures exist only when the target was reached; never faked.
     if result["epochs_to_target"] is not None:
         metrics["train/epochs_to_target"] = float(result["epochs_to_target"])

@@ -3,6 +3,9 @@
 Every run registers its serving model as a new version of ``model.registry_name``
 (default ``normlab-<name>``). The gate then decides on evidence:
 
+0. the model's health: its training and validation losses and its ID
+   metrics are finite, and it was trained on at least two classes (a NaN model
+   or a one-class "classifier" is registered but never promoted);
 1. absolute thresholds from ``promotion.thresholds`` (``metric >= value``);
 2. the current ``champion``, loaded from the registry and re-scored on this
    run's splits: on each metric of ``promotion.compare`` the paired bootstrap
@@ -20,6 +23,7 @@ the record before moving the alias. Registry stages are never used.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -185,6 +189,24 @@ def _split_of(key: str) -> tuple[str, str]:
     return split, metric
 
 
+# What a model must have finite values of to be promoted (a NaN here means the weights are not usable).
+HEALTH_METRICS = ("train/final_loss", "train/final_val_loss", "id/val/accuracy", "id/test/accuracy", "id/test/nll")
+
+
+def check_health(metrics: dict[str, float]) -> list[dict[str, Any]]:
+    """The model-health checks: finite losses and ID metrics; two or more classes seen in training."""
+    bad = [k for k in HEALTH_METRICS if k in metrics and not math.isfinite(metrics[k])]
+    checks = [{"kind": "health", "metric": "finite", "passed": not bad,
+               "reason": (f"not finite: {', '.join(f'{k}={metrics[k]}' for k in bad)} (training diverged)" if bad
+                          else "losses and ID metrics are finite")}]
+    classes = metrics.get("train/classes")
+    if classes is not None:
+        checks.append({"kind": "health", "metric": "train/classes", "value": classes, "passed": classes >= 2,
+                       "reason": (f"trained on {int(classes)} class(es); a classifier needs at least 2"
+                                  if classes < 2 else f"trained on {int(classes)} classes")})
+    return checks
+
+
 def check_thresholds(thresholds: dict[str, float], metrics: dict[str, float], groups: list[str]) -> list[dict[str, Any]]:
     """One check per threshold (``ood/*`` expanded): passed when the metric is at least the value."""
     checks = []
@@ -298,7 +320,7 @@ def decide(
         re-scored metrics, or None) and the settings used.
     """
     groups = list(ood_groups([k for k in labels if len(labels[k])]))
-    checks = check_thresholds(promotion.thresholds, metrics, groups)
+    checks = check_health(metrics) + check_thresholds(promotion.thresholds, metrics, groups)
     rescored: dict[str, float] = {}
     champion_name = f"champion v{champion['version']}" if champion else "champion"
     if champion is not None and champion_error is None and champion_predictions is not None:

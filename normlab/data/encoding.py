@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ _LABEL_FORMAT = "normlab.LabelEncoder"
 _FORMAT_VERSION = 1
 # Values quoted in an error message before it is cut short.
 _MAX_QUOTED = 5
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Beyond this magnitude sums and squares of a column may overflow float64: mean and std are taken on a rescaled copy.
+_SAFE_PEAK = 1e150
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,9 @@ class FeatureEncoder:
             if isinstance(spec, NumericColumn):
                 values = _numeric_values(series, spec.name)
                 values = np.where(np.isnan(values), spec.fill, values)
-                out[:, offset] = (values - spec.mean) / spec.std
+                # Divided first: values near the float64 limit must not overflow in the subtraction.
+                scaled = values / spec.std - spec.mean / spec.std
+                out[:, offset] = np.clip(scaled, -FLOAT32_MAX, FLOAT32_MAX)  # float32 saturates, never inf
                 offset += 1
             else:
                 codes = pd.Categorical(_category_text(series), categories=spec.categories).codes
@@ -355,6 +361,22 @@ def _is_categorical(dtype: Any) -> bool:
     )
 
 
+def mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and population stds of a 1-D or 2-D array, NaN ignored, without overflow near the float64 limit.
+
+    Columns whose largest magnitude passes `_SAFE_PEAK` are rescaled to [-1, 1]
+    first (sums and squares of values near 1e308 overflow to inf). A column with
+    no values gets NaN for both.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: NaN, said by the result
+        peak = np.nanmax(np.abs(values), axis=0)
+        scale = np.where(np.isfinite(peak) & (peak >= _SAFE_PEAK), peak, 1.0)
+        unit = values / scale
+        return np.nanmean(unit, axis=0) * scale, np.nanstd(unit, axis=0) * scale
+
+
 def _fit_numeric(series: pd.Series, name: str, *, scale: bool) -> NumericColumn:
     """Learn fill, mean and std of one numeric column."""
     values = series.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -364,8 +386,7 @@ def _fit_numeric(series: pd.Series, name: str, *, scale: bool) -> NumericColumn:
             f"feature {name!r} has no finite values in the training rows; "
             "drop it from features or fix the data"
         )
-    mean = float(finite.mean())
-    std = float(finite.std())
+    mean, std = (float(v) for v in mean_std(finite))
     if not scale:
         return NumericColumn(name=name, fill=mean, mean=0.0, std=1.0)
     # A constant column carries no signal; std 1 keeps it at 0 instead of dividing by 0.
@@ -381,7 +402,7 @@ def _pool_numeric(
         return specs
     values = df[numeric].to_numpy(dtype=np.float64, na_value=np.nan)
     finite = values[np.isfinite(values)]
-    mean, std = float(finite.mean()), float(finite.std())
+    mean, std = (float(v) for v in mean_std(finite))
     std = std if std > 0 and math.isfinite(std) else 1.0
     return [
         NumericColumn(name=s.name, fill=s.fill, mean=mean, std=std) if isinstance(s, NumericColumn) else s

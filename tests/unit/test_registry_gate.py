@@ -55,7 +55,7 @@ def test_first_model_is_held_to_the_thresholds_only():
     decision = _decide(BASE)
     assert decision["passed"]
     assert decision["reason"].startswith("passed: 2 threshold(s) met; no champion yet")
-    assert all(c["kind"] == "threshold" for c in decision["checks"])
+    assert [c["kind"] for c in decision["checks"]] == ["health", "threshold", "threshold"]
     failing = _decide({**BASE, "id/test": 0.85})
     assert not failing["passed"]
     assert failing["reason"] == "refused: id/test/accuracy 0.8500 < 0.9"
@@ -105,7 +105,7 @@ def test_wildcard_thresholds_and_missing_metrics():
     decision = _decide(BASE, promotion=promotion)
     reasons = [c["reason"] for c in decision["checks"] if not c["passed"]]
     assert reasons == ["id/test/f1_macro was not produced by this run"]
-    passed = {c["metric"] for c in decision["checks"] if c["passed"]}
+    passed = {c["metric"] for c in decision["checks"] if c["passed"] and c["kind"] == "threshold"}
     assert passed == {"ood/noise/accuracy", "ood/blur/accuracy"}
 
 
@@ -116,3 +116,22 @@ def test_a_champion_that_cannot_be_rescored_refuses_the_challenger():
                       champion={"version": "4", "run_id": "r4"}, champion_error="feature columns ['x'] missing")
     assert not decision["passed"]
     assert "champion v4 could not be re-scored on this run's splits: feature columns ['x'] missing" in decision["reason"]
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ({"train/final_loss": float("nan")}, "not finite: train/final_loss=nan"),
+    ({"id/test/nll": float("inf"), "train/final_val_loss": float("nan")}, "train/final_val_loss=nan, id/test/nll=inf"),
+    ({"train/classes": 1.0}, "trained on 1 class(es)"),
+])
+def test_an_unhealthy_model_is_refused_whatever_its_scores(extra, says):
+    labels = _labels()
+    challenger = _predict(labels, BASE, seed=2)
+    metrics = {**_metrics(labels, challenger), "train/final_loss": 0.3, "train/final_val_loss": 0.4,
+               "id/test/nll": 0.2, "train/classes": 4.0, **extra}
+    decision = decide(PROMOTION, metrics, labels, challenger, n_classes=4, seed=0, populations=POPULATIONS)
+    assert not decision["passed"]
+    assert says in decision["reason"]
+    healthy = decide(PROMOTION, {**metrics, **{k: 0.5 for k in extra if k != "train/classes"},
+                                 "train/classes": 4.0}, labels, challenger, n_classes=4, seed=0,
+                     populations=POPULATIONS)
+    assert healthy["passed"], healthy["reason"]
