@@ -64,26 +64,36 @@ def read_batch(cfg: PipelineConfig, data_path: str | None = None) -> tuple[pd.Da
 
 
 def batch_fingerprint(cfg: PipelineConfig, data_path: str | None = None) -> str:
-    """The fingerprint the batch will have once loaded (what an interrupted run is matched on)."""
+    """The fingerprint the batch has once loaded (what a reproduction is checked against)."""
     return fingerprint_frame(read_batch(cfg, data_path)[0])
 
 
-def load_batch(cfg: PipelineConfig, run_dir: str | Path, data_path: str | None = None) -> dict[str, Any]:
-    """Load the batch (a file, or the built-in dataset), snapshot and fingerprint it."""
-    frame, source = read_batch(cfg, data_path)
+def check_label(cfg: PipelineConfig, frame: pd.DataFrame, source: str) -> None:
+    """`DataSourceError` when the batch has no label column."""
     if cfg.data.label not in frame.columns:
         raise DataSourceError(
             f"{source}: label column {cfg.data.label!r} not found; columns: {', '.join(map(str, frame.columns[:20]))}"
         )
+
+
+def stage_batch(frame: pd.DataFrame, source: str, run_dir: str | Path, fingerprint: str | None = None) -> dict[str, Any]:
+    """Snapshot a loaded batch into the run folder (``batch.parquet``, what every later stage reads)."""
     snapshot = Path(run_dir) / "batch.parquet"
     frame.to_parquet(snapshot, index=False)
     return {
         "path": str(snapshot),
         "source": source,
-        "fingerprint": fingerprint_frame(frame),
+        "fingerprint": fingerprint or fingerprint_frame(frame),
         "rows": int(len(frame)),
         "columns": [str(c) for c in frame.columns],
     }
+
+
+def load_batch(cfg: PipelineConfig, run_dir: str | Path, data_path: str | None = None) -> dict[str, Any]:
+    """Load the batch (a file, or the built-in dataset), snapshot and fingerprint it."""
+    frame, source = read_batch(cfg, data_path)
+    check_label(cfg, frame, source)
+    return stage_batch(frame, source, run_dir)
 
 
 # 2. Validate ---------------------------------------------------------------------------

@@ -111,14 +111,23 @@ def open_run(
             default: a fresh id.
 
     Returns:
-        ``run_id``, ``run_dir``, ``resumed`` (bool), ``config_hash`` and ``fingerprint``.
+        ``run_id``, ``run_dir``, ``resumed`` (bool), ``config_hash``,
+        ``fingerprint`` and ``batch``: the input, read once here (its
+        fingerprint finds the interrupted run) and snapshotted into the run
+        folder, as `pipeline.load_batch` returns it.
+
+    Raises:
+        DataSourceError: The input cannot be read or has no label column (no run is opened).
     """
     from normlab import pipeline, tracking
+    from normlab.data.fingerprint import fingerprint_frame
 
     owner = owner or uuid.uuid4().hex
     uri = cfg.tracking_uri()
     cfg_hash = config_hash(cfg)
-    fingerprint = pipeline.batch_fingerprint(cfg, data_path)
+    frame, source = pipeline.read_batch(cfg, data_path)
+    pipeline.check_label(cfg, frame, source)
+    fingerprint = fingerprint_frame(frame)
     client = tracking.client_for(uri)
     for old in find_interrupted_runs(uri, cfg.tracking.experiment, cfg_hash, fingerprint):
         old_dir = cfg.workdir_path() / "runs" / old.info.run_id
@@ -133,7 +142,8 @@ def open_run(
         client.update_run(old.info.run_id, status="RUNNING")
         tracking.set_tags(uri, old.info.run_id, {**tags, RESUMED_TAG: count})
         return {"run_id": old.info.run_id, "run_dir": str(old_dir), "resumed": True,
-                "config_hash": cfg_hash, "fingerprint": fingerprint}
+                "config_hash": cfg_hash, "fingerprint": fingerprint,
+                "batch": pipeline.stage_batch(frame, source, old_dir, fingerprint)}
 
     run_id = tracking.start_run(
         uri, cfg.tracking.experiment, artifact_location=cfg.artifact_location(), run_name=cfg.tracking.run_name,
@@ -143,7 +153,8 @@ def open_run(
     lock_run_dir(run_dir, owner)
     tracking.log_params(uri, run_id, params)
     return {"run_id": run_id, "run_dir": str(run_dir), "resumed": False,
-            "config_hash": cfg_hash, "fingerprint": fingerprint}
+            "config_hash": cfg_hash, "fingerprint": fingerprint,
+            "batch": pipeline.stage_batch(frame, source, run_dir, fingerprint)}
 
 
 def close_run(cfg: PipelineConfig, run: dict[str, Any], status: str) -> None:

@@ -33,8 +33,8 @@ def start_run(cfg: PipelineConfig, data_path: str | None = None, resume: bool = 
 
 @task(name="load-batch", **LOCAL)
 def load_batch(cfg: PipelineConfig, run: dict[str, Any], data_path: str | None) -> dict[str, Any]:
-    """Load, snapshot and fingerprint the batch."""
-    batch = pipeline.load_batch(cfg, run["run_dir"], data_path)
+    """The batch `start_run` read and snapshotted (the input is parsed once per run); else load it now."""
+    batch = run.get("batch") or pipeline.load_batch(cfg, run["run_dir"], data_path)
     get_run_logger().info("batch %s: %d rows, fingerprint %s", batch["source"], batch["rows"], batch["fingerprint"][:12])
     return batch
 
