@@ -609,7 +609,7 @@ MAX_YAML_NODES = 100_000
 class _BoundedLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing documents whose aliases expand past `MAX_YAML_NODES` (or into themselves)."""
 
-    def compose_document(self):  # noqa: ANN201 - PyYAML's API
+    def compose_document(self):
         node = super().compose_document()
         if node is not None:
             _check_expansion(node)

@@ -34,7 +34,15 @@ import pandas as pd
 
 from normlab.config import PipelineConfig, PromotionConfig
 from normlab.errors import NormlabError
-from normlab.evaluation import COUNT_METRICS, MEAN, aggregate, bootstrap, count_metric, interval, ood_groups
+from normlab.evaluation import (
+    COUNT_METRICS,
+    MEAN,
+    aggregate,
+    bootstrap,
+    count_metric,
+    interval,
+    ood_groups,
+)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
