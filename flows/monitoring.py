@@ -2,7 +2,10 @@
 
 One run of `monitoring_flow` looks at a batch file or a landing folder,
 processes every batch it has not seen before (one `batch_flow` subflow run per
-batch), and retrains when drift is detected and retraining is on.
+batch), and retrains when drift is detected and retraining is on. A file that
+is still being written, cannot be read, or is a symbolic link is reported in
+the summary (``pending``, ``unreadable``, ``refused``) and the run goes on
+with the next one (`normlab.monitoring.ledger`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from tasks import monitoring as m
 def batch_flow(config: PipelineConfig, path: str, reference: dict[str, Any], retrain: bool | None = None,
                config_hint: str = "") -> dict[str, Any]:
     """Gate one batch, measure its drift, report, decide, alert, and commit it as processed."""
-    # 1. Fingerprint and claim the batch; a batch seen before is skipped
+    # 1. Fingerprint and claim the batch; one seen before, still being written, unreadable or a link is not processed
     batch = m.open_batch(config, path)
     if batch["skip"]:
         return {"entry": m.skip_batch(batch), "retrain": False}
@@ -34,8 +37,8 @@ def batch_flow(config: PipelineConfig, path: str, reference: dict[str, Any], ret
             analysis = m.analyze_batch(config, reference, gated, batch)
             # 4. Evidently report on a sample, showing the decision's verdict, added to the workspace
             report = m.build_report(config, reference, batch, analysis)
-        # 5. Decision: drift level over consecutive batches, data quality; cooldown and de-duplication
-        decision = m.decide_batch(config, reference, analysis, gated, retrain)
+        # 5. Decision, committed under the state lock in landing order: streak, data quality, cooldowns
+        decision = m.decide_batch(config, batch, reference, analysis, gated, retrain)
         # 6. One MLflow run in the monitoring experiment: metrics, reports, gate result
         monitor_run_id = m.log_monitoring_run(config, batch, gated, reference, analysis, report, decision)
         # 7. Alerts through Apprise (drift; data quality), and Prefect events for automations

@@ -58,6 +58,12 @@ def prepare_environment() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     # Prefect's temporary server gets 20 s to start by default: too little on a busy machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    # Last, once the variables above are set (it imports Prefect): no traceback on the console for a
+    # user error, and what a killed normlab process left behind is cleaned up (normlab/runtime.py).
+    from normlab.runtime import prepare_process
+
+    for note in prepare_process(as_user_error):
+        console.print(f"[yellow]note[/]: {note}", highlight=False, soft_wrap=True)
 
 
 def fail(exc: BaseException, code: int) -> typer.Exit:

@@ -25,7 +25,7 @@ _DATABASE_SCHEMES = ("postgresql", "mysql", "mssql", "sqlite")
 
 
 def check_workdir(cfg: PipelineConfig) -> Path:
-    """The work folder, created if missing; `ConfigError` when it cannot be a folder normlab writes into."""
+    """The work folder; `ConfigError` when it cannot be a folder normlab writes into (nothing is created)."""
     folder = cfg.workdir_path()
     _writable_folder(folder, "workdir")
     return folder
@@ -60,19 +60,27 @@ def check_all(cfg: PipelineConfig) -> None:
 
 
 def _writable_folder(folder: Path, what: str) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise ConfigError(f"{what} {folder} exists and is not a folder") from None
-    except OSError as exc:
-        raise ConfigError(f"{what} {folder} cannot be created ({exc.strerror or type(exc).__name__})") from None
-    if not folder.is_dir():
+    """`ConfigError` unless ``folder`` is, or can be created as, a folder this user can write into.
+
+    Nothing is created: the nearest existing ancestor must be a folder that takes a new file.
+    """
+    if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{what} {folder} exists and is not a folder")
+    existing = folder
+    while not existing.exists():
+        if existing.is_symlink():
+            raise ConfigError(f"{what} {folder} cannot be created ({existing} is a broken link)")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {folder} cannot be created ({existing} is not a folder)")
     try:
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise ConfigError(f"{what} {folder} is not writable ({exc.strerror or type(exc).__name__})") from None
+        reason = exc.strerror or type(exc).__name__
+        if existing == folder:
+            raise ConfigError(f"{what} {folder} is not writable ({reason})") from None
+        raise ConfigError(f"{what} {folder} cannot be created ({existing} is not writable: {reason})") from None
 
 
 def _check_driver(uri: str, shown: str) -> None:

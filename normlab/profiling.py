@@ -9,15 +9,24 @@ gate evaluates fastest, each with a ``why`` and a severity:
 * per column without missing values, not-null: quarantine; a column that had
   missing values may keep about as many (``mostly``), else the gate warns.
 
-The config points at the file and the suite and sets the gate's thresholds
-from the same file (label-noise share, rarest class), so the trusted file
-itself passes.
+Types are inferred, not taken from the reader (`infer_types`): a text column
+whose values are numbers in at least ``NUMERIC_MIN_SHARE`` of its rows is
+numeric, and its few other values are reported as stray: the gate's types
+check rejects those rows, in the trusted file as in any later batch.
+
+The config points at the file and the suite, sets the gate's thresholds from
+the same file (label-noise share, rarest class) so the trusted file itself
+passes, and sets a promotion threshold a majority-class model fails
+(`promotion_settings`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +35,7 @@ import pandas as pd
 import yaml
 
 from normlab.checks import content_hashes
-from normlab.config import GateConfig, validate_config
+from normlab.config import GateConfig, SplitsConfig, validate_config
 from normlab.errors import ConfigError, DataSourceError
 from normlab.gate import assess
 from normlab.label_noise import check_label_noise
@@ -35,6 +44,19 @@ from normlab.label_noise import check_label_noise
 MAX_CATEGORIES = 50
 # Share of the observed range added on each side of a numeric column's bounds.
 RANGE_MARGIN = 0.1
+# Significant digits of a float bound (rounded outwards, so no observed value falls outside).
+BOUND_DIGITS = 6
+# A text column is numeric when at least this share of its non-missing values parse as numbers (as
+# the gate's types check parses them, with pandas.to_numeric): one odd value in twenty is a broken
+# row, more is a column that holds text. Its other values are stray and fail the types check.
+NUMERIC_MIN_SHARE = 0.95
+# Stray values shown per column.
+STRAY_EXAMPLES = 3
+# Promotion: the ID test accuracy must beat always predicting the majority class by this many
+# standard errors of that rule's accuracy on a test split of the expected size, and by at least
+# PROMOTION_MIN_MARGIN: a majority-class model clears it by chance about 2 % of the time.
+PROMOTION_Z = 2.0
+PROMOTION_MIN_MARGIN = 0.02
 # Share of extra missing values a nullable column may have before the gate warns.
 NULL_SLACK = 0.05
 # Label-noise fit: the history is cut into this many folds, each scored against the others (about
@@ -45,6 +67,86 @@ NOISE_REPEATS = 3
 NOISE_MIN_MARGIN = 0.01
 # Largest label-noise threshold init writes.
 NOISE_MAX_SHARE = 0.5
+
+# Beyond 2**53 a float64 no longer holds every integer: a float column with larger values is float.
+_EXACT_INT = 2**53
+_FLOAT_MAX = sys.float_info.max
+
+
+@dataclass
+class ColumnType:
+    """What `infer_types` found in one column.
+
+    Attributes:
+        kind: ``integer``, ``float``, ``boolean``, ``datetime``, ``text`` or
+            ``empty`` (missing in every row).
+        values: How many of its values are not missing.
+        from_text: Numbers read as text (a stray value kept the reader from parsing them).
+        stray: Positions of the values that are not numbers in a column inferred numeric.
+        examples: A few distinct stray values, as read.
+    """
+
+    kind: str
+    values: int
+    from_text: bool = False
+    stray: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def numeric(self) -> bool:
+        """Whether the gate treats the column as numbers."""
+        return self.kind in ("integer", "float")
+
+
+def infer_types(frame: pd.DataFrame) -> tuple[dict[str, ColumnType], pd.DataFrame]:
+    """Each column's type, and the frame with text columns inferred numeric converted to numbers.
+
+    A text column is numeric when at least ``NUMERIC_MIN_SHARE`` of its
+    non-missing values parse with `pandas.to_numeric` (the gate's types check
+    parses them the same way); the values that do not are stray, and are
+    missing in the converted frame.
+    """
+    types: dict[str, ColumnType] = {}
+    converted: dict[str, pd.Series] = {}
+    for column in frame.columns:
+        series = frame[column]
+        present = series.notna()
+        count = int(present.sum())
+        kind = _kind(series) if count else "empty"
+        if kind != "text":
+            types[str(column)] = ColumnType(kind, count)
+            continue
+        numbers = pd.to_numeric(series, errors="coerce")
+        parsed = numbers.notna()
+        if not pd.api.types.is_numeric_dtype(numbers.dtype) or int(parsed.sum()) < NUMERIC_MIN_SHARE * count:
+            types[str(column)] = ColumnType("text", count)
+            continue
+        stray = np.flatnonzero((present & ~parsed).to_numpy())
+        examples = list(dict.fromkeys(str(v) for v in series.iloc[stray]))[:STRAY_EXAMPLES]
+        types[str(column)] = ColumnType(_kind(numbers), count, from_text=True, stray=stray, examples=examples)
+        converted[column] = numbers
+    return types, (frame.assign(**converted) if converted else frame)
+
+
+def type_summary(types: dict[str, ColumnType]) -> list[str]:
+    """Lines telling what was inferred: columns by type, then each column with stray values."""
+    by_kind: dict[str, list[str]] = {}
+    for column, inferred in types.items():
+        by_kind.setdefault(inferred.kind, []).append(column)
+    lines = ["types: " + "; ".join(f"{kind} ({len(cols)}): {', '.join(cols)}" for kind, cols in by_kind.items())]
+    for column, inferred in types.items():
+        if inferred.stray.size:
+            count = int(inferred.stray.size)
+            shown = ", ".join(f"{v!r}" for v in inferred.examples)
+            rows = ", ".join(str(r) for r in inferred.stray[:STRAY_EXAMPLES]) + (", ..." if count > STRAY_EXAMPLES else "")
+            lines.append(
+                f"{column}: {inferred.kind}, numbers in {inferred.values - count} of {inferred.values} values; "
+                f"{count} stray {'value' if count == 1 else 'values'} ({shown}) in row{'s' if count > 1 else ''} "
+                f"{rows} {'fails' if count == 1 else 'fail'} the types check"
+            )
+        elif inferred.kind == "empty":
+            lines.append(f"{column}: missing in every row; only its presence is checked, and it is no feature")
+    return lines
 
 
 def safe_name(name: str) -> str:
@@ -61,21 +163,34 @@ def name_from_path(path: Path) -> str:
     return cleaned or "data"
 
 
-def profile_suite(frame: pd.DataFrame, label: str, *, name: str, source: str) -> dict[str, Any]:
-    """An expectation suite (Great Expectations JSON) describing a trusted frame."""
+def profile_suite(
+    frame: pd.DataFrame, label: str, *, name: str, source: str, types: dict[str, ColumnType] | None = None,
+) -> dict[str, Any]:
+    """An expectation suite (Great Expectations JSON) describing a trusted frame.
+
+    Args:
+        frame: The frame as read.
+        label: Its label column.
+        name: The suite's name.
+        source: Where the frame came from (kept in the suite's meta).
+        types: `infer_types` of the frame, when already computed.
+    """
     n = len(frame)
     columns = [str(c) for c in frame.columns]
+    if types is None:
+        types, typed = infer_types(frame)
+    else:
+        typed = frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce") for c, t in types.items() if t.from_text})
     expectations: list[dict[str, Any]] = [
         _exp("expect_table_columns_to_match_set", {"column_set": columns},
              "block", "the model is built for exactly these columns"),
         _exp("expect_table_row_count_to_be_between", {"min_value": max(1, n // 10), "max_value": n * 10},
              "block", f"{n} rows were profiled; a batch far smaller or larger is a different feed"),
     ]
-    types: dict[str, str] = {}
     for column in columns:
         series = frame[column]
-        kind = _kind(series)
-        types[column] = kind
+        kind = types[column].kind
+        # A stray value is not missing: it is there, and the types check rejects its row.
         nulls = float(series.isna().mean())
         if nulls == 0:
             why = "a row without a label cannot be trained on" if column == label else f"{column} was never missing"
@@ -86,25 +201,30 @@ def profile_suite(frame: pd.DataFrame, label: str, *, name: str, source: str) ->
                 expectations.append(_exp(
                     "expect_column_values_to_not_be_null", {"column": column, "mostly": mostly}, "warn",
                     f"{nulls:.1%} of {column} was missing; much more means a broken feed"))
-        values = series.dropna()
+        values = typed[column].dropna()
         if values.empty:
             continue
         if column == label or (kind in ("text", "boolean") and values.nunique() <= MAX_CATEGORIES):
-            value_set = sorted({_scalar(v) for v in values.unique()}, key=lambda v: (str(type(v)), v))
+            as_int = kind == "integer" and types[column].from_text
+            value_set = sorted({int(v) if as_int else _scalar(v) for v in values.unique()},
+                               key=lambda v: (str(type(v)), v))
             why = "labels outside the trained classes" if column == label else f"{column} took only these values"
             expectations.append(_exp("expect_column_values_to_be_in_set", {"column": column, "value_set": value_set},
                                      "quarantine", why))
-        elif kind in ("integer", "float"):
-            lo, hi = _bounds(values.to_numpy(dtype=np.float64), integer=kind == "integer")
+        elif types[column].numeric:
+            bounds = _bounds(values, integer=kind == "integer")
+            if bounds is None:
+                continue  # only infinities: the non_finite check rejects them
+            (lo, hi), (seen_lo, seen_hi) = bounds
             expectations.append(_exp(
                 "expect_column_values_to_be_between", {"column": column, "min_value": lo, "max_value": hi},
-                "quarantine",
-                f"observed {_scalar(values.min())}..{_scalar(values.max())}, widened by {RANGE_MARGIN:.0%}"))
-    return {
-        "name": name,
-        "expectations": expectations,
-        "meta": {"normlab": {"profiled_from": source, "rows": n, "label": label, "column_types": types}},
-    }
+                "quarantine", f"observed {seen_lo}..{seen_hi}, widened by {RANGE_MARGIN:.0%}"))
+    column_types = {column: types[column].kind for column in columns}
+    stray = {column: int(t.stray.size) for column, t in types.items() if t.stray.size}
+    meta: dict[str, Any] = {"profiled_from": source, "rows": n, "label": label, "column_types": column_types}
+    if stray:
+        meta["stray_values"] = stray
+    return {"name": name, "expectations": expectations, "meta": {"normlab": meta}}
 
 
 def _exp(kind: str, kwargs: dict[str, Any], severity: str, why: str) -> dict[str, Any]:
@@ -118,10 +238,11 @@ def _kind(series: pd.Series) -> str:
     if pd.api.types.is_integer_dtype(dtype):
         return "integer"
     if pd.api.types.is_float_dtype(dtype):
-        # CSV readers turn an integer column with gaps into floats: keep it integer.
-        values = series.dropna().to_numpy()
+        # CSV readers turn an integer column with gaps into floats: keep it integer, while a float holds it exactly.
+        values = series.dropna().to_numpy(dtype=np.float64)
         finite = values[np.isfinite(values)]
-        return "integer" if finite.size and np.all(finite == np.round(finite)) else "float"
+        integral = finite.size and np.all(finite == np.round(finite)) and np.abs(finite).max() <= _EXACT_INT
+        return "integer" if integral else "float"
     if pd.api.types.is_datetime64_any_dtype(dtype):
         return "datetime"
     return "text"
@@ -132,14 +253,39 @@ def _scalar(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _bounds(values: np.ndarray, *, integer: bool) -> tuple[float | int, float | int]:
-    finite = values[np.isfinite(values)]
-    lo, hi = float(finite.min()), float(finite.max())
-    margin = RANGE_MARGIN * (hi - lo) if hi > lo else max(abs(lo) * RANGE_MARGIN, 1.0)
-    lo, hi = lo - margin, hi + margin
+def _bounds(values: pd.Series, *, integer: bool) -> tuple[tuple[Any, Any], tuple[Any, Any]] | None:
+    """The observed range widened by ``RANGE_MARGIN``, and the observed range; None without finite values.
+
+    Integer bounds are computed on Python integers (exact at any size) and kept
+    within what the column's dtype holds (``2**53`` for a float column), float
+    bounds within the finite float range: values near +-1.8e308 give finite
+    bounds, never an overflow.
+    """
     if integer:
-        return int(math.floor(lo)), int(math.ceil(hi))
-    return float(f"{lo:.6g}"), float(f"{hi:.6g}")
+        if pd.api.types.is_integer_dtype(values.dtype):
+            info = np.iinfo(values.dtype)
+            limits = (int(info.min), int(info.max))
+        else:
+            limits = (-_EXACT_INT, _EXACT_INT)
+        lo, hi = int(values.min()), int(values.max())
+        margin = math.ceil((hi - lo) * RANGE_MARGIN) if hi > lo else max(math.ceil(abs(lo) * RANGE_MARGIN), 1)
+        return (max(lo - margin, limits[0]), min(hi + margin, limits[1])), (lo, hi)
+    numbers = values.to_numpy(dtype=np.float64)
+    finite = numbers[np.isfinite(numbers)]
+    if not finite.size:
+        return None
+    lo, hi = float(finite.min()), float(finite.max())
+    # Each side is scaled before subtracting: hi - lo itself overflows when lo and hi are near -+1.8e308.
+    margin = RANGE_MARGIN * hi - RANGE_MARGIN * lo if hi > lo else max(abs(lo) * RANGE_MARGIN, 1.0)
+    low, high = max(lo - margin, -_FLOAT_MAX), min(hi + margin, _FLOAT_MAX)
+    return (_round_out(low, up=False), _round_out(high, up=True)), (lo, hi)
+
+
+def _round_out(value: float, *, up: bool) -> float:
+    """``value`` to ``BOUND_DIGITS`` significant digits, rounded away from the range it bounds."""
+    context = Context(prec=BOUND_DIGITS, rounding=ROUND_CEILING if up else ROUND_FLOOR)
+    rounded = float(context.plus(Decimal(value)))
+    return rounded if math.isfinite(rounded) else value  # rounding the largest float up leaves the float range
 
 
 def fit_label_noise(
@@ -232,6 +378,46 @@ def gate_settings(frame: pd.DataFrame, label: str, *, seed: int = 0) -> dict[str
     return settings
 
 
+def promotion_settings(labels: pd.Series, *, test_fraction: float) -> dict[str, Any]:
+    """A promotion threshold that a model always predicting the majority class fails.
+
+    On a test split of ``test_fraction`` of the labelled rows, that rule's
+    accuracy is the majority class's share ``p`` give or take its standard
+    error ``sqrt(p (1 - p) / test rows)``. The threshold on ``id/test/accuracy``
+    is ``p`` plus ``PROMOTION_Z`` standard errors (at least
+    ``PROMOTION_MIN_MARGIN``), rounded up to 0.001 and at most 1: a small test
+    split asks for a clearer win.
+
+    Returns:
+        ``thresholds`` (for ``promotion.thresholds``), and how it was set:
+        ``majority`` (the class), ``majority_share``, ``test_rows``,
+        ``standard_error`` and ``margin``.
+    """
+    labelled = labels.dropna()
+    counts = labelled.value_counts()
+    share = float(counts.iloc[0]) / len(labelled)
+    test_rows = max(1, round(test_fraction * len(labelled)))
+    error = math.sqrt(share * (1.0 - share) / test_rows)
+    margin = max(PROMOTION_MIN_MARGIN, PROMOTION_Z * error)
+    # Rounded to 6 places first, so that float noise (0.55 + 0.1) does not round up a whole step.
+    at_least = min(1.0, math.ceil(round((share + margin) * 1000, 6)) / 1000)
+    return {"thresholds": {"id/test/accuracy": at_least}, "majority": _scalar(counts.index[0]),
+            "majority_share": round(share, 4), "test_rows": test_rows, "standard_error": round(error, 4),
+            "margin": round(margin, 4)}
+
+
+def check_trainable(labels: pd.Series, *, source: str, label: str) -> None:
+    """Raise unless the label column has at least two classes to learn."""
+    classes = labels.dropna().unique()
+    if len(classes) == 0:
+        raise DataSourceError(f"{source}: label column {label!r} is missing in every row; nothing to train on")
+    if len(classes) == 1:
+        raise DataSourceError(
+            f"{source}: label column {label!r} has a single class ({_scalar(classes[0])!r} in all "
+            f"{int(labels.notna().sum())} labelled rows); a classifier needs at least two classes"
+        )
+
+
 def init_project(
     data: str | Path,
     label: str,
@@ -251,11 +437,15 @@ def init_project(
 
     Returns:
         ``suite_path``, ``config_path``, ``name``, ``rows``, ``expectations``,
-        the config, and how the file fares at its own gate: ``own_rows_rejected``
-        and ``own_failures`` (the checks that would reject rows of it).
+        the config, ``types`` (`infer_types` per column), ``stray_rows`` (rows
+        with a stray value in a numeric column), ``promotion`` (how its
+        threshold was set, `promotion_settings`), and how the file fares at its
+        own gate: ``own_rows_rejected`` and ``own_failures`` (the checks that
+        would reject rows of it).
 
     Raises:
-        DataSourceError: The file is unreadable or has no such label column.
+        DataSourceError: The file is unreadable, has no such label column, or
+            its label has fewer than two classes.
         ConfigError: The name is unsafe, or a file exists and ``force`` is off.
     """
     from normlab.data.sources import read_table
@@ -273,27 +463,44 @@ def init_project(
         raise DataSourceError(
             f"{data_path}: label column {label!r} not found; columns: {', '.join(map(str, frame.columns[:20]))}"
         )
+    types, typed = infer_types(frame)
+    stray = np.unique(np.concatenate([t.stray for t in types.values()]))
+    # The rows the gate keeps after its types check, with those columns as numbers.
+    clean = typed.iloc[np.setdiff1d(np.arange(len(frame)), stray)]
+    check_trainable(clean[label], source=str(data_path), label=label)
     resolved = data_path.resolve()
     shown = resolved.relative_to(root) if resolved.is_relative_to(root) else resolved
-    suite = profile_suite(frame, label, name=name, source=str(shown))
+    suite = profile_suite(frame, label, name=name, source=str(shown), types=types)
+    promotion = promotion_settings(clean[label], test_fraction=SplitsConfig().test_fraction)
+    data_section: dict[str, Any] = {"path": str(shown), "label": label, "expectations": f"expectations/{name}.json"}
+    empty = [c for c, t in types.items() if t.kind == "empty"]
+    if empty:
+        # A column missing in every row carries nothing to learn, and NaN features fail the non_finite check.
+        data_section["features"] = [c for c in map(str, frame.columns) if c != label and c not in empty]
     raw = {
         "name": name,
-        "data": {"path": str(shown), "label": label, "expectations": f"expectations/{name}.json"},
+        "data": data_section,
         "splits": {"ood": []},
         "model": {"family": "mlp", "norm": "batch"},
-        "gate": gate_settings(frame, label),
+        "gate": gate_settings(clean, label),
+        "promotion": {"thresholds": promotion["thresholds"]},
     }
     cfg = validate_config(raw, source=str(config_path))
-    # The file should pass its own gate; duplicate rows or a tiny file are what it can still catch.
+    # The file should pass its own gate; stray values, duplicate rows or a tiny file are what it can still catch.
     own = assess(frame, cfg, suite)
     own_failures = [c.label for c in own.checks if c.outcome in ("quarantined", "blocked")]
+    (metric, at_least), = promotion["thresholds"].items()
     header = (f"# Profiled by `normlab init` from {shown} ({len(frame)} rows, label {label!r}).\n"
               f"# Run it: normlab run configs/{name}.yaml   Check a new batch: normlab validate "
-              f"configs/{name}.yaml --data NEW.csv\n")
+              f"configs/{name}.yaml --data NEW.csv\n"
+              f"# Promotion: {metric} >= {at_least}. Always predicting {promotion['majority']!r} scores about "
+              f"{promotion['majority_share']} +- {promotion['standard_error']} on ~{promotion['test_rows']} test rows;\n"
+              f"# the threshold is {PROMOTION_Z:g} standard errors above it (at least {PROMOTION_MIN_MARGIN}).\n")
     suite_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.parent.mkdir(parents=True, exist_ok=True)
     suite_path.write_text(json.dumps(suite, indent=1) + "\n", encoding="utf-8")
     config_path.write_text(header + yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return {"suite_path": str(suite_path), "config_path": str(config_path), "name": name, "rows": len(frame),
-            "expectations": len(suite["expectations"]), "config": cfg,
+            "expectations": len(suite["expectations"]), "config": cfg, "types": types,
+            "stray_rows": int(stray.size), "promotion": promotion,
             "own_rows_rejected": len(frame) - int(own.accepted.size), "own_failures": own_failures}

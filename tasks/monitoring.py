@@ -45,25 +45,28 @@ def resolve_reference(cfg: PipelineConfig) -> dict[str, Any]:
 
 @task(name="triage-batches", **LOCAL)
 def triage_batches(cfg: PipelineConfig, paths: list[str]) -> dict[str, Any]:
-    """Files processed before (same size and time) are skipped without being read."""
+    """Files processed before, or recorded as unreadable or refused (same size and time), are not read again."""
     triage = monitoring.triage_batches(cfg, paths)
     if triage["skipped"]:
-        get_run_logger().info("%d file(s) already processed, %d to open", len(triage["skipped"]), len(triage["new"]))
+        get_run_logger().info("%d file(s) known (processed, unreadable or refused), %d to open",
+                              len(triage["skipped"]), len(triage["new"]))
     return triage
 
 
 @task(name="open-batch", **LOCAL)
 def open_batch(cfg: PipelineConfig, path: str) -> dict[str, Any]:
-    """Fingerprint and claim the batch, or say why it is skipped."""
+    """Fingerprint and claim the batch, or say why it is not processed now (seen, pending, unreadable, refused)."""
     opened = monitoring.open_batch(cfg, path)
-    if opened["skip"]:
-        get_run_logger().info("skipping %s: %s", path, opened["reason"])
+    if opened["status"] in ("unreadable", "refused"):
+        get_run_logger().warning("%s %s: %s", opened["status"], path, opened["reason"])
+    elif opened["skip"]:
+        get_run_logger().info("%s %s: %s", opened["status"], path, opened["reason"])
     return opened
 
 
 @task(name="skip-batch", **LOCAL)
 def skip_batch(opened: dict[str, Any]) -> dict[str, Any]:
-    """The summary entry of a batch seen before."""
+    """The summary entry of a file not processed this time (seen before, pending, unreadable, refused)."""
     return monitoring.skipped_entry(opened)
 
 
@@ -98,10 +101,10 @@ def build_report(cfg: PipelineConfig, reference: dict[str, Any], batch: dict[str
 
 
 @task(name="decide", **LOCAL)
-def decide_batch(cfg: PipelineConfig, reference: dict[str, Any], analysis: dict[str, Any] | None,
-                 gated: dict[str, Any], retrain: bool | None) -> dict[str, Any]:
-    """Drift and data-quality levels, which alerts are due (cooldown, de-duplication), retrain or not."""
-    decision = monitoring.decide_batch(cfg, reference, analysis, gated)
+def decide_batch(cfg: PipelineConfig, batch: dict[str, Any], reference: dict[str, Any],
+                 analysis: dict[str, Any] | None, gated: dict[str, Any], retrain: bool | None) -> dict[str, Any]:
+    """Drift and data-quality levels, which alerts are due (cooldown, de-duplication), committed in landing order."""
+    decision = monitoring.decide_batch(cfg, batch, reference, analysis, gated)
     decision["retrain"] = monitoring.wants_retraining(cfg, decision, retrain)
     get_run_logger().info("decision: %s; data quality: %s", decision["reason"], decision["quality"]["reason"])
     return decision
@@ -183,7 +186,7 @@ def emit_drift_event(reference: dict[str, Any], batch: dict[str, Any], decision:
 def finish_batch(cfg: PipelineConfig, batch: dict[str, Any], gated: dict[str, Any], reference: dict[str, Any],
                  analysis: dict[str, Any] | None, report: dict[str, Any] | None, decision: dict[str, Any],
                  alert: dict[str, Any], quality_alert: dict[str, Any], monitor_run_id: str) -> dict[str, Any]:
-    """Mark the batch done; commit the model's streak and alert histories."""
+    """Mark the batch done; settle its alerts in the model's history (the streak was committed by the decision)."""
     return monitoring.finish_batch(cfg, batch, gated, reference, analysis, report, decision, alert, quality_alert,
                                    monitor_run_id)
 

@@ -99,7 +99,7 @@ def init(
 ) -> None:
     """Profile a trusted file into expectations/NAME.json and configs/NAME.yaml, ready for `normlab run`."""
     prepare_environment()
-    from normlab.profiling import init_project
+    from normlab.profiling import init_project, type_summary
 
     try:
         made = init_project(data, label, name=name, force=force)
@@ -110,6 +110,12 @@ def init(
     config = Path(made["config_path"]).relative_to(here)
     console.print(f"profiled {made['rows']} rows: {suite} ({made['expectations']} expectations) and {config}",
                   highlight=False)
+    for line in type_summary(made["types"]):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+    promotion = made["promotion"]
+    (metric, at_least), = promotion["thresholds"].items()
+    console.print(f"promotion: {metric} >= {at_least} (always predicting {promotion['majority']!r} scores about "
+                  f"{promotion['majority_share']})", soft_wrap=True, highlight=False, markup=False)
     if made["own_failures"]:
         console.print(f"[yellow]note[/]: the gate would reject {made['own_rows_rejected']} rows of this file itself "
                       f"({', '.join(made['own_failures'])}); see normlab validate {config}", highlight=False)

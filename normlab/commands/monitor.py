@@ -77,6 +77,13 @@ def monitor(
     when a retraining failed, 5 on drift with --fail-on-drift (every batch is
     processed and alerted first). Alert URLs come from alerts.urls or the
     NORMLAB_ALERT_URLS environment variable.
+
+    In a landing folder, names starting with _ or . are ignored (upload, then
+    rename); a file changed in the last 2 s, or while it was read, is pending
+    until the next run; a file that cannot be read is recorded as unreadable
+    until it changes (touch it to retry), and symbolic links are refused.
+    Either way the other files are processed. Rows appended to a processed
+    file are a batch of their own.
     """
     prepare_environment()
     cfg = load_or_fail(config, set_)
@@ -91,7 +98,7 @@ def monitor(
         result = monitoring_flow(cfg, data=data, retrain=retrain, config_hint=hint)
     except RetrainingError as exc:
         retrain_error, result = exc, exc.summary
-    except Exception as exc:  # noqa: BLE001 - mapped to one line, or re-raised as a bug
+    except Exception as exc:  # mapped to one line, or re-raised as a bug
         user_error = as_user_error(exc)
         if user_error is None:
             raise
@@ -106,10 +113,14 @@ def monitor(
         console.print(batches_table(batches))
     for b in batches:
         level = (b.get("drift") or {}).get("level")
-        if b["status"] in ("skipped", "unreadable"):
+        if b["status"] in ("unreadable", "refused"):
+            console.print(f"[yellow]{_label(b)} {b['status']}[/]: {b['reason']}", soft_wrap=True)
+        elif b["status"] in ("skipped", "pending"):
             console.print(f"{_label(b)} {b['status']}: {b['reason']}", soft_wrap=True)
         elif level in ("suspected", "detected", "blocked", "too_small"):
             console.print(f"{b['fingerprint'][:12]} drift {level}: {b['drift']['reason']}", soft_wrap=True)
+        if b["status"] == "processed" and b.get("change"):
+            console.print(f"{b['fingerprint'][:12]} ({Path(b['source']).name}): {b['change']}", soft_wrap=True)
         quality = b.get("quality") or {}
         if b["status"] == "processed" and quality.get("level") not in (None, "ok"):
             console.print(f"[bold red]{b['fingerprint'][:12]} data {quality['level']}[/]: {quality['reason']}",

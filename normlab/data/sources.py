@@ -3,6 +3,11 @@
 Readers never write to the files they open; every failure is a one-line
 `DataSourceError` that names the path, so a scheduled run's log says which file
 to fix.
+
+A CSV field is read as it was written: only the empty field is a missing
+value. pandas' default NA tokens (``NA``, ``n/a``, ``None``, ``null``,
+``NaN``, ...) stay text, so ``NA`` in a numeric column fails the gate's types
+check and its row reaches the quarantine with the text it arrived with.
 """
 
 from __future__ import annotations
@@ -10,11 +15,15 @@ from __future__ import annotations
 import gzip
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from normlab.errors import ConfigError, DataSourceError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 BUILTIN_DATASETS: tuple[str, ...] = ("digits",)
 
@@ -23,6 +32,9 @@ _IMAGE_SHAPES: dict[str, tuple[int, int]] = {"digits": (8, 8)}
 
 _CSV_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz")
 _PARQUET_SUFFIXES: tuple[str, ...] = (".parquet", ".pq")
+
+# Column names starting with this are the gate's own (quarantine records, row positions).
+RESERVED_PREFIX = "_normlab_"
 
 # Bytes looked at for NUL characters: text CSV never holds them, binary files
 # almost always do within the first block.
@@ -71,8 +83,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     Raises:
         DataSourceError: The file is missing, a directory, has an unsupported
             extension, is empty, has a header but no rows, has rows with more
-            fields than the header, holds bytes that are not UTF-8 text, or is
-            not a readable Parquet file.
+            fields than the header, holds bytes that are not UTF-8 text, is
+            not a readable Parquet file, has a Parquet column of list, struct,
+            map or union type, or names a column with `RESERVED_PREFIX`.
     """
     p = Path(path)
     if not p.exists():
@@ -89,7 +102,18 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataSourceError(f"data file {str(p)!r} has no columns; write a header and rows")
     if frame.shape[0] == 0:
         raise DataSourceError(f"data file {str(p)!r} has a header but no rows; add data rows to it")
+    _reject_reserved_names(p, frame.columns)
     return frame
+
+
+def _reject_reserved_names(path: Path, columns: pd.Index) -> None:
+    """Raise if a column name starts with `RESERVED_PREFIX` (the gate would overwrite or misread it)."""
+    reserved = [str(c) for c in columns if str(c).startswith(RESERVED_PREFIX)]
+    if reserved:
+        raise DataSourceError(
+            f"data file {str(path)!r}: column {reserved[0]!r} starts with {RESERVED_PREFIX!r}, which normlab "
+            "reserves for its own columns; rename it"
+        )
 
 
 def check_readable(path: str | Path) -> Path:
@@ -148,7 +172,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
             # make that an error instead of silent data loss.
             warnings.simplefilter("error", pd.errors.ParserWarning)
             # index_col=False: a ragged first row must not silently become the index.
-            return pd.read_csv(path, engine="c", index_col=False, encoding="utf-8")
+            # Only the empty field is missing: "NA", "null", "None"... stay the text they are.
+            return pd.read_csv(path, engine="c", index_col=False, encoding="utf-8",
+                               keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError as exc:
         raise DataSourceError(
             f"data file {str(path)!r} has no header or rows ({_one_line(exc)}); write a header and rows"
@@ -191,11 +217,35 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     """Read a Parquet file, turning every reader failure into DataSourceError."""
     # Imported here so that importing normlab.data stays cheap.
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     try:
+        # The footer alone: a nested column is refused before any data is read.
+        schema = pq.read_schema(path)
+        _reject_nested(path, schema)
         return pd.read_parquet(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise DataSourceError(
             f"data file {str(path)!r} is not a readable Parquet file ({_one_line(exc)}); "
             "rewrite it with pandas.DataFrame.to_parquet or pyarrow"
         ) from exc
+
+
+def _reject_nested(path: Path, schema: pa.Schema) -> None:
+    """Raise for the first column of list, struct, map or union type.
+
+    Such a column reaches pandas as arrays, dicts or lists per cell: it cannot
+    be hashed (fingerprints, duplicate checks), compared or used as a feature.
+    """
+    import pyarrow as pa
+
+    for field in schema:
+        kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+        if not pa.types.is_nested(kind):
+            continue
+        holds = ("structs" if pa.types.is_struct(kind) else "maps" if pa.types.is_map(kind)
+                 else "unions" if pa.types.is_union(kind) else "lists")
+        raise DataSourceError(
+            f"data file {str(path)!r}: column {field.name!r} holds {holds} (Parquet type {kind}); normlab reads "
+            "one number, text, date or boolean per cell: flatten it into scalar columns or drop it"
+        )

@@ -13,7 +13,8 @@ The modules, by role:
 
 Work folder layout (``<workdir>/monitoring/``)::
 
-    state.json                  batches seen (by fingerprint), per-model streaks and alerts
+    state.json                  batches seen (by fingerprint) and their claims and decisions; files seen
+                                (size, time, fingerprint, or why unreadable/refused); per-model streaks and alerts
     state.lock                  serializes read-modify-write of state.json across processes
     batches/<fp16>/             one folder per batch: batch.parquet (snapshot), gate report,
                                 typed.parquet, accepted.parquet, drift.json, report samples,
@@ -40,7 +41,9 @@ from normlab.monitoring.analysis import (
 from normlab.monitoring.ledger import (
     BATCH_SUFFIXES,
     NO_ALERT,
+    SETTLE_S,
     discover_batches,
+    earlier_claims,
     locked_state,
     model_history,
     monitor_dir,
@@ -52,6 +55,7 @@ from normlab.monitoring.ledger import (
     skipped_entry,
     triage_batches,
     workspace_dir,
+    workspace_lock,
 )
 from normlab.monitoring.records import (
     batch_entry,
@@ -72,6 +76,7 @@ from normlab.monitoring.retraining import (
 __all__ = [
     "BATCH_SUFFIXES",
     "NO_ALERT",
+    "SETTLE_S",
     "NoReferenceError",
     "alert_batch",
     "analyze_batch",
@@ -80,6 +85,7 @@ __all__ = [
     "build_report",
     "decide_batch",
     "discover_batches",
+    "earlier_claims",
     "finish_batch",
     "gate_batch",
     "load_reference_model",
@@ -102,4 +108,5 @@ __all__ = [
     "triage_batches",
     "wants_retraining",
     "workspace_dir",
+    "workspace_lock",
 ]

@@ -13,10 +13,23 @@ import pandas as pd
 from normlab import drift
 from normlab.config import PipelineConfig
 from normlab.errors import DataSourceError
-from normlab.monitoring.ledger import model_history, now_utc, read_state, workspace_dir
+from normlab.monitoring.ledger import (
+    earlier_claims,
+    locked_state,
+    model_history,
+    now_utc,
+    read_state,
+    workspace_lock,
+)
 from normlab.monitoring.reference import load_reference_model
 
 _INFERENCE_ROWS = 8192
+# A batch's decision waits for earlier-landed batches of the same model that another monitor is
+# still processing (so the streak counts batches in landing order), polling this often, at most this long.
+_ORDER_POLL_S = 0.2
+_ORDER_WAIT_S = 900.0
+# Drift levels that move the streak (a blocked or too-small batch leaves it alone).
+_STREAK_LEVELS = ("none", "suspected", "detected")
 
 # 3. The data gate ----------------------------------------------------------------------
 
@@ -163,7 +176,7 @@ def analyze_batch(
             "columns": [s.to_dict() for s in scores]}
     (out / "drift.json").write_text(json.dumps(full, indent=1, default=float), encoding="utf-8")
     return {
-        "rows": int(len(current)),
+        "rows": len(current),
         "decidable": decidable,
         "drifted": drifted,
         "drifted_columns": drifted_columns,
@@ -220,21 +233,58 @@ def build_report(
         verdict=verdict,
     )
     paths = drift.save_report(snapshot, Path(batch["batch_dir"]) / "evidently")
-    ws = drift.add_to_workspace(snapshot, workspace_dir(cfg), project=reference["model"])
+    with workspace_lock(cfg) as workspace:
+        ws = drift.add_to_workspace(snapshot, workspace, project=reference["model"])
     return {**paths, **ws, "rows_sampled": {"reference": len(ref), "current": len(cur)},
             "seconds": round(time.perf_counter() - started, 3)}
 
 def decide_batch(
-    cfg: PipelineConfig, reference: dict[str, Any], analysis: dict[str, Any] | None, gated: dict[str, Any],
-    now: datetime | None = None,
+    cfg: PipelineConfig, batch: dict[str, Any], reference: dict[str, Any], analysis: dict[str, Any] | None,
+    gated: dict[str, Any], now: datetime | None = None,
 ) -> dict[str, Any]:
-    """The batch's drift level and data-quality level, and which alerts are due (nothing is written).
+    """The batch's drift level and data-quality level, and which alerts are due; committed at once.
 
-    A batch the gate blocked is still judged for drift and counts towards the
-    streak when its drift test fires; `finish_batch` commits.
+    The decision reads the model's streak, cooldowns and alert history and
+    writes the new streak, the batch's place in it and the alerts it makes
+    due in one critical section under the state lock, so concurrent monitors
+    never lose an update. Batches are decided in landing order: an earlier
+    batch of the same model that another live monitor has claimed is waited
+    for (at most ``_ORDER_WAIT_S``; the reason says when that ran out). A due
+    alert is recorded as pending (it starts the cooldown at once);
+    `finish_batch` settles it once the delivery is known. A batch the gate
+    blocked is still judged for drift and counts towards the streak when its
+    drift test fires. A batch decided before (a retried task, a claim taken
+    over) gets its recorded decision back, counted once.
     """
-    when = now or now_utc()
-    history = model_history(read_state(cfg), reference)
+    model = reference["model"]
+    deadline = time.monotonic() + _ORDER_WAIT_S
+    while True:
+        if earlier_claims(read_state(cfg), batch, model) and time.monotonic() < deadline:
+            time.sleep(_ORDER_POLL_S)
+            continue
+        with locked_state(cfg) as state:
+            waiting = earlier_claims(state, batch, model)
+            if waiting and time.monotonic() < deadline:
+                continue  # claimed since the look above: wait for it too
+            record = state["batches"].setdefault(batch["fingerprint"], {})
+            prior = record.get("decision")
+            if prior is not None and prior.get("reference_run_id") == reference["run_id"]:
+                return dict(prior)
+            history = model_history(state, reference)
+            decision = _judge(cfg, history, analysis, gated, now or now_utc())
+            if waiting:
+                names = ", ".join(Path(r["source"]).name for r in waiting[:3])
+                decision["reason"] += (f"; decided before earlier batch(es) {names}, still being processed after "
+                                       f"{_ORDER_WAIT_S:g} s")
+            _commit_decision(history, decision, batch, analysis, gated)
+            state["models"][model] = history
+            record["decision"] = {**decision, "reference_run_id": reference["run_id"]}
+            return dict(record["decision"])
+
+
+def _judge(cfg: PipelineConfig, history: dict[str, Any], analysis: dict[str, Any] | None, gated: dict[str, Any],
+           when: datetime) -> dict[str, Any]:
+    """The decision over the model's history as it is now (nothing written)."""
     mon = cfg.monitor
     quality = quality_of(cfg, gated)
     if analysis is None:
@@ -258,3 +308,29 @@ def decide_batch(
                                f"cooldown {mon.cooldown_minutes:g} min)")
     quality = {**quality, "alert": quality_alert, "reason": quality_reason}
     return {**decision, "quality": quality, "decided_at": when.isoformat()}
+
+
+def _commit_decision(history: dict[str, Any], decision: dict[str, Any], batch: dict[str, Any],
+                     analysis: dict[str, Any] | None, gated: dict[str, Any]) -> None:
+    """Write the decision into the model's history: the streak, the batch in it, the alerts it makes due.
+
+    A due alert is recorded with ``delivered`` None (pending): it holds back
+    repeats from now on, and `finish_batch` drops it if it reached none of the
+    configured targets.
+    """
+    if decision["level"] in _STREAK_LEVELS:
+        history["streak"] = decision["streak"]
+        if decision["level"] == "none":
+            history["streak_batches"] = []
+        else:
+            history["streak_batches"] = [*history["streak_batches"], gated["accepted_path"]][-50:]
+    if decision["alert"]:
+        history["alerts"] = [*history["alerts"], {
+            "at": decision["decided_at"], "level": decision["level"],
+            "columns": analysis["drifted_columns"] if analysis else [], "fingerprint": batch["fingerprint"],
+            "delivered": None}][-100:]
+    quality = decision["quality"]
+    if quality["alert"]:
+        history["quality_alerts"] = [*history.get("quality_alerts", []), {
+            "at": decision["decided_at"], "level": quality["level"], "columns": quality["checks"],
+            "fingerprint": batch["fingerprint"], "delivered": None}][-100:]

@@ -6,6 +6,27 @@ when every stage finished; a failed batch is released and retried on the next
 run, and a claim left by a process that died is taken over. State writes are
 atomic (write, then rename) under an exclusive file lock, so the state
 survives restarts and concurrent monitors.
+
+What the ledger does with the files of a landing folder:
+
+- A file is read only once its size and modification time have stood still
+  for `SETTLE_S` seconds, and only if they are the same after the read; a
+  file still being written is ``pending``: left for the next run, not marked.
+  Names starting with ``_`` or ``.`` are never listed (upload as
+  ``_part.csv``, rename when done).
+- Symbolic links are ``refused``, whatever they point to (inside the folder or
+  not): only regular files in the folder are read, so a link can never make
+  the monitor read, or quote in a message, a file outside it. A ``--data``
+  that is itself a link to a file is an error; a landing folder given as a
+  link to a folder is followed (the operator named it).
+- A file that cannot be read, fingerprinted or snapshotted, or whose structure
+  the gate cannot take (a reserved ``_normlab_*`` column, lists or records in
+  a column), is ``unreadable``: left in place and recorded with the reason and
+  its size and time, so it is not read again until it changes.
+- A file that changes after it was processed is judged by content: rows
+  appended to it (the earlier rows unchanged, same column types) make a batch
+  of the new rows only; any other change makes the whole file a new batch;
+  the summary says which. Same content again is skipped as processed.
 """
 
 from __future__ import annotations
@@ -14,6 +35,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,10 +43,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from normlab.config import PipelineConfig
 from normlab.data.fingerprint import fingerprint_frame
 from normlab.data.sources import read_table
 from normlab.errors import DataSourceError
+from normlab.registry import registry_name
 
 BATCH_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 _STATE_VERSION = 1
@@ -32,7 +57,14 @@ _STATE_VERSION = 1
 _CLAIM_TIMEOUT_S = 6 * 3600
 # What a batch that raised no alert records for each alert kind.
 NO_ALERT: dict[str, Any] = {"due": False, "sent": False, "targets": 0, "delivered": 0}
-
+# Seconds a file's size and modification time must stand still before it is read: a writer that
+# appends in bursts (or copies without the ``_`` prefix) gets this long between writes. A younger
+# file is waited for, up to this long, and left for the next run if it changes meanwhile.
+SETTLE_S = 2.0
+# Column names the gate writes into quarantine records; a batch that already has one cannot be gated.
+_RESERVED_PREFIX = "_normlab_"
+# Longest reason recorded for an unreadable file (one line in the summary).
+_REASON_CHARS = 300
 
 
 def monitor_dir(cfg: PipelineConfig) -> Path:
@@ -54,6 +86,25 @@ def workspace_dir(cfg: PipelineConfig) -> Path:
     return cfg.workdir_path() / "evidently"
 
 
+@contextmanager
+def workspace_lock(cfg: PipelineConfig) -> Iterator[Path]:
+    """The Evidently workspace folder under an exclusive lock, for monitors that share it.
+
+    Evidently's local workspace writes its JSON files in place and unlocked:
+    a monitor could read another's half-written project, or both create the
+    same project. The lock file sits in the workspace root, where Evidently
+    only looks at project (UUID) folders.
+    """
+    folder = workspace_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".normlab.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield folder
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -66,24 +117,31 @@ def discover_batches(data: str | Path) -> list[str]:
 
     In a folder, files are taken oldest first (modification time, then name);
     hidden files and names starting with ``_`` are skipped, so a writer can
-    upload as ``_part.parquet`` and rename when done.
+    upload as ``_part.parquet`` and rename when done. Symbolic links in the
+    folder are listed as they are (never followed), for `open_batch` to refuse.
 
     Raises:
-        DataSourceError: ``data`` does not exist or is a file of another type.
+        DataSourceError: ``data`` does not exist, is a file of another type,
+            or is a symbolic link to a file.
     """
     path = Path(data).expanduser()
+    if path.is_symlink() and not path.is_dir():
+        raise DataSourceError(f"--data {str(path)!r} is a symbolic link; normlab does not follow links to batch "
+                              "files: give the file itself or a landing folder")
     if not path.exists():
         raise DataSourceError(f"--data {str(path)!r} does not exist; give a batch file or a landing folder")
     if path.is_file():
         if not path.name.lower().endswith(BATCH_SUFFIXES):
             raise DataSourceError(f"--data {str(path)!r}: batch files end with {', '.join(BATCH_SUFFIXES)}")
         return [str(path.resolve())]
+    folder = path.resolve()
     files = [
-        p for p in path.iterdir()
-        if p.is_file() and not p.name.startswith((".", "_")) and p.name.lower().endswith(BATCH_SUFFIXES)
+        p for p in folder.iterdir()
+        if (p.is_symlink() or p.is_file()) and not p.name.startswith((".", "_"))
+        and p.name.lower().endswith(BATCH_SUFFIXES)
     ]
-    files.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
-    return [str(p.resolve()) for p in files]
+    files.sort(key=lambda p: (p.lstat().st_mtime_ns, p.name))
+    return [str(p) for p in files]
 
 
 # State ---------------------------------------------------------------------------------
@@ -157,51 +215,180 @@ def _claim_is_live(claim: dict[str, Any]) -> bool:
 
 
 def open_batch(cfg: PipelineConfig, path: str) -> dict[str, Any]:
-    """Fingerprint a batch file and claim it, or say why it is skipped.
+    """Fingerprint a batch file and claim it, or say why it is not processed now.
 
-    A file that cannot be read is skipped and left in place (it is tried
-    again on the next run).
+    The file is read only when it is a regular file (never a symbolic link)
+    whose size and modification time stood still for `SETTLE_S` seconds and
+    did not change while it was read. A file that cannot be read,
+    fingerprinted or snapshotted (any ``Exception``), or that has a reserved
+    ``_normlab_*`` or repeated column, is recorded as ``unreadable`` with the
+    reason and left in place; it is read again once its size or time change.
+    A file processed before and changed since is a new batch: its appended
+    rows only when the earlier rows are unchanged, else the whole file
+    (``change`` says which).
 
     Returns:
-        ``skip`` (bool), ``status`` and ``fingerprint`` (None for an unreadable
-        file), ``source``; when skipped also ``reason`` and ``previous`` (the
+        ``skip`` (bool), ``status`` (``claimed``, ``skipped``, ``pending``,
+        ``unreadable`` or ``refused``), ``fingerprint`` (None when not read),
+        ``source``; when skipped also ``reason`` and ``previous`` (the
         earlier record); otherwise ``path`` (the snapshot), ``rows``,
-        ``columns`` and ``batch_dir``.
+        ``columns``, ``batch_dir``, ``landed_ns`` (the file's modification
+        time, its place in the landing order) and ``change`` (None for a
+        file not processed before).
     """
-    stat = Path(path).stat()
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError:
+        return _not_opened("skipped", path, "no longer there: moved or deleted after it was listed")
+    if stat.S_ISLNK(before.st_mode):
+        return _quarantine_file(cfg, path, before, "refused", f"refused: {Path(path).name} is a symbolic link; only "
+                                "regular files in the landing folder are read, never what a link points to")
+    if not stat.S_ISREG(before.st_mode):
+        return _quarantine_file(cfg, path, before, "refused", f"refused: {Path(path).name} is not a regular file")
+    if not _settled(path, before):
+        return _not_opened("pending", path, f"not yet stable: still being written (changed within {SETTLE_S:g} s); "
+                                            "left for the next run")
     try:
         frame = read_table(path)
-    except DataSourceError as exc:
-        return {"skip": True, "status": "unreadable", "fingerprint": None, "source": path, "previous": None,
-                "reason": f"unreadable, left in place: {exc}"}
-    fingerprint = fingerprint_frame(frame)
+        _check_structure(frame)
+        content = fingerprint_frame(frame)
+        batch_frame, fingerprint, change = _new_rows(frame, content, _processed(read_state(cfg), path))
+        # Converted now so that a column Parquet cannot hold fails here, as the file's fault.
+        table = _arrow_table(batch_frame)
+        failure = None
+    except Exception as exc:  # noqa: BLE001 - one file's failure, whatever it is, quarantines that file only
+        failure = exc
+    after = _lstat_or_none(path)
+    if after is None or _identity(after) != _identity(before):
+        return _not_opened("pending", path, "not yet stable: it changed while it was read; left for the next run")
+    if failure is not None:
+        return _quarantine_file(cfg, path, before, "unreadable", f"unreadable, left in place: {_one_line(failure)}")
     with locked_state(cfg) as state:
-        state["files"][path] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "fingerprint": fingerprint}
+        state["files"][path] = {"size": before.st_size, "mtime_ns": before.st_mtime_ns, "fingerprint": fingerprint,
+                                "content": content, "rows": len(frame), "processed": _processed(state, path)}
         record = state["batches"].get(fingerprint)
         if record and record.get("status") == "done":
             return _seen(fingerprint, path, record)
         if record and record.get("status") == "claimed" and _claim_is_live(record):
             return {"skip": True, "status": "skipped", "fingerprint": fingerprint, "source": path, "previous": None,
                     "reason": f"being processed by pid {record['pid']} on {record['host']}"}
-        state["batches"][fingerprint] = {"status": "claimed", "source": path, "pid": os.getpid(),
-                                         "host": socket.gethostname(), "claimed_ts": time.time()}
+        claim = {"status": "claimed", "source": path, "pid": os.getpid(), "host": socket.gethostname(),
+                 "claimed_ts": time.time(), "model": registry_name(cfg), "landed_ns": before.st_mtime_ns}
+        if record and "decision" in record:
+            claim["decision"] = record["decision"]  # committed to the streak once; a retry must not count it again
+        state["batches"][fingerprint] = claim
     opened = {"skip": False, "status": "claimed", "fingerprint": fingerprint, "source": path,
-              "rows": int(len(frame)), "columns": [str(c) for c in frame.columns]}
+              "rows": len(batch_frame), "columns": [str(c) for c in batch_frame.columns],
+              "landed_ns": before.st_mtime_ns, "change": change}
     try:
+        import pyarrow.parquet as pq
+
         batch_dir = monitor_dir(cfg) / "batches" / fingerprint[:16]
         batch_dir.mkdir(parents=True, exist_ok=True)
-        frame.to_parquet(batch_dir / "batch.parquet", index=False)
+        pq.write_table(table, batch_dir / "batch.parquet")
     except BaseException:
         release_batch(cfg, opened)
         raise
     return {**opened, "path": str(batch_dir / "batch.parquet"), "batch_dir": str(batch_dir)}
 
 
+def _settled(path: str, before: os.stat_result) -> bool:
+    """True when the file stood still for `SETTLE_S` seconds (waiting, at most that long, if it is younger)."""
+    age = time.time() - before.st_mtime_ns / 1e9
+    if age >= SETTLE_S:
+        return True
+    time.sleep(SETTLE_S - max(age, 0.0))  # a modification time in the future waits the whole interval
+    now = _lstat_or_none(path)
+    return now is not None and _identity(now) == _identity(before)
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is written to, truncated, replaced or swapped for a link."""
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns)
+
+
+def _lstat_or_none(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _check_structure(frame: pd.DataFrame) -> None:
+    """Raise for columns the gate cannot take: reserved ``_normlab_*`` names, a name used twice."""
+    reserved = [str(c) for c in frame.columns if str(c).startswith(_RESERVED_PREFIX)]
+    if reserved:
+        raise DataSourceError(f"column {reserved[0]!r} uses the prefix {_RESERVED_PREFIX!r}, reserved for "
+                              "quarantine records; rename it")
+    repeated = frame.columns[frame.columns.duplicated()]
+    if len(repeated):
+        raise DataSourceError(f"column {str(repeated[0])!r} appears more than once; give each column its own name")
+
+
+def _arrow_table(frame: pd.DataFrame) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, shortened: a reason that fits one summary line."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+    return text if len(text) <= _REASON_CHARS else text[: _REASON_CHARS - 3] + "..."
+
+
+def _processed(state: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The last content of ``path`` that was processed to the end: ``content``, ``rows``, ``fingerprint``, ``at``."""
+    known = state["files"].get(path)
+    if not known:
+        return None
+    record = state["batches"].get(known.get("fingerprint") or "")
+    if record and record.get("status") == "done" and "content" in known:
+        return {"content": known["content"], "rows": known["rows"], "fingerprint": known["fingerprint"],
+                "at": record["processed_at"]}
+    return known.get("processed")
+
+
+def _new_rows(frame: pd.DataFrame, content: str,
+              processed: dict[str, Any] | None) -> tuple[pd.DataFrame, str, str | None]:
+    """The batch in a file: its rows appended since it was last processed, or all of them.
+
+    Returns:
+        The batch's rows, its fingerprint and a one-line note on how the file
+        changed since it was processed (None when it was not processed before).
+    """
+    if processed is None:
+        return frame, content, None
+    if content == processed["content"]:
+        return frame, processed["fingerprint"], None  # same content again (touched, or copied back)
+    n, at = int(processed["rows"]), processed["at"]
+    if 0 < n < len(frame) and fingerprint_frame(frame.iloc[:n]) == processed["content"]:
+        new = frame.iloc[n:].reset_index(drop=True)
+        return new, fingerprint_frame(new), (f"appended to since it was processed at {at}: this batch is its "
+                                             f"{len(new)} new rows (the first {n} were processed then)")
+    return frame, content, (f"changed since it was processed at {at} (batch {processed['fingerprint'][:12]}): "
+                            "processed in full as a new batch")
+
+
+def _not_opened(status: str, path: str, reason: str) -> dict[str, Any]:
+    return {"skip": True, "status": status, "fingerprint": None, "source": path, "previous": None, "reason": reason}
+
+
+def _quarantine_file(cfg: PipelineConfig, path: str, st: os.stat_result, status: str, reason: str) -> dict[str, Any]:
+    """Record a file that is not processed (``unreadable`` or ``refused``) until its size or time change."""
+    with locked_state(cfg) as state:
+        state["files"][path] = {"status": status, "reason": reason, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                "at": now_utc().isoformat(), "processed": _processed(state, path)}
+    return _not_opened(status, path, reason)
+
+
 def triage_batches(cfg: PipelineConfig, paths: list[str]) -> dict[str, Any]:
-    """Split batch files into those to open and those already processed, without reading them.
+    """Split batch files into those to open and those already settled, without reading them.
 
     A file whose size and modification time match a file processed before is
-    known; anything else is opened (and still recognised by content there).
+    known; so is one recorded as unreadable or refused (it stays so until it
+    changes). Anything else is opened (and still recognised by content there).
 
     Returns:
         ``new`` (paths) and ``skipped`` (summary entries).
@@ -209,11 +396,17 @@ def triage_batches(cfg: PipelineConfig, paths: list[str]) -> dict[str, Any]:
     state = read_state(cfg)
     new, skipped = [], []
     for path in paths:
-        stat = Path(path).stat()
+        st = _lstat_or_none(path)
+        if st is None:
+            continue  # moved or deleted since it was listed
         known = state["files"].get(path)
-        record = state["batches"].get(known["fingerprint"]) if known else None
-        if (record and record.get("status") == "done" and known["size"] == stat.st_size
-                and known["mtime_ns"] == stat.st_mtime_ns):
+        same = bool(known) and known["size"] == st.st_size and known["mtime_ns"] == st.st_mtime_ns
+        if same and known.get("status") in ("unreadable", "refused"):
+            skipped.append(skipped_entry(_not_opened(
+                known["status"], path, f"{known['reason']} (recorded {known['at']}; not read again until it changes)")))
+            continue
+        record = state["batches"].get(known.get("fingerprint") or "") if same else None
+        if record and record.get("status") == "done" and stat.S_ISREG(st.st_mode):
             skipped.append(skipped_entry(_seen(known["fingerprint"], path, record)))
         else:
             new.append(path)
@@ -226,11 +419,39 @@ def _seen(fingerprint: str, path: str, record: dict[str, Any]) -> dict[str, Any]
 
 
 def release_batch(cfg: PipelineConfig, batch: dict[str, Any]) -> None:
-    """Drop this process's claim on a batch that failed, so the next run retries it."""
+    """Drop this process's claim on a batch that failed, so the next run retries it.
+
+    A batch whose decision was already committed keeps it (``released``): the
+    retry reuses it instead of counting the batch in the streak again.
+    """
     with locked_state(cfg) as state:
         record = state["batches"].get(batch["fingerprint"])
         if record and record.get("status") == "claimed" and record.get("pid") == os.getpid():
-            del state["batches"][batch["fingerprint"]]
+            if "decision" in record:
+                state["batches"][batch["fingerprint"]] = {**record, "status": "released"}
+            else:
+                del state["batches"][batch["fingerprint"]]
+
+
+def earlier_claims(state: dict[str, Any], batch: dict[str, Any], model: str) -> list[dict[str, Any]]:
+    """Batches of ``model`` that landed before ``batch`` and that another live monitor claimed but has not decided.
+
+    Landing order is the files' modification time, then name, then
+    fingerprint (the order `discover_batches` lists them in). A monitor works
+    on one batch at a time, so this process's own claims are never waited for.
+    """
+    def order(landed_ns: int, source: str, fingerprint: str) -> tuple[int, str, str]:
+        return int(landed_ns), Path(source).name, fingerprint
+
+    mine = order(batch["landed_ns"], batch["source"], batch["fingerprint"])
+    pid, host = os.getpid(), socket.gethostname()
+    return [
+        record for fingerprint, record in state["batches"].items()
+        if record.get("status") == "claimed" and record.get("model") == model and "decision" not in record
+        and fingerprint != batch["fingerprint"] and (record.get("pid"), record.get("host")) != (pid, host)
+        and order(record.get("landed_ns", 0), record["source"], fingerprint) < mine and _claim_is_live(record)
+    ]
+
 
 def model_history(state: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
     """The model's streak and alerts; a new reference (retrained or promoted model) starts afresh."""
@@ -240,8 +461,9 @@ def model_history(state: dict[str, Any], reference: dict[str, Any]) -> dict[str,
                 "streak_batches": [], "alerts": []}
     return history
 
+
 def skipped_entry(opened: dict[str, Any]) -> dict[str, Any]:
-    """A batch seen before, in the summary JSON: its earlier result, marked skipped."""
+    """A batch not processed this time, in the summary JSON: its earlier result if any, with the status and reason."""
     previous = (opened.get("previous") or {}).get("entry") or {}
     return {
         **previous,

@@ -99,7 +99,13 @@ def finish_batch(
     quality_alert: dict[str, Any],
     monitor_run_id: str,
 ) -> dict[str, Any]:
-    """Mark the batch done and update the model's streak and alert histories, in one atomic write.
+    """Mark the batch done and settle its alerts in the model's history, in one atomic write.
+
+    The streak and the alerts it made due were committed with the decision
+    (`decide_batch`); here a pending alert is kept (with how many targets it
+    reached) when it was sent or when no target is configured (it still
+    starts the cooldown and gates retraining), and dropped when it failed to
+    reach any configured target.
 
     Returns:
         The batch's entry in the monitor summary.
@@ -116,31 +122,28 @@ def finish_batch(
         if state["batches"].get(batch["fingerprint"], {}).get("status") == "done":
             return state["batches"][batch["fingerprint"]]["entry"]  # a retried commit counts the batch once
         history = model_history(state, reference)
-        if decision["level"] in _LEVEL_CODE:
-            history["streak"] = decision["streak"]
-            if decision["level"] == "none":
-                history["streak_batches"] = []
-            else:
-                history["streak_batches"] = [*history["streak_batches"], gated["accepted_path"]][-50:]
         if decision["alert"]:
-            # An alert that reached nobody because none is configured still starts the cooldown (it
-            # also gates retraining); one that failed to reach a configured target does not.
-            if alert["sent"] or alert["targets"] == 0:
-                history["alerts"] = [*history["alerts"], {"at": decision["decided_at"], "level": decision["level"],
-                                                          "columns": analysis["drifted_columns"] if analysis else [],
-                                                          "fingerprint": batch["fingerprint"],
-                                                          "delivered": alert["delivered"]}][-100:]
-        quality = decision["quality"]
-        if quality["alert"] and (quality_alert["sent"] or quality_alert["targets"] == 0):
-            history["quality_alerts"] = [*history.get("quality_alerts", []), {
-                "at": decision["decided_at"], "level": quality["level"], "columns": quality["checks"],
-                "fingerprint": batch["fingerprint"], "delivered": quality_alert["delivered"]}][-100:]
+            _settle_alert(history, "alerts", batch["fingerprint"], alert)
+        if decision["quality"]["alert"]:
+            _settle_alert(history, "quality_alerts", batch["fingerprint"], quality_alert)
         state["models"][reference["model"]] = history
         state["batches"][batch["fingerprint"]] = {
             "status": "done", "source": batch["source"], "processed_at": now_utc().isoformat(),
             "monitor_run_id": monitor_run_id, "reference_run_id": reference["run_id"], "entry": entry,
         }
     return entry
+
+
+def _settle_alert(history: dict[str, Any], kind: str, fingerprint: str, alert: dict[str, Any]) -> None:
+    """Keep the batch's pending alert of ``kind`` with its delivery count, or drop it when no configured target got it."""
+    kept = []
+    for past in history.get(kind, []):
+        if past["fingerprint"] == fingerprint and past.get("delivered") is None:
+            if not (alert["sent"] or alert["targets"] == 0):
+                continue
+            past = {**past, "delivered": alert["delivered"]}
+        kept.append(past)
+    history[kind] = kept
 
 
 def batch_entry(
@@ -177,6 +180,7 @@ def batch_entry(
                           if k in ("due", "sent", "targets", "delivered", "reason")},
         "report": {k: report[k] for k in ("html", "json", "snapshot_id")} if report else None,
         "monitor_run_id": monitor_run_id,
+        "change": batch.get("change"),
     }
     if analysis is not None:
         entry["drift"].update({k: analysis["drift"][k] for k in ("share", "n_drifted", "n_columns", "columns")})
@@ -193,10 +197,10 @@ def batch_markdown(entry: dict[str, Any], reference: dict[str, Any]) -> str:
     lines = [
         f"### Batch `{entry['fingerprint'][:12]}`: drift **{d['level']}**",
         "",
-        f"- source: `{entry['source']}`",
+        f"- source: `{entry['source']}`" + (f" ({entry['change']})" if entry.get("change") else ""),
         f"- model: {which} (reference run `{reference['run_id']}`)",
-        f"- rows: {entry['rows_in']} in, {entry['rows_accepted']} accepted, {entry['rows_quarantined']} quarantined, "
-        f"{entry['rows_untyped']} unreadable (left out of the drift)",
+        (f"- rows: {entry['rows_in']} in, {entry['rows_accepted']} accepted, {entry['rows_quarantined']} "
+         f"quarantined, {entry['rows_untyped']} unreadable (left out of the drift)"),
         f"- data quality: **{entry['quality']['level']}** ({entry['quality']['reason']})",
         f"- decision: {d['reason']}",
     ]

@@ -89,9 +89,11 @@ def _reference_files(cfg: PipelineConfig, run_id: str) -> dict[str, str]:
         return {k: str(p) for k, p in local.items()}
     import mlflow.artifacts
 
+    from normlab.credentials import store_uri
+
     dest = monitor_dir(cfg) / "references" / run_id
     dest.mkdir(parents=True, exist_ok=True)
-    uri = cfg.tracking_uri()
+    uri = store_uri(cfg.tracking_uri())  # the full URI of a database store with a password
     fetched = {}
     for key, artifact in (("reference", "drift/reference.parquet"), ("encoder", "model_inputs/encoder.json")):
         target = dest / artifact

@@ -39,7 +39,7 @@ def retraining_data(cfg: PipelineConfig, reference: dict[str, Any]) -> dict[str,
             unlabelled += 1
             continue
         new.append(frame[list(ref.columns)] if set(ref.columns) <= set(frame.columns) else frame)
-    out = {"rows_reference": int(len(ref)), "rows_new": int(sum(len(f) for f in new)), "batches_used": len(new),
+    out = {"rows_reference": len(ref), "rows_new": int(sum(len(f) for f in new)), "batches_used": len(new),
            "batches_unlabelled": unlabelled, "path": None}
     if not new:
         return out
