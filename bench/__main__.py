@@ -156,7 +156,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             lines.append(f"Status: {section['status']}.")
         lines += _md_table(section.get("table", []))
         for title, table in section.get("tables", {}).items():
-            lines += ["", f"*{title}*", ""] + _md_table(table)
+            lines += ["", f"*{title}*", "", *_md_table(table)]
         for note in section.get("notes", []):
             lines += ["", f"- {note}"]
     lines += ["", END]
@@ -187,7 +187,7 @@ def print_section(console, section: dict[str, Any]) -> None:
     if section["status"] == "failed":
         console.print(section["traceback"], highlight=False, markup=False)
         return
-    for title, rows in [("", section.get("table", []))] + list(section.get("tables", {}).items()):
+    for title, rows in [("", section.get("table", [])), *list(section.get("tables", {}).items())]:
         if not rows:
             continue
         table = Table(title=title or None)

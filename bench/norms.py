@@ -105,7 +105,7 @@ def _measure_device(device: str, plan: dict[str, Any], names: tuple[str, ...]) -
                         try:
                             timings = time_calls(candidates, rounds=plan["rounds"], min_seconds=plan["min_seconds"],
                                                  sync=sync)
-                        except Exception as exc:  # noqa: BLE001 - a compiler missing here is a finding, not a crash
+                        except Exception as exc:
                             if mode != "compiled":
                                 raise
                             compile_failed = _compile_error(exc)

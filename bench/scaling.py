@@ -67,7 +67,7 @@ def loglog_slope(rows: list[int], seconds: list[float]) -> float | None:
     xs = [math.log(r) for r in rows]
     ys = [math.log(max(s, 1e-9)) for s in seconds]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
 
 
 def _rows_scaling(name: str, sizes: tuple[int, ...]) -> tuple[dict[str, Any], list[dict[str, Any]]]:

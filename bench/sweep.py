@@ -51,8 +51,8 @@ def run(workers: int, points: int = 8, *, epochs: int = 10, batch_size: int = 2)
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    from flows.sweep import sweep_flow
     from normlab.config import load_config
+    from normlab.flows.sweep import sweep_flow
     from normlab.tracking import client_for
 
     with tempfile.TemporaryDirectory(prefix="normlab-bench-") as tmp:

@@ -14,10 +14,10 @@ from typing import Any
 
 from prefect import flow
 
-from flows.training import training_flow
 from normlab.config import PipelineConfig
 from normlab.errors import RetrainingError
-from tasks import monitoring as m
+from normlab.flows.training import training_flow
+from normlab.tasks import monitoring as m
 
 
 @flow(name="normlab-monitor-batch", flow_run_name="batch-{path}")

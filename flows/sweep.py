@@ -16,9 +16,9 @@ from prefect_dask import DaskTaskRunner
 
 from normlab.config import PipelineConfig, SweepConfig
 from normlab.sweep import collect
-from tasks import gate as g
-from tasks import sweep as s
-from tasks import training as t
+from normlab.tasks import gate as g
+from normlab.tasks import sweep as s
+from normlab.tasks import training as t
 
 
 def dask_runner(settings: SweepConfig) -> DaskTaskRunner:

@@ -7,9 +7,9 @@ from typing import Any
 from prefect import flow
 
 from normlab.config import PipelineConfig
-from tasks import gate as g
-from tasks import registry as r
-from tasks import training as t
+from normlab.tasks import gate as g
+from normlab.tasks import registry as r
+from normlab.tasks import training as t
 
 
 @flow(name="normlab-train", log_prints=True)

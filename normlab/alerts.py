@@ -231,5 +231,5 @@ def _quiet_apprise() -> Iterator[None]:
     try:
         yield
     finally:
-        for lg, was in zip(loggers, saved):
+        for lg, was in zip(loggers, saved, strict=True):
             lg.disabled = was

@@ -311,7 +311,7 @@ def check_contamination(
         own = np.isin(row_hashes(df.iloc[candidates], salt=salt), same_salt)
         rows = candidates[~own].astype(np.int64)
     return _check("contamination", rows.size == 0, scope="rows", rows=rows, observed=int(rows.size),
-                  details={"indexed_rows": int(len(index))})
+                  details={"indexed_rows": len(index)})
 
 
 # Batch ----------------------------------------------------------------------------------

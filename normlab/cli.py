@@ -187,13 +187,13 @@ def run(
     cfg = load_or_fail(config, set_)
     check_data_or_fail(data or cfg.data.path)
 
-    from flows.training import training_flow
+    from normlab.flows.training import training_flow
 
     console.print(f"normlab run: {cfg.name}, {cfg.model.family} + [bold]{cfg.model.norm}[/] norm, "
                   f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, store {cfg.redacted().tracking_uri()}")
     try:
         result = training_flow(cfg, data_path=data, resume=resume)
-    except Exception as exc:  # noqa: BLE001 - mapped to one line, or re-raised as a bug
+    except Exception as exc:
         user_error = as_user_error(exc)
         if user_error is None:
             raise

@@ -166,7 +166,7 @@ def score_columns(
     out: dict[str, ColumnScore] = {}
     if numeric:
         d, p = ks_columns(_as_float(reference, numeric), _as_float(current, numeric))
-        for name, score, p_value in zip(numeric, d, p):
+        for name, score, p_value in zip(numeric, d, p, strict=True):
             drifted = _drifted(score, p_value, alpha, effect_floor)
             out[name] = ColumnScore(name, "ks", float(score), float(p_value), drifted)
     for name in columns:
@@ -216,8 +216,8 @@ def prediction_drift(
     return {
         "class": {
             **cls,
-            "reference_shares": dict(zip(names, (ref_counts / max(ref_counts.sum(), 1)).round(4).tolist())),
-            "current_shares": dict(zip(names, (cur_counts / max(cur_counts.sum(), 1)).round(4).tolist())),
+            "reference_shares": dict(zip(names, (ref_counts / max(ref_counts.sum(), 1)).round(4).tolist(), strict=True)),
+            "current_shares": dict(zip(names, (cur_counts / max(cur_counts.sum(), 1)).round(4).tolist(), strict=True)),
         },
         "confidence": {
             **conf,

@@ -353,7 +353,7 @@ def verdict_table(text: str) -> list[dict[str, str]]:
         for w in _walk(group.get("widgets") or []):
             if w.get("type") == "table" and w.get("title") == TABLE_TITLE:
                 header = w["params"]["header"]
-                return [dict(zip(header, row)) for row in w["params"]["data"]]
+                return [dict(zip(header, row, strict=True)) for row in w["params"]["data"]]
     raise ValueError(f"the report holds no normlab verdict (no {PRIMARY_TITLE!r} table)")
 
 

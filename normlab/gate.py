@@ -402,7 +402,7 @@ def settle(
             kept = take_rows(assessment.repaired, assessment.accepted)
             path = write_parquet(kept, out_dir / "accepted.parquet")
             accepted = {"path": str(path), "source": batch["source"], "fingerprint": fingerprint_frame(kept),
-                        "rows": int(len(kept)), "columns": [str(c) for c in kept.columns]}
+                        "rows": len(kept), "columns": [str(c) for c in kept.columns]}
     counts = verify_accounting(n, accepted["path"] if accepted else None, quarantine_path)
 
     report = ValidationReport(
@@ -449,7 +449,20 @@ def enforce(gate: dict[str, Any]) -> None:
 
 
 __all__ = [
-    "CONTEXTS", "MONITOR_DEFAULTS", "Assessment", "assess", "check_splits", "check_table", "enforce", "log_gate",
-    "markdown_summary", "read_evaluation_index", "evaluation_index_dir", "render_html", "run_gate", "settle",
-    "severity_of", "summary",
+    "CONTEXTS",
+    "MONITOR_DEFAULTS",
+    "Assessment",
+    "assess",
+    "check_splits",
+    "check_table",
+    "enforce",
+    "evaluation_index_dir",
+    "log_gate",
+    "markdown_summary",
+    "read_evaluation_index",
+    "render_html",
+    "run_gate",
+    "settle",
+    "severity_of",
+    "summary",
 ]

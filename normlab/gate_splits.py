@@ -84,4 +84,4 @@ def check_splits(
         )
     index = pd.DataFrame({"feature_hash": features[~is_train], "row_hash": rows[~is_train], "salt": salt})
     write_parquet(index, evaluation_index_dir(cfg) / f"{run_dir.name}.parquet")
-    return {"leakage": asdict(result), "evaluation_rows": int(len(index))}
+    return {"leakage": asdict(result), "evaluation_rows": len(index)}

@@ -84,7 +84,7 @@ def stage_batch(frame: pd.DataFrame, source: str, run_dir: str | Path, fingerpri
         "path": str(snapshot),
         "source": source,
         "fingerprint": fingerprint or fingerprint_frame(frame),
-        "rows": int(len(frame)),
+        "rows": len(frame),
         "columns": [str(c) for c in frame.columns],
     }
 
@@ -196,7 +196,7 @@ def prepare_splits(cfg: PipelineConfig, batch: dict[str, Any], run_dir: str | Pa
         json.dumps({"features": encoder.to_dict(), "labels": labels.to_dict(), "label_column": cfg.data.label})
     )
     parts["train"].to_parquet(run_dir / "reference.parquet", index=False)
-    counts = {key[:-2]: int(len(v)) for key, v in arrays.items() if key.endswith("/y")}
+    counts = {key[:-2]: len(v) for key, v in arrays.items() if key.endswith("/y")}
     eval_frames = save_eval_frames(scored, run_dir / "eval_frames", slices=cfg.eval.slices)
     return {
         "path": str(run_dir / "prepared.npz"),

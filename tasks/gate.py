@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from normlab import gate
 from normlab.config import PipelineConfig
-from tasks.policy import TRANSIENT
+from normlab.tasks.policy import TRANSIENT
 
 
 def publish_gate(result: dict[str, Any]) -> None:

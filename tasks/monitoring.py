@@ -14,7 +14,7 @@ from prefect.events import emit_event
 
 from normlab import alerts, monitoring
 from normlab.config import PipelineConfig
-from tasks.policy import LOCAL, TRANSIENT
+from normlab.tasks.policy import LOCAL, TRANSIENT
 
 
 @task(name="check-alert-urls", **LOCAL)

@@ -9,7 +9,7 @@ from prefect.runtime import flow_run
 
 from normlab import pipeline
 from normlab.config import PipelineConfig
-from tasks.policy import TRANSIENT
+from normlab.tasks.policy import TRANSIENT
 
 
 @task(name="register-model", **TRANSIENT)

@@ -12,8 +12,8 @@ from prefect.runtime import flow_run
 
 from normlab import study, sweep
 from normlab.config import PipelineConfig
+from normlab.tasks.policy import LOCAL, TRANSIENT
 from normlab.training import throttled
-from tasks.policy import LOCAL, TRANSIENT
 
 
 @task(name="start-sweep", **TRANSIENT)

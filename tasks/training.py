@@ -14,9 +14,9 @@ from prefect.runtime import flow_run
 from normlab import gate, pipeline, tracking
 from normlab import resume as resume_runs
 from normlab.config import PipelineConfig, flatten
+from normlab.tasks.gate import publish_gate
+from normlab.tasks.policy import LOCAL, TRANSIENT
 from normlab.training import throttled
-from tasks.gate import publish_gate
-from tasks.policy import LOCAL, TRANSIENT
 
 
 @task(name="start-run", **TRANSIENT)

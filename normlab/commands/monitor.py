@@ -88,7 +88,7 @@ def monitor(
     prepare_environment()
     cfg = load_or_fail(config, set_)
 
-    from flows.monitoring import monitoring_flow
+    from normlab.flows.monitoring import monitoring_flow
     from normlab.monitoring import workspace_dir
 
     console.print(f"normlab monitor: {cfg.name}, data {data}, store {cfg.redacted().tracking_uri()}", soft_wrap=True)

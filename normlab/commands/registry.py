@@ -50,7 +50,7 @@ def promote(
     who = by or getpass.getuser()
     try:
         result = registry.promote(uri, name, run_id, reason=reason, by=who)
-    except Exception as exc:  # noqa: BLE001 - mapped to one line, or re-raised as a bug
+    except Exception as exc:
         user_error = as_user_error(exc)
         if user_error is None:
             raise

@@ -48,7 +48,7 @@ def _run_flow(call, summary_path: Path | None) -> dict[str, Any]:
     """Run a flow; a user-fixable error becomes one line, a partial summary is still written."""
     try:
         return call()
-    except Exception as exc:  # noqa: BLE001 - mapped to one line, or re-raised as a bug
+    except Exception as exc:
         user_error = as_user_error(exc)
         if user_error is None and isinstance(exc, OSError) and "trying to connect" in str(exc):
             # distributed's own wording when sweep.address does not answer.
@@ -125,7 +125,7 @@ def sweep(
     cfg = load_or_fail(config, overrides)
     check_data_or_fail(data or cfg.data.path)
 
-    from flows.sweep import sweep_flow
+    from normlab.flows.sweep import sweep_flow
     from normlab.sweep import expand_grid
 
     where = cfg.sweep.address or f"a local Dask cluster of {cfg.sweep.workers} worker(s)"
@@ -167,7 +167,7 @@ def study(
         scfg = study_config(cfg, quick=quick, seeds=seeds, epochs=epochs, workers=workers)
     except NormlabError as exc:
         raise fail(exc, exc.exit_code) from None
-    from flows.sweep import study_flow
+    from normlab.flows.sweep import study_flow
     from normlab.sweep import expand_grid
 
     console.print(f"normlab study: {len(expand_grid(scfg))} runs ({', '.join(scfg.sweep.norms)} x batch "
@@ -216,7 +216,7 @@ def reproduce(
     uri = tracking_uri or load_or_fail(config, set_).tracking_uri()
     try:
         plan = rep.prepare(uri, run_id)
-    except Exception as exc:  # noqa: BLE001 - mapped to one line, or re-raised as a bug
+    except Exception as exc:
         user_error = as_user_error(exc)
         if user_error is None:
             raise
@@ -225,7 +225,7 @@ def reproduce(
     console.print(f"reproducing run {run_id}: {cfg.model.family} + [bold]{cfg.model.norm}[/] norm, seed {cfg.seed}, "
                   f"data {plan['source']} (fingerprint {plan['fingerprint'][:12]}, unchanged)", soft_wrap=True)
 
-    from flows.training import training_flow
+    from normlab.flows.training import training_flow
 
     result = _run_flow(lambda: training_flow(cfg, data_path=plan["data_path"], resume=False), summary)
     comparison = rep.compare(uri, run_id, result["run_id"])
@@ -281,7 +281,7 @@ _PATH_KEYS: tuple[tuple[str, ...], ...] = (
 
 def code_root() -> Path:
     """The folder holding ``flows/`` (the repository root of an editable install)."""
-    import flows
+    from normlab import flows
 
     return Path(flows.__file__).resolve().parent.parent
 

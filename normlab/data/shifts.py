@@ -64,7 +64,7 @@ def corruption_name(kind: str, severity: int) -> str:
 
 
 def corrupt_images(
-    X: np.ndarray,
+    x: np.ndarray,
     image_shape: tuple[int, int],
     kind: str,
     severity: int,
@@ -78,7 +78,7 @@ def corrupt_images(
     low end of ``value_range``, which is 0 (black) for the digits.
 
     Args:
-        X: Flattened images, shape (n, H*W), any real dtype.
+        x: Flattened images, shape (n, H*W), any real dtype.
         image_shape: (H, W) of one image.
         kind: One of `CORRUPTIONS`.
         severity: 1 (mild) to 5 (strong).
@@ -90,16 +90,16 @@ def corrupt_images(
 
     Raises:
         ConfigError: Unknown kind, severity outside 1..5, a bad value range, or
-            ``X`` whose shape does not match ``image_shape``.
+            ``x`` whose shape does not match ``image_shape``.
     """
     _check_kind(kind)
     _check_severity(severity)
     low, high = _check_range(value_range)
-    height, width = _check_shape(X, image_shape)
+    height, width = _check_shape(x, image_shape)
     level = int(severity) - 1
     span = high - low
     rng = np.random.default_rng(seed)
-    images = np.asarray(X, dtype=np.float64).reshape(-1, height, width)
+    images = np.asarray(x, dtype=np.float64).reshape(-1, height, width)
 
     if kind == "gaussian_noise":
         # float32 draws are about twice as fast and ample for noise.
@@ -135,7 +135,7 @@ def corrupt_images(
         out = _apply_spatial_map(images, lambda stack, fill: _blur_stack(stack, sigma), fill=low)
     else:  # occlusion
         out = _occlude_stack(images, _OCCLUSION_SIDE[level], rng, fill=low)
-    # Every branch built a new array, so clipping in place never touches X.
+    # Every branch built a new array, so clipping in place never touches x.
     np.clip(out, low, high, out=out)
     return out.reshape(images.shape[0], height * width)
 
@@ -238,15 +238,15 @@ def _check_range(value_range: tuple[float, float]) -> tuple[float, float]:
     return low, high
 
 
-def _check_shape(X: np.ndarray, image_shape: tuple[int, int]) -> tuple[int, int]:
-    """Return (H, W), or raise unless ``X`` is (n, H*W)."""
+def _check_shape(x: np.ndarray, image_shape: tuple[int, int]) -> tuple[int, int]:
+    """Return (H, W), or raise unless ``x`` is (n, H*W)."""
     try:
         height, width = (int(v) for v in image_shape)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"image_shape must be (height, width), got {image_shape!r}") from exc
     if height < 1 or width < 1:
         raise ConfigError(f"image_shape must be positive (height, width), got {image_shape!r}")
-    shape = np.shape(X)
+    shape = np.shape(x)
     if len(shape) != 2 or shape[1] != height * width:
         raise ConfigError(
             f"images must have shape (n, {height * width}) for image_shape {image_shape!r}, "

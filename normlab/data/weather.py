@@ -116,7 +116,7 @@ def flip_labels(frame: pd.DataFrame, share: float, *, seed: int) -> pd.DataFrame
     """A copy with ``share`` of the labels changed to another class at random (label poisoning)."""
     rng = np.random.default_rng(seed)
     out = frame.copy()
-    rows = rng.choice(len(out), size=int(round(share * len(out))), replace=False)
+    rows = rng.choice(len(out), size=round(share * len(out)), replace=False)
     labels = out[LABEL].to_numpy(dtype=object).copy()
     for i in rows:
         labels[i] = rng.choice([c for c in WEATHER if c != labels[i]])

@@ -70,7 +70,7 @@ class Server:
 
 def _healthy(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - a local test server
+        with urllib.request.urlopen(url, timeout=2) as resp:
             return resp.status == 200
     except OSError:
         return False
@@ -214,7 +214,9 @@ def finish(process: subprocess.Popen, log: Path, timeout: float = 240) -> str:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        raise AssertionError(f"normlab did not finish in {timeout:.0f} s:\n{log.read_text(errors='replace')[-4000:]}")
+        raise AssertionError(
+            f"normlab did not finish in {timeout:.0f} s:\n{log.read_text(errors='replace')[-4000:]}"
+        ) from None
     return log.read_text(errors="replace")
 
 

@@ -131,7 +131,7 @@ def test_no_password_or_alert_token_in_params_tags_artifacts_or_logs(server_runs
     # The flow runs' parameters as Prefect stored them.
     request = urllib.request.Request(f"{prefect_api}/flow_runs/filter", data=b"{}", method="POST",
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - the session's local server
+    with urllib.request.urlopen(request, timeout=10) as resp:
         flow_runs = json.loads(resp.read())
     assert flow_runs, "no flow run recorded by Prefect"
     places["prefect flow run parameters"] = json.dumps([r["parameters"] for r in flow_runs]).encode()

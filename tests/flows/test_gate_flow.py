@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.training import training_flow
 from normlab.config import load_config
 from normlab.errors import DataValidationError
+from normlab.flows.training import training_flow
 from normlab.profiling import init_project
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from flows.training import training_flow
 from normlab import pipeline
 from normlab.config import PipelineConfig
 from normlab.data.weather import weather_frame
+from normlab.flows.training import training_flow
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 

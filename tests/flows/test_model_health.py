@@ -11,10 +11,10 @@ import math
 import numpy as np
 import pytest
 
-from flows.training import training_flow
 from normlab import registry
 from normlab.config import PipelineConfig
 from normlab.data.weather import weather_frame
+from normlab.flows.training import training_flow
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 

@@ -20,22 +20,21 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from flows.monitoring import monitoring_flow
 from normlab import drift, monitoring
 from normlab.config import load_config
 from normlab.data.shifts import corrupt_images
 from normlab.data.sources import load_builtin
+from normlab.flows.monitoring import monitoring_flow
 from tests.conftest import REPO
+from tests.flows.conftest import SECRET
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-from tests.flows.conftest import SECRET
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, prefect_harness):
     """A model trained on 70 % of the digits; the other 30 % are held out for batches."""
-    from flows.training import training_flow
+    from normlab.flows.training import training_flow
 
     root = tmp_path_factory.mktemp("monitoring")
     digits = load_builtin("digits")
@@ -79,7 +78,7 @@ def _write(frame: pd.DataFrame, path: Path, order: int = 0) -> str:
 def test_clean_batch_is_quiet_and_a_shifted_batch_alerts_once(trained, receiver, tmp_path, repo_root, monkeypatch):
     url, received = receiver
     events = []
-    monkeypatch.setattr("tasks.monitoring.emit_event", lambda **kw: events.append(kw))
+    monkeypatch.setattr("normlab.tasks.monitoring.emit_event", lambda **kw: events.append(kw))
     cfg = _config(trained, "alerts", "monitor.consecutive=1", f'alerts.urls=["{url}"]')
 
     clean = monitoring_flow(cfg, data=_write(clean_batch(trained, 1), tmp_path / "clean.parquet"))
@@ -257,7 +256,7 @@ def test_no_reference_is_one_clear_error(tmp_path, repo_root):
 
 @pytest.mark.slow
 def test_detected_drift_retrains_through_the_gate(tiny_config, tmp_path):
-    from flows.training import training_flow
+    from normlab.flows.training import training_flow
 
     digits = load_builtin("digits")
     order = np.random.default_rng(1).permutation(len(digits))

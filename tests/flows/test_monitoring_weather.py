@@ -119,7 +119,7 @@ def test_a_moderate_shift_is_detected_with_one_alert_naming_the_columns(project,
 def test_a_severe_shift_alerts_every_time_for_data_quality_and_drift(project, receiver, tmp_path, monkeypatch):
     url, received = receiver
     events: list[dict] = []
-    monkeypatch.setattr("tasks.monitoring.emit_event", lambda **kw: events.append(kw))
+    monkeypatch.setattr("normlab.tasks.monitoring.emit_event", lambda **kw: events.append(kw))
     folder = landing(tmp_path / "severe", [weather_frame(500, seed=400 + i, shift="severe") for i in range(2)])
     code, output, summary = monitor(project, folder, "severe", url=url)
     assert code == 3, output  # blocked batches: the command says so, after processing and alerting
@@ -173,7 +173,7 @@ def test_a_failing_retraining_exits_7_and_alerts(project, receiver, tmp_path, mo
     def broken_training(*args, **kwargs):
         raise RuntimeError("disk full while writing the checkpoint")
 
-    monkeypatch.setattr("flows.monitoring.training_flow", broken_training)
+    monkeypatch.setattr("normlab.flows.monitoring.training_flow", broken_training)
     folder = landing(tmp_path / "retrain", [weather_frame(500, seed=500, shift="moderate")])
     code, output, summary = monitor(project, folder, "retrain", "--retrain", "--set", "monitor.consecutive=1", url=url)
     assert code == 7, output

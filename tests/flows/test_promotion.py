@@ -9,9 +9,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from flows.training import training_flow
 from normlab import registry
 from normlab.data.sources import load_builtin
+from normlab.flows.training import training_flow
 from normlab.tracking import tracking_uri
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
@@ -44,7 +44,7 @@ def three_runs(tmp_path_factory, prefect_harness):
 
 
 def test_first_model_becomes_champion_on_thresholds_alone(three_runs):
-    (cfg, result), _, _ = three_runs
+    (_cfg, result), _, _ = three_runs
     promotion = result["registry"]
     assert promotion["version"] == "1" and promotion["passed"]
     assert promotion["aliases"] == ["challenger", "champion"]

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.training import training_flow
 from normlab.data.sources import load_builtin
 from normlab.errors import DataValidationError
+from normlab.flows.training import training_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -36,7 +36,7 @@ def finished(tmp_path_factory, prefect_harness):
 
 
 def test_run_is_recorded_with_params_metrics_dataset_and_artifacts(finished):
-    cfg, result = finished
+    _cfg, result = finished
     client = MlflowClient(tracking_uri=result["tracking_uri"])
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED"

@@ -130,7 +130,7 @@ def test_corruption_name() -> None:
     ],
 )
 def test_bad_arguments_are_config_errors(images: np.ndarray, kwargs: dict, phrase: str) -> None:
-    args = {"X": images, "image_shape": SHAPE, "kind": "blur", "severity": 1} | kwargs
+    args = {"x": images, "image_shape": SHAPE, "kind": "blur", "severity": 1} | kwargs
     with pytest.raises(ConfigError, match=phrase) as info:
         corrupt_images(**args)
     assert "\n" not in str(info.value)

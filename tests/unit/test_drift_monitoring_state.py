@@ -86,7 +86,7 @@ def test_unreadable_file_is_skipped_and_left_in_place(cfg, tmp_path):
 def test_corrupt_state_is_one_clear_error(cfg):
     folder = monitoring.monitor_dir(cfg)
     (folder / "state.json").write_text("{not json")
-    with pytest.raises(DataSourceError, match="unreadable.*move it away"):
+    with pytest.raises(DataSourceError, match=r"unreadable.*move it away"):
         monitoring.read_state(cfg)
 
 

@@ -113,6 +113,6 @@ def test_the_retry_policy_is_defined_once():
         text = path.read_text(encoding="utf-8")
         assert '"retries"' not in text and "retries=" not in text, path
         assert "retry_delay_seconds" not in text and "retry_condition_fn" not in text, path
-    from tasks.policy import TRANSIENT, retry_if_transient
+    from normlab.tasks.policy import TRANSIENT, retry_if_transient
 
     assert TRANSIENT["retry_condition_fn"] is retry_if_transient

@@ -211,7 +211,7 @@ def test_built_module_is_rejected() -> None:
 
 
 def test_factory_returning_non_module_is_rejected() -> None:
-    with pytest.raises(TypeError, match="not an nn.Module"):
+    with pytest.raises(TypeError, match=r"not an nn\.Module"):
         get_norm_layer(lambda c: c, C, spatial=False)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -151,7 +152,7 @@ def test_names_that_would_escape_their_folder_are_refused(name):
 
 
 def test_an_escaping_name_is_refused_from_the_command_line():
-    with pytest.raises(ConfigError, match="name='../outside'"):
+    with pytest.raises(ConfigError, match=re.escape("name='../outside'")):
         load_config(None, ["name=../outside"])
 
 

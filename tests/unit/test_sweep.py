@@ -118,7 +118,7 @@ def test_report_files_tables_and_plots(tmp_path, cfg):
     for key in ("results_csv", "aggregate_csv", "accuracy_plot", "convergence_plot", "time_plot", "markdown", "html"):
         assert files[key].is_file() and files[key].stat().st_size > 0, key
     markdown = files["markdown"].read_text()
-    layer_64 = [r for r in summary["aggregate"] if (r["norm"], r["batch_size"]) == ("layer", 64)][0]
+    layer_64 = next(r for r in summary["aggregate"] if (r["norm"], r["batch_size"]) == ("layer", 64))
     assert fmt_interval(layer_64["id/test/accuracy"]) in markdown
     assert "| norm | batch 2 | batch 64 |" in markdown
     assert "11 of 12 grid points finished" in markdown
@@ -131,5 +131,5 @@ def test_report_files_tables_and_plots(tmp_path, cfg):
     with files["aggregate_csv"].open() as fh:
         cells = list(csv.DictReader(fh))
     assert len(cells) == 4
-    batch_2 = [c for c in cells if (c["norm"], c["batch_size"]) == ("batch", "2")][0]
+    batch_2 = next(c for c in cells if (c["norm"], c["batch_size"]) == ("batch", "2"))
     assert float(batch_2["id/test/accuracy:mean"]) == pytest.approx((0.71 + 0.72) / 2)

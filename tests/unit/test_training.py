@@ -65,7 +65,7 @@ def test_resume_from_checkpoint_matches_uninterrupted(tmp_path):
     _, full = _fit(epochs=4, checkpoint_dir=tmp_path / "full")
     _fit(epochs=2, checkpoint_dir=tmp_path / "part")
     assert (tmp_path / "part" / CHECKPOINT_NAME).is_file()
-    model, resumed = _fit(epochs=4, checkpoint_dir=tmp_path / "part")
+    _model, resumed = _fit(epochs=4, checkpoint_dir=tmp_path / "part")
     assert resumed.resumed_from_epoch == 2
     assert _numbers(resumed) == _numbers(full)
 
