@@ -122,10 +122,11 @@ def run(rows: int, *, repeats: int | None = None, gx: bool = False) -> dict[str,
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import sklearn.neighbors  # noqa: F401 - imported before timing: a fixed cost per process
 
-    from normlab import checks, gate
+    from normlab import gate
     from normlab.config import load_config
     from normlab.data.fingerprint import fingerprint_frame
-    from normlab.governance import evaluate_suite, load_suite
+    from normlab.gate import checks
+    from normlab.gate.expectations import evaluate_suite, load_suite
 
     repeats = repeats or (5 if rows < 1_000_000 else 3)
     frame = digits_like(rows, seed=2)

@@ -2,7 +2,7 @@
 
 It does what ``normlab run`` does on ``configs/digits.yaml`` minus
 orchestration, validation and tracking, and is what `bench.pipeline` measures
-``normlab run`` against: the same splits (`normlab.pipeline.prepare_splits`),
+``normlab run`` against: the same splits (`normlab.splitting.prepare_splits`),
 the same model, optimizer, batch size and epochs, trained with the loop a user
 writes (per-step running loss and accuracy, a validation pass and a printed line
 per epoch), the weights saved once at the end, and the same evaluation stage
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from normlab import pipeline
+from normlab import pipeline, splitting
 from normlab.config import load_config
 from normlab.training import set_seeds
 
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     frame, _ = pipeline.read_batch(cfg)
     frame.to_parquet(folder / "batch.parquet", index=False)
-    prepared = pipeline.prepare_splits(cfg, {"path": str(folder / "batch.parquet")}, folder)
-    splits = pipeline.load_prepared(prepared)
+    prepared = splitting.prepare_splits(cfg, {"path": str(folder / "batch.parquet")}, folder)
+    splits = splitting.load_prepared(prepared)
     spec = pipeline.model_spec(cfg, prepared)
     set_seeds(cfg.seed)
     model = pipeline.build_from_spec(spec)

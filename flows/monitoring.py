@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow
 
 from normlab.config import PipelineConfig
+from normlab.deployments import resolve_config
 from normlab.errors import RetrainingError
 from normlab.flows.training import training_flow
 from normlab.tasks import monitoring as m
@@ -59,7 +60,7 @@ def batch_flow(config: PipelineConfig, path: str, reference: dict[str, Any], ret
 
 
 @flow(name="normlab-monitor", log_prints=True)
-def monitoring_flow(config: PipelineConfig, data: str, retrain: bool | None = None,
+def monitoring_flow(config: PipelineConfig | str, data: str, retrain: bool | None = None,
                     config_hint: str = "") -> dict[str, Any]:
     """Monitor every new batch at ``data`` (a file or a landing folder) against the champion's training data.
 
@@ -70,6 +71,7 @@ def monitoring_flow(config: PipelineConfig, data: str, retrain: bool | None = No
         RetrainingError: A retraining failed; every batch is recorded and the
             failure alerted before the flow run fails (its ``summary`` is the result).
     """
+    config = resolve_config(config)  # a config file path: plain `prefect deploy` of deploy/prefect.yaml
     # 1. Alert URLs usable? Which batch files are there, and which are new?
     m.check_alert_urls(config)
     triage = m.triage_batches(config, m.discover_batches(data))

@@ -15,6 +15,7 @@ from prefect.settings import get_current_settings
 from prefect_dask import DaskTaskRunner
 
 from normlab.config import PipelineConfig, SweepConfig
+from normlab.deployments import resolve_config
 from normlab.sweep import collect
 from normlab.tasks import gate as g
 from normlab.tasks import sweep as s
@@ -61,8 +62,9 @@ def grid_flow(config: PipelineConfig, parent: dict[str, Any], batch: dict[str, A
 
 
 @flow(name="normlab-sweep", log_prints=True)
-def sweep_flow(config: PipelineConfig, data_path: str | None = None, kind: str = "sweep") -> dict[str, Any]:
+def sweep_flow(config: PipelineConfig | str, data_path: str | None = None, kind: str = "sweep") -> dict[str, Any]:
     """Train every (norm, batch size, seed) of ``config.sweep`` as nested MLflow runs and compare them."""
+    config = resolve_config(config)  # a config file path: plain `prefect deploy` of deploy/prefect.yaml
     # 1. Open the parent MLflow run (the grid as params)
     parent = s.start_sweep(config, kind)
     try:

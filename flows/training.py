@@ -7,18 +7,20 @@ from typing import Any
 from prefect import flow
 
 from normlab.config import PipelineConfig
+from normlab.deployments import resolve_config
 from normlab.tasks import gate as g
 from normlab.tasks import registry as r
 from normlab.tasks import training as t
 
 
 @flow(name="normlab-train", log_prints=True)
-def training_flow(config: PipelineConfig, data_path: str | None = None, resume: bool = True) -> dict[str, Any]:
+def training_flow(config: PipelineConfig | str, data_path: str | None = None, resume: bool = True) -> dict[str, Any]:
     """Validate a batch, train with the configured norm, evaluate ID and OOD, log everything.
 
     With ``resume`` (the default) an interrupted run with the same config and
     data is reopened and training continues from its last checkpoint.
     """
+    config = resolve_config(config)  # a config file path: plain `prefect deploy` of deploy/prefect.yaml
     # 1. Open the MLflow run (params, provenance), or reopen the interrupted one
     run = t.start_run(config, data_path, resume)
     try:

@@ -40,6 +40,10 @@ _WARMUP = 10
 _THROUGHPUT_CALLS = 10
 
 
+# Batch-1 latency of the eager model, the key sweeps and reports compare norms by.
+LATENCY_KEY = "time/infer/eager/p50_ms"
+
+
 def adapt_batchnorm(model: nn.Module, x: np.ndarray, *, batch_size: int = 512) -> nn.Module:
     """A copy of ``model`` whose BatchNorm statistics are re-estimated on ``x`` (AdaBN).
 

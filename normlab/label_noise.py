@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from normlab.checks import _check, skipped
 from normlab.data.encoding import FLOAT32_MAX, mean_std
-from normlab.governance import Evaluated
+from normlab.gate.checks import _check, skipped
+from normlab.gate.results import Evaluated
 
 # Query rows per block in the neighbour search: a block's distance matrix stays small.
 _KNN_BLOCK = 1024

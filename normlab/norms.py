@@ -1,5 +1,8 @@
 """Normalization registry: one name (or factory) -> one layer, channel count first.
 
+`NORM_FACTORIES` maps each name to a factory ``factory(num_features, *, spatial, eps,
+groups)``; `NORM_NAMES` lists its keys. Every name must also be listed in
+``normlab.config.NormName`` (tests/unit/test_norms_registry.py holds the two equal).
 Models call :func:`get_norm_layer` once per block in ``__init__``, so the norm is a
 config value and every layer is swappable. Two input layouts are supported:
 feature vectors ``(N, C)`` (``spatial=False``, MLPs) and channel maps
@@ -44,7 +47,9 @@ project's usual ones, slower. The results are the same as the plain formulas;
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +58,6 @@ from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
 NormSpec = str | type[nn.Module] | Callable[..., nn.Module]
-
-NORM_NAMES: tuple[str, ...] = ("none", "batch", "layer", "group", "instance", "rms", "dyt")
 
 
 class InstanceNorm1dFeatures(nn.Module):
@@ -190,6 +193,72 @@ def _num_groups(num_features: int, groups: int) -> int:
     return max(g for g in range(1, min(groups, num_features) + 1) if num_features % g == 0)
 
 
+# The registry --------------------------------------------------------------------------
+#
+# Each factory takes the channel count first and the layout and hyperparameters as
+# keywords: ``factory(num_features, *, spatial, eps, groups) -> nn.Module``. A factory
+# ignores the keywords it has no use for and returns a fresh module on every call.
+#
+# Adding a norm: write its factory below, add it to `NORM_FACTORIES`, add the same name
+# to ``NormName`` in normlab/config.py (the YAML values a run accepts) and describe it in
+# this module's docstring. tests/unit/test_norms_registry.py builds every entry and fails
+# while ``NormName`` and the registry list different names.
+
+
+class NormFactory(Protocol):
+    """Builds one norm layer for ``num_features`` channels (dim 1 of the input)."""
+
+    def __call__(self, num_features: int, *, spatial: bool, eps: float, groups: int) -> nn.Module: ...
+
+
+def _none(num_features: int, *, spatial: bool, eps: float, groups: int) -> nn.Module:
+    return nn.Identity()
+
+
+def _batch(num_features: int, *, spatial: bool, eps: float, groups: int) -> nn.Module:
+    return nn.BatchNorm2d(num_features, eps=eps) if spatial else nn.BatchNorm1d(num_features, eps=eps)
+
+
+def _layer(num_features: int, *, spatial: bool, eps: float, groups: int) -> nn.Module:
+    return nn.GroupNorm(1, num_features, eps=eps) if spatial else nn.LayerNorm(num_features, eps=eps)
+
+
+def _group(num_features: int, *, spatial: bool, eps: float, groups: int) -> nn.Module:
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    return nn.GroupNorm(_num_groups(num_features, groups), num_features, eps=eps)
+
+
+def _instance(num_features: int, *, spatial: bool, eps: float, groups: int) -> nn.Module:
+    if spatial:
+        return nn.InstanceNorm2d(num_features, eps=eps, affine=True, track_running_stats=False)
+    return InstanceNorm1dFeatures(num_features, eps=eps)
+
+
+def _rms(num_features: int, *, spatial: bool, eps: float, groups: int) -> nn.Module:
+    # nn.RMSNorm's default eps is the dtype's machine epsilon; pin it.
+    return RMSNorm2d(num_features, eps=eps) if spatial else nn.RMSNorm(num_features, eps=eps)
+
+
+def _dyt(num_features: int, *, spatial: bool, eps: float, groups: int) -> nn.Module:
+    return DyT(num_features, alpha_init=0.5, spatial=spatial)
+
+
+# Name -> factory, read-only. Its order is NORM_NAMES' order (sweep grids, benchmarks).
+# Every key must also be listed in normlab.config.NormName.
+NORM_FACTORIES: Mapping[str, NormFactory] = MappingProxyType({
+    "none": _none,
+    "batch": _batch,
+    "layer": _layer,
+    "group": _group,
+    "instance": _instance,
+    "rms": _rms,
+    "dyt": _dyt,
+})
+
+NORM_NAMES: tuple[str, ...] = tuple(NORM_FACTORIES)
+
+
 def get_norm_layer(
     norm: NormSpec,
     num_features: int,
@@ -201,8 +270,8 @@ def get_norm_layer(
     """Build the normalization layer for ``num_features`` channels.
 
     Args:
-        norm: A name from ``NORM_NAMES`` (exact, lower case), or a class or callable
-            called as ``norm(num_features)`` (e.g. ``functools.partial``).
+        norm: A name from ``NORM_NAMES`` (exact, lower case; a key of `NORM_FACTORIES`),
+            or a class or callable called as ``norm(num_features)`` (e.g. ``functools.partial``).
         num_features: Channel count C (dim 1 of the input).
         spatial: True for ``(N, C, H, W)`` channel maps, False for ``(N, C)`` vectors.
         groups: Upper bound on the number of groups for ``group``.
@@ -227,27 +296,10 @@ def get_norm_layer(
         if not isinstance(layer, nn.Module):
             raise TypeError(f"norm factory {norm!r} returned {type(layer).__name__}, not an nn.Module")
         return layer
-
-    if norm == "none":
-        return nn.Identity()
-    if norm == "batch":
-        return nn.BatchNorm2d(num_features, eps=eps) if spatial else nn.BatchNorm1d(num_features, eps=eps)
-    if norm == "layer":
-        return nn.GroupNorm(1, num_features, eps=eps) if spatial else nn.LayerNorm(num_features, eps=eps)
-    if norm == "group":
-        if groups < 1:
-            raise ValueError(f"groups must be >= 1, got {groups}")
-        return nn.GroupNorm(_num_groups(num_features, groups), num_features, eps=eps)
-    if norm == "instance":
-        if spatial:
-            return nn.InstanceNorm2d(num_features, eps=eps, affine=True, track_running_stats=False)
-        return InstanceNorm1dFeatures(num_features, eps=eps)
-    if norm == "rms":
-        # nn.RMSNorm's default eps is the dtype's machine epsilon; pin it.
-        return RMSNorm2d(num_features, eps=eps) if spatial else nn.RMSNorm(num_features, eps=eps)
-    if norm == "dyt":
-        return DyT(num_features, alpha_init=0.5, spatial=spatial)
-    raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORM_NAMES)}")
+    factory = NORM_FACTORIES.get(norm)
+    if factory is None:
+        raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORM_NAMES)}")
+    return factory(num_features, spatial=spatial, eps=eps, groups=groups)
 
 
 def has_batch_stats(module: nn.Module) -> bool:

@@ -1,4 +1,4 @@
-"""The pipeline's stages as plain functions over files.
+"""The pipeline's stages as plain functions over files (the split stage is `normlab.splitting`).
 
 Each stage reads what earlier stages wrote under the run folder and returns a
 small JSON-able dict (paths, fingerprints, counts, metrics), which is what a
@@ -31,17 +31,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from normlab.config import PipelineConfig, TimeSplit
-from normlab.data.encoding import FeatureEncoder, LabelEncoder
+from normlab.config import PipelineConfig
 from normlab.data.fingerprint import fingerprint_frame
-from normlab.data.shifts import corrupt_images
 from normlab.data.sources import load_builtin, read_table
-from normlab.data.splits import assign_id_splits, ood_mask_column, ood_mask_quantile, ood_mask_time
-from normlab.errors import ConfigError, DataSourceError, NormlabError
+from normlab.errors import DataSourceError, NormlabError
 from normlab.evaluation import confusion, evaluate_run
 from normlab.gate import enforce, run_gate
 from normlab.inference import profile_inference
 from normlab.models import build_model
+from normlab.splitting import load_eval_frames, load_prepared
 from normlab.training import make_optimizer, set_seeds, train_model
 
 
@@ -114,136 +112,7 @@ def enforce_validation(gate: dict[str, Any]) -> None:
     enforce(gate)
 
 
-# 3. Split ------------------------------------------------------------------------------
-
-
-def feature_columns(cfg: PipelineConfig, columns: list[str]) -> list[str]:
-    """The configured features, or every column but the label and time-split columns."""
-    if cfg.data.features:
-        missing = [c for c in cfg.data.features if c not in columns]
-        if missing:
-            raise ConfigError(f"data.features: columns not in the data: {', '.join(missing)}")
-        return list(cfg.data.features)
-    excluded = {cfg.data.label} | {s.column for s in cfg.splits.ood if isinstance(s, TimeSplit)}
-    return [c for c in columns if c not in excluded]
-
-
-def prepare_splits(cfg: PipelineConfig, batch: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
-    """Split the batch into ID train/val/test and the OOD splits, and encode them.
-
-    Column, quantile and time OOD rows are held out of the ID splits entirely;
-    corruption splits are corrupted copies of the ID test split.
-    """
-    run_dir = Path(run_dir)
-    frame = pd.read_parquet(batch["path"])
-    features = feature_columns(cfg, list(frame.columns))
-    held_out = np.zeros(len(frame), dtype=bool)
-    domain_masks: dict[str, np.ndarray] = {}
-    thresholds: dict[str, float] = {}
-    for split in cfg.splits.ood:
-        if split.kind == "column":
-            mask = ood_mask_column(frame, split.column, split.values)
-        elif split.kind == "quantile":
-            mask, thresholds[split.name] = ood_mask_quantile(frame, split.column, split.q, side=split.side)
-        elif split.kind == "time":
-            mask = ood_mask_time(frame, split.column, split.after)
-        else:
-            continue
-        if not mask.any():
-            raise ConfigError(f"splits.ood '{split.name}': selects no rows of this batch")
-        domain_masks[split.name] = mask
-        held_out |= mask
-
-    id_frame = frame.loc[~held_out]
-    id_split = assign_id_splits(
-        id_frame, val_fraction=cfg.splits.val_fraction, test_fraction=cfg.splits.test_fraction, salt=cfg.splits.salt
-    )
-    parts = {name: id_frame.loc[id_split == name] for name in ("train", "val", "test")}
-    for name, part in parts.items():
-        if name != "val" and len(part) == 0:
-            raise DataSourceError(f"the ID {name} split is empty: the batch has too few rows ({len(id_frame)})")
-
-    labels = LabelEncoder.fit(frame[cfg.data.label])
-    encoder = FeatureEncoder.fit(parts["train"], features, scale=cfg.data.scale)
-    arrays: dict[str, np.ndarray] = {}
-    scored: dict[str, pd.DataFrame] = {}  # raw rows of the scored splits, for slices and the champion
-
-    def add(key: str, part: pd.DataFrame, raw_override: np.ndarray | None = None) -> None:
-        if raw_override is not None:
-            part = part.copy()
-            part[features] = raw_override
-        arrays[f"{key}/x"] = encoder.transform(part)
-        arrays[f"{key}/y"] = labels.transform(part[cfg.data.label])
-        if key == "id/test" or key.startswith("ood/"):
-            scored[key] = part
-
-    for name, part in parts.items():
-        add(f"id/{name}", part)
-    for split in cfg.splits.ood:
-        if split.kind == "corruption":
-            raw = parts["test"][features].to_numpy(dtype=np.float64)
-            lo, hi = cfg.data.value_range or (float(np.nanmin(raw)), float(np.nanmax(raw)))
-            for leaf, level in split.leaves():
-                corrupted = corrupt_images(
-                    raw, cfg.data.image_shape, split.corruption, level, seed=cfg.seed, value_range=(lo, hi)
-                )
-                add(f"ood/{leaf}", parts["test"], corrupted)
-        else:
-            add(f"ood/{split.name}", frame.loc[domain_masks[split.name]])
-
-    np.savez(run_dir / "prepared.npz", **arrays)
-    (run_dir / "encoder.json").write_text(
-        json.dumps({"features": encoder.to_dict(), "labels": labels.to_dict(), "label_column": cfg.data.label})
-    )
-    parts["train"].to_parquet(run_dir / "reference.parquet", index=False)
-    counts = {key[:-2]: len(v) for key, v in arrays.items() if key.endswith("/y")}
-    eval_frames = save_eval_frames(scored, run_dir / "eval_frames", slices=cfg.eval.slices)
-    return {
-        "path": str(run_dir / "prepared.npz"),
-        "encoder": str(run_dir / "encoder.json"),
-        "reference": str(run_dir / "reference.parquet"),
-        "features": features,
-        "n_features": int(encoder.n_outputs),
-        "classes": [str(c) for c in labels.classes],
-        "counts": counts,
-        "ood_thresholds": thresholds,
-        "eval_frames": eval_frames,
-        # Corrupted splits are copies of the ID test rows: the bootstrap resamples them together.
-        "populations": {f"ood/{leaf}": "id/test" for split in cfg.splits.ood if split.kind == "corruption"
-                        for leaf, _ in split.leaves()},
-    }
-
-
-def save_eval_frames(frames: dict[str, pd.DataFrame], folder: Path, *, slices: list[str]) -> dict[str, str]:
-    """Write the raw rows of each scored split (one Parquet file each); split key to path.
-
-    Raises:
-        ConfigError: An ``eval.slices`` column is not in the data.
-    """
-    columns = list(next(iter(frames.values())).columns) if frames else []
-    missing = [c for c in slices if c not in columns]
-    if missing:
-        raise ConfigError(f"eval.slices: columns not in the data: {', '.join(missing)}; columns: "
-                          f"{', '.join(map(str, columns[:20]))}")
-    folder.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, str] = {}
-    for key, frame in frames.items():
-        path = folder / f"{key.replace('/', '__')}.parquet"
-        frame.to_parquet(path, index=False)
-        paths[key] = str(path)
-    return paths
-
-
-def load_eval_frames(prepared: dict[str, Any]) -> dict[str, pd.DataFrame]:
-    """Split key to the raw rows of that scored split (``id/test``, ``ood/...``)."""
-    return {key: pd.read_parquet(path) for key, path in prepared["eval_frames"].items()}
-
-
-def load_prepared(prepared: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Split key (``id/train``, ``ood/noise``...) to (features, labels)."""
-    with np.load(prepared["path"]) as npz:
-        keys = sorted({k[:-2] for k in npz.files})
-        return {k: (npz[f"{k}/x"], npz[f"{k}/y"]) for k in keys}
+# 3. Split: normlab.splitting.prepare_splits (prepared.npz, encoder.json, reference.parquet, eval_frames/)
 
 
 # 4. Train ------------------------------------------------------------------------------
@@ -449,7 +318,7 @@ def gate_model(
     """
     from mlflow.exceptions import MlflowException
 
-    from normlab import registry
+    from normlab import promotion, registry
 
     if not registered["enabled"]:
         return {"enabled": False}
@@ -465,7 +334,7 @@ def gate_model(
             champion_predictions = registry.predict_indices(classifier, load_eval_frames(prepared), prepared["classes"])
         except (NormlabError, MlflowException, OSError, ValueError, KeyError) as exc:
             error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    decision = registry.decide(
+    decision = promotion.decide(
         cfg.promotion, metrics, labels, challenger, n_classes=len(prepared["classes"]), seed=cfg.seed,
         champion=champion, champion_predictions=champion_predictions, champion_error=error,
         populations=prepared["populations"],
@@ -486,13 +355,14 @@ def publish_decision(
     flow_run_id: str | None,
 ) -> dict[str, Any]:
     """Write the version's governance record, then move its aliases (challenger; champion on a pass)."""
-    from normlab import registry, tracking
+    from normlab import tracking
+    from normlab.governance_record import governance_record, publish
 
     if not registered["enabled"]:
         return {"enabled": False}
     uri = cfg.tracking_uri()
     model = {k: registered.get(k) for k in ("name", "version", "run_id", "model_id", "source")}
-    record = registry.governance_record(
+    record = governance_record(
         model=model,
         data={"fingerprint": accepted["fingerprint"], "source": accepted["source"], "rows": accepted["rows"]},
         validation=validation,
@@ -503,7 +373,7 @@ def publish_decision(
         flow_run_id=flow_run_id,
         promotion=cfg.promotion,
     )
-    published = registry.publish(uri, record)
+    published = publish(uri, record)
     tracking.set_tags(uri, run_id, {"normlab.registry.name": model["name"], "normlab.registry.version": model["version"],
                                     "normlab.gate.passed": decision["passed"],
                                     "normlab.gate.reason": decision["reason"][:4000]})

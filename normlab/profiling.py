@@ -9,10 +9,10 @@ gate evaluates fastest, each with a ``why`` and a severity:
 * per column without missing values, not-null: quarantine; a column that had
   missing values may keep about as many (``mostly``), else the gate warns.
 
-Types are inferred, not taken from the reader (`infer_types`): a text column
-whose values are numbers in at least ``NUMERIC_MIN_SHARE`` of its rows is
-numeric, and its few other values are reported as stray: the gate's types
-check rejects those rows, in the trusted file as in any later batch.
+Types are inferred, not taken from the reader (`normlab.data.types.infer_types`):
+a text column whose values are numbers in at least ``NUMERIC_MIN_SHARE`` of its
+rows is numeric, and its few other values are reported as stray: the gate's
+types check rejects those rows, in the trusted file as in any later batch.
 
 The config points at the file and the suite, sets the gate's thresholds from
 the same file (label-noise share, rarest class) so the trusted file itself
@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from normlab.checks import content_hashes
 from normlab.config import GateConfig, SplitsConfig, validate_config
+from normlab.data.types import EXACT_INT, ColumnType, infer_types
 from normlab.errors import ConfigError, DataSourceError
 from normlab.gate import assess
+from normlab.gate.checks import content_hashes
 from normlab.label_noise import check_label_noise
 
 # Text columns with at most this many distinct values get a value set.
@@ -46,12 +46,6 @@ MAX_CATEGORIES = 50
 RANGE_MARGIN = 0.1
 # Significant digits of a float bound (rounded outwards, so no observed value falls outside).
 BOUND_DIGITS = 6
-# A text column is numeric when at least this share of its non-missing values parse as numbers (as
-# the gate's types check parses them, with pandas.to_numeric): one odd value in twenty is a broken
-# row, more is a column that holds text. Its other values are stray and fail the types check.
-NUMERIC_MIN_SHARE = 0.95
-# Stray values shown per column.
-STRAY_EXAMPLES = 3
 # Promotion: the ID test accuracy must beat always predicting the majority class by this many
 # standard errors of that rule's accuracy on a test split of the expected size, and by at least
 # PROMOTION_MIN_MARGIN: a majority-class model clears it by chance about 2 % of the time.
@@ -68,85 +62,7 @@ NOISE_MIN_MARGIN = 0.01
 # Largest label-noise threshold init writes.
 NOISE_MAX_SHARE = 0.5
 
-# Beyond 2**53 a float64 no longer holds every integer: a float column with larger values is float.
-_EXACT_INT = 2**53
 _FLOAT_MAX = sys.float_info.max
-
-
-@dataclass
-class ColumnType:
-    """What `infer_types` found in one column.
-
-    Attributes:
-        kind: ``integer``, ``float``, ``boolean``, ``datetime``, ``text`` or
-            ``empty`` (missing in every row).
-        values: How many of its values are not missing.
-        from_text: Numbers read as text (a stray value kept the reader from parsing them).
-        stray: Positions of the values that are not numbers in a column inferred numeric.
-        examples: A few distinct stray values, as read.
-    """
-
-    kind: str
-    values: int
-    from_text: bool = False
-    stray: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    examples: list[str] = field(default_factory=list)
-
-    @property
-    def numeric(self) -> bool:
-        """Whether the gate treats the column as numbers."""
-        return self.kind in ("integer", "float")
-
-
-def infer_types(frame: pd.DataFrame) -> tuple[dict[str, ColumnType], pd.DataFrame]:
-    """Each column's type, and the frame with text columns inferred numeric converted to numbers.
-
-    A text column is numeric when at least ``NUMERIC_MIN_SHARE`` of its
-    non-missing values parse with `pandas.to_numeric` (the gate's types check
-    parses them the same way); the values that do not are stray, and are
-    missing in the converted frame.
-    """
-    types: dict[str, ColumnType] = {}
-    converted: dict[str, pd.Series] = {}
-    for column in frame.columns:
-        series = frame[column]
-        present = series.notna()
-        count = int(present.sum())
-        kind = _kind(series) if count else "empty"
-        if kind != "text":
-            types[str(column)] = ColumnType(kind, count)
-            continue
-        numbers = pd.to_numeric(series, errors="coerce")
-        parsed = numbers.notna()
-        if not pd.api.types.is_numeric_dtype(numbers.dtype) or int(parsed.sum()) < NUMERIC_MIN_SHARE * count:
-            types[str(column)] = ColumnType("text", count)
-            continue
-        stray = np.flatnonzero((present & ~parsed).to_numpy())
-        examples = list(dict.fromkeys(str(v) for v in series.iloc[stray]))[:STRAY_EXAMPLES]
-        types[str(column)] = ColumnType(_kind(numbers), count, from_text=True, stray=stray, examples=examples)
-        converted[column] = numbers
-    return types, (frame.assign(**converted) if converted else frame)
-
-
-def type_summary(types: dict[str, ColumnType]) -> list[str]:
-    """Lines telling what was inferred: columns by type, then each column with stray values."""
-    by_kind: dict[str, list[str]] = {}
-    for column, inferred in types.items():
-        by_kind.setdefault(inferred.kind, []).append(column)
-    lines = ["types: " + "; ".join(f"{kind} ({len(cols)}): {', '.join(cols)}" for kind, cols in by_kind.items())]
-    for column, inferred in types.items():
-        if inferred.stray.size:
-            count = int(inferred.stray.size)
-            shown = ", ".join(f"{v!r}" for v in inferred.examples)
-            rows = ", ".join(str(r) for r in inferred.stray[:STRAY_EXAMPLES]) + (", ..." if count > STRAY_EXAMPLES else "")
-            lines.append(
-                f"{column}: {inferred.kind}, numbers in {inferred.values - count} of {inferred.values} values; "
-                f"{count} stray {'value' if count == 1 else 'values'} ({shown}) in row{'s' if count > 1 else ''} "
-                f"{rows} {'fails' if count == 1 else 'fail'} the types check"
-            )
-        elif inferred.kind == "empty":
-            lines.append(f"{column}: missing in every row; only its presence is checked, and it is no feature")
-    return lines
 
 
 def safe_name(name: str) -> str:
@@ -231,23 +147,6 @@ def _exp(kind: str, kwargs: dict[str, Any], severity: str, why: str) -> dict[str
     return {"type": kind, "kwargs": kwargs, "meta": {"why": why, "severity": severity}}
 
 
-def _kind(series: pd.Series) -> str:
-    dtype = series.dtype
-    if pd.api.types.is_bool_dtype(dtype):
-        return "boolean"
-    if pd.api.types.is_integer_dtype(dtype):
-        return "integer"
-    if pd.api.types.is_float_dtype(dtype):
-        # CSV readers turn an integer column with gaps into floats: keep it integer, while a float holds it exactly.
-        values = series.dropna().to_numpy(dtype=np.float64)
-        finite = values[np.isfinite(values)]
-        integral = finite.size and np.all(finite == np.round(finite)) and np.abs(finite).max() <= _EXACT_INT
-        return "integer" if integral else "float"
-    if pd.api.types.is_datetime64_any_dtype(dtype):
-        return "datetime"
-    return "text"
-
-
 def _scalar(value: Any) -> Any:
     """A JSON scalar (numpy numbers to Python; integral floats stay floats)."""
     return value.item() if hasattr(value, "item") else value
@@ -266,7 +165,7 @@ def _bounds(values: pd.Series, *, integer: bool) -> tuple[tuple[Any, Any], tuple
             info = np.iinfo(values.dtype)
             limits = (int(info.min), int(info.max))
         else:
-            limits = (-_EXACT_INT, _EXACT_INT)
+            limits = (-EXACT_INT, EXACT_INT)
         lo, hi = int(values.min()), int(values.max())
         margin = math.ceil((hi - lo) * RANGE_MARGIN) if hi > lo else max(math.ceil(abs(lo) * RANGE_MARGIN), 1)
         return (max(lo - margin, limits[0]), min(hi + margin, limits[1])), (lo, hi)

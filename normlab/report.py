@@ -234,7 +234,8 @@ def plot_convergence(results: list[dict[str, Any]], path: Path) -> Path:
 
 def plot_time_latency(aggregate: list[dict[str, Any]], results: list[dict[str, Any]], path: Path) -> Path:
     """Training time per norm and batch size, and batch-1 inference latency per norm."""
-    from normlab.sweep import LATENCY_KEY, mean_interval
+    from normlab.inference import LATENCY_KEY
+    from normlab.intervals import mean_interval
 
     plt = _pyplot()
     fig, (ax_time, ax_lat) = plt.subplots(1, 2, figsize=(11, 4))

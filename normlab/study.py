@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from normlab.config import PipelineConfig
-from normlab.sweep import mean_interval
+from normlab.intervals import mean_interval
 
 STUDY_NORMS: tuple[str, ...] = ("batch", "group", "layer", "rms", "dyt")
 SMALL_BATCH = 2
@@ -112,12 +112,12 @@ def _stat(label: str, values: list[float]) -> dict[str, Any]:
 
 def _load_point(point: dict[str, Any]) -> tuple[Any, dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
     """The trained model of a finished grid point, its prepared splits and its model spec."""
-    from normlab import pipeline
+    from normlab import pipeline, splitting
 
     run_dir = Path(point["run_dir"])
     spec = json.loads((run_dir / "model.json").read_text())
     model = pipeline.load_trained({"spec": spec, "model_path": str(run_dir / "model.pt")})
-    splits = pipeline.load_prepared({"path": str(run_dir / "prepared.npz")})
+    splits = splitting.load_prepared({"path": str(run_dir / "prepared.npz")})
     return model, splits, spec
 
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from normlab import pipeline, tracking
+from normlab import pipeline, splitting, tracking
 from normlab.config import PipelineConfig, flatten, to_yaml
 from normlab.errors import DataValidationError
+from normlab.intervals import mean_interval
 
 GRID_KEYS: tuple[str, ...] = ("norm", "batch_size", "seed")
 
@@ -33,9 +34,6 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "time/train_seconds",
     "time/infer/eager/p50_ms",
 )
-
-# Batch-1 latency, as evaluation measures it (`eval.inference`, see normlab.inference).
-LATENCY_KEY = "time/infer/eager/p50_ms"
 
 
 def expand_grid(cfg: PipelineConfig) -> list[dict[str, Any]]:
@@ -153,7 +151,7 @@ def run_point(
         tracking.set_tags(uri, run_id, {"normlab.data.fingerprint": loaded["fingerprint"],
                                         "normlab.data.source": batch["source"],
                                         "normlab.validation.success": True})
-        prepared = pipeline.prepare_splits(pcfg, loaded, run_dir)
+        prepared = splitting.prepare_splits(pcfg, loaded, run_dir)
         trained = pipeline.train(pcfg, prepared, run_dir, on_epoch_end=on_epoch_end,
                                  on_checkpoint=tracking.epoch_logger(uri, run_id))
         metrics = pipeline.evaluate(pcfg, prepared, trained, run_dir)
@@ -187,25 +185,6 @@ def collect(points: list[dict[str, Any]], outcomes: list[Any]) -> list[dict[str,
 
 
 # Aggregation -----------------------------------------------------------------------------
-
-
-def mean_interval(values: list[float], confidence: float = 0.95) -> dict[str, float | int | None]:
-    """Mean and two-sided Student-t interval of the mean.
-
-    With one value the interval is undefined and reported as None, not zero.
-    """
-    from scipy import stats
-
-    clean = [float(v) for v in values if v is not None and v == v]
-    n = len(clean)
-    if n == 0:
-        return {"n": 0, "mean": None, "low": None, "high": None}
-    mean = sum(clean) / n
-    if n == 1:
-        return {"n": 1, "mean": mean, "low": None, "high": None}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in clean) / (n - 1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "low": mean - half, "high": mean + half}
 
 
 def aggregate(results: list[dict[str, Any]], metrics: tuple[str, ...] = SUMMARY_METRICS) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
-from normlab import gate, pipeline, tracking
+from normlab import gate, pipeline, splitting, tracking
 from normlab import resume as resume_runs
 from normlab.config import PipelineConfig, flatten
 from normlab.tasks.gate import publish_gate
@@ -61,7 +61,7 @@ def enforce_validation(report: dict[str, Any]) -> None:
 @task(name="prepare-splits", **LOCAL)
 def prepare_splits(cfg: PipelineConfig, batch: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     """Hash-split, build OOD splits, encode."""
-    prepared = pipeline.prepare_splits(cfg, batch, run["run_dir"])
+    prepared = splitting.prepare_splits(cfg, batch, run["run_dir"])
     get_run_logger().info("splits: %s", ", ".join(f"{k}={v}" for k, v in prepared["counts"].items()))
     return prepared
 

@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Protocol
 
 import numpy as np
 from scipy import ndimage
 
 from normlab.errors import ConfigError
-
-CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "contrast",
-    "brightness",
-    "inversion",
-    "rotation",
-    "translation",
-    "blur",
-    "occlusion",
-)
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
@@ -80,7 +69,7 @@ def corrupt_images(
     Args:
         x: Flattened images, shape (n, H*W), any real dtype.
         image_shape: (H, W) of one image.
-        kind: One of `CORRUPTIONS`.
+        kind: One of `CORRUPTIONS` (a key of `CORRUPTION_FUNCS`).
         severity: 1 (mild) to 5 (strong).
         seed: Seed of the random kinds; the same seed gives the same output.
         value_range: (low, high) pixel range; the output is clipped to it.
@@ -97,47 +86,102 @@ def corrupt_images(
     low, high = _check_range(value_range)
     height, width = _check_shape(x, image_shape)
     level = int(severity) - 1
-    span = high - low
     rng = np.random.default_rng(seed)
     images = np.asarray(x, dtype=np.float64).reshape(-1, height, width)
 
-    if kind == "gaussian_noise":
-        # float32 draws are about twice as fast and ample for noise.
-        out = rng.standard_normal(images.shape, dtype=np.float32).astype(np.float64)
-        out *= _GAUSSIAN_SIGMA[level] * span
-        out += images
-    elif kind == "shot_noise":
-        photons = _SHOT_PHOTONS[level]
-        unit = np.clip((images - low) / span, 0.0, 1.0)
-        out = rng.poisson(unit * photons) / photons * span + low
-    elif kind == "impulse_noise":
-        hit = rng.random(images.shape) < _IMPULSE_FRACTION[level]
-        salt = rng.random(images.shape) < 0.5
-        out = np.where(hit, np.where(salt, high, low), images)
-    elif kind == "contrast":
-        means = images.mean(axis=(1, 2), keepdims=True)
-        out = (images - means) * _CONTRAST_FACTOR[level] + means
-    elif kind == "brightness":
-        out = images + _BRIGHTNESS_SHIFT[level] * span
-    elif kind == "inversion":
-        strength = _INVERSION_STRENGTH[level]
-        out = (1.0 - strength) * images + strength * (high + low - images)
-    elif kind == "rotation":
-        degrees = _ROTATION_DEGREES[level]
-        out = _apply_spatial_map(
-            images, lambda stack, fill: _rotate_stack(stack, degrees, fill=fill), fill=low
-        )
-    elif kind == "translation":
-        down, right = _TRANSLATION_PIXELS[level]
-        out = _translate_stack(images, down, right, fill=low)
-    elif kind == "blur":
-        sigma = _BLUR_SIGMA[level]
-        out = _apply_spatial_map(images, lambda stack, fill: _blur_stack(stack, sigma), fill=low)
-    else:  # occlusion
-        out = _occlude_stack(images, _OCCLUSION_SIDE[level], rng, fill=low)
-    # Every branch built a new array, so clipping in place never touches x.
+    out = CORRUPTION_FUNCS[kind](images, level, low=low, high=high, rng=rng)
+    if np.may_share_memory(out, images):
+        # A corruption must build a new array; clipping its input in place would change x.
+        out = out.copy()
     np.clip(out, low, high, out=out)
     return out.reshape(images.shape[0], height * width)
+
+
+class Corruption(Protocol):
+    """One corruption type: ``images`` (n, H, W) float64 at severity index ``level`` (0..4).
+
+    ``low`` and ``high`` are the pixel range (the output is clipped to it afterwards);
+    ``rng`` is the call's generator, seeded from ``corrupt_images``' seed. Returns a
+    new (n, H, W) array; ``images`` is never written to.
+    """
+
+    def __call__(
+        self, images: np.ndarray, level: int, *, low: float, high: float, rng: np.random.Generator
+    ) -> np.ndarray: ...
+
+
+def _gaussian_noise(images: np.ndarray, level: int, *, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
+    # float32 draws are about twice as fast and ample for noise.
+    out = rng.standard_normal(images.shape, dtype=np.float32).astype(np.float64)
+    out *= _GAUSSIAN_SIGMA[level] * (high - low)
+    out += images
+    return out
+
+
+def _shot_noise(images: np.ndarray, level: int, *, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
+    photons = _SHOT_PHOTONS[level]
+    span = high - low
+    unit = np.clip((images - low) / span, 0.0, 1.0)
+    return rng.poisson(unit * photons) / photons * span + low
+
+
+def _impulse_noise(images: np.ndarray, level: int, *, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
+    hit = rng.random(images.shape) < _IMPULSE_FRACTION[level]
+    salt = rng.random(images.shape) < 0.5
+    return np.where(hit, np.where(salt, high, low), images)
+
+
+def _contrast(images: np.ndarray, level: int, *, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
+    means = images.mean(axis=(1, 2), keepdims=True)
+    return (images - means) * _CONTRAST_FACTOR[level] + means
+
+
+def _brightness(images: np.ndarray, level: int, *, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
+    return images + _BRIGHTNESS_SHIFT[level] * (high - low)
+
+
+def _inversion(images: np.ndarray, level: int, *, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
+    strength = _INVERSION_STRENGTH[level]
+    return (1.0 - strength) * images + strength * (high + low - images)
+
+
+def _rotation(images: np.ndarray, level: int, *, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
+    degrees = _ROTATION_DEGREES[level]
+    return _apply_spatial_map(images, lambda stack, fill: _rotate_stack(stack, degrees, fill=fill), fill=low)
+
+
+def _translation(images: np.ndarray, level: int, *, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
+    down, right = _TRANSLATION_PIXELS[level]
+    return _translate_stack(images, down, right, fill=low)
+
+
+def _blur(images: np.ndarray, level: int, *, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
+    sigma = _BLUR_SIGMA[level]
+    return _apply_spatial_map(images, lambda stack, fill: _blur_stack(stack, sigma), fill=low)
+
+
+def _occlusion(images: np.ndarray, level: int, *, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
+    return _occlude_stack(images, _OCCLUSION_SIDE[level], rng, fill=low)
+
+
+# Name -> corruption, read-only. Its order is CORRUPTIONS' order, which is the order of
+# a corruption suite's splits (and so of their metrics). Adding a corruption: its
+# function above, its per-severity parameters, one entry here; tests/unit/test_data_shifts.py
+# runs every entry.
+CORRUPTION_FUNCS: Mapping[str, Corruption] = MappingProxyType({
+    "gaussian_noise": _gaussian_noise,
+    "shot_noise": _shot_noise,
+    "impulse_noise": _impulse_noise,
+    "contrast": _contrast,
+    "brightness": _brightness,
+    "inversion": _inversion,
+    "rotation": _rotation,
+    "translation": _translation,
+    "blur": _blur,
+    "occlusion": _occlusion,
+})
+
+CORRUPTIONS: tuple[str, ...] = tuple(CORRUPTION_FUNCS)
 
 
 def _apply_spatial_map(

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from normlab import gate, pipeline
+from normlab import gate, pipeline, splitting
 from normlab.data.sources import load_builtin
 from normlab.errors import DataValidationError
-from normlab.quarantine import BATCH, CHECKS, REASONS, ROW, STATUS
+from normlab.gate.quarantine import BATCH, CHECKS, REASONS, ROW, STATUS
 
 _runs = itertools.count()
 
@@ -216,7 +216,7 @@ def test_great_expectations_engine_decides_the_same_rows(run_gate, digits):
 
 def _split_and_audit(cfg, result, run_dir):
     run_dir.mkdir()
-    prepared = pipeline.prepare_splits(cfg, result["accepted"], run_dir)
+    prepared = splitting.prepare_splits(cfg, result["accepted"], run_dir)
     return gate.check_splits(cfg, result["accepted"], prepared, run_dir)
 
 
@@ -231,7 +231,7 @@ def test_contamination_quarantines_earlier_evaluation_rows(tmp_path, tiny_config
     # An evaluation row coming back with another label would be trained on: quarantined.
     index = gate.read_evaluation_index(gate.evaluation_index_dir(cfg))
     assert len(index) == audit["evaluation_rows"]
-    from normlab.checks import content_hashes
+    from normlab.gate.checks import content_hashes
 
     features = [c for c in digits.columns if c != "label"]
     evaluation = np.flatnonzero(np.isin(content_hashes(digits, features), index["feature_hash"].to_numpy()))

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from normlab import runtime
+from normlab.cli import runtime
 from normlab.data.sources import load_builtin
 from tests.e2e.conftest import base_env, run_normlab, small_run_args, start_normlab
 

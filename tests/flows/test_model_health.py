@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from normlab import registry
+from normlab import governance_record, promotion, registry
 from normlab.config import PipelineConfig
 from normlab.data.weather import weather_frame
 from normlab.flows.training import training_flow
@@ -43,7 +43,7 @@ def test_a_column_near_the_float64_limit_trains_a_finite_model(tmp_path):
     cfg = config(tmp_path, data)
     result = training_flow(cfg)
     metrics = result["metrics"]
-    for key in registry.HEALTH_METRICS:
+    for key in promotion.HEALTH_METRICS:
         assert math.isfinite(metrics[key]), (key, metrics[key])
     assert result["registry"]["passed"], result["registry"]["reason"]
     assert champion(cfg)["version"] == result["registry"]["version"]
@@ -61,7 +61,7 @@ def test_a_diverged_model_is_registered_but_never_champion(tmp_path):
     assert decision["aliases"] == ["challenger"]
     assert champion(cfg) is None
     version = registry.version_for_run(cfg.tracking_uri(), registry.registry_name(cfg), result["run_id"])
-    record = registry.read_record(cfg.tracking_uri(), version)
+    record = governance_record.read_record(cfg.tracking_uri(), version)
     assert "not finite" in record["decisions"][0]["reason"] and record["decisions"][0]["aliases"] == ["challenger"]
     health = [c for c in record["gate"]["checks"] if c["kind"] == "health"]
     assert [c["passed"] for c in health] == [False, True]

@@ -12,7 +12,7 @@ from prefect.logging.configuration import ensure_logging_setup
 from typer.testing import CliRunner
 
 from normlab.cli import app
-from normlab.sweep import LATENCY_KEY
+from normlab.inference import LATENCY_KEY
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from normlab import checks as ck
 from normlab import label_noise
 from normlab.data.fingerprint import row_hashes
 from normlab.data.sources import load_builtin
+from normlab.gate import checks as ck
 
 
 def rows(evaluated) -> list[int]:

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from normlab.config import PipelineConfig, apply_overrides, flatten, load_config, parse_override, to_yaml
+from normlab.config import (
+    PipelineConfig,
+    apply_overrides,
+    flatten,
+    load_config,
+    parse_override,
+    to_yaml,
+    validate_config,
+)
 from normlab.errors import ConfigError
+from tests.conftest import REPO
 
 
 def test_default_config_file_loads(repo_root):
@@ -89,3 +101,42 @@ def test_flatten_and_yaml_round_trip(repo_root):
     assert flat["train.batch_size"] == cfg.train.batch_size
     assert flat["splits.ood.noise.corruption"] == "gaussian_noise"
     assert PipelineConfig.model_validate(__import__("yaml").safe_load(to_yaml(cfg))) == cfg
+
+
+def test_there_is_one_default_pipeline():
+    """The pydantic defaults, the packaged default and configs/digits.yaml are one config."""
+    built_in = PipelineConfig().model_dump()
+    assert built_in == load_config(None).model_dump() == load_config(REPO / "configs" / "digits.yaml").model_dump()
+    assert built_in == validate_config({}).model_dump()
+
+
+def test_the_default_loads_from_any_folder(tmp_path, monkeypatch):
+    from_repo = load_config(None)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None)
+    assert cfg.model_dump() == from_repo.model_dump() == PipelineConfig().model_dump()
+    suite = Path(cfg.data.expectations)
+    assert suite.is_absolute() and suite.read_bytes() == (REPO / "expectations" / "digits.json").read_bytes()
+    assert json.loads(suite.read_text())["expectations"]
+    # The work folder stays where the command runs.
+    assert cfg.workdir == ".normlab" and cfg.workdir_path() == (tmp_path / ".normlab").resolve()
+
+
+def test_a_users_config_keeps_its_relative_paths(tmp_path, monkeypatch):
+    """A copy of the default is the user's own file: its paths stay relative to the current folder."""
+    (tmp_path / "my.yaml").write_text((REPO / "configs" / "digits.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("my.yaml", ["data.path=rows.csv"])
+    assert (cfg.data.expectations, cfg.data.path) == ("expectations/digits.json", "rows.csv")
+    # An override of the default names a file relative to the current folder too.
+    assert load_config(None, ["data.expectations=mine.json"]).data.expectations == "mine.json"
+
+
+def test_a_config_with_data_of_its_own_starts_without_ood_splits_or_thresholds():
+    cfg = validate_config({"name": "tab", "data": {"path": "x.csv", "label": "y"}})
+    assert cfg.splits.ood == [] and cfg.promotion.thresholds == {}
+    assert cfg.data.image_shape is None and cfg.data.expectations is None and cfg.data.scale is True
+    # Without a data section it is the default pipeline's data, splits and gate.
+    default = PipelineConfig()
+    bare = validate_config({"name": "other", "train": {"epochs": 1}})
+    assert (bare.data, bare.splits, bare.promotion) == (default.data, default.splits, default.promotion)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from normlab.data.shifts import CORRUPTIONS, SEVERITIES, corrupt_images, corruption_name
+from normlab.data import shifts
+from normlab.data.shifts import CORRUPTION_FUNCS, CORRUPTIONS, SEVERITIES, corrupt_images, corruption_name
 from normlab.data.sources import load_builtin
 from normlab.errors import ConfigError
 
@@ -134,3 +135,48 @@ def test_bad_arguments_are_config_errors(images: np.ndarray, kwargs: dict, phras
     with pytest.raises(ConfigError, match=phrase) as info:
         corrupt_images(**args)
     assert "\n" not in str(info.value)
+
+
+# The registry ----------------------------------------------------------------------------
+
+
+def test_corruptions_are_the_registry_keys_in_order() -> None:
+    assert CORRUPTIONS == tuple(CORRUPTION_FUNCS)
+    assert CORRUPTIONS == (
+        "gaussian_noise", "shot_noise", "impulse_noise", "contrast", "brightness",
+        "inversion", "rotation", "translation", "blur", "occlusion",
+    )
+
+
+def test_the_registry_is_read_only() -> None:
+    with pytest.raises(TypeError):
+        CORRUPTION_FUNCS["fog"] = CORRUPTION_FUNCS["blur"]  # type: ignore[index]
+
+
+def test_a_corruption_suite_expands_to_every_registered_corruption_in_order() -> None:
+    from normlab.config import CorruptionSuite
+
+    suite = CorruptionSuite(kind="corruption_suite")
+    assert [s.corruption for s in suite.expand()] == list(CORRUPTION_FUNCS)
+
+
+@pytest.mark.parametrize("severity", [1, 5])
+@pytest.mark.parametrize("kind", list(CORRUPTION_FUNCS))
+def test_every_registered_function_builds_a_new_array_and_is_what_corrupt_images_applies(
+    images: np.ndarray, kind: str, severity: int
+) -> None:
+    stack = images.astype(np.float64).reshape(-1, *SHAPE)
+    stack.flags.writeable = False  # a function writing to its input fails here
+    out = CORRUPTION_FUNCS[kind](stack, severity - 1, low=0.0, high=16.0, rng=np.random.default_rng(4))
+    assert out.shape == stack.shape
+    assert not np.may_share_memory(out, stack)
+    expected = np.clip(out, 0.0, 16.0).reshape(len(images), -1)
+    assert np.array_equal(corrupt_images(images, SHAPE, kind, severity, seed=4), expected)
+
+
+def test_a_corruption_that_returns_its_input_does_not_change_the_caller_s_array(monkeypatch) -> None:
+    x = np.full((3, 4), 20.0)  # float64 already: the stack is a view of x
+    monkeypatch.setattr(shifts, "CORRUPTION_FUNCS", {**CORRUPTION_FUNCS, "same": lambda images, level, **_: images})
+    monkeypatch.setattr(shifts, "CORRUPTIONS", (*CORRUPTIONS, "same"))
+    out = corrupt_images(x, (2, 2), "same", 1)
+    assert (out == 16.0).all() and (x == 20.0).all()

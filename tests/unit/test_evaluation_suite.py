@@ -8,20 +8,10 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, log_loss, precision_score, recall_score
 
+from normlab.bootstrap import bootstrap, count_metric, interval
 from normlab.config import EvalConfig
-from normlab.evaluation import (
-    adapted_metrics,
-    aggregate,
-    bootstrap,
-    classification_metrics,
-    count_metric,
-    evaluate_run,
-    evaluate_splits,
-    interval,
-    key_part,
-    per_class_metrics,
-    slice_metrics,
-)
+from normlab.evaluation import adapted_metrics, aggregate, classification_metrics, evaluate_run, evaluate_splits
+from normlab.slices import key_part, per_class_metrics, slice_metrics
 
 
 def _random_case(seed: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -73,10 +63,10 @@ def test_bootstrap_interval_brackets_the_estimate_and_is_reproducible():
 
 
 def test_bootstrap_is_chunked_without_changing_its_size(monkeypatch):
-    import normlab.evaluation as ev
+    import normlab.bootstrap as bs
 
     y = np.arange(50) % 2
-    monkeypatch.setattr(ev, "_MAX_INDEX_CELLS", 120)  # two resamples of 50 rows per block
+    monkeypatch.setattr(bs, "_MAX_INDEX_CELLS", 120)  # two resamples of 50 rows per block
     out = bootstrap({"s": y}, {"s": [y, 1 - y]}, n_classes=2, samples=33, seed=0)["s"]
     assert out["accuracy"].shape == (2, 33)
     np.testing.assert_array_equal(out["accuracy"][0], np.ones(33))

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from normlab import pipeline
+from normlab import pipeline, splitting
 from normlab.config import validate_config
 from normlab.errors import ConfigError
 
@@ -47,13 +47,13 @@ def prepared_run(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     batch = pipeline.load_batch(cfg, run_dir)
-    return cfg, run_dir, pipeline.prepare_splits(cfg, batch, run_dir)
+    return cfg, run_dir, splitting.prepare_splits(cfg, batch, run_dir)
 
 
 def test_tabular_evaluation_has_domains_slices_classes_and_intervals(prepared_run):
     cfg, run_dir, prepared = prepared_run
     assert prepared["populations"] == {}  # no corrupted copies: each split is its own rows
-    frames = pipeline.load_eval_frames(prepared)
+    frames = splitting.load_eval_frames(prepared)
     assert set(frames) == {"id/test", "ood/late", "ood/pune"}
     assert (pd.to_datetime(frames["ood/late"]["day"]) > "2024-04-01").all()
     assert set(frames["ood/pune"]["city"]) == {"pune"}
@@ -83,4 +83,4 @@ def test_a_slice_column_missing_from_the_data_stops_before_training(tmp_path):
     run_dir.mkdir()
     batch = pipeline.load_batch(cfg, run_dir)
     with pytest.raises(ConfigError, match=re.escape("eval.slices: columns not in the data: town")):
-        pipeline.prepare_splits(cfg, batch, run_dir)
+        splitting.prepare_splits(cfg, batch, run_dir)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from normlab.errors import ConfigError
-from normlab.governance import FAST_TYPES, evaluate_fast, evaluate_suite
+from normlab.gate.expectations import FAST_TYPES, evaluate_fast, evaluate_suite
 
 NUMERIC = {"i64": np.int64, "f64": np.float64, "i32": np.int32, "f32": np.float32, "u8": np.uint8}
 SPECIALS = [np.nan, np.inf, -np.inf]

@@ -19,14 +19,9 @@ from typer.testing import CliRunner
 
 from normlab.cli import app
 from normlab.config import load_config
-from normlab.profiling import (
-    NUMERIC_MIN_SHARE,
-    PROMOTION_MIN_MARGIN,
-    infer_types,
-    init_project,
-    promotion_settings,
-)
-from normlab.registry import check_thresholds
+from normlab.data.types import NUMERIC_MIN_SHARE, infer_types
+from normlab.profiling import PROMOTION_MIN_MARGIN, init_project, promotion_settings
+from normlab.promotion import check_thresholds
 
 runner = CliRunner()
 FLOAT_MAX = sys.float_info.max

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
+
+tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11+")
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
@@ -35,7 +37,8 @@ def test_the_package_list_names_every_package_folder():
 
 
 def test_tasks_and_flows_install_under_the_normlab_name():
-    assert SETUPTOOLS["package-dir"] == {"normlab.tasks": "tasks", "normlab.flows": "flows"}
+    assert SETUPTOOLS["package-dir"] == {"normlab.tasks": "tasks", "normlab.flows": "flows",
+                                         "normlab.configs": "configs", "normlab.expectations": "expectations"}
     assert all(name == "normlab" or name.startswith("normlab.") for name in SETUPTOOLS["packages"])
 
 
@@ -45,7 +48,7 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
     src = tmp_path_factory.mktemp("src")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    for folder in ("normlab", "tasks", "flows"):
+    for folder in ("normlab", "tasks", "flows", "configs", "expectations"):
         shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
@@ -60,3 +63,33 @@ def test_the_wheel_ships_no_top_level_tasks_or_flows(wheel):
     assert top == {"normlab", *(n for n in top if n.endswith(".dist-info"))}
     assert "normlab/tasks/training.py" in names and "normlab/flows/training.py" in names
     assert "tasks/training.py" not in names and "flows/training.py" not in names
+
+
+def test_the_wheel_ships_the_default_config_and_its_suite(wheel):
+    """`load_config(None)` reads these from the installed package, wherever the command runs."""
+    names = set(wheel.namelist())
+    assert {"normlab/configs/digits.yaml", "normlab/expectations/digits.json"} <= names
+    assert wheel.read("normlab/configs/digits.yaml") == (REPO / "configs" / "digits.yaml").read_bytes()
+    assert wheel.read("normlab/expectations/digits.json") == (REPO / "expectations" / "digits.json").read_bytes()
+    assert "normlab/config/__init__.py" in names and "normlab/config/loading.py" in names
+
+
+def test_the_wheel_ships_no_other_configs_or_suites(wheel):
+    """Only the default's files: a config `normlab init` wrote into a checkout's configs/ is not packaged."""
+    data = {n for n in wheel.namelist() if n.startswith(("normlab/configs/", "normlab/expectations/"))}
+    assert data == {"normlab/configs/__init__.py", "normlab/configs/digits.yaml",
+                    "normlab/expectations/__init__.py", "normlab/expectations/digits.json"}
+
+
+def test_the_installed_default_loads_from_any_folder(wheel, tmp_path_factory):
+    """Installed from the wheel (no checkout on the path), the default config and its suite resolve into it."""
+    site = tmp_path_factory.mktemp("site")
+    wheel.extractall(site)
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    script = ("import json, pathlib; from normlab.config import load_config; cfg = load_config(None); "
+              "print(json.dumps([cfg.name, cfg.data.expectations, pathlib.Path(cfg.data.expectations).is_file()]))")
+    done = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {script}"],
+                          cwd=elsewhere, check=True, capture_output=True, text=True, timeout=300)
+    name, suite, readable = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (name, readable) == ("digits", True)
+    assert Path(suite).is_relative_to(site)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from normlab import pipeline
+from normlab import pipeline, splitting
 from normlab.config import validate_config
 from normlab.errors import ConfigError, DataSourceError
 
@@ -47,8 +47,8 @@ def test_csv_with_categorical_and_column_split(tmp_path):
     run_dir.mkdir()
     batch = pipeline.load_batch(cfg, run_dir)
     assert batch["rows"] == len(frame)
-    prepared = pipeline.prepare_splits(cfg, batch, run_dir)
-    splits = pipeline.load_prepared(prepared)
+    prepared = splitting.prepare_splits(cfg, batch, run_dir)
+    splits = splitting.load_prepared(prepared)
 
     # Held-out domains never reach training.
     ref = pd.read_parquet(prepared["reference"])
@@ -78,8 +78,8 @@ def test_appending_rows_keeps_old_rows_in_their_split(tmp_path):
     # Only a column domain: a quantile threshold moves with the batch by design.
     cfg = _cfg(tmp_path, tmp_path / "one.csv")
     cfg.splits.ood = cfg.splits.ood[:1]
-    a = pipeline.prepare_splits(cfg, pipeline.load_batch(cfg, run_a), run_a)
-    b = pipeline.prepare_splits(cfg, pipeline.load_batch(cfg, run_b, str(tmp_path / "two.csv")), run_b)
+    a = splitting.prepare_splits(cfg, pipeline.load_batch(cfg, run_a), run_a)
+    b = splitting.prepare_splits(cfg, pipeline.load_batch(cfg, run_b, str(tmp_path / "two.csv")), run_b)
     ref_a = pd.read_parquet(a["reference"])
     ref_b = pd.read_parquet(b["reference"])
     merged = ref_a.merge(ref_b, how="left", indicator=True)
@@ -101,4 +101,4 @@ def test_ood_split_selecting_nothing_is_refused(tmp_path):
     cfg.splits.ood[0].values = ["atlantis"]
     batch = pipeline.load_batch(cfg, tmp_path)
     with pytest.raises(ConfigError, match="'lima': selects no rows"):
-        pipeline.prepare_splits(cfg, batch, tmp_path)
+        splitting.prepare_splits(cfg, batch, tmp_path)

@@ -9,7 +9,7 @@ import pytest
 from normlab import gate
 from normlab.config import load_config
 from normlab.errors import ConfigError
-from normlab.governance import load_suite
+from normlab.gate.expectations import load_suite
 from normlab.profiling import gate_settings, init_project, name_from_path, profile_suite
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from normlab.config import PromotionConfig
-from normlab.registry import decide
+from normlab.promotion import decide
 
 N = 400
 SPLITS = ("id/test", "ood/noise/s1", "ood/noise/s2", "ood/blur")

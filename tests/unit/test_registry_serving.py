@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from normlab import registry, tracking
+from normlab import governance_record, registry, tracking
 from normlab.config import PromotionConfig
 from normlab.data.encoding import FeatureEncoder, LabelEncoder
 from normlab.models import build_model
@@ -100,7 +100,7 @@ def test_registering_the_same_run_twice_reuses_its_version(store, tmp_path):
 
 
 def _record(version, decision, fingerprint="abc"):
-    return registry.governance_record(
+    return governance_record.governance_record(
         model={k: version[k] for k in ("name", "version", "run_id", "model_id", "source")},
         data={"fingerprint": fingerprint, "source": "test", "rows": 40},
         validation={"success": True, "failed": [], "rows_in": 40, "rows_accepted": 40, "rows_quarantined": 0,
@@ -125,14 +125,14 @@ def test_record_first_then_aliases_and_promotion_by_hand(store, tmp_path):
     run2, _, _, v2 = _logged_version(store, tmp_path, frame, seed=1)
     client = tracking.client_for(store)
 
-    published = registry.publish(store, _record(v1, _decision(True)))
+    published = governance_record.publish(store, _record(v1, _decision(True)))
     assert published["aliases"] == ["challenger", "champion"]
-    refused = registry.publish(store, _record(v2, _decision(False, champion={"version": "1"})))
+    refused = governance_record.publish(store, _record(v2, _decision(False, champion={"version": "1"})))
     assert refused["aliases"] == ["challenger"]
     model = client.get_registered_model("normlab-test")
     assert model.aliases == {"champion": 1, "challenger": 2}
 
-    record = registry.read_record(store, v2)
+    record = governance_record.read_record(store, v2)
     assert record["data"]["fingerprint"] == "abc"
     assert record["metrics"]["id/test"] == {"accuracy": 0.9, "accuracy_ci_low": 0.8, "accuracy_ci_high": 0.95}
     assert "time/train_seconds" not in json.dumps(record["metrics"])
@@ -145,27 +145,27 @@ def test_record_first_then_aliases_and_promotion_by_hand(store, tmp_path):
     assert tags["normlab.prefect.flow_run_id"] == "flow-1"
     assert tags["normlab.metric.id/test/accuracy"] == "0.9000 [0.8000, 0.9500]"
 
-    result = registry.promote(store, "normlab-test", run2, reason="needed for the pilot", by="ana")
+    result = governance_record.promote(store, "normlab-test", run2, reason="needed for the pilot", by="ana")
     assert result == {"name": "normlab-test", "version": "2", "previous_champion": "1",
                       "record": f"runs:/{run2}/governance/model_version_2.json", "already": False}
     assert client.get_registered_model("normlab-test").aliases["champion"] == 2
-    manual = registry.read_record(store, v2)["decisions"][-1]
+    manual = governance_record.read_record(store, v2)["decisions"][-1]
     assert manual["kind"] == "manual" and manual["by"] == "ana" and manual["reason"] == "needed for the pilot"
     assert manual["overrides_gate"] is True and manual["previous_champion"] == "1"
     assert client.get_model_version("normlab-test", "2").tags["normlab.decision.by"] == "ana"
-    assert registry.promote(store, "normlab-test", run2, reason="again", by="ana")["already"]
+    assert governance_record.promote(store, "normlab-test", run2, reason="again", by="ana")["already"]
 
 
 def test_promotion_by_hand_refuses_what_it_cannot_do(store, tmp_path):
     frame = _frame()
     _logged_version(store, tmp_path, frame, name="refusals")
-    with pytest.raises(registry.PromotionError, match="no version of registered model"):
-        registry.promote(store, "refusals", "0" * 32, reason="why", by="ana")
-    with pytest.raises(registry.PromotionError, match="reason is empty"):
-        registry.promote(store, "refusals", "0" * 32, reason="  ", by="ana")
+    with pytest.raises(governance_record.PromotionError, match="no version of registered model"):
+        governance_record.promote(store, "refusals", "0" * 32, reason="why", by="ana")
+    with pytest.raises(governance_record.PromotionError, match="reason is empty"):
+        governance_record.promote(store, "refusals", "0" * 32, reason="  ", by="ana")
     missing = f"sqlite:///{tmp_path / 'elsewhere.db'}"
-    with pytest.raises(registry.PromotionError, match="no tracking store"):
-        registry.promote(missing, "normlab-test", "0" * 32, reason="why", by="ana")
+    with pytest.raises(governance_record.PromotionError, match="no tracking store"):
+        governance_record.promote(missing, "normlab-test", "0" * 32, reason="why", by="ana")
     assert not (tmp_path / "elsewhere.db").exists()
 
 

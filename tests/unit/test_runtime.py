@@ -20,8 +20,8 @@ import psutil
 import pytest
 import requests
 
-from normlab import runtime
-from normlab.cli import as_user_error
+from normlab.cli import runtime
+from normlab.cli.common import as_user_error
 from normlab.errors import ConfigError, DataValidationError
 
 TRACEBACK = "Traceback (most recent call last)"
@@ -149,7 +149,7 @@ def _lease_in_subprocess(folder: Path, target: str, then: str) -> subprocess.Pop
     code = textwrap.dedent(f"""
         import json, os, sys, time
         from pathlib import Path
-        from normlab.runtime import take_lease
+        from normlab.cli.runtime import take_lease
         lease = take_lease(Path({str(folder)!r}), {target!r})
         print(json.dumps({{"path": str(lease.path), "tag": lease.tag}}), flush=True)
         {then}

@@ -46,7 +46,7 @@ def _calls(path: Path):
 
 def test_sources_were_found():
     names = {p.relative_to(REPO).as_posix() for p in SOURCES}
-    assert {"normlab/training.py", "normlab/pipeline.py", "normlab/config.py", "tasks/training.py"} <= names
+    assert {"normlab/training.py", "normlab/pipeline.py", "normlab/config/loading.py", "tasks/training.py"} <= names
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.relative_to(REPO).as_posix())
@@ -231,7 +231,7 @@ def test_scrub_hides_passwords_in_error_text(monkeypatch):
 
 
 def test_cli_strips_credentials_before_anything_sees_the_config(monkeypatch):
-    from normlab.cli import load_or_fail
+    from normlab.cli.common import load_or_fail
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "before")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "before")
@@ -243,12 +243,12 @@ def test_cli_strips_credentials_before_anything_sees_the_config(monkeypatch):
 def test_ui_command_binds_localhost(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    from normlab import cli
+    from normlab.cli import app, common, run
 
     calls = []
-    monkeypatch.setattr(cli.os, "execvp", lambda prog, args: calls.append(args))
-    result = CliRunner().invoke(cli.app, ["ui", "--set", f"workdir={tmp_path}", "--port", "5123"])
+    monkeypatch.setattr(run.os, "execvp", lambda prog, args: calls.append(args))
+    result = CliRunner().invoke(app, ["ui", "--set", f"workdir={tmp_path}", "--port", "5123"])
     assert result.exit_code == 0, result.output
     (args,) = calls
     assert args[args.index("--host") + 1] == "127.0.0.1"
-    assert "127.0.0.1" in cli.ui_command("sqlite:////tmp/x.db")
+    assert "127.0.0.1" in common.ui_command("sqlite:////tmp/x.db")

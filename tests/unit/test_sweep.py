@@ -9,8 +9,9 @@ import pytest
 
 from normlab.config import load_config
 from normlab.errors import ConfigError
+from normlab.intervals import mean_interval
 from normlab.report import fmt_interval, write_sweep_report
-from normlab.sweep import aggregate, collect, expand_grid, mean_interval, point_config, summarize
+from normlab.sweep import aggregate, collect, expand_grid, point_config, summarize
 
 
 @pytest.fixture

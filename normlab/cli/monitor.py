@@ -9,19 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from normlab.cli import (
-    ConfigArg,
-    SetOpt,
-    SummaryOpt,
-    app,
-    as_user_error,
-    console,
-    fail,
-    load_or_fail,
-    prepare_environment,
-    ui_command,
-    write_summary,
-)
+from normlab.cli.app import ConfigArg, SetOpt, SummaryOpt, app, console
+from normlab.cli.common import as_user_error, fail, load_or_fail, prepare_environment, ui_command, write_summary
 from normlab.errors import NormlabError, RetrainingError
 
 # Exit codes of normlab monitor (see normlab.cli for all): 3 a batch was blocked by the data gate

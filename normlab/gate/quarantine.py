@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from normlab.errors import DataSourceError
-from normlab.governance import take_rows
+from normlab.gate.results import take_rows
 
 ROW, STATUS, CHECKS, REASONS, BATCH, SOURCE = (
     "_normlab_row", "_normlab_status", "_normlab_checks", "_normlab_reasons", "_normlab_batch", "_normlab_source",

@@ -10,18 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from normlab.cli import (
-    ConfigArg,
-    DataOpt,
-    SetOpt,
-    SummaryOpt,
-    app,
-    console,
-    fail,
-    load_or_fail,
-    prepare_environment,
-    write_summary,
-)
+from normlab.cli.app import ConfigArg, DataOpt, SetOpt, SummaryOpt, app, console
+from normlab.cli.common import fail, load_or_fail, prepare_environment, write_summary
 from normlab.errors import NormlabError
 
 _STYLE = {"blocked": "bold red", "quarantined": "yellow", "warned": "yellow", "passed": "green", "off": "dim"}
@@ -99,7 +89,8 @@ def init(
 ) -> None:
     """Profile a trusted file into expectations/NAME.json and configs/NAME.yaml, ready for `normlab run`."""
     prepare_environment()
-    from normlab.profiling import init_project, type_summary
+    from normlab.data.types import type_summary
+    from normlab.profiling import init_project
 
     try:
         made = init_project(data, label, name=name, force=force)

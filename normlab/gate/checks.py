@@ -3,7 +3,8 @@
 Each check is a pure, vectorized function over a frame (or over hashes) that
 returns an `Evaluated`: a `CheckResult` plus, for row-level checks, the
 positions of the rows it singles out. Severities are applied by the caller
-(`normlab.gate`); a check only decides pass or fail.
+(`normlab.gate.assessment`); a check only decides pass or fail. Which checks
+the gate runs, in which stage, on which rows, is `normlab.gate.check_registry`.
 
 Row content is compared through 64-bit hashes of canonical values (numbers as
 float64, so 1 and 1.0 match across files; other values as text). Exact
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from normlab.governance import SAMPLE_SIZE, CheckResult, Evaluated, is_blocking, plain
+from normlab.gate.results import SAMPLE_SIZE, CheckResult, Evaluated, is_blocking, plain
 
 WHY = {
     "columns": "training needs every column the suite and config name, and no surprise inputs",

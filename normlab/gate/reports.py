@@ -1,6 +1,6 @@
 """The data gate's reports: the per-check table, the HTML page, the summary JSON, MLflow and Prefect views.
 
-Pure functions of the validation report that `normlab.gate.settle` writes.
+Pure functions of the validation report that `normlab.gate.assessment.settle` writes.
 """
 
 from __future__ import annotations

@@ -1,47 +1,21 @@
-"""The ``normlab`` command line: one Typer app.
-
-Exit codes: 0 success, 1 unexpected error, 2 bad config or input, 3 data
-blocked by the gate, 4 tracking store unreachable, 5 drift found (only with
-``normlab monitor --fail-on-drift``), 6 a reproduction differs from its run,
-7 a retraining started by ``normlab monitor`` failed (every batch is still recorded).
-"""
+"""What the commands share: the process environment, one-line errors, summaries, the metric table, config loading."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from normlab.errors import UNREACHABLE, NormlabError, TrackingError
+from normlab.cli.app import console, err_console
+from normlab.errors import UNREACHABLE, ConfigError, NormlabError, TrackingError
 
-app = typer.Typer(
-    name="normlab",
-    help="Governed, reproducible training pipelines with the normalization layer as an experiment axis.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-# Off a terminal (CI logs, pipes) Rich assumes 80 columns; the metric table needs more.
-console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-
-ConfigArg = Annotated[
-    Path | None, typer.Argument(help="Pipeline YAML (default: configs/digits.yaml, else built-in defaults).")
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override a setting, e.g. --set model.norm=group (repeatable)."),
-]
-DataOpt = Annotated[str | None, typer.Option("--data", help="CSV or Parquet file to use instead of data.path.")]
-SummaryOpt = Annotated[Path | None, typer.Option("--summary", help="Write a JSON summary of the run here.")]
+_Result = TypeVar("_Result")
 
 
 def prepare_environment() -> None:
@@ -59,8 +33,8 @@ def prepare_environment() -> None:
     # Prefect's temporary server gets 20 s to start by default: too little on a busy machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     # Last, once the variables above are set (it imports Prefect): no traceback on the console for a
-    # user error, and what a killed normlab process left behind is cleaned up (normlab/runtime.py).
-    from normlab.runtime import prepare_process
+    # user error, and what a killed normlab process left behind is cleaned up (normlab/cli/runtime.py).
+    from normlab.cli.runtime import prepare_process
 
     for note in prepare_process(as_user_error):
         console.print(f"[yellow]note[/]: {note}", highlight=False, soft_wrap=True)
@@ -170,90 +144,24 @@ def check_data_or_fail(path: str | None) -> None:
         raise fail(exc, exc.exit_code) from None
 
 
-@app.command()
-def run(
-    config: ConfigArg = None,
-    set_: SetOpt = None,
-    data: DataOpt = None,
-    summary: SummaryOpt = None,
-    resume: Annotated[bool, typer.Option(
-        "--resume/--no-resume",
-        help="Continue an interrupted run with the same config and data from its last checkpoint "
-             "(--no-resume: start a new run and mark the interrupted one killed).",
-    )] = True,
-) -> None:
-    """Validate the data, train with the configured norm, evaluate ID and OOD splits, log to MLflow."""
+def prepare() -> None:
+    """The shared environment defaults, and Dask's own log lines at warnings only."""
     prepare_environment()
-    cfg = load_or_fail(config, set_)
-    check_data_or_fail(data or cfg.data.path)
+    # Read by dask when it is first imported, in this process and in its workers.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
-    from normlab.flows.training import training_flow
 
-    console.print(f"normlab run: {cfg.name}, {cfg.model.family} + [bold]{cfg.model.norm}[/] norm, "
-                  f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, store {cfg.redacted().tracking_uri()}")
+def run_flow(call: Callable[[], _Result], summary_path: Path | None) -> _Result:
+    """Run a flow; a user-fixable error becomes one line, a partial summary is still written."""
     try:
-        result = training_flow(cfg, data_path=data, resume=resume)
+        return call()
     except Exception as exc:
         user_error = as_user_error(exc)
+        if user_error is None and isinstance(exc, OSError) and "trying to connect" in str(exc):
+            # distributed's own wording when sweep.address does not answer.
+            user_error = ConfigError(f"Dask scheduler unreachable: {str(exc).splitlines()[0]}")
         if user_error is None:
             raise
-        report = getattr(user_error, "report", None)
-        if isinstance(report, dict) and "checks" in report:
-            from normlab.commands.gate import print_gate_report
-
-            print_gate_report(report)
-        if isinstance(report, dict):
-            write_summary(summary, {
-                "status": "blocked", "run_id": getattr(user_error, "run_id", None),
-                "tracking_uri": cfg.tracking_uri(),
-                "data": {"fingerprint": report.get("fingerprint"), "rows": report.get("rows_in")},
-                "validation": {"success": False, "failed": report.get("failed", []),
-                               **{k: report.get(k) for k in ("rows_in", "rows_accepted", "rows_quarantined",
-                                                             "quarantine_path") if k in report}},
-                "metrics": {},
-            })
+        write_summary(summary_path, {"status": "failed", "parent_run_id": getattr(exc, "run_id", None),
+                                     "error": str(user_error).splitlines()[0]})
         raise fail(user_error, user_error.exit_code) from None
-
-    from normlab.commands.gate import gate_table
-
-    console.print(gate_table(result["validation"]["checks"]))
-    console.print(metrics_table(result["metrics"]))
-    resumed = " (resumed after an interruption)" if result.get("resumed") else ""
-    console.print(f"run {result['run_id']}{resumed}  data {result['data']['fingerprint'][:12]}  "
-                  f"model {result['model_uri']}")
-    from normlab.commands.registry import print_promotion
-
-    print_promotion(result.get("registry") or {})
-    console.print(f"open the MLflow UI:  [bold]{ui_command(result['tracking_uri'])}[/]", soft_wrap=True)
-    write_summary(summary, {"status": "finished", **result})
-
-
-@app.command()
-def ui(
-    config: ConfigArg = None,
-    set_: SetOpt = None,
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
-) -> None:
-    """Open the MLflow UI on the configured store (bound to 127.0.0.1)."""
-    cfg = load_or_fail(config, set_, writes=False)
-    uri = cfg.tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        console.print(f"the store is a server: open {uri}")
-        return
-    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                               "--host", "127.0.0.1", "--port", str(port)])
-
-
-def main() -> None:
-    """Console-script entry point."""
-    app()
-
-
-# Feature commands live in normlab/commands/<feature>.py and register themselves
-# on `app` when imported (they only define functions; nothing runs).
-COMMAND_MODULES: list[str] = ["normlab.commands.sweep", "normlab.commands.monitor", "normlab.commands.gate",
-                              "normlab.commands.registry"]
-for _module in COMMAND_MODULES:
-    importlib.import_module(_module)
-
-

@@ -7,18 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from normlab.cli import (
-    ConfigArg,
-    SetOpt,
-    SummaryOpt,
-    app,
-    as_user_error,
-    console,
-    fail,
-    load_or_fail,
-    prepare_environment,
-    write_summary,
-)
+from normlab.cli.app import ConfigArg, SetOpt, SummaryOpt, app, console
+from normlab.cli.common import as_user_error, fail, load_or_fail, prepare_environment, write_summary
 
 
 def print_promotion(result: dict[str, Any]) -> None:
@@ -44,12 +34,12 @@ def promote(
     """Make a run's model version the champion by hand, overriding the gate; records who and why first."""
     prepare_environment()
     cfg = load_or_fail(config, set_)
-    from normlab import registry
+    from normlab import governance_record, registry
 
     name, uri = registry.registry_name(cfg), cfg.tracking_uri()
     who = by or getpass.getuser()
     try:
-        result = registry.promote(uri, name, run_id, reason=reason, by=who)
+        result = governance_record.promote(uri, name, run_id, reason=reason, by=who)
     except Exception as exc:
         user_error = as_user_error(exc)
         if user_error is None:

@@ -1,15 +1,11 @@
-"""The data gate: run every check on a batch, quarantine what fails, block what must stop.
+"""The data gate's assessment: run every check on a batch, settle what it decided, block what must stop.
 
-Reports (tables, HTML, MLflow) live in `normlab.gate_reports` and are
-re-exported here. One entry point, `run_gate`, serves the training flow, the monitoring flow and
-``normlab validate``. Checks run in stages; rows a stage rejects are not seen
-by the later stages (a text value coerced away must not also count as a
-missing value)::
-
-    1 structure    columns (table), types (rows)
-    2 rows         the suite's expectations, non_finite, duplicates, contamination
-    3 labels       label_noise, on the rows still accepted
-    4 batch        class_balance, row_count, rejected_share, on the accepted rows
+One entry point, `run_gate`, serves the training flow, the monitoring flow and
+``normlab validate``: `assess` decides (pure), `settle` writes the accepted
+rows, the quarantine and the reports and proves the accounting, `enforce`
+raises on a blocked batch. The checks and their stages are the registry
+(`normlab.gate.check_registry`); rows a stage rejects are not seen by the later
+stages.
 
 Severities: ``block`` stops the batch; ``quarantine`` takes the flagged rows
 out and keeps them (a table-level check cannot single out rows, so its
@@ -27,73 +23,25 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from normlab import checks as ck
-from normlab.config import GateConfig, PipelineConfig, TimeSplit
+import normlab.gate.checks as ck
+from normlab.config import PipelineConfig
 from normlab.data.fingerprint import fingerprint_frame
 from normlab.errors import DataValidationError
-from normlab.gate_reports import (
-    check_table,
-    log_gate,
-    markdown_summary,
-    render_html,
-    summary,
-)
-from normlab.gate_splits import (
-    check_splits,
-    evaluation_index_dir,
-    read_evaluation_index,
-)
-from normlab.governance import (
-    CheckResult,
-    Evaluated,
-    ValidationReport,
-    evaluate_suite,
-    load_suite,
-    positional,
-    take_rows,
-)
-from normlab.label_noise import check_label_noise
-from normlab.quarantine import Rejection, annotate, verify_accounting, write_parquet
+from normlab.gate.check_registry import BATCH_STAGES, CheckContext, CheckEntry, checks_in, severity_of
+from normlab.gate.expectations import evaluate_suite, load_suite, unlabelled_suite
+from normlab.gate.quarantine import Rejection, annotate, verify_accounting, write_parquet
+from normlab.gate.reports import check_table, render_html
+from normlab.gate.results import CheckResult, Evaluated, ValidationReport, positional, take_rows
+from normlab.gate.split_audit import evaluation_index_dir, read_evaluation_index
 
 OUTCOMES = ("passed", "warned", "quarantined", "blocked", "off")
-CONTEXTS = ("train", "monitor")
-_STRICTNESS = ("off", "warn", "quarantine", "block")
-# Severities when watching production data (normlab monitor): what protects a training set
-# only (contamination, label noise, class balance, duplicates, row count) is reported, never
-# blocking; what makes a batch unusable (columns, unparseable values, a batch that loses too
-# many rows) still acts. A check's monitoring severity is never stricter than its training one.
-MONITOR_DEFAULTS: dict[str, str] = {
-    "columns": "block", "types": "quarantine", "non_finite": "quarantine", "duplicates": "warn",
-    "contamination": "warn", "label_noise": "warn", "class_balance": "warn", "row_count": "warn",
-    "rejected_share": "block",
-}
-
-
-def severity_of(gate: GateConfig, name: str, context: str) -> str:
-    """The severity of a built-in check in a context (``train`` or ``monitor``).
-
-    Training uses ``gate.<check>.severity``. Monitoring uses
-    ``gate.<check>.monitor_severity`` when set, else the check's monitoring
-    default (`MONITOR_DEFAULTS`), capped at its training severity (a check
-    turned off or down for training is not stricter in monitoring).
-    """
-    check = getattr(gate, name)
-    if context == "train":
-        return check.severity
-    if context != "monitor":
-        raise ValueError(f"gate context is one of {CONTEXTS}; got {context!r}")
-    if check.monitor_severity is not None:
-        return check.monitor_severity
-    default = MONITOR_DEFAULTS[name]
-    return min(default, check.severity, key=_STRICTNESS.index)
-_COLUMN_SET_TYPES = ("expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list")
 
 
 @dataclass
@@ -117,60 +65,7 @@ class Assessment:
         return bool(self.blocked_by)
 
 
-# 1. Assess (pure) -----------------------------------------------------------------------
-
-
-def feature_names(cfg: PipelineConfig, columns: list[str]) -> list[str]:
-    """The configured features as named (present or not), else every column but the label and time columns."""
-    if cfg.data.features:
-        return list(cfg.data.features)
-    excluded = {cfg.data.label} | {s.column for s in cfg.splits.ood if isinstance(s, TimeSplit)}
-    return [c for c in columns if c not in excluded]
-
-
-def suite_columns(suite: dict[str, Any] | None) -> tuple[list[str], list[str] | None]:
-    """Columns the suite's expectations refer to, and the column set it declares (if any)."""
-    referenced: list[str] = []
-    declared: list[str] | None = None
-    for exp in (suite or {}).get("expectations", []):
-        kwargs = exp.get("kwargs", {})
-        if isinstance(kwargs.get("column"), str) and kwargs["column"] not in referenced:
-            referenced.append(kwargs["column"])
-        if exp["type"] in _COLUMN_SET_TYPES and kwargs.get("exact_match", True):
-            listed = kwargs.get("column_set") or kwargs.get("column_list")
-            if isinstance(listed, list):
-                declared = [str(c) for c in listed]
-    return referenced, declared
-
-
-def unlabelled_suite(suite: dict[str, Any] | None, label: str) -> dict[str, Any] | None:
-    """The suite as it applies to a batch without its label column (new data awaiting labels).
-
-    Expectations on the label are dropped and the label leaves any declared column set.
-    """
-    if suite is None:
-        return None
-    kept = []
-    for exp in suite["expectations"]:
-        kwargs = exp.get("kwargs", {})
-        if kwargs.get("column") == label:
-            continue
-        for key in ("column_set", "column_list"):
-            if isinstance(kwargs.get(key), list) and label in kwargs[key]:
-                exp = {**exp, "kwargs": {**kwargs, key: [c for c in kwargs[key] if c != label]}}
-        kept.append(exp)
-    return {**suite, "expectations": kept}
-
-
-def known_labels(suite: dict[str, Any] | None, label: str) -> list[Any] | None:
-    """The label set a suite declares (``expect_column_values_to_be_in_set`` on the label), if any."""
-    for exp in (suite or {}).get("expectations", []):
-        kwargs = exp.get("kwargs", {})
-        if exp["type"] == "expect_column_values_to_be_in_set" and kwargs.get("column") == label:
-            values = kwargs.get("value_set")
-            if isinstance(values, list):
-                return values
-    return None
+# 1. Assess (pure) ---------------------------------------------------------------------
 
 
 def assess(
@@ -183,6 +78,10 @@ def assess(
     reference: pd.DataFrame | None = None,
 ) -> Assessment:
     """Run every check on a batch and decide, row by row, what is accepted.
+
+    The checks run stage by stage, as the registry orders them
+    (`normlab.gate.check_registry`); each stage sees the rows the earlier ones
+    kept, and the positions it flags are mapped back to the batch.
 
     Args:
         frame: The batch as it arrived.
@@ -198,88 +97,42 @@ def assess(
         The checks in stage order, with outcomes, and the accepted rows.
     """
     gate = cfg.gate
-
-    def sev(name: str) -> str:
-        return severity_of(gate, name, context)
-
+    severity = {entry.name: severity_of(gate, entry.name, context)
+                for stage in BATCH_STAGES for entry in checks_in(stage)}
     frame = positional(frame)
     n = len(frame)
-    label = cfg.data.label
-    columns = [str(c) for c in frame.columns]
-    labelled = label in columns
-    if not labelled:
-        suite = unlabelled_suite(suite, label)
-    features = feature_names(cfg, columns)
-    referenced, declared = suite_columns(suite)
-    results: list[tuple[Evaluated, str]] = []
-    work = frame
-
-    # Stage 1: structure.
-    required = list(dict.fromkeys([*([label] if labelled else []), *(cfg.data.features or []), *referenced]))
-    results.append(_run(sev("columns"), "columns",
-                        lambda: ck.check_columns(frame, required=required, expected=declared)))
-    converted: list[str] = []
+    if cfg.data.label not in [str(c) for c in frame.columns]:
+        suite = unlabelled_suite(suite, cfg.data.label)
+    # Typing runs whatever the types check's severity: monitoring measures drift on the typed rows.
     typed, numbers = ck.check_types(frame, ck.numeric_columns_of_suite(suite))
     typed_rows = np.setdiff1d(np.arange(n), typed.rows if typed.rows is not None else [])
     typed_frame = frame.assign(**numbers) if numbers else frame
-    if sev("types") == "off":
-        results.append((ck.off_result("types"), "off"))
-    else:
-        results.append((typed, sev("types")))
-        if numbers and sev("types") != "warn":
+    ctx = CheckContext(frame=frame, work=frame, cfg=cfg, suite=suite, types_result=typed, keep=np.arange(n),
+                       evaluation_index=evaluation_index, reference=reference)
+    converted: list[str] = []
+    results: list[tuple[Evaluated, str]] = []
+    for stage in BATCH_STAGES:
+        ctx = replace(ctx, keep=_remaining(n, results))
+        done: list[tuple[Evaluated, str]] = []
+        if stage == "rows" and suite is not None:
+            # The suite's expectations open the rows stage, each at its own severity.
+            evaluated = evaluate_suite(ctx.view, suite, engine=gate.engine, overrides=gate.expectations)
+            done += [(e, e.result.severity) for e in evaluated]
+        done += [_run(entry, ctx, severity[entry.name]) for entry in checks_in(stage)]
+        results += [(_map_back(e, ctx.keep, n), s) for e, s in done]
+        if stage == "structure" and numbers and severity["types"] not in ("off", "warn"):
             # Repair the columns for the rows that stay; the rejected rows keep their text in quarantine.
-            work = typed_frame
+            ctx = replace(ctx, work=typed_frame)
             converted = list(numbers)
-    keep = _remaining(n, results)
-
-    # Stage 2: rows (on the rows stage 1 kept; positions are mapped back to the batch).
-    view = work if keep.size == n else take_rows(work, keep)
-    stage: list[tuple[Evaluated, str]] = []
-    if suite is not None:
-        evaluated = evaluate_suite(view, suite, engine=gate.engine, overrides=gate.expectations)
-        stage += [(e, e.result.severity) for e in evaluated]
-    numeric_inputs = [c for c in [*features, label] if c in view.columns]
-    nullable = ck.nullable_columns_of_suite(suite)
-    stage.append(_run(sev("non_finite"), "non_finite",
-                      lambda: ck.check_non_finite(view, numeric_inputs, nullable=nullable)))
-    present = [c for c in features if c in view.columns]
-    contamination = sev("contamination") != "off" and evaluation_index is not None
-    hashed = sev("duplicates") != "off" or contamination
-    feature_hashes = ck.content_hashes(view, present) if hashed else None  # shared by the two checks below
-    stage.append(_run(sev("duplicates"), "duplicates",
-                      lambda: ck.check_duplicates(view, features=present, feature_hashes=feature_hashes)))
-    stage.append(_run(sev("contamination"), "contamination",
-                      lambda: ck.check_contamination(view, feature_hashes, evaluation_index, salt=cfg.splits.salt)))
-    results += [(_map_back(e, keep, n), s) for e, s in stage]
-    keep = _remaining(n, results)
-
-    # Stage 3: labels, on the rows still accepted.
-    view = work if keep.size == n else take_rows(work, keep)
-    noise = gate.label_noise
-    scored, severity = _run(sev("label_noise"), "label_noise", lambda: check_label_noise(
-        view, present, label, k=noise.k, max_share=noise.max_share, sample_rows=noise.sample_rows, seed=cfg.seed,
-        confidence=noise.confidence, reference=reference))
-    results.append((_map_back(scored, keep, n), severity))
     accepted = _remaining(n, results)
-
-    # Stage 4: the batch as it would be accepted.
-    if labelled:
-        results.append(_run(sev("class_balance"), "class_balance", lambda: ck.check_class_balance(
-            work[label].iloc[accepted], known=known_labels(suite, label), min_share=gate.class_balance.min_share)))
-    else:
-        results.append((ck.skipped("class_balance", "unlabelled batch"), sev("class_balance")))
-    results.append(_run(sev("row_count"), "row_count", lambda: ck.check_row_count(
-        int(accepted.size), min_rows=gate.row_count.min_rows, max_rows=gate.row_count.max_rows)))
-    results.append(_run(sev("rejected_share"), "rejected_share", lambda: ck.check_rejected_share(
-        n - int(accepted.size), n, max_share=gate.rejected_share.max_share)))
 
     checks: list[CheckResult] = []
     rejections: list[Rejection] = []
     blocked_by: list[Rejection] = []
-    for evaluated, severity in results:
+    for evaluated, sev in results:
         result = evaluated.result
-        result.severity = severity
-        result.outcome = ck.outcome_of(result, severity)
+        result.severity = sev
+        result.outcome = ck.outcome_of(result, sev)
         checks.append(result)
         reason = result.why or result.name
         if result.outcome in ("quarantined", "blocked") and evaluated.rows is not None and evaluated.rows.size:
@@ -289,14 +142,17 @@ def assess(
     if blocked_by:
         accepted = np.zeros(0, dtype=np.int64)
     return Assessment(checks=checks, rejections=rejections, blocked_by=blocked_by, accepted=accepted,
-                      repaired=work, converted=converted, typed=typed_rows, typed_frame=typed_frame)
+                      repaired=ctx.work, converted=converted, typed=typed_rows, typed_frame=typed_frame)
 
 
-def _run(severity: str, name: str, check) -> tuple[Evaluated, str]:
-    """Run a built-in check unless its severity is off."""
+def _run(entry: CheckEntry, ctx: CheckContext, severity: str) -> tuple[Evaluated, str]:
+    """Run a registered check at its severity: skipped when it cannot run on this batch, else not at all when off."""
+    reason = entry.unavailable(ctx) if entry.unavailable is not None else None
+    if reason is not None:
+        return ck.skipped(entry.name, reason), severity
     if severity == "off":
-        return ck.off_result(name), "off"
-    return check(), severity
+        return ck.off_result(entry.name), "off"
+    return entry.evaluate(ctx, entry.settings(ctx.cfg.gate)), severity
 
 
 def _remaining(n: int, results: list[tuple[Evaluated, str]]) -> np.ndarray:
@@ -446,23 +302,3 @@ def enforce(gate: dict[str, Any]) -> None:
     raise DataValidationError(
         f"batch {report['fingerprint'][:12]} blocked by {len(failures)} check(s): {listed}{kept}", report=report
     )
-
-
-__all__ = [
-    "CONTEXTS",
-    "MONITOR_DEFAULTS",
-    "Assessment",
-    "assess",
-    "check_splits",
-    "check_table",
-    "enforce",
-    "evaluation_index_dir",
-    "log_gate",
-    "markdown_summary",
-    "read_evaluation_index",
-    "render_html",
-    "run_gate",
-    "settle",
-    "severity_of",
-    "summary",
-]

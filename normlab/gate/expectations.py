@@ -12,7 +12,8 @@ reproduces Great Expectations' semantics (nulls ignored by map expectations,
 ``mostly``, strict bounds, the first 20 unexpected values in row order); the
 tests hold both engines to identical results. Every other type, and every
 expectation whose arguments fall outside the reproduced cases, still runs
-through Great Expectations.
+through Great Expectations. The suite readers at the end say what a suite
+declares about the batch's columns and labels, for the gate's own checks.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import json
 import logging
 import math
 import numbers
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,9 @@ import numpy as np
 import pandas as pd
 
 from normlab.errors import ConfigError
+from normlab.gate.results import SAMPLE_SIZE, CheckResult, Evaluated, expectation_result, plain, positional
 
 SEVERITIES = ("block", "quarantine", "warn")
-# Great Expectations' default `partial_unexpected_count`: unexpected values kept per expectation.
-SAMPLE_SIZE = 20
-
 FAST_TYPES = (
     "expect_column_values_to_not_be_null",
     "expect_column_values_to_be_between",
@@ -46,117 +44,7 @@ _FAST_NUMERIC_KINDS = ("i", "u", "f")
 # Meta key that carries an expectation's suite position through Great Expectations,
 # which returns results in its own order.
 _POSITION_KEY = "normlab_position"
-
-
-@dataclass
-class CheckResult:
-    """The outcome of one expectation or gate check.
-
-    ``outcome`` says what the gate did: ``passed``, ``warned``, ``quarantined``
-    (the flagged rows were taken out), ``blocked``, or ``off`` (not evaluated).
-    ``rows_flagged`` counts the rows the check singled out; table-level checks
-    (``scope == "table"``) single out none.
-    """
-
-    name: str
-    success: bool
-    severity: str = "block"
-    column: str | None = None
-    unexpected_count: int = 0
-    unexpected_sample: list[Any] = field(default_factory=list)
-    why: str | None = None
-    observed: Any = None
-    kind: str = "expectation"
-    scope: str = "rows"
-    engine: str | None = None
-    outcome: str = ""
-    rows_flagged: int = 0
-    details: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-    @property
-    def label(self) -> str:
-        """The check's name with its column, as used in quarantine reasons."""
-        return f"{self.name}({self.column})" if self.column else self.name
-
-    def describe(self) -> str:
-        """One line a user can act on."""
-        where = f" on '{self.column}'" if self.column else ""
-        if self.error:
-            return f"{self.name}{where}: error: {self.error}"
-        what = f": {self.unexpected_count} unexpected" if self.unexpected_count else ""
-        lead = "rows" if self.kind == "check" else "e.g."
-        sample = f" ({lead} {', '.join(map(str, self.unexpected_sample[:3]))})" if self.unexpected_sample else ""
-        shown = self.observed
-        if isinstance(shown, list) and len(shown) > 5:
-            shown = f"{len(shown)} values"
-        observed = f" (observed {shown})" if shown is not None and not self.unexpected_count else ""
-        return f"{self.name}{where}{what}{sample}{observed}{_facts(self.details)}"
-
-
-# Detail keys worth a place in the one-line description.
-_FACT_KEYS = ("missing", "unexpected", "columns", "below", "leaked_rows")
-
-
-def _facts(details: dict[str, Any]) -> str:
-    flat = {**(details.get("mismatched") or {}), **details}
-    facts = [f"{k} {v}" for k, v in flat.items() if k in _FACT_KEYS]
-    return f" [{'; '.join(facts)}]" if facts else ""
-
-
-@dataclass
-class ValidationReport:
-    """Every check run on one batch, readable by name, with the row accounting."""
-
-    suite: str
-    fingerprint: str
-    rows_in: int
-    checks: list[CheckResult]
-    rows_accepted: int | None = None
-    rows_quarantined: int = 0
-    source: str | None = None
-
-    @property
-    def success(self) -> bool:
-        """True when no blocking check failed."""
-        return not self.blocking_failures
-
-    @property
-    def blocking_failures(self) -> list[CheckResult]:
-        """Failed checks that stop the batch (a table-level quarantine rejects the whole batch)."""
-        return [c for c in self.checks if not c.success and is_blocking(c)]
-
-    @property
-    def failed(self) -> list[str]:
-        """A line per failed check, blocking or not."""
-        return [c.describe() for c in self.checks if not c.success and c.outcome != "off"]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as plain JSON-able data."""
-        return {
-            "suite": self.suite,
-            "fingerprint": self.fingerprint,
-            "source": self.source,
-            "rows_in": self.rows_in,
-            "rows_accepted": self.rows_in if self.rows_accepted is None else self.rows_accepted,
-            "rows_quarantined": self.rows_quarantined,
-            "success": self.success,
-            "blocked": not self.success,
-            "failed": self.failed,
-            "checks": [asdict(c) for c in self.checks],
-        }
-
-def is_blocking(check: CheckResult) -> bool:
-    """Whether a failure of this check stops the batch."""
-    return check.severity == "block" or (check.severity == "quarantine" and check.scope == "table")
-
-
-@dataclass
-class Evaluated:
-    """One evaluated expectation: its result and the positions of its unexpected rows."""
-
-    result: CheckResult
-    rows: np.ndarray | None = None  # int64 row positions; None for table-level expectations
+_COLUMN_SET_TYPES = ("expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list")
 
 
 def load_suite(path: str | Path) -> dict[str, Any]:
@@ -180,21 +68,6 @@ def load_suite(path: str | Path) -> dict[str, Any]:
                 f"{p}: expectations[{i}] {exp.get('type')} has severity {severity!r}; allowed: {', '.join(SEVERITIES)}"
             )
     return suite
-
-
-def positional(df: pd.DataFrame) -> pd.DataFrame:
-    """The frame with a 0..n-1 index, copied only when its index is something else."""
-    index = df.index
-    if isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1:
-        return df
-    return df.reset_index(drop=True)
-
-
-def take_rows(df: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
-    """The rows at ``positions`` with a fresh 0..n-1 index (one copy, where reset_index would make two)."""
-    out = df.take(positions)
-    out.index = pd.RangeIndex(len(out))
-    return out
 
 
 def expectation_severity(exp: dict[str, Any], overrides: dict[str, str] | None = None) -> str:
@@ -251,6 +124,12 @@ def evaluate_suite(
     return out
 
 
+def _off_result(exp: dict[str, Any]) -> CheckResult:
+    result = expectation_result(exp, success=True, engine=None, scope="table")
+    result.outcome = "off"
+    return result
+
+
 # Vectorized evaluation --------------------------------------------------------------------
 
 
@@ -269,8 +148,8 @@ def evaluate_fast(df: pd.DataFrame, exp: dict[str, Any]) -> Evaluated | None:
         return None
     column = kwargs["column"]
     if column not in df.columns:
-        return Evaluated(_result(exp, success=False, engine="numpy", scope="table",
-                                 error=f'Error: The column "{column}" in BatchData does not exist.'))
+        return Evaluated(expectation_result(exp, success=False, engine="numpy", scope="table",
+                                            error=f'Error: The column "{column}" in BatchData does not exist.'))
     series = df[column]
     if kind == "expect_column_values_to_not_be_null":
         return _fast_not_null(series, exp)
@@ -308,7 +187,8 @@ def _map_result(
     mostly = exp["kwargs"].get("mostly", 1)
     success = True if total == 0 or considered == 0 else _mostly_success(considered, count, mostly)
     sample = [plain(v) for v in values[positions[:SAMPLE_SIZE]]]
-    result = _result(exp, success=success, engine="numpy", scope="rows", unexpected_count=count, sample=sample)
+    result = expectation_result(exp, success=success, engine="numpy", scope="rows", unexpected_count=count,
+                                sample=sample)
     return Evaluated(result, positions.astype(np.int64))
 
 
@@ -382,7 +262,8 @@ def _fast_row_count(df: pd.DataFrame, exp: dict[str, Any], kwargs: dict[str, Any
     n = len(df)
     above = True if lo is None else (n > lo if strict_min else n >= lo)
     below = True if hi is None else (n < hi if strict_max else n <= hi)
-    return Evaluated(_result(exp, success=bool(above and below), engine="numpy", scope="table", observed=n))
+    success = bool(above and below)
+    return Evaluated(expectation_result(exp, success=success, engine="numpy", scope="table", observed=n))
 
 
 def _fast_columns_match_set(df: pd.DataFrame, exp: dict[str, Any], kwargs: dict[str, Any]) -> Evaluated | None:
@@ -399,46 +280,8 @@ def _fast_columns_match_set(df: pd.DataFrame, exp: dict[str, Any], kwargs: dict[
     if missing:
         mismatched["missing"] = missing
     success = not mismatched or (not exact and not missing)
-    return Evaluated(_result(exp, success=success, engine="numpy", scope="table", observed=sorted(actual),
-                             details={"mismatched": mismatched} if mismatched else {}))
-
-
-def _result(
-    exp: dict[str, Any],
-    *,
-    success: bool,
-    engine: str | None,
-    scope: str,
-    unexpected_count: int = 0,
-    sample: list[Any] | None = None,
-    observed: Any = None,
-    details: dict[str, Any] | None = None,
-    error: str | None = None,
-) -> CheckResult:
-    meta = exp.get("meta") or {}
-    kwargs = exp.get("kwargs", {})
-    return CheckResult(
-        name=exp["type"],
-        success=success,
-        severity=meta.get("severity", "block"),
-        column=kwargs.get("column"),
-        unexpected_count=unexpected_count,
-        unexpected_sample=sample or [],
-        why=meta.get("why"),
-        observed=observed,
-        kind="expectation",
-        scope=scope,
-        engine=engine,
-        rows_flagged=unexpected_count,
-        details=details or {},
-        error=error,
-    )
-
-
-def _off_result(exp: dict[str, Any]) -> CheckResult:
-    result = _result(exp, success=True, engine=None, scope="table")
-    result.outcome = "off"
-    return result
+    return Evaluated(expectation_result(exp, success=success, engine="numpy", scope="table", observed=sorted(actual),
+                                        details={"mismatched": mismatched} if mismatched else {}))
 
 
 # Great Expectations -----------------------------------------------------------------------
@@ -496,7 +339,7 @@ def _evaluate_gx(df: pd.DataFrame, expectations: list[dict[str, Any]], name: str
         rows = None
         if "unexpected_index_list" in details and error is None:
             rows = np.asarray(details["unexpected_index_list"], dtype=np.int64)
-        result = _result(
+        result = expectation_result(
             exp,
             success=bool(res.success) and error is None,
             engine="gx",
@@ -524,22 +367,49 @@ def _gx_error(info: Any) -> str | None:
     return None
 
 
-def plain(value: Any) -> Any:
-    """Make numpy scalars and containers JSON-friendly; NaN becomes None, infinities text."""
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        if math.isnan(v):
-            return None
-        return v if math.isfinite(v) else ("inf" if v > 0 else "-inf")
-    if value is pd.NaT or value is pd.NA:
+# Suite readers ----------------------------------------------------------------------------
+
+
+def suite_columns(suite: dict[str, Any] | None) -> tuple[list[str], list[str] | None]:
+    """Columns the suite's expectations refer to, and the column set it declares (if any)."""
+    referenced: list[str] = []
+    declared: list[str] | None = None
+    for exp in (suite or {}).get("expectations", []):
+        kwargs = exp.get("kwargs", {})
+        if isinstance(kwargs.get("column"), str) and kwargs["column"] not in referenced:
+            referenced.append(kwargs["column"])
+        if exp["type"] in _COLUMN_SET_TYPES and kwargs.get("exact_match", True):
+            listed = kwargs.get("column_set") or kwargs.get("column_list")
+            if isinstance(listed, list):
+                declared = [str(c) for c in listed]
+    return referenced, declared
+
+
+def unlabelled_suite(suite: dict[str, Any] | None, label: str) -> dict[str, Any] | None:
+    """The suite as it applies to a batch without its label column (new data awaiting labels).
+
+    Expectations on the label are dropped and the label leaves any declared column set.
+    """
+    if suite is None:
         return None
-    if hasattr(value, "item") and callable(value.item):
-        try:
-            return plain(value.item())
-        except (ValueError, TypeError):
-            return str(value)
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    return value
+    kept = []
+    for exp in suite["expectations"]:
+        kwargs = exp.get("kwargs", {})
+        if kwargs.get("column") == label:
+            continue
+        for key in ("column_set", "column_list"):
+            if isinstance(kwargs.get(key), list) and label in kwargs[key]:
+                exp = {**exp, "kwargs": {**kwargs, key: [c for c in kwargs[key] if c != label]}}
+        kept.append(exp)
+    return {**suite, "expectations": kept}
+
+
+def known_labels(suite: dict[str, Any] | None, label: str) -> list[Any] | None:
+    """The label set a suite declares (``expect_column_values_to_be_in_set`` on the label), if any."""
+    for exp in (suite or {}).get("expectations", []):
+        kwargs = exp.get("kwargs", {})
+        if exp["type"] == "expect_column_values_to_be_in_set" and kwargs.get("column") == label:
+            values = kwargs.get("value_set")
+            if isinstance(values, list):
+                return values
+    return None

@@ -1,6 +1,6 @@
 """What every normlab command sets up around Prefect: quiet user errors, no orphans after a kill.
 
-`prepare_process` is called at the start of each command (`normlab.cli.prepare_environment`):
+`prepare_process` is called at the start of each command (`normlab.cli.common.prepare_environment`):
 
 1. Prefect logs a failed task or flow run with its traceback. For a user
    error (bad data, an unreachable store: anything the CLI turns into one

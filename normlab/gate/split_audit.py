@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from normlab import checks as ck
+import normlab.gate.checks as ck
 from normlab.config import PipelineConfig
 from normlab.errors import DataValidationError
-from normlab.quarantine import write_parquet
+from normlab.gate.check_registry import CHECKS, SplitHashes
+from normlab.gate.quarantine import write_parquet
 
 
 def evaluation_index_dir(cfg: PipelineConfig) -> Path:
@@ -55,7 +56,8 @@ def check_splits(
     from normlab.data.fingerprint import row_hashes
 
     run_dir = Path(run_dir)
-    setting = cfg.gate.leakage
+    leakage = CHECKS["leakage"]  # the split stage's check
+    setting = leakage.settings(cfg.gate)
     if setting.severity == "off":
         return {"leakage": asdict(ck.off_result("leakage").result), "evaluation_rows": 0}
     frame = pd.read_parquet(batch["path"])
@@ -64,7 +66,7 @@ def check_splits(
     rows = row_hashes(frame, salt=salt)
     is_train = np.isin(rows, row_hashes(train, salt=salt))
     features = ck.content_hashes(frame, prepared["features"])
-    evaluated = ck.check_leakage(features[is_train], features[~is_train], max_share=setting.max_share)
+    evaluated = leakage.evaluate(SplitHashes(train=features[is_train], evaluation=features[~is_train]), setting)
     result = evaluated.result
     result.severity = setting.severity
     result.outcome = ck.outcome_of(result, setting.severity)

@@ -1,1 +1,0 @@
-"""CLI commands, one module per feature; each registers on `normlab.cli.app`."""

@@ -1,0 +1,153 @@
+"""Stage 3 of the pipeline: split the batch into ID and OOD splits, encode them, and read them back.
+
+`prepare_splits` writes, under the run folder::
+
+    prepared.npz         encoded features and labels per split (``<split>/x``, ``<split>/y``)
+    encoder.json         feature and label encoders (saved with the model)
+    reference.parquet    raw training rows: the drift reference
+    eval_frames/         raw rows of each scored split (slices, champion re-scoring)
+
+and returns the small dict the later stages take (``prepared``); `load_prepared`
+and `load_eval_frames` read the files back. How each OOD ``kind`` is built is
+`normlab.data.ood.OOD_KINDS`'s business.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from normlab.config import PipelineConfig, TimeSplit
+from normlab.data.encoding import FeatureEncoder, LabelEncoder
+from normlab.data.ood import DeriveFromTest, SelectRows, ood_kind
+from normlab.data.splits import assign_id_splits
+from normlab.errors import ConfigError, DataSourceError
+
+
+def feature_columns(cfg: PipelineConfig, columns: list[str]) -> list[str]:
+    """The configured features, or every column but the label and time-split columns."""
+    if cfg.data.features:
+        missing = [c for c in cfg.data.features if c not in columns]
+        if missing:
+            raise ConfigError(f"data.features: columns not in the data: {', '.join(missing)}")
+        return list(cfg.data.features)
+    excluded = {cfg.data.label} | {s.column for s in cfg.splits.ood if isinstance(s, TimeSplit)}
+    return [c for c in columns if c not in excluded]
+
+
+def prepare_splits(cfg: PipelineConfig, batch: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
+    """Split the batch into ID train/val/test and the OOD splits, and encode them.
+
+    Row-selecting OOD kinds (column, quantile, time) are held out of the ID splits
+    entirely; derived kinds (corruption) are transformed copies of the ID test split.
+    """
+    run_dir = Path(run_dir)
+    frame = pd.read_parquet(batch["path"])
+    features = feature_columns(cfg, list(frame.columns))
+    kinds = [(split, ood_kind(split)) for split in cfg.splits.ood]
+    held_out = np.zeros(len(frame), dtype=bool)
+    domain_masks: dict[str, np.ndarray] = {}
+    thresholds: dict[str, float] = {}
+    for split, kind in kinds:
+        if not isinstance(kind, SelectRows):
+            continue
+        selection = kind.select(frame, split)
+        if selection.threshold is not None:
+            thresholds[split.name] = selection.threshold
+        if not selection.mask.any():
+            raise ConfigError(f"splits.ood '{split.name}': selects no rows of this batch")
+        domain_masks[split.name] = selection.mask
+        held_out |= selection.mask
+
+    id_frame = frame.loc[~held_out]
+    id_split = assign_id_splits(
+        id_frame, val_fraction=cfg.splits.val_fraction, test_fraction=cfg.splits.test_fraction, salt=cfg.splits.salt
+    )
+    parts = {name: id_frame.loc[id_split == name] for name in ("train", "val", "test")}
+    for name, part in parts.items():
+        if name != "val" and len(part) == 0:
+            raise DataSourceError(f"the ID {name} split is empty: the batch has too few rows ({len(id_frame)})")
+
+    labels = LabelEncoder.fit(frame[cfg.data.label])
+    encoder = FeatureEncoder.fit(parts["train"], features, scale=cfg.data.scale)
+    arrays: dict[str, np.ndarray] = {}
+    scored: dict[str, pd.DataFrame] = {}  # raw rows of the scored splits, for slices and the champion
+    # Derived splits are copies of the ID test rows: the bootstrap resamples them together.
+    populations: dict[str, str] = {}
+
+    def add(key: str, part: pd.DataFrame, raw_override: np.ndarray | None = None) -> None:
+        if raw_override is not None:
+            part = part.copy()
+            part[features] = raw_override
+        arrays[f"{key}/x"] = encoder.transform(part)
+        arrays[f"{key}/y"] = labels.transform(part[cfg.data.label])
+        if key == "id/test" or key.startswith("ood/"):
+            scored[key] = part
+
+    for name, part in parts.items():
+        add(f"id/{name}", part)
+    for split, kind in kinds:
+        if isinstance(kind, DeriveFromTest):
+            raw = parts["test"][features].to_numpy(dtype=np.float64)
+            for leaf, derived in kind.derive(raw, split, image_shape=cfg.data.image_shape, seed=cfg.seed,
+                                             value_range=cfg.data.value_range):
+                add(f"ood/{leaf}", parts["test"], derived)
+                populations[f"ood/{leaf}"] = "id/test"
+        else:
+            add(f"ood/{split.name}", frame.loc[domain_masks[split.name]])
+
+    np.savez(run_dir / "prepared.npz", **arrays)
+    (run_dir / "encoder.json").write_text(
+        json.dumps({"features": encoder.to_dict(), "labels": labels.to_dict(), "label_column": cfg.data.label})
+    )
+    parts["train"].to_parquet(run_dir / "reference.parquet", index=False)
+    counts = {key[:-2]: len(v) for key, v in arrays.items() if key.endswith("/y")}
+    eval_frames = save_eval_frames(scored, run_dir / "eval_frames", slices=cfg.eval.slices)
+    return {
+        "path": str(run_dir / "prepared.npz"),
+        "encoder": str(run_dir / "encoder.json"),
+        "reference": str(run_dir / "reference.parquet"),
+        "features": features,
+        "n_features": int(encoder.n_outputs),
+        "classes": [str(c) for c in labels.classes],
+        "counts": counts,
+        "ood_thresholds": thresholds,
+        "eval_frames": eval_frames,
+        "populations": populations,
+    }
+
+
+def save_eval_frames(frames: dict[str, pd.DataFrame], folder: Path, *, slices: list[str]) -> dict[str, str]:
+    """Write the raw rows of each scored split (one Parquet file each); split key to path.
+
+    Raises:
+        ConfigError: An ``eval.slices`` column is not in the data.
+    """
+    columns = list(next(iter(frames.values())).columns) if frames else []
+    missing = [c for c in slices if c not in columns]
+    if missing:
+        raise ConfigError(f"eval.slices: columns not in the data: {', '.join(missing)}; columns: "
+                          f"{', '.join(map(str, columns[:20]))}")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str] = {}
+    for key, frame in frames.items():
+        path = folder / f"{key.replace('/', '__')}.parquet"
+        frame.to_parquet(path, index=False)
+        paths[key] = str(path)
+    return paths
+
+
+def load_eval_frames(prepared: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """Split key to the raw rows of that scored split (``id/test``, ``ood/...``)."""
+    return {key: pd.read_parquet(path) for key, path in prepared["eval_frames"].items()}
+
+
+def load_prepared(prepared: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Split key (``id/train``, ``ood/noise``...) to (features, labels)."""
+    with np.load(prepared["path"]) as npz:
+        keys = sorted({k[:-2] for k in npz.files})
+        return {k: (npz[f"{k}/x"], npz[f"{k}/y"]) for k in keys}
