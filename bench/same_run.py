@@ -29,14 +29,26 @@ def _commit(root: Path) -> str:
     return done.stdout.strip() or "unknown"
 
 
-def default_run(root: Path) -> dict:
-    """Run ``normlab run`` from ``root`` (a checkout) into a fresh work folder; what it computed."""
+def _run(root: Path, extra: list[str], read) -> object:
+    """Run ``normlab run`` from ``root`` (a checkout) into a fresh work folder; ``read(run_dir)`` of its run."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONPATH": str(root)}
         code = "import sys; from normlab.cli import main; sys.argv = ['normlab', *sys.argv[1:]]; main()"
-        subprocess.run([sys.executable, "-c", code, "run", "--set", f"workdir={tmp}/work"], cwd=root, env=env,
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=1800)
+        subprocess.run([sys.executable, "-c", code, "run", "--set", f"workdir={tmp}/work", *extra], cwd=root,
+                       env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=1800)
         (run_dir,) = Path(tmp, "work", "runs").iterdir()
+        return read(run_dir)
+
+
+def run_metrics(root: Path, extra: list[str] | None = None) -> dict[str, float]:
+    """Every metric a ``normlab run`` (with ``extra`` arguments) records, clocks included."""
+    return _run(root, extra or [], lambda run_dir: json.loads((run_dir / "metrics.json").read_text()))
+
+
+def default_run(root: Path) -> dict:
+    """What the default run computed: its metrics but the clocks, and the digests of its weights and predictions."""
+
+    def read(run_dir: Path) -> dict:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         return {
             "commit": _commit(root),
@@ -44,6 +56,8 @@ def default_run(root: Path) -> dict:
             "sha256": {name: hashlib.sha256((run_dir / name).read_bytes()).hexdigest()
                        for name in ("model.pt", "predictions.npz")},
         }
+
+    return _run(root, [], read)
 
 
 def compare(recorded: dict, now: dict) -> list[str]:
