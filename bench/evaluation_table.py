@@ -70,12 +70,17 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-def rewrite_readme(results: dict, readme: Path = README) -> None:
+def rewrite_block(readme: Path, start: str, end: str, block: str) -> None:
+    """Replace the text from ``start`` to ``end`` (markers included) with ``block``."""
     text = readme.read_text()
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise SystemExit(f"{readme}: no {START} ... {END} block")
-    readme.write_text(pattern.sub(lambda _: render(results), text))
+        raise SystemExit(f"{readme}: no {start} ... {end} block")
+    readme.write_text(pattern.sub(lambda _: block, text))
+
+
+def rewrite_readme(results: dict, readme: Path = README) -> None:
+    rewrite_block(readme, START, END, render(results))
 
 
 def main(argv: list[str]) -> int:

@@ -110,7 +110,7 @@ def run(rows: int, *, repeats: int | None = None, gx: bool = False) -> dict[str,
     Args:
         rows: Batch rows.
         repeats: Interleaved runs of each (default: 5 below 1M rows, else 3).
-        gx: Also time Great Expectations on the suite (about 50 s at 1M rows).
+        gx: Also time Great Expectations on the suite (minutes at 1M rows).
 
     Returns:
         ``rows``, ``columns``, ``gate_s``, ``pandas_s``, ``ratio``,
@@ -188,14 +188,35 @@ def main() -> None:
     """Measure every size (or the sizes given), print gate, pandas and the ratio, save the numbers."""
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     sizes = [int(a) for a in args] or list(SIZES)
+    load_before = os.getloadavg()[0]
     results = [run(n, gx="--gx" in sys.argv) for n in sizes]
+    load = [round(load_before, 1), round(os.getloadavg()[0], 1)]
     print(f"{'rows':>9} {'gate s':>8} {'pandas s':>9} {'ratio':>6} {'end-to-end s':>13} {'GX s':>7}  targets "
           f"(gate <= {TARGET_SECONDS:g} s, ratio <= {TARGET_RATIO:g})")
     for r in results:
         gx = f"{r['gx_s']:.2f}" if r["gx_s"] is not None else "-"
         print(f"{r['rows']:>9} {r['gate_s']:>8.3f} {r['pandas_s']:>9.3f} {r['ratio']:>6.2f} "
               f"{r['end_to_end_s']:>13.2f} {gx:>7}  {'met' if r['meets_targets'] else 'NOT met'}")
-    RESULTS.write_text(json.dumps({"results": results}, indent=2) + "\n")
+    RESULTS.write_text(json.dumps({"results": results, "load_average": load}, indent=2) + "\n")
+    from bench.evaluation_table import README, rewrite_block
+
+    rewrite_block(README, *README_BLOCK, render_readme(results, load))
+
+
+README_BLOCK = ("<!-- gate-table:start -->", "<!-- gate-table:end -->")
+
+
+def render_readme(results: list[dict[str, Any]], load: list[float]) -> str:
+    """The README's gate table (and Great Expectations' own time, where measured), from the results file."""
+    lines = [README_BLOCK[0], f"Load average {load[0]:g} to {load[1]:g} while measured "
+             "(`bench/results_gate.json`).", "", "| rows x 65 | gate | plain pandas | ratio | `run_gate` from Parquet | Great Expectations |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        gx = f"{r['gx_s']:.1f} s" if r.get("gx_s") is not None else "not measured"
+        lines.append(f"| {r['rows']:,} | {r['gate_s']:.2f} s | {r['pandas_s']:.2f} s | {r['ratio']:.2f} | "
+                     f"{r['end_to_end_s']:.2f} s | {gx} |")
+    lines.append(README_BLOCK[1])
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

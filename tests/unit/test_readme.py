@@ -61,3 +61,31 @@ def test_the_layernorm_contrast_claim_is_measured():
     assert claim is not None
     assert claim.group(1) == f"{layer['ood/contrast/accuracy']:.3f}"
     assert claim.group(2) == f"{batch['ood/contrast/accuracy']:.3f}"
+
+
+def _block(start: str, end: str) -> str:
+    found = re.search(re.escape(start) + ".*?" + re.escape(end), README, re.S)
+    assert found is not None, start
+    return found.group(0)
+
+
+def test_the_sweep_and_study_blocks_are_what_their_summaries_render():
+    from bench import sweep_tables
+
+    assert _block(*sweep_tables.SWEEP_BLOCK) == sweep_tables.render_sweep(json.loads(sweep_tables.SWEEP.read_text()))
+    assert _block(*sweep_tables.STUDY_BLOCK) == sweep_tables.render_study(json.loads(sweep_tables.STUDY.read_text()))
+
+
+def test_the_reproduction_count_is_what_its_summary_renders():
+    from bench import reproduce_default
+
+    summary = json.loads(reproduce_default.RESULTS.read_text())
+    assert _block(*reproduce_default.BLOCK) == reproduce_default.render(summary)
+
+
+def test_the_gate_table_is_what_the_gate_bench_wrote():
+    from bench import gate
+
+    results = json.loads(gate.RESULTS.read_text())
+    assert _block(*gate.README_BLOCK) == gate.render_readme(results["results"], results["load_average"])
+    assert all(r["gx_s"] is not None for r in results["results"]), "the Great Expectations baseline is recorded"
