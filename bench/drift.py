@@ -56,7 +56,7 @@ def digits_like(rows: int, seed: int) -> pd.DataFrame:
     return picked
 
 
-def _reference(cfg: Any, frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
+def _reference(cfg: Any, frame: pd.DataFrame, folder: Path):
     """A reference in the shape `normlab.monitoring.resolve_reference` returns, without a training run."""
     import torch
 
@@ -75,10 +75,12 @@ def _reference(cfg: Any, frame: pd.DataFrame, folder: Path) -> dict[str, Any]:
     (folder / "encoder.json").write_text(json.dumps({"features": encoder.to_dict(), "labels": labels.to_dict(),
                                                      "label_column": "label"}))
     frame.to_parquet(folder / "reference.parquet", index=False)
-    return {"run_id": "bench-reference", "model": "normlab-bench", "version": None, "selected_by": "bench",
-            "reference_accuracy": None, "reference": str(folder / "reference.parquet"),
-            "encoder": str(folder / "encoder.json"), "model_spec": str(folder / "model.json"),
-            "model_weights": str(folder / "model.pt")}
+    from normlab.monitoring import Reference
+
+    return Reference(run_id="bench-reference", model="normlab-bench", version=None, selected_by="bench",
+                     reference_accuracy=None, reference=str(folder / "reference.parquet"),
+                     encoder=str(folder / "encoder.json"), model_spec=str(folder / "model.json"),
+                     model_weights=str(folder / "model.pt"))
 
 
 def _timed(stages: dict[str, float], name: str, call):
@@ -151,7 +153,7 @@ def run(rows: int, *, baseline: bool = True, columns_checked: int = 64) -> dict[
         stages: dict[str, float] = {}
         start = time.perf_counter()
         batch = _timed(stages, "open", lambda: monitoring.open_batch(cfg, str(landing)))
-        gated = _timed(stages, "gate", lambda: monitoring.gate_batch(cfg, batch, batch["batch_dir"], reference))
+        gated = _timed(stages, "gate", lambda: monitoring.gate_batch(cfg, batch, batch.batch_dir, reference))
         analysis = _timed(stages, "analyze", lambda: monitoring.analyze_batch(cfg, reference, gated, batch))
         report = _timed(stages, "report", lambda: monitoring.build_report(cfg, reference, batch, analysis))
         decision = _timed(stages, "decide", lambda: monitoring.decide_batch(cfg, reference, analysis, gated))

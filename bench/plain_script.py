@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from normlab import pipeline, splitting
 from normlab.config import load_config
+from normlab.contracts import Batch, Trained, TrainingResult
 from normlab.training import set_seeds
 
 
@@ -86,9 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(cfg.train.threads)
     folder = args.workdir.resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    frame, _ = pipeline.read_batch(cfg)
+    frame, source = pipeline.read_batch(cfg)
     frame.to_parquet(folder / "batch.parquet", index=False)
-    prepared = splitting.prepare_splits(cfg, {"path": str(folder / "batch.parquet")}, folder)
+    batch = Batch(path=str(folder / "batch.parquet"), source=source, fingerprint="",  # a plain script: no fingerprint
+                  rows=len(frame), columns=[str(c) for c in frame.columns])
+    prepared = splitting.prepare_splits(cfg, batch, folder)
     splits = splitting.load_prepared(prepared)
     spec = pipeline.model_spec(cfg, prepared)
     set_seeds(cfg.seed)
@@ -100,8 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = train_by_hand(model, optimizer, splits["id/train"], splits["id/val"], epochs=cfg.train.epochs,
                            batch_size=cfg.train.batch_size, seed=cfg.seed)
     torch.save(model.state_dict(), folder / "model.pt")
-    trained = {"model_path": str(folder / "model.pt"), "spec": spec,
-               "result": {k: v for k, v in result.items() if k != "epoch_ends"}}
+    trained = Trained(model_path=str(folder / "model.pt"), spec=spec,
+                      result=TrainingResult.model_validate({k: v for k, v in result.items() if k != "epoch_ends"}))
     trained_at = time.time()
 
     metrics = pipeline.evaluate(cfg, prepared, trained, folder)

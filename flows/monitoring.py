@@ -18,22 +18,23 @@ from normlab.config import PipelineConfig
 from normlab.deployments import resolve_config
 from normlab.errors import RetrainingError
 from normlab.flows.training import training_flow
+from normlab.monitoring.contracts import Reference
 from normlab.tasks import monitoring as m
 
 
 @flow(name="normlab-monitor-batch", flow_run_name="batch-{path}")
-def batch_flow(config: PipelineConfig, path: str, reference: dict[str, Any], retrain: bool | None = None,
+def batch_flow(config: PipelineConfig, path: str, reference: Reference, retrain: bool | None = None,
                config_hint: str = "") -> dict[str, Any]:
     """Gate one batch, measure its drift, report, decide, alert, and commit it as processed."""
     # 1. Fingerprint and claim the batch; one seen before, still being written, unreadable or a link is not processed
     batch = m.open_batch(config, path)
-    if batch["skip"]:
+    if batch.skip:
         return {"entry": m.skip_batch(batch), "retrain": False}
     try:
         # 2. Data gate, monitoring context: rejected rows to quarantine, never a silent stop
         gated = m.gate_batch(config, batch, reference)
         analysis = report = None
-        if gated["rows_typed"] and not gated["missing_features"]:
+        if gated.rows_typed and not gated.missing_features:
             # 3. Data drift, prediction drift, performance when labelled (every typed row, quarantined ones too)
             analysis = m.analyze_batch(config, reference, gated, batch)
             # 4. Evidently report on a sample, showing the decision's verdict, added to the workspace
@@ -45,9 +46,9 @@ def batch_flow(config: PipelineConfig, path: str, reference: dict[str, Any], ret
         # 7. Alerts through Apprise (drift; data quality), and Prefect events for automations
         alert = m.send_alert(config, batch, reference, analysis, report, decision, monitor_run_id, config_hint)
         quality_alert = m.send_quality_alert(config, batch, reference, gated, decision, monitor_run_id)
-        if decision["alert"] and config.alerts.prefect_event:
+        if decision.alert and config.alerts.prefect_event:
             m.emit_drift_event(reference, batch, decision, analysis, monitor_run_id)
-        if decision["quality"]["alert"] and config.alerts.prefect_event:
+        if decision.quality.alert and config.alerts.prefect_event:
             m.emit_quality_event(reference, batch, gated, decision, monitor_run_id)
         # 8. Commit: batch done, streak and alert histories; a Markdown summary in Prefect
         entry = m.finish_batch(config, batch, gated, reference, analysis, report, decision, alert, quality_alert,
@@ -56,7 +57,7 @@ def batch_flow(config: PipelineConfig, path: str, reference: dict[str, Any], ret
     except BaseException:
         m.release_batch(config, batch)
         raise
-    return {"entry": entry, "retrain": decision["retrain"]}
+    return {"entry": entry, "retrain": decision.retrain}
 
 
 @flow(name="normlab-monitor", log_prints=True)
@@ -76,10 +77,10 @@ def monitoring_flow(config: PipelineConfig | str, data: str, retrain: bool | Non
     m.check_alert_urls(config)
     triage = m.triage_batches(config, m.discover_batches(data))
     # 2. The drift reference: the champion's training data, else the latest run's
-    reference = m.resolve_reference(config) if triage["new"] else None
-    batches: list[dict[str, Any]] = list(triage["skipped"])
+    reference = m.resolve_reference(config) if triage.new else None
+    batches: list[dict[str, Any]] = list(triage.skipped)
     retrained: list[dict[str, Any]] = []
-    for path in triage["new"]:
+    for path in triage.new:
         # 3. One subflow run per batch
         result = batch_flow(config, path, reference, retrain, config_hint)
         batches.append(result["entry"])
@@ -100,7 +101,8 @@ def monitoring_flow(config: PipelineConfig | str, data: str, retrain: bool | Non
             retrained.append(record)
             # 5. Later batches compare against whatever the retraining made the reference
             reference = m.resolve_reference(config)
-    summary = {"data": data, "reference": reference, "batches": batches, "retrained": retrained}
+    summary = {"data": data, "reference": reference.summary() if reference is not None else None,
+               "batches": batches, "retrained": retrained}
     failed = [r for r in retrained if r["error"] and r["data"]]
     if failed:
         raise RetrainingError(f"retraining failed after batch monitoring: {failed[0]['error']}", summary=summary)

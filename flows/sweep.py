@@ -15,6 +15,7 @@ from prefect.settings import get_current_settings
 from prefect_dask import DaskTaskRunner
 
 from normlab.config import PipelineConfig, SweepConfig
+from normlab.contracts import Batch, SweepParent
 from normlab.deployments import resolve_config
 from normlab.sweep import collect
 from normlab.tasks import gate as g
@@ -53,12 +54,12 @@ def dask_teardown(worker: Any) -> None:
 
 
 @flow(name="normlab-sweep-grid")
-def grid_flow(config: PipelineConfig, parent: dict[str, Any], batch: dict[str, Any]) -> list[dict[str, Any]]:
+def grid_flow(config: PipelineConfig, parent: SweepParent, batch: Batch) -> list[dict[str, Any]]:
     """Run every grid point as one task on the Dask cluster; a failed point is recorded, not fatal."""
     # 1. One task per grid point, shipped to the workers
-    futures = s.run_point.map(unmapped(config), parent["points"], unmapped(parent), unmapped(batch))
+    futures = s.run_point.map(unmapped(config), parent.points, unmapped(parent), unmapped(batch))
     # 2. Wait for every point; a failed one keeps its error and run id
-    return collect(parent["points"], [f.result(raise_on_failure=False) for f in futures])
+    return collect(parent.points, [f.result(raise_on_failure=False) for f in futures])
 
 
 @flow(name="normlab-sweep", log_prints=True)
@@ -85,7 +86,7 @@ def sweep_flow(config: PipelineConfig | str, data_path: str | None = None, kind:
         summary = s.finish_sweep(config, parent, accepted, results)
     except BaseException as exc:
         t.end_run(config, parent, "FAILED")
-        exc.run_id = parent["run_id"]  # lets the CLI name the failed run
+        exc.run_id = parent.run_id  # lets the CLI name the failed run
         raise
     t.end_run(config, parent, "FINISHED" if summary["status"] == "finished" else "FAILED")
     return summary

@@ -48,20 +48,20 @@ def training_flow(config: PipelineConfig | str, data_path: str | None = None, re
         promotion = r.publish_decision(config, run, accepted, validation, prepared, metrics, registered, decision)
     except BaseException as exc:
         t.end_run(config, run, "FAILED")
-        exc.run_id = run["run_id"]  # lets the CLI name the failed run
+        exc.run_id = run.run_id  # lets the CLI name the failed run
         raise
     t.end_run(config, run, "FINISHED")
     return {
-        "run_id": run["run_id"],
-        "resumed": run["resumed"],
+        "run_id": run.run_id,
+        "resumed": run.resumed,
         "tracking_uri": config.redacted().tracking_uri(),
-        "model_uri": recorded["model_uri"],
-        "data": {"fingerprint": batch["fingerprint"], "rows": batch["rows"], "source": batch["source"]},
+        "model_uri": recorded.model_uri,
+        "data": batch.data_summary(),
         "validation": {"success": validation["success"], "failed": validation["failed"],
                        "rows_in": validation["rows_in"], "rows_accepted": validation["rows_accepted"],
                        "rows_quarantined": validation["rows_quarantined"],
                        "quarantine_path": validation["quarantine_path"], "checks": validation["table"]},
-        "splits": prepared["counts"],
+        "splits": dict(prepared.counts),
         "metrics": metrics,
-        "registry": promotion,
+        "registry": promotion.summary(),
     }

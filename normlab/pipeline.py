@@ -1,8 +1,9 @@
 """The pipeline's stages as plain functions over files (the split stage is `normlab.splitting`).
 
 Each stage reads what earlier stages wrote under the run folder and returns a
-small JSON-able dict (paths, fingerprints, counts, metrics), which is what a
-Prefect task passes on. Frames, arrays and models stay on disk.
+small frozen contract (`normlab.contracts`: paths, fingerprints, ids, counts)
+or the metrics dict, which is what a Prefect task passes on. Frames, arrays
+and models stay on disk.
 
 Run folder layout (``<workdir>/runs/<run_id>/``)::
 
@@ -32,6 +33,16 @@ import pandas as pd
 import torch
 
 from normlab.config import PipelineConfig
+from normlab.contracts import (
+    Batch,
+    Decision,
+    Publication,
+    Recorded,
+    Registration,
+    Splits,
+    Trained,
+    TrainingResult,
+)
 from normlab.data.fingerprint import fingerprint_frame
 from normlab.data.sources import load_builtin, read_table
 from normlab.errors import DataSourceError, NormlabError
@@ -74,20 +85,20 @@ def check_label(cfg: PipelineConfig, frame: pd.DataFrame, source: str) -> None:
         )
 
 
-def stage_batch(frame: pd.DataFrame, source: str, run_dir: str | Path, fingerprint: str | None = None) -> dict[str, Any]:
+def stage_batch(frame: pd.DataFrame, source: str, run_dir: str | Path, fingerprint: str | None = None) -> Batch:
     """Snapshot a loaded batch into the run folder (``batch.parquet``, what every later stage reads)."""
     snapshot = Path(run_dir) / "batch.parquet"
     frame.to_parquet(snapshot, index=False)
-    return {
-        "path": str(snapshot),
-        "source": source,
-        "fingerprint": fingerprint or fingerprint_frame(frame),
-        "rows": len(frame),
-        "columns": [str(c) for c in frame.columns],
-    }
+    return Batch(
+        path=str(snapshot),
+        source=source,
+        fingerprint=fingerprint or fingerprint_frame(frame),
+        rows=len(frame),
+        columns=[str(c) for c in frame.columns],
+    )
 
 
-def load_batch(cfg: PipelineConfig, run_dir: str | Path, data_path: str | None = None) -> dict[str, Any]:
+def load_batch(cfg: PipelineConfig, run_dir: str | Path, data_path: str | None = None) -> Batch:
     """Load the batch (a file, or the built-in dataset), snapshot and fingerprint it."""
     frame, source = read_batch(cfg, data_path)
     check_label(cfg, frame, source)
@@ -97,11 +108,11 @@ def load_batch(cfg: PipelineConfig, run_dir: str | Path, data_path: str | None =
 # 2. Validate ---------------------------------------------------------------------------
 
 
-def validate_batch(cfg: PipelineConfig, batch: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
+def validate_batch(cfg: PipelineConfig, batch: Batch, run_dir: str | Path) -> dict[str, Any]:
     """The data gate: run every check, quarantine rejected rows, write the accepted ones.
 
-    Returns `normlab.gate.run_gate`'s result; its ``accepted`` batch (the same
-    shape as `load_batch`'s) is what the later stages read. The report goes to
+    Returns `normlab.gate.run_gate`'s result; its ``accepted`` `Batch` (as
+    `load_batch` returns) is what the later stages read. The report goes to
     ``validation.json``.
     """
     return run_gate(cfg, batch, run_dir)
@@ -118,12 +129,12 @@ def enforce_validation(gate: dict[str, Any]) -> None:
 # 4. Train ------------------------------------------------------------------------------
 
 
-def model_spec(cfg: PipelineConfig, prepared: dict[str, Any]) -> dict[str, Any]:
+def model_spec(cfg: PipelineConfig, prepared: Splits) -> dict[str, Any]:
     """The keyword arguments that rebuild the model with `build_model`."""
     return {
         "family": cfg.model.family,
-        "in_features": prepared["n_features"],
-        "num_classes": len(prepared["classes"]),
+        "in_features": prepared.n_features,
+        "num_classes": len(prepared.classes),
         "norm": cfg.model.norm,
         "image_shape": list(cfg.data.image_shape) if cfg.data.image_shape else None,
         "hidden": list(cfg.model.hidden),
@@ -142,8 +153,8 @@ def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
 
 
 def train(
-    cfg: PipelineConfig, prepared: dict[str, Any], run_dir: str | Path, on_epoch_end=None, on_checkpoint=None
-) -> dict[str, Any]:
+    cfg: PipelineConfig, prepared: Splits, run_dir: str | Path, on_epoch_end=None, on_checkpoint=None
+) -> Trained:
     """Train the configured model; resumes from ``checkpoints/last.pt`` when present.
 
     ``on_epoch_end`` gets each epoch's record; ``on_checkpoint`` the records since
@@ -172,27 +183,33 @@ def train(
     )
     torch.save(model.state_dict(), run_dir / "model.pt")
     (run_dir / "model.json").write_text(json.dumps(spec))
-    return {"model_path": str(run_dir / "model.pt"), "spec": spec, "result": result.to_dict()}
+    return Trained(model_path=str(run_dir / "model.pt"), spec=spec,
+                   result=TrainingResult.model_validate(result.to_dict()))
 
 
-def load_trained(trained: dict[str, Any]) -> torch.nn.Module:
-    """The trained model in eval mode (weights only: no code is unpickled)."""
-    model = build_from_spec(trained["spec"])
-    model.load_state_dict(torch.load(trained["model_path"], map_location="cpu", weights_only=True))
+def load_weights(spec: dict[str, Any], model_path: str | Path) -> torch.nn.Module:
+    """The model ``spec`` builds, with the weights in ``model_path``, in eval mode (no code is unpickled)."""
+    model = build_from_spec(spec)
+    model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
     return model.eval()
+
+
+def load_trained(trained: Trained) -> torch.nn.Module:
+    """The trained model in eval mode (weights only: no code is unpickled)."""
+    return load_weights(trained.spec, trained.model_path)
 
 
 # 5. Evaluate ---------------------------------------------------------------------------
 
 
-def evaluate(cfg: PipelineConfig, prepared: dict[str, Any], trained: dict[str, Any], run_dir: str | Path) -> dict[str, float]:
+def evaluate(cfg: PipelineConfig, prepared: Splits, trained: Trained, run_dir: str | Path) -> dict[str, float]:
     """Metrics for the ID test split and every OOD split, plus training figures."""
     splits = load_prepared(prepared)
     model = load_trained(trained)
     scored = {k: v for k, v in splits.items() if k == "id/test" or k.startswith("ood/")}
     frames = load_eval_frames(prepared) if cfg.eval.slices else None
-    metrics, predictions = evaluate_run(model, scored, classes=prepared["classes"], settings=cfg.eval, seed=cfg.seed,
-                                        populations=prepared["populations"], frames=frames)
+    metrics, predictions = evaluate_run(model, scored, classes=prepared.classes, settings=cfg.eval, seed=cfg.seed,
+                                        populations=prepared.populations, frames=frames)
     np.savez(Path(run_dir) / "predictions.npz", **predictions)
     if cfg.eval.inference:
         timing, notes = profile_inference(
@@ -201,24 +218,24 @@ def evaluate(cfg: PipelineConfig, prepared: dict[str, Any], trained: dict[str, A
         )
         metrics.update(timing)
         (Path(run_dir) / "inference.json").write_text(json.dumps(notes, indent=1))
-    result = trained["result"]
-    last = result["history"][-1]
+    result = trained.result
+    last = result.history[-1]
     metrics.update({
-        "id/train/accuracy": last["train_accuracy"],
-        "id/val/accuracy": last["val_accuracy"],
-        "train/final_loss": last["train_loss"],
-        "train/final_val_loss": last["val_loss"],
-        "train/reached_target": float(result["epochs_to_target"] is not None),
-        "time/train_seconds": result["train_seconds"],
-        "time/samples_per_second": result["samples_per_second"],
+        "id/train/accuracy": last.train_accuracy,
+        "id/val/accuracy": last.val_accuracy,
+        "train/final_loss": last.train_loss,
+        "train/final_val_loss": last.val_loss,
+        "train/reached_target": float(result.epochs_to_target is not None),
+        "time/train_seconds": result.train_seconds,
+        "time/samples_per_second": result.samples_per_second,
     })
     if "id/train" in splits:
         metrics["train/classes"] = float(len(np.unique(splits["id/train"][1])))
     # Convergence figures exist only when the target was reached; never faked.
-    if result["epochs_to_target"] is not None:
-        metrics["train/epochs_to_target"] = float(result["epochs_to_target"])
-        metrics["time/seconds_to_target"] = result["seconds_to_target"]
-    matrix = confusion(model, *splits["id/test"], n_classes=len(prepared["classes"]))
+    if result.epochs_to_target is not None:
+        metrics["train/epochs_to_target"] = float(result.epochs_to_target)
+        metrics["time/seconds_to_target"] = result.seconds_to_target
+    matrix = confusion(model, *splits["id/test"], n_classes=len(prepared.classes))
     np.save(Path(run_dir) / "confusion_id_test.npy", matrix)
     (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
@@ -230,86 +247,87 @@ def evaluate(cfg: PipelineConfig, prepared: dict[str, Any], trained: dict[str, A
 def record_run(
     cfg: PipelineConfig,
     run_id: str,
-    batch: dict[str, Any],
-    prepared: dict[str, Any],
-    trained: dict[str, Any],
+    batch: Batch,
+    prepared: Splits,
+    trained: Trained,
     metrics: dict[str, float],
     run_dir: str | Path,
-) -> dict[str, Any]:
+) -> Recorded:
     """Log metrics, the dataset, the model, plots and files to the run.
 
     Per-epoch metrics were logged live during training (epochs an interrupted
     run stopped before logging are filled in here); params, validation and
-    tags at the start. Returns the model URI.
+    tags at the start. Returns the model URI (`Recorded`).
     """
     from normlab import plots, tracking
     from normlab.config import to_yaml
 
     uri, run_dir = cfg.tracking_uri(), Path(run_dir)
     tracking.log_metrics(uri, run_id, metrics)
-    tracking.log_missing_history(uri, run_id, trained["result"]["history"])
+    result = trained.result.model_dump()
+    tracking.log_missing_history(uri, run_id, result["history"])
 
-    frame = pd.read_parquet(batch["path"])
+    frame = pd.read_parquet(batch.path)
     tracking.log_dataset(
-        uri, run_id, frame, name=cfg.name, source=batch["source"], fingerprint=batch["fingerprint"],
+        uri, run_id, frame, name=cfg.name, source=batch.source, fingerprint=batch.fingerprint,
         targets=cfg.data.label, context="training",
     )
-    tracking.log_artifact(uri, run_id, prepared["reference"], "drift")
-    tracking.log_artifact(uri, run_id, prepared["encoder"], "model_inputs")
+    tracking.log_artifact(uri, run_id, prepared.reference, "drift")
+    tracking.log_artifact(uri, run_id, prepared.encoder, "model_inputs")
     tracking.log_text(uri, run_id, to_yaml(cfg.redacted()), "config.yaml")
     tracking.log_dict(uri, run_id, metrics, "metrics.json")
-    tracking.log_dict(uri, run_id, trained["result"], "training/history.json")
+    tracking.log_dict(uri, run_id, result, "training/history.json")
     if (run_dir / "inference.json").is_file():
         tracking.log_artifact(uri, run_id, run_dir / "inference.json", "evaluation")
 
-    history = trained["result"]["history"]
+    history = result["history"]
     title = f"{cfg.model.family} + {cfg.model.norm} norm, batch {cfg.train.batch_size}"
     fig = plots.learning_curves(history, title=title, target=cfg.train.target_accuracy)
     tracking.log_figure(uri, run_id, fig, "plots/learning_curves.png")
     plots.close(fig)
     matrix = np.load(run_dir / "confusion_id_test.npy")
-    fig = plots.confusion_matrix_figure(matrix, prepared["classes"], title="ID test confusion matrix")
+    fig = plots.confusion_matrix_figure(matrix, prepared.classes, title="ID test confusion matrix")
     tracking.log_figure(uri, run_id, fig, "plots/confusion_id_test.png")
     plots.close(fig)
 
     model = load_trained(trained)
-    with np.load(prepared["path"]) as npz:
+    with np.load(prepared.path) as npz:
         example = npz["id/test/x"][:5]
     model_uri = tracking.log_torch_model(uri, run_id, model, input_example=example,
-                                         extra_files=[prepared["encoder"]])
+                                         extra_files=[prepared.encoder])
     tracking.set_tags(uri, run_id, {"normlab.model_uri": model_uri})
-    return {"model_uri": model_uri}
+    return Recorded(model_uri=model_uri)
 
 
 # 7. Register, gate, publish ------------------------------------------------------------
 
 
-def register_model(cfg: PipelineConfig, run_id: str, prepared: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
+def register_model(cfg: PipelineConfig, run_id: str, prepared: Splits, run_dir: str | Path) -> Registration:
     """Log the serving model (raw rows in, labels out) and register it as a new version.
 
     A run that already has a version (a retried or resumed run) keeps it.
-    Returns ``{"enabled": False}`` when ``promotion.enabled`` is off.
+    Returns ``Registration(enabled=False)`` when ``promotion.enabled`` is off.
     """
     from normlab import registry, serving
 
     if not cfg.promotion.enabled:
-        return {"enabled": False}
+        return Registration(enabled=False)
     uri, name = cfg.tracking_uri(), registry.registry_name(cfg)
     existing = registry.version_for_run(uri, name, run_id)
     if existing is not None:
-        return {"enabled": True, **existing, "reused": True}
-    logged = serving.log_serving_model(uri, run_id, run_dir=run_dir, reference=pd.read_parquet(prepared["reference"]),
-                                       features=prepared["features"])
-    return {"enabled": True, **registry.register_version(uri, name, run_id, logged["model_id"])}
+        return Registration(enabled=True, **{**existing, "reused": True})
+    logged = serving.log_serving_model(uri, run_id, run_dir=run_dir, reference=pd.read_parquet(prepared.reference),
+                                       features=prepared.features)
+    return Registration(enabled=True, **registry.register_version(uri, name, run_id, logged["model_id"]))
 
 
 def gate_model(
     cfg: PipelineConfig,
-    prepared: dict[str, Any],
-    registered: dict[str, Any],
+    prepared: Splits,
+    registered: Registration,
     metrics: dict[str, float],
     run_dir: str | Path,
-) -> dict[str, Any]:
+) -> Decision:
     """The promotion gate: thresholds, then the champion re-scored on this run's splits.
 
     A champion that cannot be re-scored (its inputs are not in this data, its
@@ -320,62 +338,62 @@ def gate_model(
 
     from normlab import promotion, registry
 
-    if not registered["enabled"]:
-        return {"enabled": False}
+    if not registered.enabled:
+        return Decision(enabled=False)
     uri = cfg.tracking_uri()
-    labels = {k: y for k, (_, y) in load_prepared(prepared).items() if k in prepared["eval_frames"]}
+    labels = {k: y for k, (_, y) in load_prepared(prepared).items() if k in prepared.eval_frames}
     with np.load(Path(run_dir) / "predictions.npz") as npz:
         challenger = {k: npz[k] for k in npz.files}
-    champion = registry.alias_version(uri, registered["name"], registry.CHAMPION)
+    champion = registry.alias_version(uri, registered.name, registry.CHAMPION)
     champion_predictions, error = None, None
     if champion is not None:
         try:
             classifier = registry.load_classifier(uri, champion)
-            champion_predictions = registry.predict_indices(classifier, load_eval_frames(prepared), prepared["classes"])
+            champion_predictions = registry.predict_indices(classifier, load_eval_frames(prepared), prepared.classes)
         except (NormlabError, MlflowException, OSError, ValueError, KeyError) as exc:
             error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     decision = promotion.decide(
-        cfg.promotion, metrics, labels, challenger, n_classes=len(prepared["classes"]), seed=cfg.seed,
+        cfg.promotion, metrics, labels, challenger, n_classes=len(prepared.classes), seed=cfg.seed,
         champion=champion, champion_predictions=champion_predictions, champion_error=error,
-        populations=prepared["populations"],
+        populations=prepared.populations,
     )
     (Path(run_dir) / "gate.json").write_text(json.dumps(decision, indent=1))
-    return {"enabled": True, **decision}
+    return Decision(enabled=True, **decision)
 
 
 def publish_decision(
     cfg: PipelineConfig,
     run_id: str,
-    accepted: dict[str, Any],
+    accepted: Batch,
     validation: dict[str, Any],
-    prepared: dict[str, Any],
+    prepared: Splits,
     metrics: dict[str, float],
-    registered: dict[str, Any],
-    decision: dict[str, Any],
+    registered: Registration,
+    decision: Decision,
     flow_run_id: str | None,
-) -> dict[str, Any]:
+) -> Publication:
     """Write the version's governance record, then move its aliases (challenger; champion on a pass)."""
     from normlab import tracking
     from normlab.governance_record import governance_record, publish
 
-    if not registered["enabled"]:
-        return {"enabled": False}
+    if not registered.enabled:
+        return Publication(enabled=False)
     uri = cfg.tracking_uri()
-    model = {k: registered.get(k) for k in ("name", "version", "run_id", "model_id", "source")}
+    model = registered.model_dump(include={"name", "version", "run_id", "model_id", "source"})
     record = governance_record(
         model=model,
-        data={"fingerprint": accepted["fingerprint"], "source": accepted["source"], "rows": accepted["rows"]},
+        data={"fingerprint": accepted.fingerprint, "source": accepted.source, "rows": accepted.rows},
         validation=validation,
         metrics=metrics,
-        decision={k: v for k, v in decision.items() if k != "enabled"},
+        decision=decision.record(),
         drift_reference={"artifact_uri": f"runs:/{run_id}/drift/reference.parquet",
-                         "local_path": prepared["reference"]},
+                         "local_path": prepared.reference},
         flow_run_id=flow_run_id,
         promotion=cfg.promotion,
     )
     published = publish(uri, record)
     tracking.set_tags(uri, run_id, {"normlab.registry.name": model["name"], "normlab.registry.version": model["version"],
-                                    "normlab.gate.passed": decision["passed"],
-                                    "normlab.gate.reason": decision["reason"][:4000]})
-    tracking.log_metrics(uri, run_id, {"gate/passed": float(decision["passed"])})
-    return {"enabled": True, **published}
+                                    "normlab.gate.passed": decision.passed,
+                                    "normlab.gate.reason": decision.reason[:4000]})
+    tracking.log_metrics(uri, run_id, {"gate/passed": float(decision.passed)})
+    return Publication(enabled=True, **published)

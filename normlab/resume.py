@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from normlab.config import PipelineConfig
+from normlab.contracts import RunHandle
 
 CONFIG_HASH_TAG = "normlab.config_hash"
 FINGERPRINT_TAG = "normlab.data.fingerprint"
@@ -97,7 +98,7 @@ def open_run(
     params: dict[str, Any],
     resume: bool = True,
     owner: str | None = None,
-) -> dict[str, Any]:
+) -> RunHandle:
     """Reopen the interrupted run with this config and data, or create a new one.
 
     Args:
@@ -111,7 +112,7 @@ def open_run(
             default: a fresh id.
 
     Returns:
-        ``run_id``, ``run_dir``, ``resumed`` (bool), ``config_hash``,
+        The `RunHandle`: ``run_id``, ``run_dir``, ``resumed``, ``config_hash``,
         ``fingerprint`` and ``batch``: the input, read once here (its
         fingerprint finds the interrupted run) and snapshotted into the run
         folder, as `pipeline.load_batch` returns it.
@@ -141,9 +142,9 @@ def open_run(
         count = int(old.data.tags.get(RESUMED_TAG, "0")) + 1
         client.update_run(old.info.run_id, status="RUNNING")
         tracking.set_tags(uri, old.info.run_id, {**tags, RESUMED_TAG: count})
-        return {"run_id": old.info.run_id, "run_dir": str(old_dir), "resumed": True,
-                "config_hash": cfg_hash, "fingerprint": fingerprint,
-                "batch": pipeline.stage_batch(frame, source, old_dir, fingerprint)}
+        return RunHandle(run_id=old.info.run_id, run_dir=str(old_dir), resumed=True,
+                         config_hash=cfg_hash, fingerprint=fingerprint,
+                         batch=pipeline.stage_batch(frame, source, old_dir, fingerprint))
 
     run_id = tracking.start_run(
         uri, cfg.tracking.experiment, artifact_location=cfg.artifact_location(), run_name=cfg.tracking.run_name,
@@ -152,16 +153,16 @@ def open_run(
     run_dir = pipeline.run_dir_for(cfg, run_id)
     lock_run_dir(run_dir, owner)
     tracking.log_params(uri, run_id, params)
-    return {"run_id": run_id, "run_dir": str(run_dir), "resumed": False,
-            "config_hash": cfg_hash, "fingerprint": fingerprint,
-            "batch": pipeline.stage_batch(frame, source, run_dir, fingerprint)}
+    return RunHandle(run_id=run_id, run_dir=str(run_dir), resumed=False,
+                     config_hash=cfg_hash, fingerprint=fingerprint,
+                     batch=pipeline.stage_batch(frame, source, run_dir, fingerprint))
 
 
-def close_run(cfg: PipelineConfig, run: dict[str, Any], status: str) -> None:
+def close_run(cfg: PipelineConfig, run: RunHandle, status: str) -> None:
     """End the MLflow run with ``status`` and release its folder, even when the store is down."""
     from normlab import tracking
 
     try:
-        tracking.end_run(cfg.tracking_uri(), run["run_id"], status)
+        tracking.end_run(cfg.tracking_uri(), run.run_id, status)
     finally:
-        unlock_run_dir(run["run_dir"])
+        unlock_run_dir(run.run_dir)

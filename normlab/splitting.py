@@ -7,7 +7,7 @@
     reference.parquet    raw training rows: the drift reference
     eval_frames/         raw rows of each scored split (slices, champion re-scoring)
 
-and returns the small dict the later stages take (``prepared``); `load_prepared`
+and returns what the later stages take (``prepared``, a `Splits`); `load_prepared`
 and `load_eval_frames` read the files back. How each OOD ``kind`` is built is
 `normlab.data.ood.OOD_KINDS`'s business.
 """
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from normlab.config import PipelineConfig, TimeSplit
+from normlab.contracts import Batch, Splits
 from normlab.data.encoding import FeatureEncoder, LabelEncoder
 from normlab.data.ood import DeriveFromTest, SelectRows, ood_kind
 from normlab.data.splits import assign_id_splits
@@ -39,14 +39,14 @@ def feature_columns(cfg: PipelineConfig, columns: list[str]) -> list[str]:
     return [c for c in columns if c not in excluded]
 
 
-def prepare_splits(cfg: PipelineConfig, batch: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
+def prepare_splits(cfg: PipelineConfig, batch: Batch, run_dir: str | Path) -> Splits:
     """Split the batch into ID train/val/test and the OOD splits, and encode them.
 
     Row-selecting OOD kinds (column, quantile, time) are held out of the ID splits
     entirely; derived kinds (corruption) are transformed copies of the ID test split.
     """
     run_dir = Path(run_dir)
-    frame = pd.read_parquet(batch["path"])
+    frame = pd.read_parquet(batch.path)
     features = feature_columns(cfg, list(frame.columns))
     kinds = [(split, ood_kind(split)) for split in cfg.splits.ood]
     held_out = np.zeros(len(frame), dtype=bool)
@@ -107,18 +107,18 @@ def prepare_splits(cfg: PipelineConfig, batch: dict[str, Any], run_dir: str | Pa
     parts["train"].to_parquet(run_dir / "reference.parquet", index=False)
     counts = {key[:-2]: len(v) for key, v in arrays.items() if key.endswith("/y")}
     eval_frames = save_eval_frames(scored, run_dir / "eval_frames", slices=cfg.eval.slices)
-    return {
-        "path": str(run_dir / "prepared.npz"),
-        "encoder": str(run_dir / "encoder.json"),
-        "reference": str(run_dir / "reference.parquet"),
-        "features": features,
-        "n_features": int(encoder.n_outputs),
-        "classes": [str(c) for c in labels.classes],
-        "counts": counts,
-        "ood_thresholds": thresholds,
-        "eval_frames": eval_frames,
-        "populations": populations,
-    }
+    return Splits(
+        path=str(run_dir / "prepared.npz"),
+        encoder=str(run_dir / "encoder.json"),
+        reference=str(run_dir / "reference.parquet"),
+        features=features,
+        n_features=int(encoder.n_outputs),
+        classes=[str(c) for c in labels.classes],
+        counts=counts,
+        ood_thresholds=thresholds,
+        eval_frames=eval_frames,
+        populations=populations,
+    )
 
 
 def save_eval_frames(frames: dict[str, pd.DataFrame], folder: Path, *, slices: list[str]) -> dict[str, str]:
@@ -141,13 +141,13 @@ def save_eval_frames(frames: dict[str, pd.DataFrame], folder: Path, *, slices: l
     return paths
 
 
-def load_eval_frames(prepared: dict[str, Any]) -> dict[str, pd.DataFrame]:
+def load_eval_frames(prepared: Splits) -> dict[str, pd.DataFrame]:
     """Split key to the raw rows of that scored split (``id/test``, ``ood/...``)."""
-    return {key: pd.read_parquet(path) for key, path in prepared["eval_frames"].items()}
+    return {key: pd.read_parquet(path) for key, path in prepared.eval_frames.items()}
 
 
-def load_prepared(prepared: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Split key (``id/train``, ``ood/noise``...) to (features, labels)."""
-    with np.load(prepared["path"]) as npz:
+def load_prepared(prepared: Splits | str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Split key (``id/train``, ``ood/noise``...) to (features, labels); ``prepared`` or its ``prepared.npz``."""
+    with np.load(prepared.path if isinstance(prepared, Splits) else prepared) as npz:
         keys = sorted({k[:-2] for k in npz.files})
         return {k: (npz[f"{k}/x"], npz[f"{k}/y"]) for k in keys}

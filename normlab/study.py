@@ -116,8 +116,8 @@ def _load_point(point: dict[str, Any]) -> tuple[Any, dict[str, tuple[np.ndarray,
 
     run_dir = Path(point["run_dir"])
     spec = json.loads((run_dir / "model.json").read_text())
-    model = pipeline.load_trained({"spec": spec, "model_path": str(run_dir / "model.pt")})
-    splits = splitting.load_prepared({"path": str(run_dir / "prepared.npz")})
+    model = pipeline.load_weights(spec, run_dir / "model.pt")
+    splits = splitting.load_prepared(run_dir / "prepared.npz")
     return model, splits, spec
 
 

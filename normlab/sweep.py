@@ -19,6 +19,7 @@ import pandas as pd
 
 from normlab import pipeline, splitting, tracking
 from normlab.config import PipelineConfig, flatten, to_yaml
+from normlab.contracts import Batch, SweepParent
 from normlab.errors import DataValidationError
 from normlab.intervals import mean_interval
 
@@ -80,7 +81,7 @@ def point_config(cfg: PipelineConfig, point: dict[str, Any]) -> PipelineConfig:
     return cfg.model_copy(update={"seed": int(point["seed"]), "model": model, "train": train, "tracking": track})
 
 
-def start_parent(cfg: PipelineConfig, *, kind: str = "sweep", flow_run_id: str | None = None) -> dict[str, Any]:
+def start_parent(cfg: PipelineConfig, *, kind: str = "sweep", flow_run_id: str | None = None) -> SweepParent:
     """Open the sweep's parent run with the grid as params; returns its id and folder."""
     uri = cfg.tracking_uri()
     points = expand_grid(cfg)
@@ -90,10 +91,10 @@ def start_parent(cfg: PipelineConfig, *, kind: str = "sweep", flow_run_id: str |
                                 run_name=cfg.tracking.run_name or f"{cfg.name}-{kind}", tags=tags)
     tracking.log_params(uri, run_id, flatten(cfg.redacted()))
     tracking.log_text(uri, run_id, to_yaml(cfg.redacted()), "config.yaml")
-    return {"run_id": run_id, "run_dir": str(pipeline.run_dir_for(cfg, run_id)), "points": points}
+    return SweepParent(run_id=run_id, run_dir=str(pipeline.run_dir_for(cfg, run_id)), points=points)
 
 
-def log_data(cfg: PipelineConfig, parent: dict[str, Any], batch: dict[str, Any]) -> None:
+def log_data(cfg: PipelineConfig, parent: SweepParent, batch: Batch) -> None:
     """Log the validated batch as the parent run's dataset input, before any grid point starts.
 
     Every point logs the same dataset. MLflow keeps one entry per name and digest
@@ -101,8 +102,8 @@ def log_data(cfg: PipelineConfig, parent: dict[str, Any], batch: dict[str, Any])
     (two workers inserting it at once fail on a unique constraint), so the parent
     creates it first and the points only link to it.
     """
-    tracking.log_dataset(cfg.tracking_uri(), parent["run_id"], pd.read_parquet(batch["path"]), name=cfg.name,
-                         source=str(Path(batch["path"]).resolve()), fingerprint=batch["fingerprint"],
+    tracking.log_dataset(cfg.tracking_uri(), parent.run_id, pd.read_parquet(batch.path), name=cfg.name,
+                         source=str(Path(batch.path).resolve()), fingerprint=batch.fingerprint,
                          targets=cfg.data.label, context="sweep")
 
 
@@ -111,7 +112,7 @@ def run_point(
     point: dict[str, Any],
     *,
     parent_run_id: str,
-    batch: dict[str, Any],
+    batch: Batch,
     on_epoch_end: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """Run one grid point as a nested MLflow run: split, train, evaluate, record.
@@ -120,7 +121,7 @@ def run_point(
         cfg: The sweep's config; the point's norm, batch size and seed override it.
         point: ``{"norm", "batch_size", "seed"}``.
         parent_run_id: The sweep's parent run (tag ``mlflow.parentRunId``).
-        batch: The parent's validated batch (``pipeline.load_batch`` output).
+        batch: The parent's validated batch (the gate's accepted `Batch`).
         on_epoch_end: Called with each epoch's record (progress display); epochs
             reach MLflow in batches, at each checkpoint.
 
@@ -141,15 +142,15 @@ def run_point(
     try:
         tracking.log_params(uri, run_id, flatten(pcfg.redacted()))
         run_dir = pipeline.run_dir_for(pcfg, run_id)
-        loaded = pipeline.load_batch(pcfg, run_dir, batch["path"])
-        if loaded["fingerprint"] != batch["fingerprint"]:
+        loaded = pipeline.load_batch(pcfg, run_dir, batch.path)
+        if loaded.fingerprint != batch.fingerprint:
             raise DataValidationError(
                 f"grid point {point_name(point)}: the validated batch changed on disk "
-                f"(fingerprint {loaded['fingerprint'][:12]}, validated {batch['fingerprint'][:12]})"
+                f"(fingerprint {loaded.fingerprint[:12]}, validated {batch.fingerprint[:12]})"
             )
         # The parent validated this exact content; the child records which data it was.
-        tracking.set_tags(uri, run_id, {"normlab.data.fingerprint": loaded["fingerprint"],
-                                        "normlab.data.source": batch["source"],
+        tracking.set_tags(uri, run_id, {"normlab.data.fingerprint": loaded.fingerprint,
+                                        "normlab.data.source": batch.source,
                                         "normlab.validation.success": True})
         prepared = splitting.prepare_splits(pcfg, loaded, run_dir)
         trained = pipeline.train(pcfg, prepared, run_dir, on_epoch_end=on_epoch_end,
@@ -161,13 +162,13 @@ def run_point(
         exc.run_id = run_id  # lets the sweep name the failed child run
         raise
     tracking.end_run(uri, run_id, "FINISHED")
-    history = trained["result"]["history"]
+    history = trained.result.history
     return {
         **point,
         "run_id": run_id,
         "status": "finished",
         "metrics": metrics,
-        "curve": {key: [r[key] for r in history] for key in ("train_loss", "val_loss", "val_accuracy")},
+        "curve": {key: [getattr(r, key) for r in history] for key in ("train_loss", "val_loss", "val_accuracy")},
         "run_dir": str(run_dir),
     }
 
@@ -207,14 +208,14 @@ def aggregate(results: list[dict[str, Any]], metrics: tuple[str, ...] = SUMMARY_
 
 
 def summarize(
-    cfg: PipelineConfig, parent: dict[str, Any], batch: dict[str, Any], results: list[dict[str, Any]]
+    cfg: PipelineConfig, parent: SweepParent, batch: Batch, results: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """The sweep's summary: every grid point with its run and metrics, plus the aggregate."""
     return {
         "status": "finished" if all(r["status"] == "finished" for r in results) else "partial",
-        "parent_run_id": parent["run_id"],
+        "parent_run_id": parent.run_id,
         "tracking_uri": cfg.redacted().tracking_uri(),
-        "data": {"fingerprint": batch["fingerprint"], "rows": batch["rows"], "source": batch["source"]},
+        "data": batch.data_summary(),
         "grid": {"norms": list(cfg.sweep.norms), "batch_sizes": list(cfg.sweep.batch_sizes),
                  "seeds": list(cfg.sweep.seeds), "lr_scaling": cfg.sweep.lr_scaling},
         "points": [{k: v for k, v in r.items() if k != "curve"} for r in results],
@@ -231,7 +232,7 @@ def output_dir(cfg: PipelineConfig, parent_run_id: str) -> Path:
 
 
 def finish(
-    cfg: PipelineConfig, parent: dict[str, Any], batch: dict[str, Any], results: list[dict[str, Any]]
+    cfg: PipelineConfig, parent: SweepParent, batch: Batch, results: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """Write the comparison report and log it, with the aggregate, to the parent run.
 
@@ -241,14 +242,14 @@ def finish(
     from normlab import report
 
     summary = summarize(cfg, parent, batch, results)
-    out = output_dir(cfg, parent["run_id"])
+    out = output_dir(cfg, parent.run_id)
     files = report.write_sweep_report(summary, results, out)
     uri = cfg.tracking_uri()
     for path in files.values():
-        tracking.log_artifact(uri, parent["run_id"], path, "report")
-    tracking.log_dict(uri, parent["run_id"], summary, "sweep_summary.json")
-    tracking.log_metrics(uri, parent["run_id"], parent_metrics(summary))
-    tracking.set_tags(uri, parent["run_id"], {"normlab.data.fingerprint": batch["fingerprint"]})
+        tracking.log_artifact(uri, parent.run_id, path, "report")
+    tracking.log_dict(uri, parent.run_id, summary, "sweep_summary.json")
+    tracking.log_metrics(uri, parent.run_id, parent_metrics(summary))
+    tracking.set_tags(uri, parent.run_id, {"normlab.data.fingerprint": batch.fingerprint})
     return {**summary, "report": {k: str(v) for k, v in files.items()}, "output": str(out)}
 
 

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from normlab import gate
 from normlab.config import PipelineConfig
+from normlab.contracts import Batch, RunHandle, Splits
 from normlab.tasks.policy import TRANSIENT
 
 
@@ -25,7 +26,7 @@ def publish_gate(result: dict[str, Any]) -> None:
 
 @task(name="check-splits", **TRANSIENT)
 def check_splits(
-    cfg: PipelineConfig, batch: dict[str, Any], prepared: dict[str, Any], run: dict[str, Any]
+    cfg: PipelineConfig, batch: Batch, prepared: Splits, run: RunHandle
 ) -> dict[str, Any]:
     """Stop when evaluation rows share their features with training rows; index them for later batches."""
-    return gate.check_splits(cfg, batch, prepared, run["run_dir"], run_id=run["run_id"])
+    return gate.check_splits(cfg, batch, prepared, run.run_dir, run_id=run.run_id)

@@ -12,28 +12,29 @@ from prefect.runtime import flow_run
 
 from normlab import study, sweep
 from normlab.config import PipelineConfig
+from normlab.contracts import Batch, SweepParent
 from normlab.tasks.policy import LOCAL, TRANSIENT
 from normlab.training import throttled
 
 
 @task(name="start-sweep", **TRANSIENT)
-def start_sweep(cfg: PipelineConfig, kind: str) -> dict[str, Any]:
+def start_sweep(cfg: PipelineConfig, kind: str) -> SweepParent:
     """Open the parent MLflow run with the grid as params."""
     parent = sweep.start_parent(cfg, kind=kind, flow_run_id=str(flow_run.id or ""))
-    get_run_logger().info("%s %s: %d grid points", kind, parent["run_id"], len(parent["points"]))
+    get_run_logger().info("%s %s: %d grid points", kind, parent.run_id, len(parent.points))
     return parent
 
 
 @task(name="log-sweep-data", **TRANSIENT)
-def log_data(cfg: PipelineConfig, parent: dict[str, Any], batch: dict[str, Any]) -> None:
+def log_data(cfg: PipelineConfig, parent: SweepParent, batch: Batch) -> None:
     """Record the validated batch on the parent run, so that the points only link to it."""
     sweep.log_data(cfg, parent, batch)
 
 
 # A point is deterministic given its inputs: a failure is not transient, so no retries.
 @task(name="grid-point", task_run_name="{point[norm]}-bs{point[batch_size]}-s{point[seed]}", **LOCAL)
-def run_point(cfg: PipelineConfig, point: dict[str, Any], parent: dict[str, Any],
-              batch: dict[str, Any]) -> dict[str, Any]:
+def run_point(cfg: PipelineConfig, point: dict[str, Any], parent: SweepParent,
+              batch: Batch) -> dict[str, Any]:
     """Run one grid point as a nested MLflow run (on whichever Dask worker gets it)."""
     logger = get_run_logger()
 
@@ -41,7 +42,7 @@ def run_point(cfg: PipelineConfig, point: dict[str, Any], parent: dict[str, Any]
         logger.info("epoch %d/%d  train loss %.4f | val acc %.4f | %.2fs",
                     record.epoch, cfg.train.epochs, record.train_loss, record.val_accuracy, record.seconds)
 
-    result = sweep.run_point(cfg, point, parent_run_id=parent["run_id"], batch=batch,
+    result = sweep.run_point(cfg, point, parent_run_id=parent.run_id, batch=batch,
                              on_epoch_end=throttled(show, last_epoch=cfg.train.epochs))
     logger.info("%s: ID %.4f, OOD %.4f (run %s)", sweep.point_name(point), result["metrics"]["id/test/accuracy"],
                 result["metrics"].get("ood/mean/accuracy", float("nan")), result["run_id"])
@@ -49,7 +50,7 @@ def run_point(cfg: PipelineConfig, point: dict[str, Any], parent: dict[str, Any]
 
 
 @task(name="sweep-report", **TRANSIENT)
-def finish_sweep(cfg: PipelineConfig, parent: dict[str, Any], batch: dict[str, Any],
+def finish_sweep(cfg: PipelineConfig, parent: SweepParent, batch: Batch,
                  results: list[dict[str, Any]]) -> dict[str, Any]:
     """Aggregate over seeds, write the comparison report, log it to the parent run."""
     summary = sweep.finish(cfg, parent, batch, results)

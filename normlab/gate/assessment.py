@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import pandas as pd
 
 import normlab.gate.checks as ck
 from normlab.config import PipelineConfig
+from normlab.contracts import Batch, as_batch
 from normlab.data.fingerprint import fingerprint_frame
 from normlab.errors import DataValidationError
 from normlab.gate.check_registry import BATCH_STAGES, CheckContext, CheckEntry, checks_in, severity_of
@@ -180,7 +182,7 @@ def _map_back(evaluated: Evaluated, keep: np.ndarray, n: int) -> Evaluated:
 
 def run_gate(
     cfg: PipelineConfig,
-    batch: dict[str, Any],
+    batch: Batch | Mapping[str, Any],
     out_dir: str | Path,
     *,
     context: str = "train",
@@ -194,8 +196,9 @@ def run_gate(
 
     Args:
         cfg: The pipeline config.
-        batch: What `normlab.pipeline.load_batch` returns (``path``, ``source``,
-            ``fingerprint``, ``rows``, ``columns``).
+        batch: What `normlab.pipeline.load_batch` returns (a `Batch`), or a
+            mapping with its keys (``path``, ``source``, ``fingerprint``,
+            ``rows``, ``columns``).
         out_dir: A folder of this run (``validation.json``, ``validation.html``
             and, when rows were taken out or repaired, ``accepted.parquet``).
         context: ``train`` or ``monitor`` (see `severity_of`).
@@ -203,7 +206,7 @@ def run_gate(
 
     Returns:
         ``report`` (the validation report dict), ``accepted_path`` (Parquet of
-        the accepted rows; None when blocked), ``accepted`` (a batch dict for
+        the accepted rows; None when blocked), ``accepted`` (the `Batch` of
         the accepted rows; None when blocked), ``quarantine_path`` (Parquet of
         the rejected rows, or None), ``quarantine_dir``, ``rows_in``,
         ``rows_accepted``, ``rows_quarantined``, ``blocked`` (and its
@@ -213,7 +216,8 @@ def run_gate(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    frame = pd.read_parquet(batch["path"])
+    batch = as_batch(batch)
+    frame = pd.read_parquet(batch.path)
     suite = load_suite(cfg.data.expectations) if cfg.data.expectations else None
     contamination = severity_of(cfg.gate, "contamination", context) != "off"
     index = read_evaluation_index(evaluation_index_dir(cfg)) if contamination else None
@@ -231,7 +235,7 @@ def run_gate(
 
 def settle(
     cfg: PipelineConfig,
-    batch: dict[str, Any],
+    batch: Batch,
     frame: pd.DataFrame,
     assessment: Assessment,
     out_dir: Path,
@@ -247,23 +251,23 @@ def settle(
     quarantine_path: str | None = None
     if rows_quarantined:
         rows = annotate(frame, np.flatnonzero(rejected), assessment.rejections, blocked_by=assessment.blocked_by,
-                        fingerprint=batch["fingerprint"], source=batch["source"])
+                        fingerprint=batch.fingerprint, source=batch.source)
         quarantine_path = str(write_parquet(rows, quarantine_dir / "rows.parquet"))
 
-    accepted: dict[str, Any] | None = None
+    accepted: Batch | None = None
     if not assessment.blocked:
         if rows_quarantined == 0 and not assessment.converted:
-            accepted = dict(batch)  # nothing removed or repaired: the snapshot is the accepted batch
+            accepted = batch  # nothing removed or repaired: the snapshot is the accepted batch
         else:
             kept = take_rows(assessment.repaired, assessment.accepted)
             path = write_parquet(kept, out_dir / "accepted.parquet")
-            accepted = {"path": str(path), "source": batch["source"], "fingerprint": fingerprint_frame(kept),
-                        "rows": len(kept), "columns": [str(c) for c in kept.columns]}
-    counts = verify_accounting(n, accepted["path"] if accepted else None, quarantine_path)
+            accepted = Batch(path=str(path), source=batch.source, fingerprint=fingerprint_frame(kept),
+                             rows=len(kept), columns=[str(c) for c in kept.columns])
+    counts = verify_accounting(n, accepted.path if accepted else None, quarantine_path)
 
     report = ValidationReport(
-        suite=suite_name or "none", fingerprint=batch["fingerprint"], rows_in=n, checks=assessment.checks,
-        rows_accepted=counts["rows_accepted"], rows_quarantined=counts["rows_quarantined"], source=batch["source"],
+        suite=suite_name or "none", fingerprint=batch.fingerprint, rows_in=n, checks=assessment.checks,
+        rows_accepted=counts["rows_accepted"], rows_quarantined=counts["rows_quarantined"], source=batch.source,
     ).to_dict()
     report["quarantine_path"] = quarantine_path
     report_path = out_dir / "validation.json"
@@ -277,7 +281,7 @@ def settle(
     return {
         "report": report,
         "accepted": accepted,
-        "accepted_path": accepted["path"] if accepted else None,
+        "accepted_path": accepted.path if accepted else None,
         "quarantine_path": quarantine_path,
         "quarantine_dir": str(quarantine_dir),
         **counts,

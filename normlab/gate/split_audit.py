@@ -17,6 +17,7 @@ import pandas as pd
 
 import normlab.gate.checks as ck
 from normlab.config import PipelineConfig
+from normlab.contracts import Batch, Splits
 from normlab.errors import DataValidationError
 from normlab.gate.check_registry import CHECKS, SplitHashes
 from normlab.gate.quarantine import write_parquet
@@ -36,12 +37,12 @@ def read_evaluation_index(folder: Path) -> pd.DataFrame | None:
 
 
 def check_splits(
-    cfg: PipelineConfig, batch: dict[str, Any], prepared: dict[str, Any], run_dir: str | Path,
+    cfg: PipelineConfig, batch: Batch, prepared: Splits, run_dir: str | Path,
     *, run_id: str | None = None,
 ) -> dict[str, Any]:
     """After the split: block evaluation rows that leak training content, then index them.
 
-    Training rows are the rows of ``prepared["reference"]``; since splits hash
+    Training rows are the rows of ``prepared.reference``; since splits hash
     whole rows, a batch row identical to a training row is a training row, so
     every other row is an evaluation row. Once the check passes, this run's
     evaluation rows are recorded for later batches' contamination check.
@@ -60,12 +61,12 @@ def check_splits(
     setting = leakage.settings(cfg.gate)
     if setting.severity == "off":
         return {"leakage": asdict(ck.off_result("leakage").result), "evaluation_rows": 0}
-    frame = pd.read_parquet(batch["path"])
-    train = pd.read_parquet(prepared["reference"])
+    frame = pd.read_parquet(batch.path)
+    train = pd.read_parquet(prepared.reference)
     salt = cfg.splits.salt
     rows = row_hashes(frame, salt=salt)
     is_train = np.isin(rows, row_hashes(train, salt=salt))
-    features = ck.content_hashes(frame, prepared["features"])
+    features = ck.content_hashes(frame, prepared.features)
     evaluated = leakage.evaluate(SplitHashes(train=features[is_train], evaluation=features[~is_train]), setting)
     result = evaluated.result
     result.severity = setting.severity

@@ -1,9 +1,12 @@
 """Monitoring new batches: the ledger, the drift reference, the per-batch judgement, records, alerts, retraining.
 
-Each stage is a plain function over files that returns a small JSON-able
-dict, which is what a Prefect task passes on (see ``flows/monitoring.py``).
+Each stage is a plain function over files that returns a small frozen,
+typed contract (`normlab.monitoring.contracts`), which is what a Prefect task
+passes on (see ``flows/monitoring.py``); what is persisted as JSON (ledger
+entries, ``state.json``, the summary) is dumped from them at that boundary.
 The modules, by role:
 
+    contracts    the typed hand-offs between the stages
     ledger       folders, batch discovery, the locked state, claims (exactly once)
     reference    the champion's (else the latest run's) training rows, model and encoders
     analysis     the gate in its monitoring context, data quality, drift, the report, the decision
@@ -37,6 +40,18 @@ from normlab.monitoring.analysis import (
     decide_batch,
     gate_batch,
     quality_of,
+)
+from normlab.monitoring.contracts import (
+    Analysis,
+    Decision,
+    DriftSummary,
+    GateOutcome,
+    GateProblem,
+    LandedBatch,
+    Quality,
+    Reference,
+    ReportInputs,
+    Triage,
 )
 from normlab.monitoring.ledger import (
     BATCH_SUFFIXES,
@@ -77,7 +92,17 @@ __all__ = [
     "BATCH_SUFFIXES",
     "NO_ALERT",
     "SETTLE_S",
+    "Analysis",
+    "Decision",
+    "DriftSummary",
+    "GateOutcome",
+    "GateProblem",
+    "LandedBatch",
     "NoReferenceError",
+    "Quality",
+    "Reference",
+    "ReportInputs",
+    "Triage",
     "alert_batch",
     "analyze_batch",
     "batch_entry",

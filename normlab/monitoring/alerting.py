@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from normlab.config import PipelineConfig
+from normlab.monitoring.contracts import Analysis, Decision, GateOutcome, LandedBatch, Reference
 from normlab.monitoring.ledger import NO_ALERT
 
 # 10. Alerts ----------------------------------------------------------------------------
@@ -12,11 +13,11 @@ from normlab.monitoring.ledger import NO_ALERT
 
 def alert_batch(
     cfg: PipelineConfig,
-    batch: dict[str, Any],
-    reference: dict[str, Any],
-    analysis: dict[str, Any] | None,
+    batch: LandedBatch,
+    reference: Reference,
+    analysis: Analysis | None,
     report: dict[str, Any] | None,
-    decision: dict[str, Any],
+    decision: Decision,
     monitor_run_id: str,
     retrain: bool,
     config_hint: str = "",
@@ -28,13 +29,13 @@ def alert_batch(
     """
     from normlab import alerts
 
-    if not decision["alert"] or analysis is None:
-        return {**NO_ALERT, "reason": decision["reason"]}
+    if not decision.alert or analysis is None:
+        return {**NO_ALERT, "reason": decision.reason}
     title, body = alerts.drift_message(
-        model=reference["model"], version=reference["version"], reference_run_id=reference["run_id"],
-        fingerprint=batch["fingerprint"], source=batch["source"], level=decision["level"],
-        drift=analysis["drift"], prediction=analysis["prediction"], performance=analysis["performance"],
-        rows=analysis["rows"], report_html=report["html"] if report else None, monitor_run_id=monitor_run_id,
+        model=reference.model, version=reference.version, reference_run_id=reference.run_id,
+        fingerprint=batch.fingerprint, source=batch.source, level=decision.level,
+        drift=analysis.drift.model_dump(), prediction=analysis.prediction, performance=analysis.performance,
+        rows=analysis.rows, report_html=report["html"] if report else None, monitor_run_id=monitor_run_id,
         tracking_uri=cfg.redacted().tracking_uri(), retrain=retrain, config_hint=config_hint,
     )
     return {"due": True, **alerts.send(alerts.alert_urls(cfg), title, body)}
@@ -42,41 +43,41 @@ def alert_batch(
 
 def quality_alert_batch(
     cfg: PipelineConfig,
-    batch: dict[str, Any],
-    reference: dict[str, Any],
-    gated: dict[str, Any],
-    decision: dict[str, Any],
+    batch: LandedBatch,
+    reference: Reference,
+    gated: GateOutcome,
+    decision: Decision,
     monitor_run_id: str,
 ) -> dict[str, Any]:
     """Send the data-quality alert (a blocked batch, or too many rows quarantined) when one is due."""
     from normlab import alerts
 
-    quality = decision["quality"]
-    if not quality["alert"]:
-        return {**NO_ALERT, "reason": quality["reason"]}
+    quality = decision.quality
+    if not quality.alert:
+        return {**NO_ALERT, "reason": quality.reason}
     title, body = alerts.quality_message(
-        model=reference["model"], version=reference["version"], fingerprint=batch["fingerprint"],
-        source=batch["source"], quality=quality, drift_level=decision["level"], rows_in=gated["rows_in"],
-        rows_quarantined=gated["rows_quarantined"], rows_untyped=gated["rows_untyped"], failed=gated["failed"],
-        quarantine_path=gated["quarantine_path"], monitor_run_id=monitor_run_id,
+        model=reference.model, version=reference.version, fingerprint=batch.fingerprint,
+        source=batch.source, quality=quality.model_dump(), drift_level=decision.level, rows_in=gated.rows_in,
+        rows_quarantined=gated.rows_quarantined, rows_untyped=gated.rows_untyped, failed=gated.failed,
+        quarantine_path=gated.quarantine_path, monitor_run_id=monitor_run_id,
         tracking_uri=cfg.redacted().tracking_uri(),
     )
     return {"due": True, **alerts.send(alerts.alert_urls(cfg), title, body)}
 
 
-def retraining_failed_alert(cfg: PipelineConfig, reference: dict[str, Any], retrained: dict[str, Any]) -> dict[str, Any]:
+def retraining_failed_alert(cfg: PipelineConfig, reference: Reference, retrained: dict[str, Any]) -> dict[str, Any]:
     """Tell the alert targets that a retraining started by monitoring failed."""
     from normlab import alerts
 
     title, body = alerts.retraining_failed_message(
-        model=reference["model"], version=reference["version"], error=retrained["error"] or "unknown error",
+        model=reference.model, version=reference.version, error=retrained["error"] or "unknown error",
         data=retrained.get("data"), rows_reference=retrained["rows_reference"], rows_new=retrained["rows_new"],
         tracking_uri=cfg.redacted().tracking_uri(),
     )
     return {"due": True, **alerts.send(alerts.alert_urls(cfg), title, body)}
 
 
-def wants_retraining(cfg: PipelineConfig, decision: dict[str, Any], retrain: bool | None) -> bool:
+def wants_retraining(cfg: PipelineConfig, decision: Decision, retrain: bool | None) -> bool:
     """Retrain on a new (not held back) `detected` drift when enabled in the config or by the caller."""
     enabled = cfg.monitor.retrain_on_drift if retrain is None else retrain
-    return bool(enabled and decision["level"] == "detected" and decision["alert"])
+    return bool(enabled and decision.level == "detected" and decision.alert)

@@ -13,6 +13,17 @@ import pandas as pd
 from normlab import drift
 from normlab.config import PipelineConfig
 from normlab.errors import DataSourceError
+from normlab.monitoring.contracts import (
+    Analysis,
+    Decision,
+    DriftSummary,
+    GateOutcome,
+    GateProblem,
+    LandedBatch,
+    Quality,
+    Reference,
+    ReportInputs,
+)
 from normlab.monitoring.ledger import (
     earlier_claims,
     locked_state,
@@ -34,8 +45,8 @@ _STREAK_LEVELS = ("none", "suspected", "detected")
 # 3. The data gate ----------------------------------------------------------------------
 
 
-def gate_batch(cfg: PipelineConfig, batch: dict[str, Any], out_dir: str | Path,
-               reference: dict[str, Any] | None = None) -> dict[str, Any]:
+def gate_batch(cfg: PipelineConfig, batch: LandedBatch, out_dir: str | Path,
+               reference: Reference | None = None) -> GateOutcome:
     """The data gate in its monitoring context: report what changed, never hide the drift.
 
     Checks that protect a training set only (contamination, label noise, class
@@ -44,71 +55,68 @@ def gate_batch(cfg: PipelineConfig, batch: dict[str, Any], out_dir: str | Path,
     (``typed_path``); only rows that cannot be read and typed are left out.
 
     Returns:
-        ``accepted_path`` (None when blocked: a blocked batch never trains),
-        ``quarantine_path``, ``typed_path`` (the rows drift is measured on),
-        ``rows_in``, ``rows_accepted``, ``rows_quarantined``, ``rows_typed``,
-        ``rows_untyped``, ``blocked``, ``failed`` (a line per failed check),
-        ``problems`` (failed checks with their columns and row counts),
-        ``missing_features`` (model features the batch lacks) and ``report_path``.
+        The `GateOutcome`: counts, paths, failed checks (``problems``, with
+        their columns and row counts) and the model features the batch lacks.
     """
     from normlab.gate import run_gate
 
-    gated = run_gate(cfg, batch, out_dir, context="monitor",
-                     reference_path=reference["reference"] if reference else None)
-    problems = [{"check": c["name"], "column": c["column"], "outcome": c["outcome"], "rows": c["rows_flagged"],
-                 "label": c["name"] + (f":{c['column']}" if c["column"] else "")}
+    # The gate takes what a training run loads: the snapshot's path, source, fingerprint, rows and columns.
+    landed = {"path": batch.path, "source": batch.source, "fingerprint": batch.fingerprint, "rows": batch.rows,
+              "columns": list(batch.columns)}
+    gated = run_gate(cfg, landed, out_dir, context="monitor",
+                     reference_path=reference.reference if reference is not None else None)
+    problems = [GateProblem(check=c["name"], column=c["column"], outcome=c["outcome"], rows=c["rows_flagged"],
+                            label=c["name"] + (f":{c['column']}" if c["column"] else ""))
                 for c in gated["report"]["checks"] if c["outcome"] in ("blocked", "quarantined")]
     missing: list[str] = []
     if reference is not None:
         from normlab.data.encoding import FeatureEncoder
 
-        encoders = json.loads(Path(reference["encoder"]).read_text(encoding="utf-8"))
+        encoders = json.loads(Path(reference.encoder).read_text(encoding="utf-8"))
         features = FeatureEncoder.from_dict(encoders["features"]).features
-        missing = [c for c in features if c not in batch["columns"]]
+        missing = [c for c in features if c not in batch.columns]
     # The full report stays in its file; tasks pass on the counts and paths.
     kept = {k: gated[k] for k in ("accepted_path", "quarantine_path", "typed_path", "rows_in", "rows_accepted",
                                   "rows_quarantined", "rows_typed", "rows_untyped", "blocked", "failed",
                                   "report_path")}
-    return {**kept, "problems": problems, "missing_features": missing}
+    return GateOutcome(**kept, problems=problems, missing_features=missing)
 
 
-def quality_of(cfg: PipelineConfig, gated: dict[str, Any]) -> dict[str, Any]:
+def quality_of(cfg: PipelineConfig, gated: GateOutcome) -> Quality:
     """The batch's data-quality verdict: ``blocked``, ``quarantined`` (share above monitor.quality_share) or ``ok``.
 
     Returns:
-        ``level``, ``share`` (quarantined rows / rows in), ``checks`` (failed
-        check labels, e.g. ``range:temp_c``), ``columns`` (the top offending
-        columns by rows flagged) and ``reason`` (one line).
+        The `Quality` (its ``alert`` is set by the decision).
     """
-    share = gated["rows_quarantined"] / gated["rows_in"] if gated["rows_in"] else 0.0
-    problems = gated["problems"]
+    share = gated.rows_quarantined / gated.rows_in if gated.rows_in else 0.0
+    problems = gated.problems
     per_column: dict[str, int] = {}
     for p in problems:
-        if p["column"]:
-            per_column[p["column"]] = per_column.get(p["column"], 0) + int(p["rows"] or 0)
+        if p.column:
+            per_column[p.column] = per_column.get(p.column, 0) + int(p.rows or 0)
     columns = sorted(per_column, key=lambda c: per_column[c], reverse=True)[: cfg.monitor.top_columns]
-    checks = sorted({p["label"] for p in problems})
-    if gated["blocked"]:
+    checks = sorted({p.label for p in problems})
+    if gated.blocked:
         level = "blocked"
-        reason = f"blocked by the data gate: {'; '.join(gated['failed'][:3]) or 'a blocking check failed'}"
+        reason = f"blocked by the data gate: {'; '.join(gated.failed[:3]) or 'a blocking check failed'}"
     elif problems and share > cfg.monitor.quality_share:
         level = "quarantined"
-        reason = (f"{gated['rows_quarantined']} of {gated['rows_in']} rows quarantined (share {share:.2f} > "
+        reason = (f"{gated.rows_quarantined} of {gated.rows_in} rows quarantined (share {share:.2f} > "
                   f"monitor.quality_share {cfg.monitor.quality_share:g})")
     else:
         level, reason = "ok", "data quality ok"
-    if gated["missing_features"]:
+    if gated.missing_features:
         level = "blocked"
-        reason = f"batch lacks the model's feature columns: {gated['missing_features'][:10]}"
-    return {"level": level, "share": round(share, 6), "checks": checks, "columns": columns, "reason": reason,
-            "column_rows": {c: per_column[c] for c in columns}}
+        reason = f"batch lacks the model's feature columns: {gated.missing_features[:10]}"
+    return Quality(level=level, share=round(share, 6), checks=checks, columns=columns, reason=reason,
+                   column_rows={c: per_column[c] for c in columns})
 
 # 5. Drift analysis (the decision path) -------------------------------------------------
 
 
 def analyze_batch(
-    cfg: PipelineConfig, reference: dict[str, Any], gated: dict[str, Any], batch: dict[str, Any]
-) -> dict[str, Any]:
+    cfg: PipelineConfig, reference: Reference, gated: GateOutcome, batch: LandedBatch
+) -> Analysis:
     """Score data drift, prediction drift and (with labels) performance of every typed row.
 
     Drift is measured on every row that could be read and typed, quarantined
@@ -119,22 +127,20 @@ def analyze_batch(
     Evidently report draws from into the batch folder.
 
     Returns:
-        ``rows``, ``decidable``, ``drifted`` (None when not decidable),
-        ``drifted_columns``, ``drift`` (share and top columns), ``prediction``,
-        ``performance`` (None without labels), ``drift_json``, ``report_inputs``
-        (the samples) and ``report_columns`` (the columns the report draws).
+        The `Analysis` (``drifted`` None when not decidable, ``performance``
+        None without labels), with the samples the report draws.
     """
     from normlab.evaluation import classification_metrics, predict_proba
 
     mon = cfg.monitor
-    out = Path(batch["batch_dir"])
-    current = pd.read_parquet(gated["typed_path"])
-    ref = drift.sample_rows(pd.read_parquet(reference["reference"]), mon.reference_rows, cfg.seed)
+    out = Path(batch.batch_dir)
+    current = pd.read_parquet(gated.typed_path)
+    ref = drift.sample_rows(pd.read_parquet(reference.reference), mon.reference_rows, cfg.seed)
     model, encoder, labels, label_column = load_reference_model(cfg, reference)
     features = encoder.features
     missing = [c for c in features if c not in current.columns]
     if missing:
-        raise DataSourceError(f"batch {batch['fingerprint'][:12]} lacks the model's feature columns: {missing[:10]}")
+        raise DataSourceError(f"batch {batch.fingerprint[:12]} lacks the model's feature columns: {missing[:10]}")
 
     scores = drift.score_columns(ref, current, features, alpha=mon.alpha, effect_floor=mon.effect_floor)
     data = drift.summarize_columns(scores, drift_share=mon.drift_share, top=mon.top_columns)
@@ -153,9 +159,9 @@ def analyze_batch(
         if y is not None:
             m = classification_metrics(y, cur_proba, n_classes=labels.n_classes, ece_bins=cfg.eval.ece_bins)
             performance = {"accuracy": m["accuracy"], "f1_macro": m["f1_macro"], "ece": m["ece"]}
-            if reference.get("reference_accuracy") is not None:
-                performance["reference_accuracy"] = reference["reference_accuracy"]
-                performance["accuracy_drop"] = reference["reference_accuracy"] - m["accuracy"]
+            if reference.reference_accuracy is not None:
+                performance["reference_accuracy"] = reference.reference_accuracy
+                performance["accuracy_drop"] = reference.reference_accuracy - m["accuracy"]
 
     decidable = len(current) >= mon.min_rows
     drifted = bool(data["drifted"] or (mon.prediction and prediction["drifted"])) if decidable else None
@@ -163,38 +169,38 @@ def analyze_batch(
 
     # Samples for the report, with the model's outputs as two more columns.
     # Seeded by the batch content: the same batch always gets the same sample.
-    seed = int(batch["fingerprint"][:8], 16)
+    seed = int(batch.fingerprint[:8], 16)
     for frame, proba, name in ((ref, ref_proba, "reference"), (current, cur_proba, "current")):
         outputs = {drift.PREDICTION_COLUMN: proba.argmax(axis=1).astype(str),
                    drift.CONFIDENCE_COLUMN: proba.max(axis=1)}
         picked = drift.sample_rows(frame[features].assign(**outputs), mon.report_rows, seed)
         picked.to_parquet(out / f"report_{name}.parquet", index=False)
 
-    full = {"fingerprint": batch["fingerprint"], "reference_run_id": reference["run_id"], "rows": len(current),
+    full = {"fingerprint": batch.fingerprint, "reference_run_id": reference.run_id, "rows": len(current),
             "decidable": decidable, "drifted": drifted, "drifted_columns": drifted_columns, "data": data,
             "prediction": prediction, "performance": performance,
             "columns": [s.to_dict() for s in scores]}
     (out / "drift.json").write_text(json.dumps(full, indent=1, default=float), encoding="utf-8")
-    return {
-        "rows": len(current),
-        "decidable": decidable,
-        "drifted": drifted,
-        "drifted_columns": drifted_columns,
-        "drift": {k: data[k] for k in ("share", "n_columns", "n_drifted", "drifted", "columns")},
-        "prediction": prediction,
-        "performance": performance,
-        "drift_json": str(out / "drift.json"),
-        "report_inputs": {"reference": str(out / "report_reference.parquet"),
-                          "current": str(out / "report_current.parquet")},
-        "report_columns": [s.column for s in sorted(scores, key=lambda s: s.score, reverse=True)][: mon.report_columns],
-    }
+    return Analysis(
+        rows=len(current),
+        decidable=decidable,
+        drifted=drifted,
+        drifted_columns=drifted_columns,
+        drift=DriftSummary(**{k: data[k] for k in ("share", "n_columns", "n_drifted", "drifted", "columns")}),
+        prediction=prediction,
+        performance=performance,
+        drift_json=str(out / "drift.json"),
+        report_inputs=ReportInputs(reference=str(out / "report_reference.parquet"),
+                                   current=str(out / "report_current.parquet")),
+        report_columns=[s.column for s in sorted(scores, key=lambda s: s.score, reverse=True)][: mon.report_columns],
+    )
 
 
 # 6. The Evidently report ---------------------------------------------------------------
 
 
 def build_report(
-    cfg: PipelineConfig, reference: dict[str, Any], batch: dict[str, Any], analysis: dict[str, Any]
+    cfg: PipelineConfig, reference: Reference, batch: LandedBatch, analysis: Analysis
 ) -> dict[str, Any]:
     """Evidently report (HTML + JSON) on the sampled rows, added to the Evidently workspace.
 
@@ -204,21 +210,21 @@ def build_report(
     and confidence.
     """
     started = time.perf_counter()
-    ref = pd.read_parquet(analysis["report_inputs"]["reference"])
-    cur = pd.read_parquet(analysis["report_inputs"]["current"])
+    ref = pd.read_parquet(analysis.report_inputs.reference)
+    cur = pd.read_parquet(analysis.report_inputs.current)
     # The samples hold the model's features and its two outputs, nothing else.
     features = [c for c in ref.columns if c not in (drift.PREDICTION_COLUMN, drift.CONFIDENCE_COLUMN)]
     numeric = [c for c in features if drift.is_numeric(ref[c]) and drift.is_numeric(cur[c])]
     categorical = [c for c in features if c not in numeric]
-    drawn = analysis["report_columns"]
-    version = reference["version"] or "none"
+    drawn = analysis.report_columns
+    version = reference.version or "none"
     # The report shows the decision's own verdict (every row, normlab's thresholds) first;
     # Evidently's tests on the sample follow as a labelled secondary view.
     # Imports Evidently (seconds): only when a report is built.
     from normlab import drift_report
 
     mon = cfg.monitor
-    verdict = drift_report.make_verdict(json.loads(Path(analysis["drift_json"]).read_text(encoding="utf-8")),
+    verdict = drift_report.make_verdict(json.loads(Path(analysis.drift_json).read_text(encoding="utf-8")),
                                         alpha=mon.alpha, effect_floor=mon.effect_floor,
                                         drift_share=mon.drift_share, prediction_decides=mon.prediction)
     snapshot = drift.evidently_report(
@@ -226,22 +232,22 @@ def build_report(
         numeric=[*numeric, drift.CONFIDENCE_COLUMN],
         categorical=[*categorical, drift.PREDICTION_COLUMN],
         drawn=[*drawn, drift.PREDICTION_COLUMN, drift.CONFIDENCE_COLUMN],
-        name=f"batch {batch['fingerprint'][:12]}",
-        metadata={"fingerprint": batch["fingerprint"], "source": batch["source"], "model": reference["model"],
-                  "model_version": version, "reference_run_id": reference["run_id"]},
-        tags=[reference["model"], f"version-{version}"],
+        name=f"batch {batch.fingerprint[:12]}",
+        metadata={"fingerprint": batch.fingerprint, "source": batch.source, "model": reference.model,
+                  "model_version": version, "reference_run_id": reference.run_id},
+        tags=[reference.model, f"version-{version}"],
         verdict=verdict,
     )
-    paths = drift.save_report(snapshot, Path(batch["batch_dir"]) / "evidently")
+    paths = drift.save_report(snapshot, Path(batch.batch_dir) / "evidently")
     with workspace_lock(cfg) as workspace:
-        ws = drift.add_to_workspace(snapshot, workspace, project=reference["model"])
+        ws = drift.add_to_workspace(snapshot, workspace, project=reference.model)
     return {**paths, **ws, "rows_sampled": {"reference": len(ref), "current": len(cur)},
             "seconds": round(time.perf_counter() - started, 3)}
 
 def decide_batch(
-    cfg: PipelineConfig, batch: dict[str, Any], reference: dict[str, Any], analysis: dict[str, Any] | None,
-    gated: dict[str, Any], now: datetime | None = None,
-) -> dict[str, Any]:
+    cfg: PipelineConfig, batch: LandedBatch, reference: Reference, analysis: Analysis | None,
+    gated: GateOutcome, now: datetime | None = None,
+) -> Decision:
     """The batch's drift level and data-quality level, and which alerts are due; committed at once.
 
     The decision reads the model's streak, cooldowns and alert history and
@@ -256,7 +262,7 @@ def decide_batch(
     drift test fires. A batch decided before (a retried task, a claim taken
     over) gets its recorded decision back, counted once.
     """
-    model = reference["model"]
+    model = reference.model
     deadline = time.monotonic() + _ORDER_WAIT_S
     while True:
         if earlier_claims(read_state(cfg), batch, model) and time.monotonic() < deadline:
@@ -266,71 +272,71 @@ def decide_batch(
             waiting = earlier_claims(state, batch, model)
             if waiting and time.monotonic() < deadline:
                 continue  # claimed since the look above: wait for it too
-            record = state["batches"].setdefault(batch["fingerprint"], {})
+            record = state["batches"].setdefault(batch.fingerprint, {})
             prior = record.get("decision")
-            if prior is not None and prior.get("reference_run_id") == reference["run_id"]:
-                return dict(prior)
+            if prior is not None and prior.get("reference_run_id") == reference.run_id:
+                return Decision.model_validate(prior)
             history = model_history(state, reference)
-            decision = _judge(cfg, history, analysis, gated, now or now_utc())
+            decision = _judge(cfg, history, analysis, gated, now or now_utc(), reference.run_id)
             if waiting:
                 names = ", ".join(Path(r["source"]).name for r in waiting[:3])
-                decision["reason"] += (f"; decided before earlier batch(es) {names}, still being processed after "
-                                       f"{_ORDER_WAIT_S:g} s")
+                decision = decision.model_copy(update={"reason": decision.reason + (
+                    f"; decided before earlier batch(es) {names}, still being processed after {_ORDER_WAIT_S:g} s")})
             _commit_decision(history, decision, batch, analysis, gated)
             state["models"][model] = history
-            record["decision"] = {**decision, "reference_run_id": reference["run_id"]}
-            return dict(record["decision"])
+            record["decision"] = decision.committed()
+            return decision
 
 
-def _judge(cfg: PipelineConfig, history: dict[str, Any], analysis: dict[str, Any] | None, gated: dict[str, Any],
-           when: datetime) -> dict[str, Any]:
+def _judge(cfg: PipelineConfig, history: dict[str, Any], analysis: Analysis | None, gated: GateOutcome,
+           when: datetime, reference_run_id: str) -> Decision:
     """The decision over the model's history as it is now (nothing written)."""
     mon = cfg.monitor
     quality = quality_of(cfg, gated)
     if analysis is None:
-        why = quality["reason"] if quality["level"] == "blocked" else "no row could be read and typed"
+        why = quality.reason if quality.level == "blocked" else "no row could be read and typed"
         decision = {"level": drift.BLOCKED, "streak": history["streak"], "alert": False,
                     "reason": f"no drift decision: {why}"}
     else:
         decision = drift.decide(
-            analysis["drifted"], analysis["drifted_columns"], history,
+            analysis.drifted, analysis.drifted_columns, history,
             consecutive=mon.consecutive, cooldown_minutes=mon.cooldown_minutes,
             dedup_overlap=mon.dedup_overlap, min_level=cfg.alerts.min_level, now=when,
         )
-    quality_alert, quality_reason = False, quality["reason"]
-    if quality["level"] != "ok":
-        repeat = drift.repeated_alert(quality["checks"], history.get("quality_alerts", []),
+    quality_alert, quality_reason = False, quality.reason
+    if quality.level != "ok":
+        repeat = drift.repeated_alert(quality.checks, history.get("quality_alerts", []),
                                       cooldown_minutes=mon.cooldown_minutes, dedup_overlap=mon.dedup_overlap,
                                       now=when)
         quality_alert = repeat is None
         if repeat is not None:
             quality_reason += (f"; repeats the data-quality alert of {repeat['at']} (same checks, "
                                f"cooldown {mon.cooldown_minutes:g} min)")
-    quality = {**quality, "alert": quality_alert, "reason": quality_reason}
-    return {**decision, "quality": quality, "decided_at": when.isoformat()}
+    quality = quality.model_copy(update={"alert": quality_alert, "reason": quality_reason})
+    return Decision(**decision, quality=quality, decided_at=when.isoformat(), reference_run_id=reference_run_id)
 
 
-def _commit_decision(history: dict[str, Any], decision: dict[str, Any], batch: dict[str, Any],
-                     analysis: dict[str, Any] | None, gated: dict[str, Any]) -> None:
+def _commit_decision(history: dict[str, Any], decision: Decision, batch: LandedBatch,
+                     analysis: Analysis | None, gated: GateOutcome) -> None:
     """Write the decision into the model's history: the streak, the batch in it, the alerts it makes due.
 
     A due alert is recorded with ``delivered`` None (pending): it holds back
     repeats from now on, and `finish_batch` drops it if it reached none of the
     configured targets.
     """
-    if decision["level"] in _STREAK_LEVELS:
-        history["streak"] = decision["streak"]
-        if decision["level"] == "none":
+    if decision.level in _STREAK_LEVELS:
+        history["streak"] = decision.streak
+        if decision.level == "none":
             history["streak_batches"] = []
         else:
-            history["streak_batches"] = [*history["streak_batches"], gated["accepted_path"]][-50:]
-    if decision["alert"]:
+            history["streak_batches"] = [*history["streak_batches"], gated.accepted_path][-50:]
+    if decision.alert:
         history["alerts"] = [*history["alerts"], {
-            "at": decision["decided_at"], "level": decision["level"],
-            "columns": analysis["drifted_columns"] if analysis else [], "fingerprint": batch["fingerprint"],
+            "at": decision.decided_at, "level": decision.level,
+            "columns": analysis.drifted_columns if analysis else [], "fingerprint": batch.fingerprint,
             "delivered": None}][-100:]
-    quality = decision["quality"]
-    if quality["alert"]:
+    quality = decision.quality
+    if quality.alert:
         history["quality_alerts"] = [*history.get("quality_alerts", []), {
-            "at": decision["decided_at"], "level": quality["level"], "columns": quality["checks"],
-            "fingerprint": batch["fingerprint"], "delivered": None}][-100:]
+            "at": decision.decided_at, "level": quality.level, "columns": list(quality.checks),
+            "fingerprint": batch.fingerprint, "delivered": None}][-100:]

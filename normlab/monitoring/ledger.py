@@ -49,6 +49,7 @@ from normlab.config import PipelineConfig
 from normlab.data.fingerprint import fingerprint_frame
 from normlab.data.sources import read_table
 from normlab.errors import DataSourceError
+from normlab.monitoring.contracts import LandedBatch, Reference, Triage
 from normlab.registry import registry_name
 
 BATCH_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
@@ -214,7 +215,7 @@ def _claim_is_live(claim: dict[str, Any]) -> bool:
 # 2. Open and claim a batch -------------------------------------------------------------
 
 
-def open_batch(cfg: PipelineConfig, path: str) -> dict[str, Any]:
+def open_batch(cfg: PipelineConfig, path: str) -> LandedBatch:
     """Fingerprint a batch file and claim it, or say why it is not processed now.
 
     The file is read only when it is a regular file (never a symbolic link)
@@ -228,13 +229,8 @@ def open_batch(cfg: PipelineConfig, path: str) -> dict[str, Any]:
     (``change`` says which).
 
     Returns:
-        ``skip`` (bool), ``status`` (``claimed``, ``skipped``, ``pending``,
-        ``unreadable`` or ``refused``), ``fingerprint`` (None when not read),
-        ``source``; when skipped also ``reason`` and ``previous`` (the
-        earlier record); otherwise ``path`` (the snapshot), ``rows``,
-        ``columns``, ``batch_dir``, ``landed_ns`` (the file's modification
-        time, its place in the landing order) and ``change`` (None for a
-        file not processed before).
+        The `LandedBatch`: claimed (``skip`` false, with its snapshot), or
+        skipped, pending, unreadable or refused with the ``reason``.
     """
     try:
         before = os.lstat(path)
@@ -270,16 +266,16 @@ def open_batch(cfg: PipelineConfig, path: str) -> dict[str, Any]:
         if record and record.get("status") == "done":
             return _seen(fingerprint, path, record)
         if record and record.get("status") == "claimed" and _claim_is_live(record):
-            return {"skip": True, "status": "skipped", "fingerprint": fingerprint, "source": path, "previous": None,
-                    "reason": f"being processed by pid {record['pid']} on {record['host']}"}
+            return LandedBatch(skip=True, status="skipped", fingerprint=fingerprint, source=path, previous=None,
+                               reason=f"being processed by pid {record['pid']} on {record['host']}")
         claim = {"status": "claimed", "source": path, "pid": os.getpid(), "host": socket.gethostname(),
                  "claimed_ts": time.time(), "model": registry_name(cfg), "landed_ns": before.st_mtime_ns}
         if record and "decision" in record:
             claim["decision"] = record["decision"]  # committed to the streak once; a retry must not count it again
         state["batches"][fingerprint] = claim
-    opened = {"skip": False, "status": "claimed", "fingerprint": fingerprint, "source": path,
-              "rows": len(batch_frame), "columns": [str(c) for c in batch_frame.columns],
-              "landed_ns": before.st_mtime_ns, "change": change}
+    opened = LandedBatch(skip=False, status="claimed", fingerprint=fingerprint, source=path,
+                         rows=len(batch_frame), columns=[str(c) for c in batch_frame.columns],
+                         landed_ns=before.st_mtime_ns, change=change)
     try:
         import pyarrow.parquet as pq
 
@@ -289,7 +285,7 @@ def open_batch(cfg: PipelineConfig, path: str) -> dict[str, Any]:
     except BaseException:
         release_batch(cfg, opened)
         raise
-    return {**opened, "path": str(batch_dir / "batch.parquet"), "batch_dir": str(batch_dir)}
+    return opened.model_copy(update={"path": str(batch_dir / "batch.parquet"), "batch_dir": str(batch_dir)})
 
 
 def _settled(path: str, before: os.stat_result) -> bool:
@@ -371,11 +367,11 @@ def _new_rows(frame: pd.DataFrame, content: str,
                             "processed in full as a new batch")
 
 
-def _not_opened(status: str, path: str, reason: str) -> dict[str, Any]:
-    return {"skip": True, "status": status, "fingerprint": None, "source": path, "previous": None, "reason": reason}
+def _not_opened(status: str, path: str, reason: str) -> LandedBatch:
+    return LandedBatch(skip=True, status=status, fingerprint=None, source=path, previous=None, reason=reason)
 
 
-def _quarantine_file(cfg: PipelineConfig, path: str, st: os.stat_result, status: str, reason: str) -> dict[str, Any]:
+def _quarantine_file(cfg: PipelineConfig, path: str, st: os.stat_result, status: str, reason: str) -> LandedBatch:
     """Record a file that is not processed (``unreadable`` or ``refused``) until its size or time change."""
     with locked_state(cfg) as state:
         state["files"][path] = {"status": status, "reason": reason, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
@@ -383,7 +379,7 @@ def _quarantine_file(cfg: PipelineConfig, path: str, st: os.stat_result, status:
     return _not_opened(status, path, reason)
 
 
-def triage_batches(cfg: PipelineConfig, paths: list[str]) -> dict[str, Any]:
+def triage_batches(cfg: PipelineConfig, paths: list[str]) -> Triage:
     """Split batch files into those to open and those already settled, without reading them.
 
     A file whose size and modification time match a file processed before is
@@ -391,7 +387,7 @@ def triage_batches(cfg: PipelineConfig, paths: list[str]) -> dict[str, Any]:
     changes). Anything else is opened (and still recognised by content there).
 
     Returns:
-        ``new`` (paths) and ``skipped`` (summary entries).
+        The `Triage`: ``new`` (paths) and ``skipped`` (summary entries).
     """
     state = read_state(cfg)
     new, skipped = [], []
@@ -410,30 +406,30 @@ def triage_batches(cfg: PipelineConfig, paths: list[str]) -> dict[str, Any]:
             skipped.append(skipped_entry(_seen(known["fingerprint"], path, record)))
         else:
             new.append(path)
-    return {"new": new, "skipped": skipped}
+    return Triage(new=new, skipped=skipped)
 
 
-def _seen(fingerprint: str, path: str, record: dict[str, Any]) -> dict[str, Any]:
-    return {"skip": True, "status": "skipped", "fingerprint": fingerprint, "source": path, "previous": record,
-            "reason": f"already processed at {record['processed_at']} (from {record['source']})"}
+def _seen(fingerprint: str, path: str, record: dict[str, Any]) -> LandedBatch:
+    return LandedBatch(skip=True, status="skipped", fingerprint=fingerprint, source=path, previous=record,
+                       reason=f"already processed at {record['processed_at']} (from {record['source']})")
 
 
-def release_batch(cfg: PipelineConfig, batch: dict[str, Any]) -> None:
+def release_batch(cfg: PipelineConfig, batch: LandedBatch) -> None:
     """Drop this process's claim on a batch that failed, so the next run retries it.
 
     A batch whose decision was already committed keeps it (``released``): the
     retry reuses it instead of counting the batch in the streak again.
     """
     with locked_state(cfg) as state:
-        record = state["batches"].get(batch["fingerprint"])
+        record = state["batches"].get(batch.fingerprint)
         if record and record.get("status") == "claimed" and record.get("pid") == os.getpid():
             if "decision" in record:
-                state["batches"][batch["fingerprint"]] = {**record, "status": "released"}
+                state["batches"][batch.fingerprint] = {**record, "status": "released"}
             else:
-                del state["batches"][batch["fingerprint"]]
+                del state["batches"][batch.fingerprint]
 
 
-def earlier_claims(state: dict[str, Any], batch: dict[str, Any], model: str) -> list[dict[str, Any]]:
+def earlier_claims(state: dict[str, Any], batch: LandedBatch, model: str) -> list[dict[str, Any]]:
     """Batches of ``model`` that landed before ``batch`` and that another live monitor claimed but has not decided.
 
     Landing order is the files' modification time, then name, then
@@ -443,34 +439,34 @@ def earlier_claims(state: dict[str, Any], batch: dict[str, Any], model: str) -> 
     def order(landed_ns: int, source: str, fingerprint: str) -> tuple[int, str, str]:
         return int(landed_ns), Path(source).name, fingerprint
 
-    mine = order(batch["landed_ns"], batch["source"], batch["fingerprint"])
+    mine = order(batch.landed_ns, batch.source, batch.fingerprint)
     pid, host = os.getpid(), socket.gethostname()
     return [
         record for fingerprint, record in state["batches"].items()
         if record.get("status") == "claimed" and record.get("model") == model and "decision" not in record
-        and fingerprint != batch["fingerprint"] and (record.get("pid"), record.get("host")) != (pid, host)
+        and fingerprint != batch.fingerprint and (record.get("pid"), record.get("host")) != (pid, host)
         and order(record.get("landed_ns", 0), record["source"], fingerprint) < mine and _claim_is_live(record)
     ]
 
 
-def model_history(state: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+def model_history(state: dict[str, Any], reference: Reference) -> dict[str, Any]:
     """The model's streak and alerts; a new reference (retrained or promoted model) starts afresh."""
-    history = state["models"].get(reference["model"])
-    if not history or history.get("reference_run_id") != reference["run_id"]:
-        return {"reference_run_id": reference["run_id"], "version": reference["version"], "streak": 0,
+    history = state["models"].get(reference.model)
+    if not history or history.get("reference_run_id") != reference.run_id:
+        return {"reference_run_id": reference.run_id, "version": reference.version, "streak": 0,
                 "streak_batches": [], "alerts": []}
     return history
 
 
-def skipped_entry(opened: dict[str, Any]) -> dict[str, Any]:
+def skipped_entry(opened: LandedBatch) -> dict[str, Any]:
     """A batch not processed this time, in the summary JSON: its earlier result if any, with the status and reason."""
-    previous = (opened.get("previous") or {}).get("entry") or {}
+    previous = (opened.previous or {}).get("entry") or {}
     return {
         **previous,
-        "fingerprint": opened["fingerprint"],
-        "source": opened["source"],
-        "status": opened["status"],
-        "reason": opened["reason"],
+        "fingerprint": opened.fingerprint,
+        "source": opened.source,
+        "status": opened.status,
+        "reason": opened.reason,
         "alert": dict(NO_ALERT),
         "quality_alert": dict(NO_ALERT),
     }

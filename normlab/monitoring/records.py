@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from normlab.config import PipelineConfig, flatten
+from normlab.monitoring.contracts import Analysis, Decision, GateOutcome, LandedBatch, Reference
 from normlab.monitoring.ledger import (
     NO_ALERT,
     locked_state,
@@ -23,57 +24,57 @@ _QUALITY_CODE = {"ok": 0, "quarantined": 1, "blocked": 2}
 
 def log_monitoring_run(
     cfg: PipelineConfig,
-    batch: dict[str, Any],
-    gated: dict[str, Any],
-    reference: dict[str, Any],
-    analysis: dict[str, Any] | None,
+    batch: LandedBatch,
+    gated: GateOutcome,
+    reference: Reference,
+    analysis: Analysis | None,
     report: dict[str, Any] | None,
-    decision: dict[str, Any],
+    decision: Decision,
 ) -> str:
     """One MLflow run per batch in the monitoring experiment: drift metrics, the reports, the gate's result."""
     from normlab import tracking
 
     uri = cfg.tracking_uri()
     tags = {
-        "normlab.data.fingerprint": batch["fingerprint"],
-        "normlab.data.source": batch["source"],
-        "normlab.model": reference["model"],
-        "normlab.model.version": reference["version"] or "",
-        "normlab.reference_run_id": reference["run_id"],
-        "normlab.drift.level": decision["level"],
-        "normlab.data.quality": decision["quality"]["level"],
+        "normlab.data.fingerprint": batch.fingerprint,
+        "normlab.data.source": batch.source,
+        "normlab.model": reference.model,
+        "normlab.model.version": reference.version or "",
+        "normlab.reference_run_id": reference.run_id,
+        "normlab.drift.level": decision.level,
+        "normlab.data.quality": decision.quality.level,
     }
     run_id = tracking.start_run(uri, monitoring_experiment(cfg), artifact_location=cfg.artifact_location(),
-                                run_name=f"batch-{batch['fingerprint'][:12]}", tags=tags)
+                                run_name=f"batch-{batch.fingerprint[:12]}", tags=tags)
     try:
         tracking.log_params(uri, run_id, {**flatten(cfg.monitor, "monitor."), "reference.selected_by":
-                                          reference["selected_by"], "data.fingerprint": batch["fingerprint"]})
+                                          reference.selected_by, "data.fingerprint": batch.fingerprint})
         metrics: dict[str, float] = {
-            "rows/in": gated["rows_in"], "rows/accepted": gated["rows_accepted"],
-            "rows/quarantined": gated["rows_quarantined"], "rows/typed": gated["rows_typed"],
-            "rows/untyped": gated["rows_untyped"], "drift/streak": decision["streak"],
-            "quality/level": _QUALITY_CODE[decision["quality"]["level"]],
-            "quality/quarantined_share": decision["quality"]["share"],
+            "rows/in": gated.rows_in, "rows/accepted": gated.rows_accepted,
+            "rows/quarantined": gated.rows_quarantined, "rows/typed": gated.rows_typed,
+            "rows/untyped": gated.rows_untyped, "drift/streak": decision.streak,
+            "quality/level": _QUALITY_CODE[decision.quality.level],
+            "quality/quarantined_share": decision.quality.share,
         }
-        if decision["level"] in _LEVEL_CODE:
-            metrics["drift/level"] = _LEVEL_CODE[decision["level"]]
+        if decision.level in _LEVEL_CODE:
+            metrics["drift/level"] = _LEVEL_CODE[decision.level]
         if analysis is not None:
-            full = json.loads(Path(analysis["drift_json"]).read_text(encoding="utf-8"))
+            full = json.loads(Path(analysis.drift_json).read_text(encoding="utf-8"))
             metrics.update({
-                "drift/share": analysis["drift"]["share"],
-                "drift/n_drifted": analysis["drift"]["n_drifted"],
-                "drift/n_columns": analysis["drift"]["n_columns"],
-                "prediction/class_shift": analysis["prediction"]["class"]["score"],
-                "prediction/confidence_shift": analysis["prediction"]["confidence"]["score"],
-                "prediction/mean_confidence": analysis["prediction"]["confidence"]["current_mean"],
+                "drift/share": analysis.drift.share,
+                "drift/n_drifted": analysis.drift.n_drifted,
+                "drift/n_columns": analysis.drift.n_columns,
+                "prediction/class_shift": analysis.prediction["class"]["score"],
+                "prediction/confidence_shift": analysis.prediction["confidence"]["score"],
+                "prediction/mean_confidence": analysis.prediction["confidence"]["current_mean"],
             })
             metrics.update({f"drift/column/{c['column']}": c["score"] for c in full["columns"]})
-            for key, value in (analysis["performance"] or {}).items():
+            for key, value in (analysis.performance or {}).items():
                 metrics[f"performance/{key}"] = value
-            tracking.log_artifact(uri, run_id, analysis["drift_json"])
+            tracking.log_artifact(uri, run_id, analysis.drift_json)
         tracking.log_metrics(uri, run_id, metrics)
-        tracking.log_artifact(uri, run_id, gated["report_path"], "gate")
-        tracking.log_dict(uri, run_id, decision, "decision.json")
+        tracking.log_artifact(uri, run_id, gated.report_path, "gate")
+        tracking.log_dict(uri, run_id, decision.model_dump(), "decision.json")
         if report is not None:
             tracking.log_artifact(uri, run_id, report["html"], "evidently")
             tracking.log_artifact(uri, run_id, report["json"], "evidently")
@@ -89,12 +90,12 @@ def log_monitoring_run(
 
 def finish_batch(
     cfg: PipelineConfig,
-    batch: dict[str, Any],
-    gated: dict[str, Any],
-    reference: dict[str, Any],
-    analysis: dict[str, Any] | None,
+    batch: LandedBatch,
+    gated: GateOutcome,
+    reference: Reference,
+    analysis: Analysis | None,
     report: dict[str, Any] | None,
-    decision: dict[str, Any],
+    decision: Decision,
     alert: dict[str, Any],
     quality_alert: dict[str, Any],
     monitor_run_id: str,
@@ -119,17 +120,17 @@ def finish_batch(
     })
     entry = batch_entry(batch, gated, analysis, report, decision, alert, monitor_run_id, quality_alert)
     with locked_state(cfg) as state:
-        if state["batches"].get(batch["fingerprint"], {}).get("status") == "done":
-            return state["batches"][batch["fingerprint"]]["entry"]  # a retried commit counts the batch once
+        if state["batches"].get(batch.fingerprint, {}).get("status") == "done":
+            return state["batches"][batch.fingerprint]["entry"]  # a retried commit counts the batch once
         history = model_history(state, reference)
-        if decision["alert"]:
-            _settle_alert(history, "alerts", batch["fingerprint"], alert)
-        if decision["quality"]["alert"]:
-            _settle_alert(history, "quality_alerts", batch["fingerprint"], quality_alert)
-        state["models"][reference["model"]] = history
-        state["batches"][batch["fingerprint"]] = {
-            "status": "done", "source": batch["source"], "processed_at": now_utc().isoformat(),
-            "monitor_run_id": monitor_run_id, "reference_run_id": reference["run_id"], "entry": entry,
+        if decision.alert:
+            _settle_alert(history, "alerts", batch.fingerprint, alert)
+        if decision.quality.alert:
+            _settle_alert(history, "quality_alerts", batch.fingerprint, quality_alert)
+        state["models"][reference.model] = history
+        state["batches"][batch.fingerprint] = {
+            "status": "done", "source": batch.source, "processed_at": now_utc().isoformat(),
+            "monitor_run_id": monitor_run_id, "reference_run_id": reference.run_id, "entry": entry,
         }
     return entry
 
@@ -147,31 +148,31 @@ def _settle_alert(history: dict[str, Any], kind: str, fingerprint: str, alert: d
 
 
 def batch_entry(
-    batch: dict[str, Any],
-    gated: dict[str, Any],
-    analysis: dict[str, Any] | None,
+    batch: LandedBatch,
+    gated: GateOutcome,
+    analysis: Analysis | None,
     report: dict[str, Any] | None,
-    decision: dict[str, Any],
+    decision: Decision,
     alert: dict[str, Any],
     monitor_run_id: str,
     quality_alert: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One batch in the summary JSON."""
     entry: dict[str, Any] = {
-        "fingerprint": batch["fingerprint"],
-        "source": batch["source"],
+        "fingerprint": batch.fingerprint,
+        "source": batch.source,
         "status": "processed",
-        "rows_in": gated["rows_in"],
-        "rows_accepted": gated["rows_accepted"],
-        "rows_quarantined": gated["rows_quarantined"],
-        "rows_typed": gated["rows_typed"],
-        "rows_untyped": gated["rows_untyped"],
-        "quarantine_path": gated["quarantine_path"],
-        "gate_report": gated["report_path"],
-        "quality": {**decision["quality"],
+        "rows_in": gated.rows_in,
+        "rows_accepted": gated.rows_accepted,
+        "rows_quarantined": gated.rows_quarantined,
+        "rows_typed": gated.rows_typed,
+        "rows_untyped": gated.rows_untyped,
+        "quarantine_path": gated.quarantine_path,
+        "gate_report": gated.report_path,
+        "quality": {**decision.quality.model_dump(),
                     "alert_sent": bool((quality_alert or {}).get("sent")),
                     "alert_reason": (quality_alert or {}).get("reason")},
-        "drift": {"level": decision["level"], "reason": decision["reason"], "streak": decision["streak"],
+        "drift": {"level": decision.level, "reason": decision.reason, "streak": decision.streak,
                   "share": None, "n_drifted": None, "n_columns": None, "columns": []},
         "prediction": None,
         "performance": None,
@@ -180,25 +181,25 @@ def batch_entry(
                           if k in ("due", "sent", "targets", "delivered", "reason")},
         "report": {k: report[k] for k in ("html", "json", "snapshot_id")} if report else None,
         "monitor_run_id": monitor_run_id,
-        "change": batch.get("change"),
+        "change": batch.change,
     }
     if analysis is not None:
-        entry["drift"].update({k: analysis["drift"][k] for k in ("share", "n_drifted", "n_columns", "columns")})
-        pred = analysis["prediction"]
+        entry["drift"].update(analysis.drift.model_dump(include={"share", "n_drifted", "n_columns", "columns"}))
+        pred = analysis.prediction
         entry["prediction"] = {"drifted": pred["drifted"], "class_shift": pred["class"]["score"],
                                "confidence_shift": pred["confidence"]["score"]}
-        entry["performance"] = analysis["performance"]
+        entry["performance"] = analysis.performance
     return entry
 
-def batch_markdown(entry: dict[str, Any], reference: dict[str, Any]) -> str:
+def batch_markdown(entry: dict[str, Any], reference: Reference) -> str:
     """A short Markdown summary of one batch (the Prefect artifact)."""
     d = entry["drift"]
-    which = f"{reference['model']} v{reference['version']}" if reference["version"] else reference["model"]
+    which = f"{reference.model} v{reference.version}" if reference.version else reference.model
     lines = [
         f"### Batch `{entry['fingerprint'][:12]}`: drift **{d['level']}**",
         "",
         f"- source: `{entry['source']}`" + (f" ({entry['change']})" if entry.get("change") else ""),
-        f"- model: {which} (reference run `{reference['run_id']}`)",
+        f"- model: {which} (reference run `{reference.run_id}`)",
         (f"- rows: {entry['rows_in']} in, {entry['rows_accepted']} accepted, {entry['rows_quarantined']} "
          f"quarantined, {entry['rows_untyped']} unreadable (left out of the drift)"),
         f"- data quality: **{entry['quality']['level']}** ({entry['quality']['reason']})",

@@ -8,6 +8,7 @@ from typing import Any
 
 from normlab.config import PipelineConfig
 from normlab.errors import NormlabError, TrackingError
+from normlab.monitoring.contracts import Reference
 from normlab.monitoring.ledger import monitor_dir
 from normlab.registry import CHAMPION, registry_name
 
@@ -18,14 +19,12 @@ class NoReferenceError(NormlabError):
 # 4. The drift reference ----------------------------------------------------------------
 
 
-def resolve_reference(cfg: PipelineConfig) -> dict[str, Any]:
+def resolve_reference(cfg: PipelineConfig) -> Reference:
     """The drift reference: the training data of the ``champion`` model, else of the latest run.
 
     Returns:
-        ``run_id``, ``model``, ``version`` (None without a registry),
-        ``selected_by``, and local paths ``reference``, ``encoder`` and
-        either ``model_spec``/``model_weights`` (the run folder) or
-        ``model_uri`` (MLflow), plus ``reference_accuracy``.
+        The `Reference`: ``version`` is None without a registry; the model is
+        ``model_spec``/``model_weights`` (the run folder) or ``model_uri`` (MLflow).
 
     Raises:
         NoReferenceError: No champion and no finished run with a reference.
@@ -53,14 +52,8 @@ def resolve_reference(cfg: PipelineConfig) -> dict[str, Any]:
         run_id = _latest_run_with_reference(client, cfg)
     run = client.get_run(run_id)
     paths = _reference_files(cfg, run_id)
-    return {
-        "run_id": run_id,
-        "model": name,
-        "version": version,
-        "selected_by": selected_by,
-        "reference_accuracy": run.data.metrics.get("id/test/accuracy"),
-        **paths,
-    }
+    return Reference(run_id=run_id, model=name, version=version, selected_by=selected_by,
+                     reference_accuracy=run.data.metrics.get("id/test/accuracy"), **paths)
 
 
 def _latest_run_with_reference(client: Any, cfg: PipelineConfig) -> str:
@@ -104,22 +97,22 @@ def _reference_files(cfg: PipelineConfig, run_id: str) -> dict[str, str]:
     return {**fetched, "model_uri": f"runs:/{run_id}/model"}
 
 
-def load_reference_model(cfg: PipelineConfig, reference: dict[str, Any]):
+def load_reference_model(cfg: PipelineConfig, reference: Reference):
     """The reference run's model (eval mode) and its feature and label encoders."""
     from normlab.data.encoding import FeatureEncoder, LabelEncoder
 
-    encoders = json.loads(Path(reference["encoder"]).read_text(encoding="utf-8"))
+    encoders = json.loads(Path(reference.encoder).read_text(encoding="utf-8"))
     features, labels = FeatureEncoder.from_dict(encoders["features"]), LabelEncoder.from_dict(encoders["labels"])
-    if reference.get("model_spec"):
-        from normlab.pipeline import load_trained
+    if reference.model_spec:
+        from normlab.pipeline import load_weights
 
-        spec = json.loads(Path(reference["model_spec"]).read_text(encoding="utf-8"))
-        model = load_trained({"spec": spec, "model_path": reference["model_weights"]})
+        spec = json.loads(Path(reference.model_spec).read_text(encoding="utf-8"))
+        model = load_weights(spec, reference.model_weights)
     else:
         import mlflow.pytorch
 
         from normlab import tracking
 
         with tracking.tracking_uri(cfg.tracking_uri()):
-            model = mlflow.pytorch.load_model(reference["model_uri"], map_location="cpu").eval()
+            model = mlflow.pytorch.load_model(reference.model_uri, map_location="cpu").eval()
     return model, features, labels, encoders.get("label_column", cfg.data.label)

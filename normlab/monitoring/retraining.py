@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from normlab.config import PipelineConfig
+from normlab.monitoring.contracts import Reference
 from normlab.monitoring.ledger import (
     locked_state,
     model_history,
@@ -19,7 +20,7 @@ from normlab.monitoring.ledger import (
 # 11. Retraining ------------------------------------------------------------------------
 
 
-def retraining_data(cfg: PipelineConfig, reference: dict[str, Any]) -> dict[str, Any]:
+def retraining_data(cfg: PipelineConfig, reference: Reference) -> dict[str, Any]:
     """Write the reference rows plus the accepted rows of the drifted batches as one Parquet file.
 
     Only batches with the label column can train; others are left out and counted.
@@ -29,7 +30,7 @@ def retraining_data(cfg: PipelineConfig, reference: dict[str, Any]) -> dict[str,
         ``rows_new``, ``batches_used``, ``batches_unlabelled``.
     """
     history = model_history(read_state(cfg), reference)
-    ref = pd.read_parquet(reference["reference"])
+    ref = pd.read_parquet(reference.reference)
     new, unlabelled = [], 0
     for path in history["streak_batches"]:
         if not path or not Path(path).is_file():
@@ -50,7 +51,7 @@ def retraining_data(cfg: PipelineConfig, reference: dict[str, Any]) -> dict[str,
     return {**out, "path": str(folder / "data.parquet")}
 
 
-def record_retraining(cfg: PipelineConfig, reference: dict[str, Any], data: dict[str, Any],
+def record_retraining(cfg: PipelineConfig, reference: Reference, data: dict[str, Any],
                       result: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
     """Note the retraining in the model's history and return its summary entry."""
     entry = {"at": now_utc().isoformat(), "data": data.get("path"), "rows_reference": data["rows_reference"],
@@ -61,5 +62,5 @@ def record_retraining(cfg: PipelineConfig, reference: dict[str, Any], data: dict
     with locked_state(cfg) as state:
         history = model_history(state, reference)
         history["retrained"] = [*history.get("retrained", []), entry][-20:]
-        state["models"][reference["model"]] = history
+        state["models"][reference.model] = history
     return entry

@@ -36,7 +36,7 @@ def run_gate(tmp_path, tiny_config):
         batch = pipeline.load_batch(cfg, run_dir, str(csv))
         result = gate.run_gate(cfg, batch, run_dir)
         assert csv.read_bytes() == before  # the input is never touched
-        assert_nothing_lost(result, pd.read_parquet(batch["path"]))
+        assert_nothing_lost(result, pd.read_parquet(batch.path))
         return result
 
     return run
@@ -80,7 +80,7 @@ def quarantined_rows(result: dict) -> pd.DataFrame:
 def test_a_clean_batch_passes_untouched(run_gate, digits):
     result = run_gate(digits)
     assert not result["blocked"] and result["rows_quarantined"] == 0 and result["quarantine_path"] is None
-    assert result["accepted"]["fingerprint"] == result["report"]["fingerprint"]  # the snapshot itself, no copy
+    assert result["accepted"].fingerprint == result["report"]["fingerprint"]  # the snapshot itself, no copy
     assert {c["outcome"] for c in result["report"]["checks"]} == {"passed"}
 
 

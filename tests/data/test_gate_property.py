@@ -82,7 +82,7 @@ def test_rows_in_equals_accepted_plus_quarantined(tmp_path, frame, severities):
     run_dir.mkdir()
     batch = pipeline.load_batch(cfg, run_dir, str(csv))
     result = gate.run_gate(cfg, batch, run_dir)
-    assert_nothing_lost(result, pd.read_parquet(batch["path"]))
+    assert_nothing_lost(result, pd.read_parquet(batch.path))
     report = result["report"]
     assert report["rows_in"] == report["rows_accepted"] + report["rows_quarantined"] == len(frame)
     assert result["blocked"] == any(c["outcome"] == "blocked" for c in report["checks"])

@@ -200,9 +200,14 @@ def test_twenty_clean_batches_raise_at_most_one_detection(trained, tmp_path, rep
     def level(frame: pd.DataFrame, name: str) -> str:
         folder = tmp_path / name
         path = _write(frame, folder / "batch.parquet")
-        batch = {"fingerprint": f"{abs(hash(name)):016x}" * 4, "batch_dir": str(folder), "source": path}
-        analysis = monitoring.analyze_batch(cfg, reference, {"typed_path": path}, batch)
-        decision = drift.decide(analysis["drifted"], analysis["drifted_columns"], {"streak": 0, "alerts": []},
+        batch = monitoring.LandedBatch(skip=False, status="claimed", fingerprint=f"{abs(hash(name)):016x}" * 4,
+                                       source=path, path=path, batch_dir=str(folder))
+        gated = monitoring.GateOutcome(accepted_path=path, quarantine_path=None, typed_path=path, rows_in=len(frame),
+                                       rows_accepted=len(frame), rows_quarantined=0, rows_typed=len(frame),
+                                       rows_untyped=0, blocked=False, failed=[], report_path="", problems=[],
+                                       missing_features=[])
+        analysis = monitoring.analyze_batch(cfg, reference, gated, batch)
+        decision = drift.decide(analysis.drifted, analysis.drifted_columns, {"streak": 0, "alerts": []},
                                 consecutive=1, cooldown_minutes=0, dedup_overlap=1.0, min_level="detected",
                                 now=monitoring.now_utc())
         return decision["level"]
@@ -281,4 +286,4 @@ def test_detected_drift_retrains_through_the_gate(tiny_config, tmp_path):
     client = MlflowClient(tracking_uri=cfg.tracking_uri())
     assert client.get_run(retrained["run_id"]).info.status == "FINISHED"
     # Later batches compare against whatever the gate made the reference.
-    assert result["reference"]["run_id"] == monitoring.resolve_reference(cfg)["run_id"]
+    assert result["reference"]["run_id"] == monitoring.resolve_reference(cfg).run_id

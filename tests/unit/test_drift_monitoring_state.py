@@ -45,33 +45,33 @@ def test_discover_batches_oldest_first_skipping_partial_and_other_files(tmp_path
 def test_claim_release_and_a_dead_processs_claim_is_taken_over(cfg, tmp_path):
     path = _table(tmp_path / "b.parquet")
     opened = monitoring.open_batch(cfg, path)
-    assert not opened["skip"] and pd.read_parquet(opened["path"]).shape == (2, 2)
+    assert not opened.skip and pd.read_parquet(opened.path).shape == (2, 2)
     again = monitoring.open_batch(cfg, path)  # claimed by this (live) process
-    assert again["skip"] and "being processed by pid" in again["reason"]
+    assert again.skip and "being processed by pid" in again.reason
 
     monitoring.release_batch(cfg, opened)
-    assert not monitoring.open_batch(cfg, path)["skip"]
+    assert not monitoring.open_batch(cfg, path).skip
 
     with monitoring.locked_state(cfg) as state:  # a claim left by a process that died
-        state["batches"][opened["fingerprint"]]["pid"] = 2**22 + 12345
-    assert not monitoring.open_batch(cfg, path)["skip"]
+        state["batches"][opened.fingerprint]["pid"] = 2**22 + 12345
+    assert not monitoring.open_batch(cfg, path).skip
 
 
 def test_done_batches_are_skipped_by_content_across_restarts(cfg, tmp_path):
     path = _table(tmp_path / "b.parquet")
-    fingerprint = monitoring.open_batch(cfg, path)["fingerprint"]
+    fingerprint = monitoring.open_batch(cfg, path).fingerprint
     with monitoring.locked_state(cfg) as state:
         state["batches"][fingerprint] = {"status": "done", "source": path, "processed_at": "2026-01-01T00:00:00",
                                          "entry": {"drift": {"level": "none"}}}
     state_file = cfg.workdir_path() / "monitoring" / "state.json"
     assert json.loads(state_file.read_text())["batches"][fingerprint]["status"] == "done"
     triage = monitoring.triage_batches(cfg, [path])  # known by size and time: not even read
-    assert triage["new"] == [] and triage["skipped"][0]["status"] == "skipped"
+    assert triage.new == [] and triage.skipped[0]["status"] == "skipped"
     copy = _table(tmp_path / "copy.parquet")  # same content, another name
-    assert monitoring.triage_batches(cfg, [copy])["new"] == [copy]
+    assert monitoring.triage_batches(cfg, [copy]).new == [copy]
     for p in (path, copy):
         seen = monitoring.open_batch(cfg, p)
-        assert seen["skip"] and "already processed" in seen["reason"]
+        assert seen.skip and "already processed" in seen.reason
         assert monitoring.skipped_entry(seen)["drift"] == {"level": "none"}
 
 
@@ -79,7 +79,7 @@ def test_unreadable_file_is_skipped_and_left_in_place(cfg, tmp_path):
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"garbage")
     opened = monitoring.open_batch(cfg, str(broken))
-    assert (opened["skip"], opened["status"], opened["fingerprint"]) == (True, "unreadable", None)
+    assert (opened.skip, opened.status, opened.fingerprint) == (True, "unreadable", None)
     assert broken.read_bytes() == b"garbage"
 
 
@@ -90,8 +90,13 @@ def test_corrupt_state_is_one_clear_error(cfg):
         monitoring.read_state(cfg)
 
 
+def _reference(run_id: str, version: str | None) -> monitoring.Reference:
+    return monitoring.Reference(model="m", run_id=run_id, version=version, selected_by="champion",
+                                reference_accuracy=None, reference="ref.parquet", encoder="encoder.json")
+
+
 def test_history_starts_afresh_for_a_new_reference(cfg):
     state = {"models": {"m": {"reference_run_id": "old", "streak": 3, "streak_batches": ["x"], "alerts": [{}]}}}
-    assert monitoring.model_history(state, {"model": "m", "run_id": "old", "version": None})["streak"] == 3
-    fresh = monitoring.model_history(state, {"model": "m", "run_id": "new", "version": "2"})
+    assert monitoring.model_history(state, _reference("old", None))["streak"] == 3
+    fresh = monitoring.model_history(state, _reference("new", "2"))
     assert (fresh["streak"], fresh["alerts"], fresh["version"]) == (0, [], "2")

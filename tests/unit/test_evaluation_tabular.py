@@ -52,7 +52,7 @@ def prepared_run(tmp_path):
 
 def test_tabular_evaluation_has_domains_slices_classes_and_intervals(prepared_run):
     cfg, run_dir, prepared = prepared_run
-    assert prepared["populations"] == {}  # no corrupted copies: each split is its own rows
+    assert prepared.populations == {}  # no corrupted copies: each split is its own rows
     frames = splitting.load_eval_frames(prepared)
     assert set(frames) == {"id/test", "ood/late", "ood/pune"}
     assert (pd.to_datetime(frames["ood/late"]["day"]) > "2024-04-01").all()

@@ -46,22 +46,22 @@ def test_csv_with_categorical_and_column_split(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     batch = pipeline.load_batch(cfg, run_dir)
-    assert batch["rows"] == len(frame)
+    assert batch.rows == len(frame)
     prepared = splitting.prepare_splits(cfg, batch, run_dir)
     splits = splitting.load_prepared(prepared)
 
     # Held-out domains never reach training.
-    ref = pd.read_parquet(prepared["reference"])
+    ref = pd.read_parquet(prepared.reference)
     assert "lima" not in set(ref["city"])
-    assert ref["x1"].max() <= prepared["ood_thresholds"]["high_x1"]
-    assert prepared["counts"]["ood/lima"] == int((frame["city"] == "lima").sum())
+    assert ref["x1"].max() <= prepared.ood_thresholds["high_x1"]
+    assert prepared.counts["ood/lima"] == int((frame["city"] == "lima").sum())
     # The categorical column is one-hot encoded with the categories seen in training.
-    enc = json.loads(open(prepared["encoder"]).read())
-    assert prepared["n_features"] == 2 + 3  # x1, x2, and oslo/pune/kyiv
+    enc = json.loads(open(prepared.encoder).read())
+    assert prepared.n_features == 2 + 3  # x1, x2, and oslo/pune/kyiv
     assert "no" in json.dumps(enc["labels"]) and "yes" in json.dumps(enc["labels"])
     assert splits["id/train"][0].dtype == np.float32
-    assert sum(prepared["counts"][k] for k in ("id/train", "id/val", "id/test")) == len(
-        frame[(frame["city"] != "lima") & (frame["x1"] <= prepared["ood_thresholds"]["high_x1"])]
+    assert sum(prepared.counts[k] for k in ("id/train", "id/val", "id/test")) == len(
+        frame[(frame["city"] != "lima") & (frame["x1"] <= prepared.ood_thresholds["high_x1"])]
     )
 
     trained = pipeline.train(cfg, prepared, run_dir)
@@ -80,8 +80,8 @@ def test_appending_rows_keeps_old_rows_in_their_split(tmp_path):
     cfg.splits.ood = cfg.splits.ood[:1]
     a = splitting.prepare_splits(cfg, pipeline.load_batch(cfg, run_a), run_a)
     b = splitting.prepare_splits(cfg, pipeline.load_batch(cfg, run_b, str(tmp_path / "two.csv")), run_b)
-    ref_a = pd.read_parquet(a["reference"])
-    ref_b = pd.read_parquet(b["reference"])
+    ref_a = pd.read_parquet(a.reference)
+    ref_b = pd.read_parquet(b.reference)
     merged = ref_a.merge(ref_b, how="left", indicator=True)
     assert (merged["_merge"] == "both").all()
 

@@ -50,39 +50,39 @@ def test_interrupted_run_is_reopened_live_and_blocked_ones_are_not(tiny_config):
     client = MlflowClient(tracking_uri=uri)
     first = resume.open_run(cfg, None, tags={}, params={"p": 1}, owner="flow-1")
     try:
-        assert first["resumed"] is False
-        tags = client.get_run(first["run_id"]).data.tags
-        assert tags[resume.CONFIG_HASH_TAG] == first["config_hash"]
-        assert tags[resume.FINGERPRINT_TAG] == first["fingerprint"]
+        assert first.resumed is False
+        tags = client.get_run(first.run_id).data.tags
+        assert tags[resume.CONFIG_HASH_TAG] == first.config_hash
+        assert tags[resume.FINGERPRINT_TAG] == first.fingerprint
 
         # While the first is live, the same config and data get a run of their own.
         second = resume.open_run(cfg, None, tags={}, params={"p": 1}, owner="flow-2")
-        assert second["run_id"] != first["run_id"] and second["resumed"] is False
+        assert second.run_id != first.run_id and second.resumed is False
         resume.close_run(cfg, second, "FINISHED")
 
         # Once its owner is gone (lock released, run left RUNNING), the first is reopened.
-        resume.unlock_run_dir(first["run_dir"])
+        resume.unlock_run_dir(first.run_dir)
         again = resume.open_run(cfg, None, tags={"t": "x"}, params={"p": 1}, owner="flow-3")
-        assert (again["run_id"], again["run_dir"], again["resumed"]) == (first["run_id"], first["run_dir"], True)
-        run = client.get_run(first["run_id"])
+        assert (again.run_id, again.run_dir, again.resumed) == (first.run_id, first.run_dir, True)
+        run = client.get_run(first.run_id)
         assert run.info.status == "RUNNING" and run.data.tags[resume.RESUMED_TAG] == "1"
         resume.close_run(cfg, again, "FAILED")
     finally:
-        resume.unlock_run_dir(first["run_dir"])
+        resume.unlock_run_dir(first.run_dir)
 
     # A run the data gate blocked is a final outcome, not an interruption.
-    client.set_tag(first["run_id"], "normlab.validation.success", "False")
+    client.set_tag(first.run_id, "normlab.validation.success", "False")
     fresh = resume.open_run(cfg, None, tags={}, params={"p": 1}, owner="flow-4")
-    assert fresh["run_id"] not in {first["run_id"], second["run_id"]}
+    assert fresh.run_id not in {first.run_id, second.run_id}
     resume.close_run(cfg, fresh, "KILLED")
-    client.set_tag(first["run_id"], "normlab.validation.success", "True")
+    client.set_tag(first.run_id, "normlab.validation.success", "True")
 
     # --no-resume: a new run, and the interrupted ones are closed as KILLED.
     new = resume.open_run(cfg, None, tags={}, params={"p": 1}, resume=False, owner="flow-5")
     resume.close_run(cfg, new, "FINISHED")
-    assert new["run_id"] not in {first["run_id"], fresh["run_id"]}
-    assert client.get_run(first["run_id"]).info.status == "KILLED"
-    assert client.get_run(fresh["run_id"]).info.status == "KILLED"
+    assert new.run_id not in {first.run_id, fresh.run_id}
+    assert client.get_run(first.run_id).info.status == "KILLED"
+    assert client.get_run(fresh.run_id).info.status == "KILLED"
 
 
 def test_a_different_batch_does_not_reopen_the_run(tiny_config, tmp_path):
@@ -90,12 +90,12 @@ def test_a_different_batch_does_not_reopen_the_run(tiny_config, tmp_path):
 
     cfg = tiny_config()
     first = resume.open_run(cfg, None, tags={}, params={}, owner="flow-1")
-    resume.unlock_run_dir(first["run_dir"])
+    resume.unlock_run_dir(first.run_dir)
     data = tmp_path / "fewer.csv"
     load_builtin("digits").iloc[:1000].to_csv(data, index=False)
     other = resume.open_run(cfg, str(data), tags={}, params={}, owner="flow-2")
     resume.close_run(cfg, other, "FINISHED")
-    assert other["run_id"] != first["run_id"] and other["fingerprint"] != first["fingerprint"]
+    assert other.run_id != first.run_id and other.fingerprint != first.fingerprint
 
 
 def test_closed_interrupted_runs_are_reopened(tiny_config):
@@ -105,4 +105,4 @@ def test_closed_interrupted_runs_are_reopened(tiny_config):
         resume.close_run(cfg, first, status)
         again = resume.open_run(cfg, None, tags={}, params={}, owner=f"{status}-2")
         resume.close_run(cfg, again, "FINISHED")
-        assert again["run_id"] == first["run_id"] and again["resumed"], status
+        assert again.run_id == first.run_id and again.resumed, status

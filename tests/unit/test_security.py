@@ -119,14 +119,14 @@ def test_hostile_checkpoint_is_refused_without_running_its_code(tmp_path):
 
 
 def test_hostile_model_weights_are_refused_without_running_their_code(tmp_path):
-    from normlab.pipeline import load_trained
+    from normlab.pipeline import load_weights
 
     spec = {"family": "mlp", "in_features": 4, "num_classes": 2, "norm": "layer", "image_shape": None,
             "hidden": [8], "channels": [4], "groups": 2, "dropout": 0.0}
     marker = tmp_path / "pwned"
     weights = _hostile_file(tmp_path / "model.pt", marker, {})
     with pytest.raises(pickle.UnpicklingError):
-        load_trained({"model_path": str(weights), "spec": spec})
+        load_weights(spec, weights)
     assert not marker.exists()
 
 

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from normlab.config import load_config
+from normlab.contracts import Batch, SweepParent
 from normlab.errors import ConfigError
 from normlab.intervals import mean_interval
 from normlab.report import fmt_interval, write_sweep_report
@@ -112,8 +113,9 @@ def test_report_files_tables_and_plots(tmp_path, cfg):
     results = [_result(n, b, s, 0.9 - (0.2 if (n, b) == ("batch", 2) else 0) + 0.01 * s)
                for n in ("batch", "layer") for b in (2, 64) for s in (0, 1, 2)]
     results[0] = _result("batch", 2, 0, 0.0, "failed")
-    summary = summarize(cfg, {"run_id": "p" * 32}, {"fingerprint": "f" * 64, "rows": 10, "source": "builtin:x"},
-                        results)
+    parent = SweepParent(run_id="p" * 32, run_dir=str(tmp_path), points=[])
+    batch = Batch(path=str(tmp_path / "batch.parquet"), source="builtin:x", fingerprint="f" * 64, rows=10, columns=[])
+    summary = summarize(cfg, parent, batch, results)
     assert summary["status"] == "partial"
     files = write_sweep_report(summary, results, tmp_path)
     for key in ("results_csv", "aggregate_csv", "accuracy_plot", "convergence_plot", "time_plot", "markdown", "html"):

@@ -1,0 +1,44 @@
+"""The training pipeline's stage contracts: frozen, closed, and JSON round-trippable (what Prefect needs)."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+
+from normlab.contracts import Batch, Decision, Publication, RunHandle, SweepParent, as_batch
+
+
+def _batch() -> Batch:
+    return Batch(path="/runs/r/batch.parquet", source="builtin:digits", fingerprint="f" * 64, rows=3,
+                 columns=["a", "label"])
+
+
+def test_a_contract_is_frozen_and_refuses_unknown_fields():
+    batch = _batch()
+    with pytest.raises(pydantic.ValidationError):
+        batch.rows = 4
+    with pytest.raises(pydantic.ValidationError):
+        Batch(**batch.model_dump(), extra="x")
+
+
+def test_a_run_handle_round_trips_through_json():
+    run = RunHandle(run_id="r" * 32, run_dir="/runs/r", resumed=True, batch=_batch())
+    assert RunHandle.model_validate_json(run.model_dump_json()) == run
+    parent = SweepParent(run_id="p" * 32, run_dir="/runs/p", points=[{"norm": "batch", "batch_size": 8, "seed": 0}])
+    assert SweepParent.model_validate_json(parent.model_dump_json()).points == parent.points
+    assert isinstance(parent, RunHandle) and parent.batch is None
+
+
+def test_as_batch_takes_a_mapping_with_more_keys():
+    batch = _batch()
+    assert as_batch(batch) is batch
+    assert as_batch({**batch.model_dump(), "batch_dir": "/monitor/b"}) == batch
+
+
+def test_summaries_keep_the_json_shapes():
+    assert _batch().data_summary() == {"fingerprint": "f" * 64, "rows": 3, "source": "builtin:digits"}
+    assert Publication(enabled=False).summary() == {"enabled": False}
+    published = Publication(enabled=True, name="m", version="2", aliases=["challenger"], record="runs:/r/x.json",
+                            passed=False, reason="refused: x")
+    assert list(published.summary()) == ["enabled", "name", "version", "aliases", "record", "passed", "reason"]
+    assert "enabled" not in Decision(enabled=True, passed=True, reason="passed").record()
