@@ -8,7 +8,7 @@ from prefect import flow
 
 from normlab.config import PipelineConfig
 from normlab.deployments import resolve_config
-from normlab.tasks import gate as g
+from normlab.stages import fit
 from normlab.tasks import registry as r
 from normlab.tasks import training as t
 
@@ -31,15 +31,10 @@ def training_flow(config: PipelineConfig | str, data_path: str | None = None, re
         t.log_validation(config, run, batch, validation)
         t.enforce_validation(validation)
         accepted = validation["accepted"]  # only the accepted rows go on
-        # 4. Split ID train/val/test and OOD; stop if evaluation rows leak training content
-        prepared = t.prepare_splits(config, accepted, run)
-        g.check_splits(config, accepted, prepared, run)
-        # 5. Train
-        trained = t.train(config, prepared, run)
-        # 6. Evaluate every split
-        metrics = t.evaluate(config, prepared, trained, run)
-        # 7. Log model, dataset, plots
-        recorded = t.record_run(config, run, accepted, prepared, trained, metrics)
+        # 4-7. Split (stop if evaluation rows leak training content), train, evaluate, log model and plots:
+        #      the stages every run and sweep point go through (normlab.stages.fit)
+        fitted = fit(t.STAGES, config, run, accepted)
+        prepared, metrics = fitted.prepared, fitted.metrics
         # 8. Register the serving model (raw rows in, labels out) as a new version
         registered = r.register_model(config, run, prepared)
         # 9. Promotion gate: thresholds, then the champion re-scored on this run's splits
@@ -55,7 +50,7 @@ def training_flow(config: PipelineConfig | str, data_path: str | None = None, re
         "run_id": run.run_id,
         "resumed": run.resumed,
         "tracking_uri": config.redacted().tracking_uri(),
-        "model_uri": recorded.model_uri,
+        "model_uri": fitted.recorded.model_uri,
         "data": batch.data_summary(),
         "validation": {"success": validation["success"], "failed": validation["failed"],
                        "rows_in": validation["rows_in"], "rows_accepted": validation["rows_accepted"],

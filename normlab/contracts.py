@@ -115,6 +115,15 @@ class Recorded(_Contract):
     model_uri: str
 
 
+class Fitted(_Contract):
+    """What `normlab.stages.fit` produced on an accepted batch: the splits, the model, its metrics, its MLflow model."""
+
+    prepared: Splits
+    trained: Trained
+    metrics: dict[str, float]
+    recorded: Recorded
+
+
 class Registration(_Contract):
     """The run's model version (`normlab.pipeline.register_model`); only ``enabled`` when promotion is off.
 

@@ -17,11 +17,12 @@ from typing import Any
 
 import pandas as pd
 
-from normlab import pipeline, splitting, tracking
+from normlab import pipeline, tracking
 from normlab.config import PipelineConfig, flatten, to_yaml
-from normlab.contracts import Batch, SweepParent
+from normlab.contracts import Batch, RunHandle, SweepParent
 from normlab.errors import DataValidationError
 from normlab.intervals import mean_interval
+from normlab.stages import fit, library_stages
 
 GRID_KEYS: tuple[str, ...] = ("norm", "batch_size", "seed")
 
@@ -115,7 +116,7 @@ def run_point(
     batch: Batch,
     on_epoch_end: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
-    """Run one grid point as a nested MLflow run: split, train, evaluate, record.
+    """Run one grid point as a nested MLflow run: the stages of every run (`normlab.stages.fit`).
 
     Args:
         cfg: The sweep's config; the point's norm, batch size and seed override it.
@@ -152,22 +153,20 @@ def run_point(
         tracking.set_tags(uri, run_id, {"normlab.data.fingerprint": loaded.fingerprint,
                                         "normlab.data.source": batch.source,
                                         "normlab.validation.success": True})
-        prepared = splitting.prepare_splits(pcfg, loaded, run_dir)
-        trained = pipeline.train(pcfg, prepared, run_dir, on_epoch_end=on_epoch_end,
-                                 on_checkpoint=tracking.epoch_logger(uri, run_id))
-        metrics = pipeline.evaluate(pcfg, prepared, trained, run_dir)
-        pipeline.record_run(pcfg, run_id, loaded, prepared, trained, metrics, run_dir)
+        # The same stages as a run, in the same order (normlab.stages.fit)
+        fitted = fit(library_stages(on_epoch_end=on_epoch_end), pcfg,
+                     RunHandle(run_id=run_id, run_dir=str(run_dir)), loaded)
     except BaseException as exc:
         tracking.end_run(uri, run_id, "FAILED")
         exc.run_id = run_id  # lets the sweep name the failed child run
         raise
     tracking.end_run(uri, run_id, "FINISHED")
-    history = trained.result.history
+    history = fitted.trained.result.history
     return {
         **point,
         "run_id": run_id,
         "status": "finished",
-        "metrics": metrics,
+        "metrics": fitted.metrics,
         "curve": {key: [getattr(r, key) for r in history] for key in ("train_loss", "val_loss", "val_accuracy")},
         "run_dir": str(run_dir),
     }

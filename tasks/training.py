@@ -15,7 +15,8 @@ from normlab import gate, pipeline, splitting, tracking
 from normlab import resume as resume_runs
 from normlab.config import PipelineConfig, flatten
 from normlab.contracts import Batch, Recorded, RunHandle, Splits, Trained
-from normlab.tasks.gate import publish_gate
+from normlab.stages import Stages
+from normlab.tasks.gate import check_splits, publish_gate
 from normlab.tasks.policy import LOCAL, TRANSIENT
 from normlab.training import throttled
 
@@ -99,3 +100,8 @@ def record_run(cfg: PipelineConfig, run: RunHandle, batch: Batch, prepared: Spli
 def end_run(cfg: PipelineConfig, run: RunHandle, status: str) -> None:
     """Close the MLflow run and release its folder."""
     resume_runs.close_run(cfg, run, status)
+
+
+# The stages after the gate as Prefect tasks: the training flow runs them through `normlab.stages.fit`.
+STAGES = Stages(prepare_splits=prepare_splits, check_splits=check_splits, train=train, evaluate=evaluate,
+                record_run=record_run)

@@ -7,6 +7,7 @@ check reads them back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +25,7 @@ from normlab.gate.quarantine import write_parquet
 
 
 def evaluation_index_dir(cfg: PipelineConfig) -> Path:
-    """Where runs record the hashes of their evaluation rows (one Parquet file per run)."""
+    """Where runs record the hashes of their evaluation rows (one Parquet file per distinct split)."""
     return cfg.workdir_path() / "gate" / cfg.name / "evaluation"
 
 
@@ -86,5 +87,9 @@ def check_splits(
             "deduplicate the features or set gate.leakage", report=asdict(result),
         )
     index = pd.DataFrame({"feature_hash": features[~is_train], "row_hash": rows[~is_train], "salt": salt})
-    write_parquet(index, evaluation_index_dir(cfg) / f"{run_dir.name}.parquet")
+    # Named by content: the runs and sweep points that make the same split share one file.
+    digest = hashlib.sha256(pd.util.hash_pandas_object(index, index=False).to_numpy().tobytes()).hexdigest()
+    path = evaluation_index_dir(cfg) / f"{digest[:20]}.parquet"
+    if not path.exists():
+        write_parquet(index, path)
     return {"leakage": asdict(result), "evaluation_rows": len(index)}
