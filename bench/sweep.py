@@ -63,13 +63,13 @@ def run(workers: int, points: int = 8, *, epochs: int = 10, batch_size: int = 2)
         start = time.perf_counter()
         summary = sweep_flow(cfg)
         seconds = time.perf_counter() - start
-        children = [client_for(cfg.tracking_uri()).get_run(p["run_id"]).info for p in summary["points"]]
-    finished = [p for p in summary["points"] if p["status"] == "finished"]
+        children = [client_for(cfg.tracking_uri()).get_run(p.run_id).info for p in summary.points]
+    finished = [p for p in summary.points if p.finished]
     if len(finished) != points:
         raise RuntimeError(f"{points - len(finished)} of {points} points failed")
     grid_ms = max(c.end_time for c in children) - min(c.start_time for c in children)
     return {"workers": workers, "points": points, "seconds": seconds, "grid_seconds": grid_ms / 1000.0,
-            "train_seconds": sum(p["metrics"]["time/train_seconds"] for p in finished)}
+            "train_seconds": sum(p.metrics["time/train_seconds"] for p in finished)}
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from normlab.config import PipelineConfig, SweepConfig
 from normlab.contracts import Batch, SweepParent
 from normlab.deployments import resolve_config
 from normlab.sweep import collect
+from normlab.sweep_contracts import PointOutcome, StudyResult, SweepSummary
 from normlab.tasks import gate as g
 from normlab.tasks import sweep as s
 from normlab.tasks import training as t
@@ -54,7 +55,7 @@ def dask_teardown(worker: Any) -> None:
 
 
 @flow(name="normlab-sweep-grid")
-def grid_flow(config: PipelineConfig, parent: SweepParent, batch: Batch) -> list[dict[str, Any]]:
+def grid_flow(config: PipelineConfig, parent: SweepParent, batch: Batch) -> list[PointOutcome]:
     """Run every grid point as one task on the Dask cluster; a failed point is recorded, not fatal."""
     # 1. One task per grid point, shipped to the workers
     futures = s.run_point.map(unmapped(config), parent.points, unmapped(parent), unmapped(batch))
@@ -63,7 +64,7 @@ def grid_flow(config: PipelineConfig, parent: SweepParent, batch: Batch) -> list
 
 
 @flow(name="normlab-sweep", log_prints=True)
-def sweep_flow(config: PipelineConfig | str, data_path: str | None = None, kind: str = "sweep") -> dict[str, Any]:
+def sweep_flow(config: PipelineConfig | str, data_path: str | None = None, kind: str = "sweep") -> SweepSummary:
     """Train every (norm, batch size, seed) of ``config.sweep`` as nested MLflow runs and compare them."""
     config = resolve_config(config)  # a config file path: plain `prefect deploy` of deploy/prefect.yaml
     # 1. Open the parent MLflow run (the grid as params)
@@ -88,12 +89,12 @@ def sweep_flow(config: PipelineConfig | str, data_path: str | None = None, kind:
         t.end_run(config, parent, "FAILED")
         exc.run_id = parent.run_id  # lets the CLI name the failed run
         raise
-    t.end_run(config, parent, "FINISHED" if summary["status"] == "finished" else "FAILED")
+    t.end_run(config, parent, "FINISHED" if summary.status == "finished" else "FAILED")
     return summary
 
 
 @flow(name="normlab-study", log_prints=True)
-def study_flow(config: PipelineConfig) -> dict[str, Any]:
+def study_flow(config: PipelineConfig) -> StudyResult:
     """Run the study's grid, test each known finding against it, write the one-page report."""
     # 1. The study's grid, as a sweep (nested runs, comparison report)
     summary = sweep_flow(config, kind="study")

@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from normlab.sweep_contracts import GridPoint
+
 
 class _Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -180,6 +182,6 @@ class Publication(_Contract):
 
 
 class SweepParent(RunHandle):
-    """A sweep's parent run: a run handle plus the grid (``{"norm", "batch_size", "seed"}`` per point)."""
+    """A sweep's parent run: a run handle plus the grid (`normlab.sweep_contracts.GridPoint` per point)."""
 
-    points: list[dict[str, str | int]]
+    points: list[GridPoint]

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import math
 
+from normlab.sweep_contracts import MeanInterval
 
-def mean_interval(values: list[float], confidence: float = 0.95) -> dict[str, float | int | None]:
+
+def mean_interval(values: list[float | None], confidence: float = 0.95) -> MeanInterval:
     """Mean and two-sided Student-t interval of the mean.
 
-    With one value the interval is undefined and reported as None, not zero.
+    None and NaN values do not count. With one value the interval is undefined
+    and reported as None, not zero.
     """
     from scipy import stats
 
     clean = [float(v) for v in values if v is not None and v == v]
     n = len(clean)
     if n == 0:
-        return {"n": 0, "mean": None, "low": None, "high": None}
+        return MeanInterval(n=0)
     mean = sum(clean) / n
     if n == 1:
-        return {"n": 1, "mean": mean, "low": None, "high": None}
+        return MeanInterval(n=1, mean=mean)
     sd = math.sqrt(sum((v - mean) ** 2 for v in clean) / (n - 1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "low": mean - half, "high": mean + half}
+    return MeanInterval(n=n, mean=mean, low=mean - half, high=mean + half)

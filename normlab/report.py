@@ -12,9 +12,10 @@ import csv
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import get_args
 
 from normlab.config import NormName
+from normlab.sweep_contracts import AggregateRow, MeanInterval, PointOutcome, SweepSummary
 
 NORM_ORDER: tuple[str, ...] = get_args(NormName)
 
@@ -48,13 +49,13 @@ class Section:
     figures: list[tuple[str, Path]] = field(default_factory=list)
 
 
-def fmt_interval(stat: dict[str, Any], digits: int = 3) -> str:
+def fmt_interval(stat: MeanInterval, digits: int = 3) -> str:
     """``mean [low, high]``; the mean alone when there is no interval; an em dash when no value."""
-    if stat.get("mean") is None:
+    if stat.mean is None:
         return "—"
-    if stat.get("low") is None:
-        return f"{stat['mean']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
+    if stat.low is None or stat.high is None:
+        return f"{stat.mean:.{digits}f}"
+    return f"{stat.mean:.{digits}f} [{stat.low:.{digits}f}, {stat.high:.{digits}f}]"
 
 
 def render_markdown(title: str, sections: list[Section], base: Path) -> str:
@@ -132,28 +133,28 @@ def write_pages(title: str, sections: list[Section], out: Path, stem: str) -> di
 # CSV ------------------------------------------------------------------------------------
 
 
-def write_results_csv(results: list[dict[str, Any]], path: Path) -> Path:
+def write_results_csv(results: list[PointOutcome], path: Path) -> Path:
     """One row per grid point: the point, its run, its status and every metric."""
-    keys = sorted({k for r in results for k in r["metrics"]})
+    keys = sorted({k for r in results for k in r.metrics})
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["norm", "batch_size", "seed", "run_id", "status", "error", *keys])
         for r in results:
-            writer.writerow([r["norm"], r["batch_size"], r["seed"], r.get("run_id") or "", r["status"],
-                             r.get("error", ""), *[r["metrics"].get(k, "") for k in keys]])
+            writer.writerow([r.norm, r.batch_size, r.seed, r.run_id or "", r.status,
+                             r.error if r.error is not None else "", *[r.metrics.get(k, "") for k in keys]])
     return path
 
 
-def write_aggregate_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+def write_aggregate_csv(rows: list[AggregateRow], path: Path) -> Path:
     """One row per (norm, batch size): n, and mean/low/high of each summary metric."""
-    metrics = [k for k in rows[0] if isinstance(rows[0][k], dict)] if rows else []
+    metrics = list(rows[0].stats) if rows else []
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["norm", "batch_size", "points", "finished",
                          *[f"{m}:{s}" for m in metrics for s in ("mean", "low", "high")]])
         for row in rows:
-            cells = [row[m][s] for m in metrics for s in ("mean", "low", "high")]
-            writer.writerow([row["norm"], row["batch_size"], row["points"], row["finished"],
+            cells = [getattr(row.stats[m], s) for m in metrics for s in ("mean", "low", "high")]
+            writer.writerow([row.norm, row.batch_size, row.points, row.finished,
                              *["" if c is None else c for c in cells]])
     return path
 
@@ -176,27 +177,27 @@ def norm_color(norm: str) -> str:
     return palette[NORM_ORDER.index(norm) % len(palette)] if norm in NORM_ORDER else "#000000"
 
 
-def _cells(aggregate: list[dict[str, Any]], key: str) -> dict[str, list[tuple[int, dict[str, Any]]]]:
-    by_norm: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+def _cells(aggregate: list[AggregateRow], key: str) -> dict[str, list[tuple[int, MeanInterval]]]:
+    by_norm: dict[str, list[tuple[int, MeanInterval]]] = {}
     for row in aggregate:
-        if row[key]["mean"] is not None:
-            by_norm.setdefault(row["norm"], []).append((row["batch_size"], row[key]))
-    return {n: sorted(v) for n, v in by_norm.items()}
+        if row.stats[key].mean is not None:
+            by_norm.setdefault(row.norm, []).append((row.batch_size, row.stats[key]))
+    return {n: sorted(v, key=lambda cell: cell[0]) for n, v in by_norm.items()}
 
 
-def plot_accuracy_vs_batch(aggregate: list[dict[str, Any]], path: Path) -> Path:
+def plot_accuracy_vs_batch(aggregate: list[AggregateRow], path: Path) -> Path:
     """ID and OOD accuracy against batch size, one line per norm, 95 % intervals as bars."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
     for ax, key in zip(axes, ("id/test/accuracy", "ood/mean/accuracy"), strict=True):
         for norm, cells in _cells(aggregate, key).items():
             xs = [b for b, _ in cells]
-            ys = [s["mean"] for _, s in cells]
-            err = [[s["mean"] - s["low"] if s["low"] is not None else 0 for _, s in cells],
-                   [s["high"] - s["mean"] if s["high"] is not None else 0 for _, s in cells]]
+            ys = [s.mean for _, s in cells]
+            err = [[s.mean - s.low if s.low is not None else 0 for _, s in cells],
+                   [s.high - s.mean if s.high is not None else 0 for _, s in cells]]
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=norm, color=norm_color(norm))
         ax.set_xscale("log", base=2)
-        batch_sizes = sorted({row["batch_size"] for row in aggregate})
+        batch_sizes = sorted({row.batch_size for row in aggregate})
         ax.set_xticks(batch_sizes, labels=[str(b) for b in batch_sizes])
         ax.set(xlabel="training batch size", ylabel="accuracy", title=METRIC_TITLES[key])
         ax.grid(alpha=0.3)
@@ -208,17 +209,17 @@ def plot_accuracy_vs_batch(aggregate: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def plot_convergence(results: list[dict[str, Any]], path: Path) -> Path:
+def plot_convergence(results: list[PointOutcome], path: Path) -> Path:
     """Validation accuracy per epoch, mean over seeds, one panel per batch size."""
     plt = _pyplot()
-    finished = [r for r in results if r["status"] == "finished" and r.get("curve")]
-    batch_sizes = sorted({int(r["batch_size"]) for r in finished}) or [0]
+    finished = [r for r in results if r.finished and r.curve]
+    batch_sizes = sorted({r.batch_size for r in finished}) or [0]
     fig, axes = plt.subplots(1, len(batch_sizes), figsize=(4.2 * len(batch_sizes), 3.8), squeeze=False)
     for ax, batch_size in zip(axes[0], batch_sizes, strict=True):
-        norms = [n for n in NORM_ORDER if any(r["norm"] == n and r["batch_size"] == batch_size for r in finished)]
+        norms = [n for n in NORM_ORDER if any(r.norm == n and r.batch_size == batch_size for r in finished)]
         for norm in norms:
-            curves = [r["curve"]["val_accuracy"] for r in finished
-                      if r["norm"] == norm and r["batch_size"] == batch_size]
+            curves = [r.curve["val_accuracy"] for r in finished
+                      if r.norm == norm and r.batch_size == batch_size]
             length = min(len(c) for c in curves)
             mean = [sum(c[i] for c in curves) / len(curves) for i in range(length)]
             ax.plot(range(1, length + 1), mean, marker=".", label=norm, color=norm_color(norm))
@@ -232,30 +233,30 @@ def plot_convergence(results: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def plot_time_latency(aggregate: list[dict[str, Any]], results: list[dict[str, Any]], path: Path) -> Path:
+def plot_time_latency(aggregate: list[AggregateRow], results: list[PointOutcome], path: Path) -> Path:
     """Training time per norm and batch size, and batch-1 inference latency per norm."""
     from normlab.inference import LATENCY_KEY
     from normlab.intervals import mean_interval
 
     plt = _pyplot()
     fig, (ax_time, ax_lat) = plt.subplots(1, 2, figsize=(11, 4))
-    norms = [n for n in NORM_ORDER if any(row["norm"] == n for row in aggregate)]
-    batch_sizes = sorted({row["batch_size"] for row in aggregate})
+    norms = [n for n in NORM_ORDER if any(row.norm == n for row in aggregate)]
+    batch_sizes = sorted({row.batch_size for row in aggregate})
     width = 0.8 / max(len(batch_sizes), 1)
     for j, batch_size in enumerate(batch_sizes):
-        cells = {row["norm"]: row["time/train_seconds"] for row in aggregate if row["batch_size"] == batch_size}
-        xs = [i + j * width for i, n in enumerate(norms) if cells.get(n, {}).get("mean") is not None]
-        ys = [cells[n]["mean"] for n in norms if cells.get(n, {}).get("mean") is not None]
+        cells = {row.norm: row.stats["time/train_seconds"] for row in aggregate if row.batch_size == batch_size}
+        xs = [i + j * width for i, n in enumerate(norms) if n in cells and cells[n].mean is not None]
+        ys = [cells[n].mean for n in norms if n in cells and cells[n].mean is not None]
         ax_time.bar(xs, ys, width=width, label=f"batch {batch_size}")
     ax_time.set_xticks([i + width * (len(batch_sizes) - 1) / 2 for i in range(len(norms))], labels=norms)
     ax_time.set(ylabel="seconds", title="training time (mean over seeds)")
     ax_time.set_yscale("log")
     ax_time.legend(fontsize=8)
-    stats = {n: mean_interval([r["metrics"].get(LATENCY_KEY) for r in results
-                               if r["norm"] == n and r["status"] == "finished"]) for n in norms}
-    shown = [n for n in norms if stats[n]["mean"] is not None]
-    means = [stats[n]["mean"] for n in shown]
-    errs = [stats[n]["high"] - stats[n]["mean"] if stats[n]["high"] is not None else 0 for n in shown]
+    stats = {n: mean_interval([r.metrics.get(LATENCY_KEY) for r in results if r.norm == n and r.finished])
+             for n in norms}
+    shown = [n for n in norms if stats[n].mean is not None]
+    means = [stats[n].mean for n in shown]
+    errs = [stats[n].high - stats[n].mean if stats[n].high is not None else 0 for n in shown]
     ax_lat.bar(shown, means, yerr=errs, capsize=3, color=[norm_color(n) for n in shown])
     ax_lat.set(ylabel="milliseconds", title="batch-1 inference latency (mean, 95 % interval)")
     for ax in (ax_time, ax_lat):
@@ -269,22 +270,22 @@ def plot_time_latency(aggregate: list[dict[str, Any]], results: list[dict[str, A
 # The sweep report ----------------------------------------------------------------------
 
 
-def metric_table(aggregate: list[dict[str, Any]], key: str, digits: int = 3) -> Table:
+def metric_table(aggregate: list[AggregateRow], key: str, digits: int = 3) -> Table:
     """Rows: norms; columns: batch sizes; cells: mean [95 % interval] of ``key``."""
-    batch_sizes = sorted({row["batch_size"] for row in aggregate})
-    cells = {(row["norm"], row["batch_size"]): row for row in aggregate}
-    norms = [n for n in NORM_ORDER if any(row["norm"] == n for row in aggregate)]
+    batch_sizes = sorted({row.batch_size for row in aggregate})
+    cells = {(row.norm, row.batch_size): row for row in aggregate}
+    norms = [n for n in NORM_ORDER if any(row.norm == n for row in aggregate)]
     rows = []
     for norm in norms:
         line = [norm]
         for b in batch_sizes:
             row = cells.get((norm, b))
-            line.append(fmt_interval(row[key], digits) if row else "")
+            line.append(fmt_interval(row.stats[key], digits) if row else "")
         rows.append(line)
     return Table(["norm", *[f"batch {b}" for b in batch_sizes]], rows)
 
 
-def write_sweep_report(summary: dict[str, Any], results: list[dict[str, Any]], out: Path) -> dict[str, Path]:
+def write_sweep_report(summary: SweepSummary, results: list[PointOutcome], out: Path) -> dict[str, Path]:
     """Write the sweep's CSVs, plots and Markdown/HTML pages into ``out``.
 
     Returns:
@@ -292,7 +293,7 @@ def write_sweep_report(summary: dict[str, Any], results: list[dict[str, Any]], o
     """
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    aggregate = summary["aggregate"]
+    aggregate = summary.aggregate
     files: dict[str, Path] = {
         "results_csv": write_results_csv(results, out / "results.csv"),
         "aggregate_csv": write_aggregate_csv(aggregate, out / "aggregate.csv"),
@@ -300,19 +301,19 @@ def write_sweep_report(summary: dict[str, Any], results: list[dict[str, Any]], o
         "convergence_plot": plot_convergence(results, plots / "convergence.png"),
         "time_plot": plot_time_latency(aggregate, results, plots / "time_and_latency.png"),
     }
-    grid = summary["grid"]
-    failed = [r for r in results if r["status"] != "finished"]
+    grid, data = summary.grid, summary.data
+    failed = [r for r in results if not r.finished]
     overview = Section("Sweep", text=[
-        f"Parent run `{summary['parent_run_id']}`; data `{summary['data']['source']}` "
-        f"({summary['data']['rows']} rows, fingerprint `{summary['data']['fingerprint'][:12]}`).",
-        f"Grid: norms {', '.join(grid['norms'])}; batch sizes {', '.join(map(str, grid['batch_sizes']))}; "
-        f"seeds {', '.join(map(str, grid['seeds']))}; learning rate scaled with batch size: {grid['lr_scaling']}.",
+        f"Parent run `{summary.parent_run_id}`; data `{data.source}` "
+        f"({data.rows} rows, fingerprint `{data.fingerprint[:12]}`).",
+        f"Grid: norms {', '.join(grid.norms)}; batch sizes {', '.join(map(str, grid.batch_sizes))}; "
+        f"seeds {', '.join(map(str, grid.seeds))}; learning rate scaled with batch size: {grid.lr_scaling}.",
         f"{len(results) - len(failed)} of {len(results)} grid points finished. Cells give the mean over seeds "
         "and its 95 % Student-t interval in brackets.",
     ])
     if failed:
         overview.tables.append(Table(["grid point", "run", "error"], [
-            [f"{r['norm']} / batch {r['batch_size']} / seed {r['seed']}", r.get("run_id") or "", r["error"]]
+            [f"{r.norm} / batch {r.batch_size} / seed {r.seed}", r.run_id or "", r.error or ""]
             for r in failed]))
     sections = [
         overview,

@@ -24,12 +24,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from normlab.config import PipelineConfig
 from normlab.intervals import mean_interval
+from normlab.sweep_contracts import Finding, MeanInterval, Measurement, PointOutcome, StudyResult, SweepSummary
+
+if TYPE_CHECKING:
+    from normlab.report import Section
 
 STUDY_NORMS: tuple[str, ...] = ("batch", "group", "layer", "rms", "dyt")
 SMALL_BATCH = 2
@@ -95,10 +99,8 @@ def study_config(
 # Inputs of the tests ----------------------------------------------------------------------
 
 
-def _metric_by_seed(points: list[dict[str, Any]], norm: str, batch_size: int, key: str) -> dict[int, float]:
-    return {int(p["seed"]): p["metrics"][key] for p in points
-            if p["status"] == "finished" and p["norm"] == norm and int(p["batch_size"]) == batch_size
-            and key in p["metrics"]}
+def _metric_by_seed(points: list[PointOutcome], norm: str, batch_size: int, key: str) -> dict[int, float]:
+    return {p.seed: p.metrics[key] for p in _points_of(points, norm, batch_size) if key in p.metrics}
 
 
 def _paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
@@ -106,30 +108,29 @@ def _paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
     return [a[s] - b[s] for s in sorted(set(a) & set(b))]
 
 
-def _stat(label: str, values: list[float]) -> dict[str, Any]:
-    return {"label": label, **mean_interval(values)}
+def _stat(label: str, values: list[float]) -> Measurement:
+    return Measurement(label=label, **mean_interval(values).model_dump())
 
 
-def _load_point(point: dict[str, Any]) -> tuple[Any, dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
+def _load_point(point: PointOutcome) -> tuple[Any, dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
     """The trained model of a finished grid point, its prepared splits and its model spec."""
     from normlab import pipeline, splitting
 
-    run_dir = Path(point["run_dir"])
+    run_dir = Path(str(point.run_dir))
     spec = json.loads((run_dir / "model.json").read_text())
     model = pipeline.load_weights(spec, run_dir / "model.pt")
     splits = splitting.load_prepared(run_dir / "prepared.npz")
     return model, splits, spec
 
 
-def _points_of(points: list[dict[str, Any]], norm: str, batch_size: int) -> list[dict[str, Any]]:
-    return [p for p in points if p["status"] == "finished" and p["norm"] == norm
-            and int(p["batch_size"]) == batch_size]
+def _points_of(points: list[PointOutcome], norm: str, batch_size: int) -> list[PointOutcome]:
+    return [p for p in points if p.finished and p.norm == norm and p.batch_size == batch_size]
 
 
 # The tests -----------------------------------------------------------------------------------
 
 
-def bn_small_batch(points: list[dict[str, Any]], small: int, reference: int) -> dict[str, Any]:
+def bn_small_batch(points: list[PointOutcome], small: int, reference: int) -> Finding:
     """BatchNorm's accuracy drops from the reference batch to batch ``small``; GN, LN, RMS do not."""
     key = "id/test/accuracy"
     measured, degrades, flat = [], {}, {}
@@ -137,8 +138,8 @@ def bn_small_batch(points: list[dict[str, Any]], small: int, reference: int) -> 
         drop = _paired(_metric_by_seed(points, norm, reference, key), _metric_by_seed(points, norm, small, key))
         stat = _stat(f"{norm}: accuracy drop, batch {reference} -> {small}", drop)
         measured.append(stat)
-        degrades[norm] = stat["low"] is not None and stat["low"] > ACCURACY_MARGIN
-        flat[norm] = stat["high"] is not None and stat["high"] < ACCURACY_MARGIN
+        degrades[norm] = stat.low is not None and stat.low > ACCURACY_MARGIN
+        flat[norm] = stat.high is not None and stat.high < ACCURACY_MARGIN
     others = ("group", "layer", "rms")
     held = degrades["batch"] and all(flat[n] for n in others)
     reasons = []
@@ -149,21 +150,21 @@ def bn_small_batch(points: list[dict[str, Any]], small: int, reference: int) -> 
             reasons.append(f"{n}'s drop is not shown to stay below {ACCURACY_MARGIN:.0%}")
     if held:
         reasons.append("GroupNorm, LayerNorm and RMSNorm stay within the margin")
-    return {
-        "key": "bn_small_batch",
-        "title": "BatchNorm degrades at very small batches; GroupNorm, LayerNorm and RMSNorm do not",
-        "published": "Wu & He 2018, ResNet-50 on ImageNet: at batch 2, GN's error is 10.6 points lower than BN's "
-                     "(BN 76.4 -> 65.3 from batch 32 to 2; GN 75.9 -> 75.9).",
-        "test": f"ID test accuracy drop from batch {reference} to batch {small} (learning rate scaled linearly), "
-                f"paired by seed. Held if BatchNorm's whole 95 % interval lies above {ACCURACY_MARGIN:.0%} and "
-                f"each of the others' lies below {ACCURACY_MARGIN:.0%}.",
-        "measured": measured,
-        "held": held,
-        "verdict": "; ".join(reasons) + ".",
-    }
+    return Finding(
+        key="bn_small_batch",
+        title="BatchNorm degrades at very small batches; GroupNorm, LayerNorm and RMSNorm do not",
+        published="Wu & He 2018, ResNet-50 on ImageNet: at batch 2, GN's error is 10.6 points lower than BN's "
+                  "(BN 76.4 -> 65.3 from batch 32 to 2; GN 75.9 -> 75.9).",
+        test=f"ID test accuracy drop from batch {reference} to batch {small} (learning rate scaled linearly), "
+             f"paired by seed. Held if BatchNorm's whole 95 % interval lies above {ACCURACY_MARGIN:.0%} and "
+             f"each of the others' lies below {ACCURACY_MARGIN:.0%}.",
+        measured=measured,
+        held=held,
+        verdict="; ".join(reasons) + ".",
+    )
 
 
-def bn_folding(points: list[dict[str, Any]], reference: int) -> dict[str, Any]:
+def bn_folding(points: list[PointOutcome], reference: int) -> Finding:
     """Folded BatchNorm models give the same outputs and run like models without a norm."""
     import torch
 
@@ -186,33 +187,32 @@ def bn_folding(points: list[dict[str, Any]], reference: int) -> dict[str, Any]:
     worst = max(diffs) if diffs else None
     ratio = _stat("folded BatchNorm / no-norm batch-1 latency", folded_ratio)
     equal = worst is not None and worst <= FOLD_TOLERANCE
-    close = ratio["high"] is not None and ratio["high"] <= LATENCY_MARGIN
+    close = ratio.high is not None and ratio.high <= LATENCY_MARGIN
     reasons = [f"largest output difference {worst:.1e}" + (" (within" if equal else " (above") +
                f" {FOLD_TOLERANCE:g})" if worst is not None else "no BatchNorm model finished"]
-    if ratio["mean"] is not None:
-        reasons.append(f"folded latency is {ratio['mean']:.2f}x the no-norm model's"
+    if ratio.mean is not None:
+        reasons.append(f"folded latency is {ratio.mean:.2f}x the no-norm model's"
                        + ("" if close else f", not shown to stay within {LATENCY_MARGIN:.2f}x"))
-    return {
-        "key": "bn_folding",
-        "title": "Folding BatchNorm keeps the outputs and removes its inference cost",
-        "published": "Folding W' = W*gamma/sqrt(var+eps), b' = (b-mean)*gamma/sqrt(var+eps)+beta gives outputs "
-                     "equal to about 1e-5 and the latency of a model without normalization.",
-        "test": f"Each seed's BatchNorm model (batch {reference}) folded (normlab.inference): largest absolute output "
-                f"difference on the ID test split must be <= {FOLD_TOLERANCE:g}; median batch-1 latency of the "
-                f"folded model over the same network built without norm, {LATENCY_ROUNDS} interleaved rounds "
-                f"of {LATENCY_CALLS} calls per seed: the 95 % interval must stay below {LATENCY_MARGIN:.2f}.",
-        "measured": [
-            {"label": "largest |output difference| over seeds", "n": len(diffs), "mean": worst,
-             "low": None, "high": None},
+    return Finding(
+        key="bn_folding",
+        title="Folding BatchNorm keeps the outputs and removes its inference cost",
+        published="Folding W' = W*gamma/sqrt(var+eps), b' = (b-mean)*gamma/sqrt(var+eps)+beta gives outputs "
+                  "equal to about 1e-5 and the latency of a model without normalization.",
+        test=f"Each seed's BatchNorm model (batch {reference}) folded (normlab.inference): largest absolute output "
+             f"difference on the ID test split must be <= {FOLD_TOLERANCE:g}; median batch-1 latency of the "
+             f"folded model over the same network built without norm, {LATENCY_ROUNDS} interleaved rounds "
+             f"of {LATENCY_CALLS} calls per seed: the 95 % interval must stay below {LATENCY_MARGIN:.2f}.",
+        measured=[
+            Measurement(label="largest |output difference| over seeds", n=len(diffs), mean=worst),
             ratio,
             _stat("unfolded BatchNorm / no-norm batch-1 latency", eager_ratio),
         ],
-        "held": equal and close,
-        "verdict": "; ".join(reasons) + ".",
-    }
+        held=equal and close,
+        verdict="; ".join(reasons) + ".",
+    )
 
 
-def bn_adaptation(points: list[dict[str, Any]], reference: int) -> dict[str, Any]:
+def bn_adaptation(points: list[PointOutcome], reference: int) -> Finding:
     """Re-estimated BatchNorm statistics raise accuracy on corrupted data."""
     from normlab.inference import adapt_batchnorm
 
@@ -235,25 +235,25 @@ def bn_adaptation(points: list[dict[str, Any]], reference: int) -> dict[str, Any
         if gains:
             gains_by_seed.append(float(np.mean([np.mean(v) for v in gains.values()])))
     overall = _stat("accuracy gain, mean over the OOD splits", gains_by_seed)
-    held = overall["low"] is not None and overall["low"] > 0
-    verdict = (f"mean gain {overall['mean']:+.3f}" if overall["mean"] is not None else "no BatchNorm model finished")
-    if overall["mean"] is not None:
+    held = overall.low is not None and overall.low > 0
+    verdict = f"mean gain {overall.mean:+.3f}" if overall.mean is not None else "no BatchNorm model finished"
+    if overall.mean is not None:
         verdict += "; its interval is above zero" if held else "; its interval does not exclude zero or a loss"
-    return {
-        "key": "bn_adaptation",
-        "title": "Re-estimating BatchNorm statistics on corrupted data recovers accuracy",
-        "published": "Schneider et al. 2020: ImageNet-C mCE 76.7 -> 62.2 (ResNet-50); CIFAR-10-C severity 5 "
-                     "error 43.5 -> 20.4.",
-        "test": f"Each seed's BatchNorm model (batch {reference}); for every OOD split, statistics re-estimated on "
-                "half of its rows (no labels used), accuracy on the other half before and after. Held if the 95 % "
-                "interval of the gain (per seed: mean over the shifts, severities averaged) lies above zero.",
-        "measured": [overall, *[_stat(f"{k}: accuracy gain", v) for k, v in sorted(per_shift.items())]],
-        "held": held,
-        "verdict": verdict + ".",
-    }
+    return Finding(
+        key="bn_adaptation",
+        title="Re-estimating BatchNorm statistics on corrupted data recovers accuracy",
+        published="Schneider et al. 2020: ImageNet-C mCE 76.7 -> 62.2 (ResNet-50); CIFAR-10-C severity 5 "
+                  "error 43.5 -> 20.4.",
+        test=f"Each seed's BatchNorm model (batch {reference}); for every OOD split, statistics re-estimated on "
+             "half of its rows (no labels used), accuracy on the other half before and after. Held if the 95 % "
+             "interval of the gain (per seed: mean over the shifts, severities averaged) lies above zero.",
+        measured=[overall, *[_stat(f"{k}: accuracy gain", v) for k, v in sorted(per_shift.items())]],
+        held=held,
+        verdict=verdict + ".",
+    )
 
 
-def matches_layer(points: list[dict[str, Any]], norm: str, reference: int) -> dict[str, Any]:
+def matches_layer(points: list[PointOutcome], norm: str, reference: int) -> Finding:
     """``norm``'s ID accuracy equals LayerNorm's within the margin (an equivalence test)."""
     names = {"rms": ("RMSNorm", "Zhang & Sennrich 2019: RMSNorm's accuracy is comparable to LayerNorm's, "
                                 "with 7-64 % less running time."),
@@ -263,25 +263,26 @@ def matches_layer(points: list[dict[str, Any]], norm: str, reference: int) -> di
     key = "id/test/accuracy"
     mine, layer = _metric_by_seed(points, norm, reference, key), _metric_by_seed(points, "layer", reference, key)
     diff = _stat(f"{norm} - layer: ID test accuracy, batch {reference}", _paired(mine, layer))
-    held = diff["low"] is not None and diff["low"] > -ACCURACY_MARGIN and diff["high"] < ACCURACY_MARGIN
-    if diff["mean"] is None:
+    low, high = diff.low, diff.high
+    held = low is not None and high is not None and low > -ACCURACY_MARGIN and high < ACCURACY_MARGIN
+    if diff.mean is None:
         verdict = "no paired runs finished"
     elif held:
-        verdict = f"difference {diff['mean']:+.3f}, interval within ±{ACCURACY_MARGIN:.0%}"
-    elif diff["low"] is not None and (diff["low"] >= ACCURACY_MARGIN or diff["high"] <= -ACCURACY_MARGIN):
-        verdict = f"difference {diff['mean']:+.3f}: the accuracies differ by more than {ACCURACY_MARGIN:.0%}"
+        verdict = f"difference {diff.mean:+.3f}, interval within ±{ACCURACY_MARGIN:.0%}"
+    elif low is not None and high is not None and (low >= ACCURACY_MARGIN or high <= -ACCURACY_MARGIN):
+        verdict = f"difference {diff.mean:+.3f}: the accuracies differ by more than {ACCURACY_MARGIN:.0%}"
     else:
-        verdict = f"difference {diff['mean']:+.3f}, but the interval reaches beyond ±{ACCURACY_MARGIN:.0%}"
-    return {
-        "key": f"{norm}_matches_layer",
-        "title": f"{title} matches LayerNorm's accuracy" + (" in an MLP" if norm == "dyt" else ""),
-        "published": published,
-        "test": f"ID test accuracy of {title} minus LayerNorm's at batch {reference}, paired by seed. Held if the "
-                f"95 % interval lies within ±{ACCURACY_MARGIN:.0%}.",
-        "measured": [diff],
-        "held": held,
-        "verdict": verdict + ".",
-    }
+        verdict = f"difference {diff.mean:+.3f}, but the interval reaches beyond ±{ACCURACY_MARGIN:.0%}"
+    return Finding(
+        key=f"{norm}_matches_layer",
+        title=f"{title} matches LayerNorm's accuracy" + (" in an MLP" if norm == "dyt" else ""),
+        published=published,
+        test=f"ID test accuracy of {title} minus LayerNorm's at batch {reference}, paired by seed. Held if the "
+             f"95 % interval lies within ±{ACCURACY_MARGIN:.0%}.",
+        measured=[diff],
+        held=held,
+        verdict=verdict + ".",
+    )
 
 
 def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
@@ -291,7 +292,7 @@ def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
         return float((model.eval()(torch.as_tensor(x, dtype=torch.float32)).argmax(1).numpy() == y).mean())
 
 
-def check_findings(cfg: PipelineConfig, summary: dict[str, Any]) -> list[dict[str, Any]]:
+def check_findings(cfg: PipelineConfig, summary: SweepSummary) -> list[Finding]:
     """Run every finding's test on the study sweep's points.
 
     Args:
@@ -303,7 +304,7 @@ def check_findings(cfg: PipelineConfig, summary: dict[str, Any]) -> list[dict[st
     # Timings and adaptation run single-threaded, as the grid points did.
     torch.set_num_threads(cfg.train.threads or 1)
     small, reference = min(cfg.sweep.batch_sizes), max(cfg.sweep.batch_sizes)
-    points = summary["points"]
+    points = summary.points
     return [
         bn_small_batch(points, small, reference),
         bn_folding(points, reference),
@@ -316,69 +317,68 @@ def check_findings(cfg: PipelineConfig, summary: dict[str, Any]) -> list[dict[st
 # The report ------------------------------------------------------------------------------------
 
 
-def plot_findings(summary: dict[str, Any], findings: list[dict[str, Any]], path: Path) -> Path:
+def plot_findings(summary: SweepSummary, findings: list[Finding], path: Path) -> Path:
     """One figure, one panel per finding."""
     from normlab.report import _pyplot, norm_color
 
     plt = _pyplot()
-    by_key = {f["key"]: f for f in findings}
+    by_key = {f.key: f for f in findings}
     fig, grid = plt.subplots(2, 2, figsize=(12, 8.5))
     axes = grid.ravel()
     held_mark = {True: "held", False: "not held"}
 
     ax = axes[0]
-    cells = {(r["norm"], r["batch_size"]): r["id/test/accuracy"] for r in summary["aggregate"]}
-    batch_sizes = sorted({r["batch_size"] for r in summary["aggregate"]})
+    cells = {(r.norm, r.batch_size): r.stats["id/test/accuracy"] for r in summary.aggregate}
+    batch_sizes = sorted({r.batch_size for r in summary.aggregate})
     norms = [n for n in STUDY_NORMS if any((n, b) in cells for b in batch_sizes)]
     width = 0.8 / len(batch_sizes)
     for j, b in enumerate(batch_sizes):
-        stats = [cells.get((n, b), {"mean": None}) for n in norms]
-        xs = [i + j * width for i, s in enumerate(stats) if s["mean"] is not None]
-        ys = [s["mean"] for s in stats if s["mean"] is not None]
-        err = [(s["high"] - s["mean"]) if s.get("high") is not None else 0 for s in stats if s["mean"] is not None]
+        stats = [cells.get((n, b), MeanInterval(n=0)) for n in norms]
+        xs = [i + j * width for i, s in enumerate(stats) if s.mean is not None]
+        ys = [s.mean for s in stats if s.mean is not None]
+        err = [(s.high - s.mean) if s.high is not None else 0 for s in stats if s.mean is not None]
         ax.bar(xs, ys, width=width, yerr=err, capsize=3, label=f"batch {b}", alpha=0.85 if j else 0.5)
     ax.set_xticks([i + width * (len(batch_sizes) - 1) / 2 for i in range(len(norms))], labels=norms)
     ax.set(ylabel="ID test accuracy", ylim=(0, 1.05),
-           title=f"1. small batches ({held_mark[by_key['bn_small_batch']['held']]})")
+           title=f"1. small batches ({held_mark[by_key['bn_small_batch'].held]})")
     ax.legend(fontsize=8, loc="lower right")
 
     ax = axes[1]
-    fold = by_key["bn_folding"]["measured"]
+    fold = by_key["bn_folding"].measured
     labels = ["folded / none", "unfolded / none"]
-    stats = [fold[1], fold[2]]
-    shown = [(lab, s) for lab, s in zip(labels, stats, strict=True) if s["mean"] is not None]
-    ax.bar([lab for lab, _ in shown], [s["mean"] for _, s in shown],
-           yerr=[(s["high"] - s["mean"]) if s["high"] is not None else 0 for _, s in shown], capsize=3,
+    ratios = [fold[1], fold[2]]
+    shown = [(lab, s) for lab, s in zip(labels, ratios, strict=True) if s.mean is not None]
+    ax.bar([lab for lab, _ in shown], [s.mean for _, s in shown],
+           yerr=[(s.high - s.mean) if s.high is not None else 0 for _, s in shown], capsize=3,
            color=["#2ca02c", "#d62728"][: len(shown)])
     ax.axhline(1.0, color="grey", linewidth=1)
     ax.axhline(LATENCY_MARGIN, color="grey", linestyle="--", linewidth=1, label=f"margin {LATENCY_MARGIN:.2f}x")
     ax.set(ylabel="batch-1 latency ratio",
-           title=f"2. BatchNorm folding ({held_mark[by_key['bn_folding']['held']]})")
+           title=f"2. BatchNorm folding ({held_mark[by_key['bn_folding'].held]})")
     ax.legend(fontsize=8)
 
     ax = axes[2]
-    adapt = [s for s in by_key["bn_adaptation"]["measured"] if s["mean"] is not None]
-    ax.errorbar([s["mean"] for s in adapt], range(len(adapt)),
-                xerr=[[s["mean"] - s["low"] if s["low"] is not None else 0 for s in adapt],
-                      [s["high"] - s["mean"] if s["high"] is not None else 0 for s in adapt]],
+    adapt = [s for s in by_key["bn_adaptation"].measured if s.mean is not None]
+    ax.errorbar([s.mean for s in adapt], range(len(adapt)),
+                xerr=[[s.mean - s.low if s.low is not None else 0 for s in adapt],
+                      [s.high - s.mean if s.high is not None else 0 for s in adapt]],
                 fmt="o", capsize=3, color=norm_color("batch"))
-    ax.set_yticks(range(len(adapt)), labels=["mean over splits" if i == 0 else s["label"].split(":")[0][4:]
+    ax.set_yticks(range(len(adapt)), labels=["mean over splits" if i == 0 else s.label.split(":")[0][4:]
                                              for i, s in enumerate(adapt)])
     ax.axvline(0, color="grey", linewidth=1)
-    ax.set(xlabel="accuracy gain", title=f"3. BN adaptation ({held_mark[by_key['bn_adaptation']['held']]})")
+    ax.set(xlabel="accuracy gain", title=f"3. BN adaptation ({held_mark[by_key['bn_adaptation'].held]})")
 
     ax = axes[3]
     eq = [by_key["rms_matches_layer"], by_key["dyt_matches_layer"]]
     for i, finding in enumerate(eq):
-        s = finding["measured"][0]
-        if s["mean"] is None:
+        s = finding.measured[0]
+        if s.mean is None:
             continue
-        err = [[s["mean"] - s["low"]], [s["high"] - s["mean"]]] if s["low"] is not None else None
-        ax.errorbar([s["mean"]], [i], xerr=err, fmt="o", capsize=4,
-                    color=norm_color(finding["key"].split("_")[0]))
+        err = [[s.mean - s.low], [s.high - s.mean]] if s.low is not None and s.high is not None else None
+        ax.errorbar([s.mean], [i], xerr=err, fmt="o", capsize=4, color=norm_color(finding.key.split("_")[0]))
     ax.axvspan(-ACCURACY_MARGIN, ACCURACY_MARGIN, color="#2ca02c", alpha=0.12, label=f"±{ACCURACY_MARGIN:.0%}")
     ax.axvline(0, color="grey", linewidth=1)
-    ax.set_yticks([0, 1], labels=[f"RMS - LN ({held_mark[eq[0]['held']]})", f"DyT - LN ({held_mark[eq[1]['held']]})"])
+    ax.set_yticks([0, 1], labels=[f"RMS - LN ({held_mark[eq[0].held]})", f"DyT - LN ({held_mark[eq[1].held]})"])
     ax.set(xlabel="ID accuracy difference", title="4-5. matches LayerNorm?", ylim=(-0.5, 1.5))
     ax.legend(fontsize=8)
     for a in axes:
@@ -390,50 +390,57 @@ def plot_findings(summary: dict[str, Any], findings: list[dict[str, Any]], path:
     return path
 
 
-def _fmt_stat(stat: dict[str, Any]) -> str:
+def _fmt_stat(stat: MeanInterval) -> str:
     from normlab.report import fmt_interval
 
-    if stat["mean"] is not None and abs(stat["mean"]) < 1e-3 and stat["mean"] != 0:
-        return f"{stat['mean']:.1e}"
+    if stat.mean is not None and abs(stat.mean) < 1e-3 and stat.mean != 0:
+        return f"{stat.mean:.1e}"
     return fmt_interval(stat)
 
 
-def report_sections(cfg: PipelineConfig, summary: dict[str, Any], findings: list[dict[str, Any]],
-                    figure: Path, seconds: float | None) -> list[Any]:
+def report_sections(cfg: PipelineConfig, summary: SweepSummary, findings: list[Finding],
+                    figure: Path, seconds: float | None) -> list[Section]:
     """The one-page study report."""
     from normlab.report import Section, Table
 
-    held = sum(f["held"] for f in findings)
-    grid = summary["grid"]
+    held = sum(f.held for f in findings)
+    grid = summary.grid
     intro = Section("What was run", text=[
-        f"{held} of {len(findings)} findings held on `{summary['data']['source']}` "
-        f"({summary['data']['rows']} rows) with the {cfg.model.family} model (widths "
+        f"{held} of {len(findings)} findings held on `{summary.data.source}` "
+        f"({summary.data.rows} rows) with the {cfg.model.family} model (widths "
         f"{', '.join(map(str, cfg.model.hidden if cfg.model.family == 'mlp' else cfg.model.channels))}), "
         f"{cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''} of {cfg.train.optimizer.upper()} "
         f"at learning rate {cfg.train.lr:g} for batch "
-        f"{max(grid['batch_sizes'])} (scaled linearly for smaller batches).",
-        f"Grid: {', '.join(grid['norms'])} x batch {', '.join(map(str, grid['batch_sizes']))} x "
-        f"{len(grid['seeds'])} seeds = {len(summary['points'])} runs, nested under MLflow run "
-        f"`{summary['parent_run_id']}`" + (f"; {seconds / 60:.1f} minutes in all." if seconds else "."),
+        f"{max(grid.batch_sizes)} (scaled linearly for smaller batches).",
+        f"Grid: {', '.join(grid.norms)} x batch {', '.join(map(str, grid.batch_sizes))} x "
+        f"{len(grid.seeds)} seeds = {len(summary.points)} runs, nested under MLflow run "
+        f"`{summary.parent_run_id}`" + (f"; {seconds / 60:.1f} minutes in all." if seconds else "."),
         "Intervals are 95 % Student-t intervals over seeds, paired by seed where two settings are compared. "
         "A finding is held only when its interval says so; a finding that does not hold at this scale is "
         "reported as such.",
     ])
     verdicts = Section("Findings", tables=[Table(
         ["#", "finding", "here", "held"],
-        [[str(i + 1), f["title"], f["verdict"], "**held**" if f["held"] else "**not held**"]
+        [[str(i + 1), f.title, f.verdict, "**held**" if f.held else "**not held**"]
          for i, f in enumerate(findings)])])
     details = Section("Tests and intervals", tables=[Table(
         ["#", "published", "test here", "measured: mean [95 % interval]"],
-        [[str(i + 1), f["published"], f["test"],
-          "; ".join(f"{s['label']}: {_fmt_stat(s)} (n={s['n']})" for s in f["measured"])]
+        [[str(i + 1), f.published, f.test,
+          "; ".join(f"{s.label}: {_fmt_stat(s)} (n={s.n})" for s in f.measured)]
          for i, f in enumerate(findings)])])
     plot = Section("Plot", figures=[("the findings", figure)],
-                   text=[f"The full comparison of the runs is the sweep report: `{summary['report']['html']}`."])
+                   text=[f"The full comparison of the runs is the sweep report: `{_sweep_report(summary)[0]}`."])
     return [intro, verdicts, plot, details]
 
 
-def finish(cfg: PipelineConfig, summary: dict[str, Any], findings: list[dict[str, Any]]) -> dict[str, Any]:
+def _sweep_report(summary: SweepSummary) -> tuple[str, Path]:
+    """The sweep report's HTML page and its folder (`normlab.sweep.finish` wrote them)."""
+    if summary.report is None or summary.output is None:
+        raise ValueError(f"sweep {summary.parent_run_id}: no report written yet (normlab.sweep.finish writes it)")
+    return summary.report["html"], Path(summary.output)
+
+
+def finish(cfg: PipelineConfig, summary: SweepSummary, findings: list[Finding]) -> StudyResult:
     """Write the study page (Markdown, HTML, JSON, plot) next to the sweep report and log it.
 
     Args:
@@ -444,26 +451,25 @@ def finish(cfg: PipelineConfig, summary: dict[str, Any], findings: list[dict[str
     from normlab import tracking
     from normlab.report import write_pages
 
-    uri, run_id = cfg.tracking_uri(), summary["parent_run_id"]
-    out = Path(summary["output"]) / "study"
+    uri, run_id = cfg.tracking_uri(), summary.parent_run_id
+    out = _sweep_report(summary)[1] / "study"
     out.mkdir(parents=True, exist_ok=True)
     figure = plot_findings(summary, findings, out / "findings.png")
     # The page's run time: from the parent run's start, which opened the study.
     seconds = time.time() - tracking.client_for(uri).get_run(run_id).info.start_time / 1000.0
     files = write_pages("normlab study: which normalization findings held on this data",
                         report_sections(cfg, summary, findings, figure, seconds), out, "study")
-    result = {
-        "parent_run_id": summary["parent_run_id"],
-        "tracking_uri": summary["tracking_uri"],
-        "held": sum(f["held"] for f in findings),
-        "findings": findings,
-        "report": {**{k: str(v) for k, v in files.items()}, "plot": str(figure)},
-        "sweep": {k: v for k, v in summary.items() if k != "points"},
-    }
-    (out / "study.json").write_text(json.dumps(result, indent=1, default=str))
+    result = StudyResult(
+        parent_run_id=summary.parent_run_id,
+        tracking_uri=summary.tracking_uri,
+        held=sum(f.held for f in findings),
+        findings=findings,
+        report={**{k: str(v) for k, v in files.items()}, "plot": str(figure)},
+        sweep=summary,
+    )
+    (out / "study.json").write_text(json.dumps(result.record(), indent=1, default=str))
     for path in (*files.values(), figure, out / "study.json"):
         tracking.log_artifact(uri, run_id, path, "study")
-    tracking.log_metrics(uri, run_id, {"study/held": float(result["held"]), "study/findings": float(len(findings))})
-    tracking.set_tags(uri, run_id, {f"normlab.study.{f['key']}": "held" if f["held"] else "not held"
-                                    for f in findings})
+    tracking.log_metrics(uri, run_id, {"study/held": float(result.held), "study/findings": float(len(findings))})
+    tracking.set_tags(uri, run_id, {f"normlab.study.{f.key}": "held" if f.held else "not held" for f in findings})
     return result

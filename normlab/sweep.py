@@ -23,6 +23,7 @@ from normlab.contracts import Batch, RunHandle, SweepParent
 from normlab.errors import DataValidationError
 from normlab.intervals import mean_interval
 from normlab.stages import fit, library_stages
+from normlab.sweep_contracts import AggregateRow, DataSummary, GridPoint, PointOutcome, SweepGrid, SweepSummary
 
 GRID_KEYS: tuple[str, ...] = ("norm", "batch_size", "seed")
 
@@ -38,20 +39,15 @@ SUMMARY_METRICS: tuple[str, ...] = (
 )
 
 
-def expand_grid(cfg: PipelineConfig) -> list[dict[str, Any]]:
+def expand_grid(cfg: PipelineConfig) -> list[GridPoint]:
     """Every grid point of ``cfg.sweep``, norms outermost, seeds innermost."""
     sweep = cfg.sweep
     return [
-        {"norm": norm, "batch_size": batch_size, "seed": seed}
+        GridPoint(norm=norm, batch_size=batch_size, seed=seed)
         for norm in sweep.norms
         for batch_size in sweep.batch_sizes
         for seed in sweep.seeds
     ]
-
-
-def point_name(point: dict[str, Any]) -> str:
-    """A short readable name for a grid point, e.g. ``batch-bs2-s0``."""
-    return f"{point['norm']}-bs{point['batch_size']}-s{point['seed']}"
 
 
 def scaled_lr(cfg: PipelineConfig, batch_size: int) -> float:
@@ -64,22 +60,22 @@ def scaled_lr(cfg: PipelineConfig, batch_size: int) -> float:
     return cfg.train.lr
 
 
-def point_config(cfg: PipelineConfig, point: dict[str, Any]) -> PipelineConfig:
+def point_config(cfg: PipelineConfig, point: GridPoint) -> PipelineConfig:
     """The single-run config of a grid point.
 
     Each point trains with one torch thread unless ``train.threads`` says
     otherwise: one worker process per core then scales, where several
     multi-threaded workers would fight over the same cores.
     """
-    model = cfg.model.model_copy(update={"norm": point["norm"]})
+    model = cfg.model.model_copy(update={"norm": point.norm})
     train = cfg.train.model_copy(update={
-        "batch_size": int(point["batch_size"]),
-        "lr": scaled_lr(cfg, int(point["batch_size"])),
+        "batch_size": point.batch_size,
+        "lr": scaled_lr(cfg, point.batch_size),
         "threads": cfg.train.threads or 1,
     })
-    run_name = f"{cfg.tracking.run_name or cfg.name}-{point_name(point)}"
+    run_name = f"{cfg.tracking.run_name or cfg.name}-{point.name}"
     track = cfg.tracking.model_copy(update={"run_name": run_name})
-    return cfg.model_copy(update={"seed": int(point["seed"]), "model": model, "train": train, "tracking": track})
+    return cfg.model_copy(update={"seed": point.seed, "model": model, "train": train, "tracking": track})
 
 
 def start_parent(cfg: PipelineConfig, *, kind: str = "sweep", flow_run_id: str | None = None) -> SweepParent:
@@ -110,25 +106,25 @@ def log_data(cfg: PipelineConfig, parent: SweepParent, batch: Batch) -> None:
 
 def run_point(
     cfg: PipelineConfig,
-    point: dict[str, Any],
+    point: GridPoint,
     *,
     parent_run_id: str,
     batch: Batch,
     on_epoch_end: Callable[[Any], None] | None = None,
-) -> dict[str, Any]:
+) -> PointOutcome:
     """Run one grid point as a nested MLflow run: the stages of every run (`normlab.stages.fit`).
 
     Args:
         cfg: The sweep's config; the point's norm, batch size and seed override it.
-        point: ``{"norm", "batch_size", "seed"}``.
+        point: The grid point: its norm, batch size and seed.
         parent_run_id: The sweep's parent run (tag ``mlflow.parentRunId``).
         batch: The parent's validated batch (the gate's accepted `Batch`).
         on_epoch_end: Called with each epoch's record (progress display); epochs
             reach MLflow in batches, at each checkpoint.
 
     Returns:
-        The point, its ``run_id``, ``metrics`` (the keys of a single run),
-        ``curve`` (per-epoch losses and accuracies) and ``run_dir``.
+        The finished point: its ``run_id``, ``metrics`` (the keys of a single
+        run), ``curve`` (per-epoch losses and accuracies) and ``run_dir``.
 
     Raises:
         DataValidationError: The snapshot no longer has the validated fingerprint.
@@ -146,7 +142,7 @@ def run_point(
         loaded = pipeline.load_batch(pcfg, run_dir, batch.path)
         if loaded.fingerprint != batch.fingerprint:
             raise DataValidationError(
-                f"grid point {point_name(point)}: the validated batch changed on disk "
+                f"grid point {point.name}: the validated batch changed on disk "
                 f"(fingerprint {loaded.fingerprint[:12]}, validated {batch.fingerprint[:12]})"
             )
         # The parent validated this exact content; the child records which data it was.
@@ -162,24 +158,24 @@ def run_point(
         raise
     tracking.end_run(uri, run_id, "FINISHED")
     history = fitted.trained.result.history
-    return {
-        **point,
-        "run_id": run_id,
-        "status": "finished",
-        "metrics": fitted.metrics,
-        "curve": {key: [getattr(r, key) for r in history] for key in ("train_loss", "val_loss", "val_accuracy")},
-        "run_dir": str(run_dir),
-    }
+    return PointOutcome(
+        **point.model_dump(),
+        run_id=run_id,
+        status="finished",
+        metrics=fitted.metrics,
+        curve={key: [getattr(r, key) for r in history] for key in ("train_loss", "val_loss", "val_accuracy")},
+        run_dir=str(run_dir),
+    )
 
 
-def failed_point(point: dict[str, Any], error: BaseException) -> dict[str, Any]:
-    """The record of a grid point whose run raised: no metrics, the reason in one line."""
+def failed_point(point: GridPoint, error: BaseException) -> PointOutcome:
+    """The outcome of a grid point whose run raised: no metrics, the reason in one line."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return {**point, "run_id": getattr(error, "run_id", None), "status": "failed",
-            "error": f"{type(error).__name__}: {text}", "metrics": {}, "curve": {}}
+    return PointOutcome(**point.model_dump(), run_id=getattr(error, "run_id", None), status="failed",
+                        error=f"{type(error).__name__}: {text}")
 
 
-def collect(points: list[dict[str, Any]], outcomes: list[Any]) -> list[dict[str, Any]]:
+def collect(points: list[GridPoint], outcomes: list[PointOutcome | BaseException]) -> list[PointOutcome]:
     """Pair each grid point with its outcome (a `run_point` result or the exception it raised)."""
     return [failed_point(p, o) if isinstance(o, BaseException) else o for p, o in zip(points, outcomes, strict=True)]
 
@@ -187,39 +183,35 @@ def collect(points: list[dict[str, Any]], outcomes: list[Any]) -> list[dict[str,
 # Aggregation -----------------------------------------------------------------------------
 
 
-def aggregate(results: list[dict[str, Any]], metrics: tuple[str, ...] = SUMMARY_METRICS) -> list[dict[str, Any]]:
+def aggregate(results: list[PointOutcome], metrics: tuple[str, ...] = SUMMARY_METRICS) -> list[AggregateRow]:
     """Mean and 95 % interval over seeds of each metric, per (norm, batch size).
 
     Rows keep the grid's order; only finished points count, and ``n`` says how many.
     """
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, int], list[PointOutcome]] = {}
     for result in results:
-        groups.setdefault((result["norm"], int(result["batch_size"])), []).append(result)
+        groups.setdefault((result.norm, result.batch_size), []).append(result)
     rows = []
     for (norm, batch_size), members in groups.items():
-        finished = [m for m in members if m["status"] == "finished"]
-        row: dict[str, Any] = {"norm": norm, "batch_size": batch_size, "points": len(members),
-                               "finished": len(finished)}
-        for key in metrics:
-            row[key] = mean_interval([m["metrics"].get(key) for m in finished])
-        rows.append(row)
+        finished = [m for m in members if m.finished]
+        rows.append(AggregateRow(norm=norm, batch_size=batch_size, points=len(members), finished=len(finished),
+                                 stats={key: mean_interval([m.metrics.get(key) for m in finished])
+                                        for key in metrics}))
     return rows
 
 
-def summarize(
-    cfg: PipelineConfig, parent: SweepParent, batch: Batch, results: list[dict[str, Any]]
-) -> dict[str, Any]:
+def summarize(cfg: PipelineConfig, parent: SweepParent, batch: Batch, results: list[PointOutcome]) -> SweepSummary:
     """The sweep's summary: every grid point with its run and metrics, plus the aggregate."""
-    return {
-        "status": "finished" if all(r["status"] == "finished" for r in results) else "partial",
-        "parent_run_id": parent.run_id,
-        "tracking_uri": cfg.redacted().tracking_uri(),
-        "data": batch.data_summary(),
-        "grid": {"norms": list(cfg.sweep.norms), "batch_sizes": list(cfg.sweep.batch_sizes),
-                 "seeds": list(cfg.sweep.seeds), "lr_scaling": cfg.sweep.lr_scaling},
-        "points": [{k: v for k, v in r.items() if k != "curve"} for r in results],
-        "aggregate": aggregate(results),
-    }
+    return SweepSummary(
+        status="finished" if all(r.finished for r in results) else "partial",
+        parent_run_id=parent.run_id,
+        tracking_uri=cfg.redacted().tracking_uri(),
+        data=DataSummary(**batch.data_summary()),
+        grid=SweepGrid(norms=list(cfg.sweep.norms), batch_sizes=list(cfg.sweep.batch_sizes),
+                       seeds=list(cfg.sweep.seeds), lr_scaling=cfg.sweep.lr_scaling),
+        points=results,
+        aggregate=aggregate(results),
+    )
 
 
 def output_dir(cfg: PipelineConfig, parent_run_id: str) -> Path:
@@ -230,13 +222,11 @@ def output_dir(cfg: PipelineConfig, parent_run_id: str) -> Path:
     return path
 
 
-def finish(
-    cfg: PipelineConfig, parent: SweepParent, batch: Batch, results: list[dict[str, Any]]
-) -> dict[str, Any]:
+def finish(cfg: PipelineConfig, parent: SweepParent, batch: Batch, results: list[PointOutcome]) -> SweepSummary:
     """Write the comparison report and log it, with the aggregate, to the parent run.
 
     Returns:
-        The summary (see `summarize`) with ``report`` naming the written files.
+        The summary (see `summarize`) with ``report`` naming the written files and ``output`` their folder.
     """
     from normlab import report
 
@@ -246,21 +236,21 @@ def finish(
     uri = cfg.tracking_uri()
     for path in files.values():
         tracking.log_artifact(uri, parent.run_id, path, "report")
-    tracking.log_dict(uri, parent.run_id, summary, "sweep_summary.json")
+    tracking.log_dict(uri, parent.run_id, summary.record(), "sweep_summary.json")
     tracking.log_metrics(uri, parent.run_id, parent_metrics(summary))
     tracking.set_tags(uri, parent.run_id, {"normlab.data.fingerprint": batch.fingerprint})
-    return {**summary, "report": {k: str(v) for k, v in files.items()}, "output": str(out)}
+    return summary.model_copy(update={"report": {k: str(v) for k, v in files.items()}, "output": str(out)})
 
 
-def parent_metrics(summary: dict[str, Any]) -> dict[str, float]:
+def parent_metrics(summary: SweepSummary) -> dict[str, float]:
     """Per-cell means on the parent run, e.g. ``batch/bs2/id/test/accuracy``, for the MLflow UI."""
     out: dict[str, float] = {
-        "sweep/points": float(len(summary["points"])),
-        "sweep/failed": float(sum(p["status"] != "finished" for p in summary["points"])),
+        "sweep/points": float(len(summary.points)),
+        "sweep/failed": float(sum(not p.finished for p in summary.points)),
     }
-    for row in summary["aggregate"]:
+    for row in summary.aggregate:
         for key in ("id/test/accuracy", "ood/mean/accuracy"):
-            mean = row[key]["mean"]
+            mean = row.stats[key].mean
             if mean is not None:
-                out[f"{row['norm']}/bs{row['batch_size']}/{key}"] = mean
+                out[f"{row.norm}/bs{row.batch_size}/{key}"] = mean
     return out

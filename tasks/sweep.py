@@ -5,14 +5,13 @@ No task caches: each writes into its own MLflow run and run folder.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
 from normlab import study, sweep
 from normlab.config import PipelineConfig
 from normlab.contracts import Batch, SweepParent
+from normlab.sweep_contracts import Finding, GridPoint, PointOutcome, StudyResult, SweepSummary
 from normlab.tasks.policy import LOCAL, TRANSIENT
 from normlab.training import throttled
 
@@ -32,9 +31,8 @@ def log_data(cfg: PipelineConfig, parent: SweepParent, batch: Batch) -> None:
 
 
 # A point is deterministic given its inputs: a failure is not transient, so no retries.
-@task(name="grid-point", task_run_name="{point[norm]}-bs{point[batch_size]}-s{point[seed]}", **LOCAL)
-def run_point(cfg: PipelineConfig, point: dict[str, Any], parent: SweepParent,
-              batch: Batch) -> dict[str, Any]:
+@task(name="grid-point", task_run_name="{point.name}", **LOCAL)
+def run_point(cfg: PipelineConfig, point: GridPoint, parent: SweepParent, batch: Batch) -> PointOutcome:
     """Run one grid point as a nested MLflow run (on whichever Dask worker gets it)."""
     logger = get_run_logger()
 
@@ -44,27 +42,27 @@ def run_point(cfg: PipelineConfig, point: dict[str, Any], parent: SweepParent,
 
     result = sweep.run_point(cfg, point, parent_run_id=parent.run_id, batch=batch,
                              on_epoch_end=throttled(show, last_epoch=cfg.train.epochs))
-    logger.info("%s: ID %.4f, OOD %.4f (run %s)", sweep.point_name(point), result["metrics"]["id/test/accuracy"],
-                result["metrics"].get("ood/mean/accuracy", float("nan")), result["run_id"])
+    logger.info("%s: ID %.4f, OOD %.4f (run %s)", point.name, result.metrics["id/test/accuracy"],
+                result.metrics.get("ood/mean/accuracy", float("nan")), result.run_id)
     return result
 
 
 @task(name="sweep-report", **TRANSIENT)
 def finish_sweep(cfg: PipelineConfig, parent: SweepParent, batch: Batch,
-                 results: list[dict[str, Any]]) -> dict[str, Any]:
+                 results: list[PointOutcome]) -> SweepSummary:
     """Aggregate over seeds, write the comparison report, log it to the parent run."""
     summary = sweep.finish(cfg, parent, batch, results)
-    get_run_logger().info("report: %s", summary["report"]["html"])
+    get_run_logger().info("report: %s", (summary.report or {}).get("html"))
     return summary
 
 
 @task(name="study-findings", **LOCAL)
-def check_findings(cfg: PipelineConfig, summary: dict[str, Any]) -> list[dict[str, Any]]:
+def check_findings(cfg: PipelineConfig, summary: SweepSummary) -> list[Finding]:
     """Test each known finding against the study's runs."""
     return study.check_findings(cfg, summary)
 
 
 @task(name="study-report", **TRANSIENT)
-def write_study(cfg: PipelineConfig, summary: dict[str, Any], findings: list[dict[str, Any]]) -> dict[str, Any]:
+def write_study(cfg: PipelineConfig, summary: SweepSummary, findings: list[Finding]) -> StudyResult:
     """Write the one-page study report and log it to the parent run."""
     return study.finish(cfg, summary, findings)

@@ -47,15 +47,15 @@ def study(
                   f"{scfg.train.epochs} epochs) on {scfg.sweep.workers} worker(s), "
                   f"store {scfg.redacted().tracking_uri()}", soft_wrap=True)
     result = run_flow(lambda: study_flow(scfg), summary)
-    table = Table(title=f"{result['held']} of {len(result['findings'])} findings held on this data")
+    table = Table(title=f"{result.held} of {len(result.findings)} findings held on this data")
     table.add_column("#", justify="right")
     table.add_column("finding")
     table.add_column("held", no_wrap=True)
     table.add_column("here")
-    for i, finding in enumerate(result["findings"], 1):
-        mark = "[green]held[/]" if finding["held"] else "[red]not held[/]"
-        table.add_row(str(i), finding["title"], mark, finding["verdict"])
+    for i, finding in enumerate(result.findings, 1):
+        mark = "[green]held[/]" if finding.held else "[red]not held[/]"
+        table.add_row(str(i), finding.title, mark, finding.verdict)
     console.print(table)
-    console.print(f"report {result['report']['html']}  (parent run {result['parent_run_id']})", soft_wrap=True)
-    console.print(f"open the MLflow UI:  [bold]{ui_command(result['tracking_uri'])}[/]", soft_wrap=True)
-    write_summary(summary, result)
+    console.print(f"report {result.report['html']}  (parent run {result.parent_run_id})", soft_wrap=True)
+    console.print(f"open the MLflow UI:  [bold]{ui_command(result.tracking_uri)}[/]", soft_wrap=True)
+    write_summary(summary, result.record())

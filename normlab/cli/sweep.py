@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -11,6 +11,7 @@ from rich.table import Table
 from normlab.cli.app import ConfigArg, DataOpt, SetOpt, SummaryOpt, app, console
 from normlab.cli.common import check_data_or_fail, fail, load_or_fail, prepare, run_flow, ui_command, write_summary
 from normlab.errors import ConfigError, NormlabError
+from normlab.sweep_contracts import SweepSummary
 
 
 def _list_override(key: str, value: str | None) -> list[str]:
@@ -23,11 +24,11 @@ def _list_override(key: str, value: str | None) -> list[str]:
     return [f"{key}=[{','.join(items)}]"]
 
 
-def aggregate_table(summary: dict[str, Any], key: str, title: str) -> Table:
+def aggregate_table(summary: SweepSummary, key: str, title: str) -> Table:
     """Norms by batch sizes: mean and 95 % interval over seeds of ``key``."""
     from normlab.report import metric_table
 
-    cells = metric_table(summary["aggregate"], key)
+    cells = metric_table(summary.aggregate, key)
     table = Table(title=title)
     for i, head in enumerate(cells.header):
         table.add_column(head, justify="left" if i == 0 else "right", no_wrap=True)
@@ -36,16 +37,16 @@ def aggregate_table(summary: dict[str, Any], key: str, title: str) -> Table:
     return table
 
 
-def print_sweep(summary: dict[str, Any]) -> None:
+def print_sweep(summary: SweepSummary) -> None:
     """The ID and OOD accuracy tables, the failed points, where the report and runs are."""
     console.print(aggregate_table(summary, "id/test/accuracy", "ID test accuracy: mean [95 % interval] over seeds"))
     console.print(aggregate_table(summary, "ood/mean/accuracy", "OOD accuracy: mean [95 % interval] over seeds"))
-    for point in summary["points"]:
-        if point["status"] != "finished":
-            console.print(f"[red]failed[/] {point['norm']} batch {point['batch_size']} seed {point['seed']}: "
-                          f"{point['error']} (run {point['run_id']})", soft_wrap=True)
-    console.print(f"parent run {summary['parent_run_id']}  report {summary['report']['html']}", soft_wrap=True)
-    console.print(f"open the MLflow UI:  [bold]{ui_command(summary['tracking_uri'])}[/]", soft_wrap=True)
+    for point in summary.points:
+        if not point.finished:
+            console.print(f"[red]failed[/] {point.norm} batch {point.batch_size} seed {point.seed}: "
+                          f"{point.error} (run {point.run_id})", soft_wrap=True)
+    console.print(f"parent run {summary.parent_run_id}  report {(summary.report or {}).get('html')}", soft_wrap=True)
+    console.print(f"open the MLflow UI:  [bold]{ui_command(summary.tracking_uri)}[/]", soft_wrap=True)
 
 
 @app.command()
@@ -97,8 +98,8 @@ def sweep(
                   f"store {cfg.redacted().tracking_uri()}", soft_wrap=True)
     result = run_flow(lambda: sweep_flow(cfg, data_path=data), summary)
     print_sweep(result)
-    write_summary(summary, result)
-    if result["status"] != "finished":
-        failed = sum(p["status"] != "finished" for p in result["points"])
-        raise fail(RuntimeError(f"{failed} of {len(result['points'])} grid points failed; see the report"), 1)
+    write_summary(summary, result.record())
+    if result.status != "finished":
+        failed = sum(not p.finished for p in result.points)
+        raise fail(RuntimeError(f"{failed} of {len(result.points)} grid points failed; see the report"), 1)
 

@@ -9,6 +9,7 @@ import pytest
 
 from normlab import gate, pipeline, splitting, sweep, tracking
 from normlab.flows.training import training_flow
+from normlab.sweep_contracts import GridPoint
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -59,12 +60,12 @@ def test_a_sweep_point_runs_the_stages_of_a_run_in_the_same_order(calls, tmp_pat
                                 tags={"normlab.kind": "sweep"})
     (tmp_path / "parent").mkdir()
     accepted = pipeline.load_batch(cfg, tmp_path / "parent", None)
-    point = {"norm": cfg.model.norm, "batch_size": cfg.train.batch_size, "seed": cfg.seed}
+    point = GridPoint(norm=cfg.model.norm, batch_size=cfg.train.batch_size, seed=cfg.seed)
     outcome = sweep.run_point(cfg, point, parent_run_id=parent, batch=accepted)
     point_calls = _fit_segment(calls)
 
-    assert outcome["status"] == "finished" and result["run_id"] != outcome["run_id"]
+    assert outcome.status == "finished" and result["run_id"] != outcome.run_id
     assert "normlab.gate.check_splits" in run_calls and "normlab.pipeline.train" in run_calls
     assert point_calls == run_calls
     # Same data, same settings, same stages: the same model.
-    assert outcome["metrics"]["id/test/accuracy"] == result["metrics"]["id/test/accuracy"]
+    assert outcome.metrics["id/test/accuracy"] == result["metrics"]["id/test/accuracy"]

@@ -40,6 +40,14 @@ def swept(prefect_harness, tmp_path_factory):
     return summary, f"sqlite:///{tmp / 'work' / 'mlflow.db'}", result.output
 
 
+def test_a_grid_point_s_task_run_is_named_after_the_point():
+    from normlab.sweep_contracts import GridPoint
+    from normlab.tasks.sweep import run_point
+
+    # Prefect formats a string task run name with the task's parameters.
+    assert run_point.task_run_name.format(point=GridPoint(norm="batch", batch_size=8, seed=1)) == "batch-bs8-s1"
+
+
 def test_summary_lists_every_grid_point_with_single_run_metrics(swept):
     summary, _, _ = swept
     grid = sorted((p["norm"], p["batch_size"], p["seed"]) for p in summary["points"])

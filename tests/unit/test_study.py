@@ -19,11 +19,12 @@ from normlab.study import (
     matches_layer,
     study_config,
 )
+from normlab.sweep_contracts import PointOutcome
 
 
-def _points(accuracy: dict[tuple[str, int], list[float]]) -> list[dict]:
-    return [{"norm": norm, "batch_size": batch, "seed": seed, "status": "finished",
-             "metrics": {"id/test/accuracy": acc}}
+def _points(accuracy: dict[tuple[str, int], list[float]]) -> list[PointOutcome]:
+    return [PointOutcome(norm=norm, batch_size=batch, seed=seed, status="finished",
+                         metrics={"id/test/accuracy": acc})
             for (norm, batch), values in accuracy.items() for seed, acc in enumerate(values)]
 
 
@@ -34,10 +35,16 @@ def test_small_batch_finding_holds_when_only_batchnorm_drops():
     points = _points({("batch", 64): FLAT, ("batch", 2): [0.80, 0.78, 0.83, 0.81, 0.79],
                       **{(n, b): FLAT for n in ("group", "layer", "rms") for b in (2, 64)}})
     finding = bn_small_batch(points, 2, 64)
-    assert finding["held"] is True
-    batch = finding["measured"][0]
-    assert batch["n"] == 5 and batch["low"] > ACCURACY_MARGIN
-    assert all(s["high"] < ACCURACY_MARGIN for s in finding["measured"][1:])
+    assert finding.held is True
+    batch = finding.measured[0]
+    assert batch.n == 5 and batch.low > ACCURACY_MARGIN
+    assert all(s.high < ACCURACY_MARGIN for s in finding.measured[1:])
+    # As study.json holds it: the finding's fields in order, each statistic with its label first.
+    record = finding.record()
+    assert list(record) == ["key", "title", "published", "test", "measured", "held", "verdict"]
+    assert record["key"] == "bn_small_batch" and record["held"] is True
+    assert list(record["measured"][0]) == ["label", "n", "mean", "low", "high"]
+    assert record["measured"][0]["label"] == "batch: accuracy drop, batch 64 -> 2"
 
 
 def test_small_batch_finding_is_not_forced_when_groupnorm_drops_too():
@@ -45,15 +52,15 @@ def test_small_batch_finding_is_not_forced_when_groupnorm_drops_too():
                       ("group", 64): FLAT, ("group", 2): [0.90, 0.91, 0.89, 0.90, 0.92],
                       **{(n, b): FLAT for n in ("layer", "rms") for b in (2, 64)}})
     finding = bn_small_batch(points, 2, 64)
-    assert finding["held"] is False
-    assert "group's drop is not shown to stay below" in finding["verdict"]
+    assert finding.held is False
+    assert "group's drop is not shown to stay below" in finding.verdict
 
 
 def test_small_batch_finding_not_held_when_batchnorm_does_not_drop():
     points = _points({(n, b): FLAT for n in ("batch", "group", "layer", "rms") for b in (2, 64)})
     finding = bn_small_batch(points, 2, 64)
-    assert finding["held"] is False
-    assert "BatchNorm's drop is not shown" in finding["verdict"]
+    assert finding.held is False
+    assert "BatchNorm's drop is not shown" in finding.verdict
 
 
 @pytest.mark.parametrize(("rms", "held", "says"), [
@@ -64,14 +71,14 @@ def test_small_batch_finding_not_held_when_batchnorm_does_not_drop():
 def test_equivalence_with_layernorm_follows_the_interval(rms, held, says):
     points = _points({("rms", 64): rms, ("layer", 64): FLAT})
     finding = matches_layer(points, "rms", 64)
-    assert finding["held"] is held
-    assert says in finding["verdict"]
+    assert finding.held is held
+    assert says in finding.verdict
 
 
 def test_unpaired_seeds_are_not_compared():
     points = _points({("dyt", 64): [0.97]}) + _points({("layer", 64): []})
     finding = matches_layer(points, "dyt", 64)
-    assert finding["held"] is False and finding["verdict"] == "no paired runs finished."
+    assert finding.held is False and finding.verdict == "no paired runs finished."
 
 
 def test_study_config_grid_and_checks(tmp_path):
@@ -92,7 +99,7 @@ def test_study_config_grid_and_checks(tmp_path):
 # Real models: a BatchNorm MLP trained on two Gaussian blobs, saved like a grid point.
 
 
-def _trained_point(tmp_path, seed: int) -> dict:
+def _trained_point(tmp_path, seed: int) -> PointOutcome:
     from normlab.pipeline import build_from_spec
 
     rng = np.random.default_rng(seed)
@@ -115,8 +122,7 @@ def _trained_point(tmp_path, seed: int) -> dict:
     # The shifted split: features rescaled and moved, as a gain and offset change would.
     np.savez(run_dir / "prepared.npz", **{"id/test/x": x, "id/test/y": y,
                                           "ood/shift/x": (x * 0.2 + 3.0).astype(np.float32), "ood/shift/y": y})
-    return {"norm": "batch", "batch_size": 64, "seed": seed, "status": "finished", "run_dir": str(run_dir),
-            "metrics": {}}
+    return PointOutcome(norm="batch", batch_size=64, seed=seed, status="finished", run_dir=str(run_dir))
 
 
 @pytest.fixture(scope="module")
@@ -133,25 +139,27 @@ def trained_points(tmp_path_factory):
 
 def test_batchnorm_adaptation_recovers_a_shifted_split(trained_points):
     finding = bn_adaptation(trained_points, 64)
-    overall = finding["measured"][0]
-    assert overall["n"] == 3
+    overall = finding.measured[0]
+    assert overall.n == 3
     # Shifted by +3 (about 3 standard deviations), the unadapted model predicts one class
     # for nearly all rows; re-estimated statistics undo the shift.
-    assert overall["mean"] > 0.3
-    assert finding["held"] is True
-    assert finding["measured"][1]["label"] == "ood/shift: accuracy gain"
+    assert overall.mean > 0.3
+    assert finding.held is True
+    assert finding.measured[1].label == "ood/shift: accuracy gain"
 
 
 def test_folding_reproduces_outputs_and_reports_latency_ratios(trained_points):
     finding = bn_folding(trained_points, 64)
-    worst, folded, unfolded = finding["measured"]
-    assert worst["n"] == 3 and worst["mean"] <= FOLD_TOLERANCE
-    assert folded["n"] == unfolded["n"] == 3 * 5
-    assert folded["mean"] > 0 and unfolded["mean"] > 0
+    worst, folded, unfolded = finding.measured
+    assert worst.n == 3 and worst.mean <= FOLD_TOLERANCE
+    assert worst.record() == {"label": "largest |output difference| over seeds", "n": 3, "mean": worst.mean,
+                              "low": None, "high": None}
+    assert folded.n == unfolded.n == 3 * 5
+    assert folded.mean > 0 and unfolded.mean > 0
     # The verdict is the conjunction of its two parts, as measured.
-    assert finding["held"] == (worst["mean"] <= FOLD_TOLERANCE and folded["high"] <= 1.10)
+    assert finding.held == (worst.mean <= FOLD_TOLERANCE and folded.high <= 1.10)
 
 
 def test_batchnorm_findings_without_batchnorm_runs_are_not_held():
-    assert bn_adaptation([], 64)["held"] is False
-    assert bn_folding([], 64)["held"] is False
+    assert bn_adaptation([], 64).held is False
+    assert bn_folding([], 64).held is False
