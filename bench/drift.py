@@ -156,7 +156,7 @@ def run(rows: int, *, baseline: bool = True, columns_checked: int = 64) -> dict[
         gated = _timed(stages, "gate", lambda: monitoring.gate_batch(cfg, batch, batch.batch_dir, reference))
         analysis = _timed(stages, "analyze", lambda: monitoring.analyze_batch(cfg, reference, gated, batch))
         report = _timed(stages, "report", lambda: monitoring.build_report(cfg, reference, batch, analysis))
-        decision = _timed(stages, "decide", lambda: monitoring.decide_batch(cfg, reference, analysis, gated))
+        decision = _timed(stages, "decide", lambda: monitoring.decide_batch(cfg, batch, reference, analysis, gated))
         run_id = _timed(stages, "mlflow", lambda: monitoring.log_monitoring_run(
             cfg, batch, gated, reference, analysis, report, decision))
         alert = _timed(stages, "alert", lambda: monitoring.alert_batch(
@@ -167,8 +167,8 @@ def run(rows: int, *, baseline: bool = True, columns_checked: int = 64) -> dict[
             cfg, batch, gated, reference, analysis, report, decision, alert, quality_alert, run_id))
         out["batch_s"] = round(time.perf_counter() - start, 3)
         out["stages"] = stages
-        out["rows_accepted"] = gated["rows_accepted"]
-        out["level"], out["share"] = decision["level"], analysis["drift"]["share"]
+        out["rows_accepted"] = gated.rows_accepted
+        out["level"], out["share"] = decision.level, analysis.drift.share
         out["report_rows"] = cfg.monitor.report_rows
     out["ratio"] = round(out["evidently_s"] / out["decision_s"], 1) if out["evidently_s"] else None
     return out

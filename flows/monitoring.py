@@ -10,26 +10,25 @@ with the next one (`normlab.monitoring.ledger`).
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from normlab.config import PipelineConfig
 from normlab.deployments import resolve_config
 from normlab.errors import RetrainingError
 from normlab.flows.training import training_flow
-from normlab.monitoring.contracts import Reference
+from normlab.monitoring.contracts import BatchEntry, BatchOutcome, MonitorSummary, Reference, RetrainingRecord
+from normlab.monitoring.retraining import retrained_run
 from normlab.tasks import monitoring as m
 
 
 @flow(name="normlab-monitor-batch", flow_run_name="batch-{path}")
 def batch_flow(config: PipelineConfig, path: str, reference: Reference, retrain: bool | None = None,
-               config_hint: str = "") -> dict[str, Any]:
+               config_hint: str = "") -> BatchOutcome:
     """Gate one batch, measure its drift, report, decide, alert, and commit it as processed."""
     # 1. Fingerprint and claim the batch; one seen before, still being written, unreadable or a link is not processed
     batch = m.open_batch(config, path)
     if batch.skip:
-        return {"entry": m.skip_batch(batch), "retrain": False}
+        return BatchOutcome(entry=m.skip_batch(batch), retrain=False)
     try:
         # 2. Data gate, monitoring context: rejected rows to quarantine, never a silent stop
         gated = m.gate_batch(config, batch, reference)
@@ -57,12 +56,12 @@ def batch_flow(config: PipelineConfig, path: str, reference: Reference, retrain:
     except BaseException:
         m.release_batch(config, batch)
         raise
-    return {"entry": entry, "retrain": decision.retrain}
+    return BatchOutcome(entry=entry, retrain=decision.retrain)
 
 
 @flow(name="normlab-monitor", log_prints=True)
 def monitoring_flow(config: PipelineConfig | str, data: str, retrain: bool | None = None,
-                    config_hint: str = "") -> dict[str, Any]:
+                    config_hint: str = "") -> MonitorSummary:
     """Monitor every new batch at ``data`` (a file or a landing folder) against the champion's training data.
 
     ``retrain`` overrides ``monitor.retrain_on_drift``; ``config_hint`` is the
@@ -70,7 +69,7 @@ def monitoring_flow(config: PipelineConfig | str, data: str, retrain: bool | Non
 
     Raises:
         RetrainingError: A retraining failed; every batch is recorded and the
-            failure alerted before the flow run fails (its ``summary`` is the result).
+            failure alerted before the flow run fails (its ``summary`` is the `MonitorSummary`).
     """
     config = resolve_config(config)  # a config file path: plain `prefect deploy` of deploy/prefect.yaml
     # 1. Alert URLs usable? Which batch files are there, and which are new?
@@ -78,32 +77,32 @@ def monitoring_flow(config: PipelineConfig | str, data: str, retrain: bool | Non
     triage = m.triage_batches(config, m.discover_batches(data))
     # 2. The drift reference: the champion's training data, else the latest run's
     reference = m.resolve_reference(config) if triage.new else None
-    batches: list[dict[str, Any]] = list(triage.skipped)
-    retrained: list[dict[str, Any]] = []
+    batches: list[BatchEntry] = list(triage.skipped)
+    retrained: list[RetrainingRecord] = []
     for path in triage.new:
         # 3. One subflow run per batch
         result = batch_flow(config, path, reference, retrain, config_hint)
-        batches.append(result["entry"])
-        if result["retrain"]:
+        batches.append(result.entry)
+        if result.retrain:
             # 4. Retrain on the reference plus the drifted batches' accepted rows (same gate as any run)
             data_set = m.retraining_data(config, reference)
-            trained, error = None, None
-            if data_set["path"]:
+            run, error = None, None
+            if data_set.path:
                 try:
-                    trained = training_flow(config, data_path=data_set["path"])
+                    run = training_flow(config, data_path=data_set.path)
                 except Exception as exc:  # noqa: BLE001 - any failure is recorded, alerted, then fails this run
                     error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             else:
                 error = "no labelled new rows to train on"
+            trained = retrained_run(run) if run else None
             record = m.record_retraining(config, reference, data_set, trained, error)
-            if error is not None and data_set["path"]:
-                record["alert"] = m.retraining_failed_alert(config, reference, record)
+            if error is not None and data_set.path:
+                record = record.model_copy(update={"alert": m.retraining_failed_alert(config, reference, record)})
             retrained.append(record)
             # 5. Later batches compare against whatever the retraining made the reference
             reference = m.resolve_reference(config)
-    summary = {"data": data, "reference": reference.summary() if reference is not None else None,
-               "batches": batches, "retrained": retrained}
-    failed = [r for r in retrained if r["error"] and r["data"]]
+    summary = MonitorSummary(data=data, reference=reference, batches=batches, retrained=retrained)
+    failed = [r for r in retrained if r.error and r.data]
     if failed:
-        raise RetrainingError(f"retraining failed after batch monitoring: {failed[0]['error']}", summary=summary)
+        raise RetrainingError(f"retraining failed after batch monitoring: {failed[0].error}", summary=summary)
     return summary

@@ -6,6 +6,9 @@ config is dumped: MLflow params, ``config.yaml``, Prefect parameters) and from
 the ``NORMLAB_ALERT_URLS`` environment variable. They never reach a log line:
 Apprise's own logger (which prints hosts and paths) is silenced while sending,
 and results name services by type only.
+
+`send` returns a `Delivery`; the messages read the monitoring stages' typed
+results (`normlab.monitoring.contracts`, `normlab.drift`).
 """
 
 from __future__ import annotations
@@ -15,10 +18,16 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
 
 from normlab.config import PipelineConfig
 from normlab.errors import ConfigError
+
+if TYPE_CHECKING:  # the monitoring stages send alerts through this module: their types are only named here
+    from normlab.drift import PredictionDrift
+    from normlab.monitoring.contracts import DriftSummary, Performance, Quality
 
 ENV_VAR = "NORMLAB_ALERT_URLS"
 # What a SecretStr becomes when a config is dumped; a config read back from a
@@ -26,6 +35,30 @@ ENV_VAR = "NORMLAB_ALERT_URLS"
 _MASKED = "**********"
 _SPLIT = re.compile(r"[\s,]+")
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+
+
+class ServiceResult(BaseModel):
+    """One target's outcome: its service type (never its URL) and whether it took the notification."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    service: str
+    ok: bool
+
+
+class Delivery(BaseModel):
+    """What `send` did: ``sent`` (every target accepted it), ``targets``, ``delivered``, ``services``.
+
+    ``reason`` says why not every target got it (set only then).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sent: bool
+    targets: int
+    delivered: int
+    services: list[ServiceResult]
+    reason: str | None = None
 
 
 def alert_urls(cfg: PipelineConfig, environ: dict[str, str] | None = None) -> list[str]:
@@ -63,9 +96,9 @@ def drift_message(
     fingerprint: str,
     source: str,
     level: str,
-    drift: dict[str, Any],
-    prediction: dict[str, Any] | None,
-    performance: dict[str, Any] | None,
+    drift: DriftSummary,
+    prediction: PredictionDrift | None,
+    performance: Performance | None,
     rows: int,
     report_html: str | None,
     monitor_run_id: str | None,
@@ -82,8 +115,8 @@ def drift_message(
         fingerprint: The batch's content fingerprint.
         source: The batch file.
         level: `suspected` or `detected`.
-        drift: `summarize_columns` output (share, columns...).
-        prediction: `prediction_drift` output, or None.
+        drift: The batch's data drift (share, top columns...).
+        prediction: `normlab.drift.prediction_drift`'s result, or None.
         performance: Accuracy on the batch when it had labels, or None.
         rows: Accepted rows the decision used.
         report_html: Local path of the Evidently HTML report.
@@ -96,26 +129,27 @@ def drift_message(
         (title, body).
     """
     which = f"{model} v{version}" if version else f"{model} (run {reference_run_id[:12]})"
-    title = f"normlab: drift {level} for {which}: {drift['n_drifted']}/{drift['n_columns']} columns"
+    title = f"normlab: drift {level} for {which}: {drift.n_drifted}/{drift.n_columns} columns"
     lines = [
         f"**Drift {level}** on batch `{fingerprint[:12]}` ({rows} rows accepted) from `{source}`.",
         f"Model: **{which}**; reference: training data of run `{reference_run_id}`.",
         "",
-        f"Drifted columns: {drift['n_drifted']} of {drift['n_columns']} (share {drift['share']:.2f}). Top columns:",
+        f"Drifted columns: {drift.n_drifted} of {drift.n_columns} (share {drift.share:.2f}). Top columns:",
     ]
-    for col in drift["columns"]:
-        mark = "drifted" if col["drifted"] else "below threshold"
-        lines.append(f"- `{col['column']}`: {col['test']} score {col['score']:.3f}, p={col['p_value']:.2g} ({mark})")
+    for col in drift.columns:
+        mark = "drifted" if col.drifted else "below threshold"
+        lines.append(f"- `{col.column}`: {col.test} score {col.score:.3f}, p={col.p_value:.2g} ({mark})")
     if prediction is not None:
-        cls, conf = prediction["class"], prediction["confidence"]
+        cls, conf = prediction.class_, prediction.confidence
         lines.append(
-            f"Predictions: class distribution shift {cls['score']:.3f} (p={cls['p_value']:.2g}); mean confidence "
-            f"{conf['reference_mean']:.3f} -> {conf['current_mean']:.3f}."
+            f"Predictions: class distribution shift {cls.score:.3f} (p={cls.p_value:.2g}); mean confidence "
+            f"{conf.reference_mean:.3f} -> {conf.current_mean:.3f}."
         )
-    if performance:
+    if performance is not None:
+        reference = performance.reference_accuracy
         lines.append(
-            f"Accuracy on this labelled batch: {performance['accuracy']:.3f} "
-            f"(reference test accuracy {performance.get('reference_accuracy', float('nan')):.3f})."
+            f"Accuracy on this labelled batch: {performance.accuracy:.3f} "
+            f"(reference test accuracy {float('nan') if reference is None else reference:.3f})."
         )
     lines += ["", "Report:"]
     if report_html:
@@ -138,7 +172,7 @@ def quality_message(
     version: str | None,
     fingerprint: str,
     source: str,
-    quality: dict[str, Any],
+    quality: Quality,
     drift_level: str,
     rows_in: int,
     rows_quarantined: int,
@@ -150,18 +184,18 @@ def quality_message(
 ) -> tuple[str, str]:
     """The data-quality alert: which checks failed, how many rows, the worst columns, where the rows are kept."""
     which = f"{model} v{version}" if version else model
-    title = f"normlab: data {quality['level']} for {which}: {rows_quarantined}/{rows_in} rows quarantined"
+    title = f"normlab: data {quality.level} for {which}: {rows_quarantined}/{rows_in} rows quarantined"
     lines = [
-        f"**Data {quality['level']}** on batch `{fingerprint[:12]}` from `{source}`: {quality['reason']}.",
+        f"**Data {quality.level}** on batch `{fingerprint[:12]}` from `{source}`: {quality.reason}.",
         f"Model: **{which}**. Rows: {rows_in} in, {rows_quarantined} quarantined "
-        f"(share {quality['share']:.2f}), {rows_untyped} unreadable.",
+        f"(share {quality.share:.2f}), {rows_untyped} unreadable.",
         f"Drift on the readable rows (quarantined ones included): **{drift_level}**.",
         "",
         "Failed checks:",
     ]
     lines += [f"- {line}" for line in list(failed)[:10]]
-    if quality["columns"]:
-        worst = ", ".join(f"`{c}` ({quality['column_rows'][c]} rows)" for c in quality["columns"])
+    if quality.columns:
+        worst = ", ".join(f"`{c}` ({quality.column_rows[c]} rows)" for c in quality.columns)
         lines.append(f"Top offending columns: {worst}.")
     lines += ["", f"Rejected rows are kept, with reasons, in `{quarantine_path}`." if quarantine_path
               else "No row was quarantined."]
@@ -195,29 +229,29 @@ def retraining_failed_message(
     return title, "\n".join(lines)
 
 
-def send(urls: Sequence[str], title: str, body: str, *, timeout: float = 10.0) -> dict[str, Any]:
+def send(urls: Sequence[str], title: str, body: str, *, timeout: float = 10.0) -> Delivery:
     """Send one notification to every URL.
 
     Returns:
-        ``sent`` (every target accepted it), ``targets``, ``delivered`` and
-        ``services`` (service type and outcome; never a URL).
+        The `Delivery`: ``sent`` (every target accepted it), ``targets``,
+        ``delivered`` and ``services`` (service type and outcome; never a URL).
     """
     if not urls:
-        return {"sent": False, "targets": 0, "delivered": 0, "services": [], "reason": "no alert URLs configured"}
+        return Delivery(sent=False, targets=0, delivered=0, services=[], reason="no alert URLs configured")
     import apprise
 
     with _quiet_apprise():
         notifier = apprise.Apprise()
         accepted = [url for url in urls if notifier.add(url)]
         result = notifier.notify(body=body, title=title, body_format=apprise.NotifyFormat.MARKDOWN, timeout=timeout)
-        services = [{"service": str(s.name), "ok": bool(s)} for s in result]
-    delivered = sum(s["ok"] for s in services)
-    out: dict[str, Any] = {"sent": delivered == len(urls), "targets": len(urls), "delivered": delivered,
-                           "services": services}
+        services = [ServiceResult(service=str(s.name), ok=bool(s)) for s in result]
+    delivered = sum(s.ok for s in services)
+    out = Delivery(sent=delivered == len(urls), targets=len(urls), delivered=delivered, services=services)
     if len(accepted) < len(urls):
-        out["reason"] = f"{len(urls) - len(accepted)} URL(s) not understood by Apprise"
-    elif delivered < len(urls):
-        out["reason"] = f"{len(urls) - delivered} of {len(urls)} target(s) refused or unreachable"
+        return out.model_copy(update={"reason": f"{len(urls) - len(accepted)} URL(s) not understood by Apprise"})
+    if delivered < len(urls):
+        return out.model_copy(update={"reason": f"{len(urls) - delivered} of {len(urls)} target(s) refused or "
+                                                "unreachable"})
     return out
 
 

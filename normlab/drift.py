@@ -17,7 +17,9 @@ Two paths, on purpose:
 
 The decision is stateful only through the small per-model history passed in
 (streak of drifted batches, recent alerts); this module never touches disk
-except where a report is saved.
+except where a report is saved. Each step returns a frozen pydantic model
+(`ColumnScore`, `ColumnsDrift`, `PredictionDrift`, `LevelDecision`); what is
+written as JSON (``drift.json``, the summary) is their ``model_dump()``.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
 LEVELS = ("none", "suspected", "detected")
@@ -45,9 +47,12 @@ PREDICTION_COLUMN = "model.prediction"
 CONFIDENCE_COLUMN = "model.confidence"
 
 
-@dataclass(frozen=True)
-class ColumnScore:
-    """The drift test of one column."""
+class _Result(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ColumnScore(_Result):
+    """The drift test of one column (`score_columns`)."""
 
     column: str
     test: str  # "ks" (numeric) or "chi2" (categorical)
@@ -55,8 +60,87 @@ class ColumnScore:
     p_value: float
     drifted: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+
+class ColumnsDrift(_Result):
+    """Data drift (`summarize_columns`): share drifted, verdict, top ``columns`` (drifted first), every ``scores``."""
+
+    share: float
+    n_columns: int
+    n_drifted: int
+    drifted: bool
+    drifted_columns: list[str]
+    columns: list[ColumnScore]
+    scores: dict[str, float]
+
+
+class ClassShift(_Result):
+    """The predicted-class distribution of reference and batch (`prediction_drift`): it decides."""
+
+    test: str
+    score: float
+    p_value: float
+    drifted: bool
+    reference_shares: dict[str, float]
+    current_shares: dict[str, float]
+
+
+class ConfidenceShift(_Result):
+    """The top-class confidence of reference and batch (`prediction_drift`): reported (``shifted``), never decides."""
+
+    test: str
+    score: float
+    p_value: float
+    shifted: bool
+    reference_mean: float
+    current_mean: float
+
+
+class PredictionDrift(_Result):
+    """Drift of the model's outputs (`prediction_drift`); ``class_`` is ``class`` in JSON."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True)
+
+    class_: ClassShift = Field(alias="class")
+    confidence: ConfidenceShift
+    drifted: bool
+
+
+class AlertRecord(_Result):
+    """An alert raised (drift; data quality, its checks as ``columns``) in the model's history; ``delivered`` None: pending."""
+
+    at: str
+    level: str
+    columns: list[str]
+    fingerprint: str
+    delivered: int | None = None
+
+
+class LevelDecision(_Result):
+    """The drift level of one batch and whether it deserves an alert (`decide`); ``reason`` is one line."""
+
+    level: str
+    streak: int
+    alert: bool
+    reason: str
+
+
+class DriftVerdict(_Result):
+    """normlab's verdict of one batch, as the Evidently report shows it (`normlab.drift_report`).
+
+    What ``drift.json`` holds (every feature's `ColumnScore`, the prediction drift, the batch verdict), with
+    the ``monitor.*`` thresholds it was decided under (``prediction_decides``: ``monitor.prediction``).
+    """
+
+    alpha: float
+    effect_floor: float
+    drift_share: float
+    prediction_decides: bool = True
+    rows: int | None = None
+    decidable: bool = True
+    drifted: bool | None = None
+    drifted_columns: list[str] = []
+    columns: list[ColumnScore]
+    prediction: PredictionDrift | None = None
 
 
 # Tests ---------------------------------------------------------------------------------
@@ -168,33 +252,35 @@ def score_columns(
         d, p = ks_columns(_as_float(reference, numeric), _as_float(current, numeric))
         for name, score, p_value in zip(numeric, d, p, strict=True):
             drifted = _drifted(score, p_value, alpha, effect_floor)
-            out[name] = ColumnScore(name, "ks", float(score), float(p_value), drifted)
+            out[name] = ColumnScore(column=name, test="ks", score=float(score), p_value=float(p_value),
+                                    drifted=drifted)
     for name in columns:
         if name not in out:
             score, p_value = categorical_test(reference[name], current[name])
-            out[name] = ColumnScore(name, "chi2", score, p_value, _drifted(score, p_value, alpha, effect_floor))
+            out[name] = ColumnScore(column=name, test="chi2", score=score, p_value=p_value,
+                                    drifted=_drifted(score, p_value, alpha, effect_floor))
     return [out[c] for c in columns]
 
 
-def summarize_columns(scores: Sequence[ColumnScore], *, drift_share: float, top: int) -> dict[str, Any]:
+def summarize_columns(scores: Sequence[ColumnScore], *, drift_share: float, top: int) -> ColumnsDrift:
     """Share of drifted columns, the batch verdict, and the top columns by effect size."""
     drifted = [s.column for s in scores if s.drifted]
     share = len(drifted) / len(scores) if scores else 0.0
     ranked = sorted(scores, key=lambda s: (s.drifted, s.score), reverse=True)
-    return {
-        "share": share,
-        "n_columns": len(scores),
-        "n_drifted": len(drifted),
-        "drifted": bool(scores) and share >= drift_share,
-        "drifted_columns": drifted,
-        "columns": [s.to_dict() for s in ranked[:top]],
-        "scores": {s.column: s.score for s in scores},
-    }
+    return ColumnsDrift(
+        share=share,
+        n_columns=len(scores),
+        n_drifted=len(drifted),
+        drifted=bool(scores) and share >= drift_share,
+        drifted_columns=drifted,
+        columns=list(ranked[:top]),
+        scores={s.column: s.score for s in scores},
+    )
 
 
 def prediction_drift(
     reference_proba: np.ndarray, current_proba: np.ndarray, *, classes: Sequence[Any], alpha: float, effect_floor: float
-) -> dict[str, Any]:
+) -> PredictionDrift:
     """Drift of the model's outputs: the predicted-class distribution and the top-class confidence.
 
     Only the class distribution decides (``drifted``). The confidence is
@@ -209,23 +295,18 @@ def prediction_drift(
     ref_counts, cur_counts = np.bincount(ref_pred, minlength=k), np.bincount(cur_pred, minlength=k)
     tvd, p_class = counts_test(ref_counts, cur_counts)
     d, p_conf = ks_columns(reference_proba.max(axis=1)[:, None], current_proba.max(axis=1)[:, None])
-    cls = {"test": "chi2", "score": tvd, "p_value": p_class, "drifted": _drifted(tvd, p_class, alpha, effect_floor)}
-    conf = {"test": "ks", "score": float(d[0]), "p_value": float(p_conf[0]),
-            "shifted": _drifted(d[0], p_conf[0], alpha, effect_floor)}
     names = [str(c) for c in classes]
-    return {
-        "class": {
-            **cls,
-            "reference_shares": dict(zip(names, (ref_counts / max(ref_counts.sum(), 1)).round(4).tolist(), strict=True)),
-            "current_shares": dict(zip(names, (cur_counts / max(cur_counts.sum(), 1)).round(4).tolist(), strict=True)),
-        },
-        "confidence": {
-            **conf,
-            "reference_mean": float(reference_proba.max(axis=1).mean()) if len(reference_proba) else math.nan,
-            "current_mean": float(current_proba.max(axis=1).mean()) if len(current_proba) else math.nan,
-        },
-        "drifted": bool(cls["drifted"]),
-    }
+    cls = ClassShift(
+        test="chi2", score=tvd, p_value=p_class, drifted=_drifted(tvd, p_class, alpha, effect_floor),
+        reference_shares=dict(zip(names, (ref_counts / max(ref_counts.sum(), 1)).round(4).tolist(), strict=True)),
+        current_shares=dict(zip(names, (cur_counts / max(cur_counts.sum(), 1)).round(4).tolist(), strict=True)),
+    )
+    conf = ConfidenceShift(
+        test="ks", score=float(d[0]), p_value=float(p_conf[0]), shifted=_drifted(d[0], p_conf[0], alpha, effect_floor),
+        reference_mean=float(reference_proba.max(axis=1).mean()) if len(reference_proba) else math.nan,
+        current_mean=float(current_proba.max(axis=1).mean()) if len(current_proba) else math.nan,
+    )
+    return PredictionDrift(class_=cls, confidence=conf, drifted=cls.drifted)
 
 
 def is_numeric(series: pd.Series) -> bool:
@@ -249,14 +330,15 @@ def _drifted(score: float, p_value: float, alpha: float, effect_floor: float) ->
 def decide(
     drifted: bool | None,
     columns: Sequence[str],
-    history: dict[str, Any],
+    streak: int,
+    alerts: Sequence[AlertRecord],
     *,
     consecutive: int,
     cooldown_minutes: float,
     dedup_overlap: float,
     min_level: str,
     now: datetime,
-) -> dict[str, Any]:
+) -> LevelDecision:
     """The drift level of one batch and whether it deserves an alert.
 
     A drifted batch raises the model's streak by one; `detected` needs
@@ -270,44 +352,41 @@ def decide(
     Args:
         drifted: The batch verdict, or None when no decision could be made.
         columns: The drifted columns (with `PREDICTION_COLUMN` when the outputs drifted).
-        history: The model's ``streak`` and ``alerts`` (each with ``at``, ``columns``).
+        streak: The model's drifted batches in a row so far.
+        alerts: The model's earlier drift alerts.
         consecutive: Drifted batches in a row for `detected`.
         cooldown_minutes: How long an alert holds back its repeats.
         dedup_overlap: Jaccard overlap that makes two column sets the same.
         min_level: The lowest level that alerts (`suspected` or `detected`).
         now: The decision time (timezone-aware).
-
-    Returns:
-        ``level``, ``streak``, ``alert`` (bool) and ``reason`` (one line).
     """
-    streak = int(history.get("streak", 0))
+    streak = int(streak)
     if drifted is None:
-        return {"level": TOO_SMALL, "streak": streak, "alert": False, "reason": "too few rows for a drift decision"}
+        return LevelDecision(level=TOO_SMALL, streak=streak, alert=False, reason="too few rows for a drift decision")
     if not drifted:
-        return {"level": "none", "streak": 0, "alert": False, "reason": "no drift"}
+        return LevelDecision(level="none", streak=0, alert=False, reason="no drift")
     streak += 1
     level = "detected" if streak >= consecutive else "suspected"
     window = f"{min(streak, consecutive)} of {consecutive} drifted batches in a row"
     if LEVELS.index(level) < LEVELS.index(min_level):
-        return {"level": level, "streak": streak, "alert": False, "reason": f"{level}: {window}"}
-    past = repeated_alert(columns, history.get("alerts", []), cooldown_minutes=cooldown_minutes,
-                          dedup_overlap=dedup_overlap, now=now)
+        return LevelDecision(level=level, streak=streak, alert=False, reason=f"{level}: {window}")
+    past = repeated_alert(columns, alerts, cooldown_minutes=cooldown_minutes, dedup_overlap=dedup_overlap, now=now)
     if past is not None:
-        return {"level": level, "streak": streak, "alert": False,
-                "reason": f"{level}: repeats the alert of {past['at']} (same model and columns, "
-                          f"cooldown {cooldown_minutes:g} min)"}
-    return {"level": level, "streak": streak, "alert": True, "reason": f"{level}: {window}"}
+        return LevelDecision(level=level, streak=streak, alert=False,
+                             reason=f"{level}: repeats the alert of {past.at} (same model and columns, "
+                                    f"cooldown {cooldown_minutes:g} min)")
+    return LevelDecision(level=level, streak=streak, alert=True, reason=f"{level}: {window}")
 
 
 def repeated_alert(
-    columns: Sequence[str], alerts: Sequence[dict[str, Any]], *, cooldown_minutes: float, dedup_overlap: float,
+    columns: Sequence[str], alerts: Sequence[AlertRecord], *, cooldown_minutes: float, dedup_overlap: float,
     now: datetime,
-) -> dict[str, Any] | None:
+) -> AlertRecord | None:
     """The earlier alert (younger than the cooldown, overlapping ``columns`` enough) that this one repeats, if any."""
     current = set(columns)
     horizon = now - timedelta(minutes=cooldown_minutes)
     for past in reversed(list(alerts)):
-        if datetime.fromisoformat(past["at"]) >= horizon and jaccard(current, set(past["columns"])) >= dedup_overlap:
+        if datetime.fromisoformat(past.at) >= horizon and jaccard(current, set(past.columns)) >= dedup_overlap:
             return past
     return None
 
@@ -338,7 +417,7 @@ def evidently_report(
     name: str,
     metadata: dict[str, str],
     tags: Sequence[str] = (),
-    verdict: dict[str, Any] | None = None,
+    verdict: DriftVerdict | None = None,
 ):
     """An Evidently 0.7 snapshot whose primary content is normlab's drift verdict.
 
@@ -359,10 +438,8 @@ def evidently_report(
         name: Snapshot name (shown in the Evidently UI).
         metadata: String metadata stored with the snapshot.
         tags: Snapshot tags.
-        verdict: normlab's verdict on the full batch (`normlab.drift_report.make_verdict`):
-            ``alpha``, ``effect_floor``, ``drift_share``, ``columns`` (every feature's
-            `ColumnScore` as a dict), ``prediction`` (`prediction_drift`), ``drifted``,
-            ``drifted_columns``. Without it the report holds only the secondary view.
+        verdict: normlab's verdict on the full batch (`DriftVerdict`). Without it the
+            report holds only the secondary view.
 
     Returns:
         The `evidently.Snapshot`.
@@ -384,8 +461,8 @@ def evidently_report(
         features=[c for c in columns if c not in (PREDICTION_COLUMN, CONFIDENCE_COLUMN)],
         drawn=list(drawn), numeric=list(numeric), rows=rows,
         # Without a verdict Evidently keeps its own default methods and thresholds.
-        alpha=verdict["alpha"] if verdict is not None else None,
-        drift_share=verdict["drift_share"] if verdict is not None else 0.5,
+        alpha=verdict.alpha if verdict is not None else None,
+        drift_share=verdict.drift_share if verdict is not None else 0.5,
     ))
     report = Report(metrics, metadata=dict(metadata), tags=list(tags))
     with warnings.catch_warnings():
@@ -414,68 +491,8 @@ def report_drifted_columns(path: str | Path) -> list[str]:
     return drift_report.report_drifted_columns(path)
 
 
-# Dashboard panels: normlab's verdict, never Evidently's own count.
-_DASHBOARD = (
-    ("Share of drifted columns, normlab verdict (last batch)", "counter", "share"),
-    ("Drifted columns, normlab verdict (last batch)", "counter", "count"),
-    ("Share of drifted columns per batch, normlab verdict (decides alerts)", "line", "share"),
-)
-
-
-def _dashboard_panels() -> list[Any]:
-    from evidently.sdk.models import PanelMetric
-    from evidently.sdk.panels import counter_panel, line_plot_panel
-
-    from normlab.drift_report import COUNT_TYPE
-
-    panels = []
-    for title, kind, value_type in _DASHBOARD:
-        values = [PanelMetric(legend=value_type, metric=COUNT_TYPE, metric_labels={"value_type": value_type})]
-        if kind == "counter":
-            panels.append(counter_panel(title=title, values=values, size="half", aggregation="last"))
-        else:
-            panels.append(line_plot_panel(title=title, values=values))
-    return panels
-
-
-def _migrate_dashboard(ws: Any, project_id: Any) -> None:
-    """Point panels of an older normlab dashboard that plot Evidently's ``DriftedColumnsCount`` at normlab's verdict."""
-    from normlab.drift_report import COUNT_TYPE
-
-    dashboard = ws.get_dashboard(project_id)
-    changed = False
-    for panel in dashboard.panels:
-        hit = False
-        for value in panel.values:
-            if value.metric == "evidently:metric_v2:DriftedColumnsCount":
-                value.metric, hit = COUNT_TYPE, True
-        if hit:
-            changed = True
-            if "normlab verdict" not in panel.title:
-                panel.title = f"{panel.title}, normlab verdict"
-    if changed:
-        ws.save_dashboard(project_id, dashboard)
-
-
 def add_to_workspace(snapshot: Any, workspace: str | Path, project: str) -> dict[str, str]:
-    """Add the snapshot to a local Evidently workspace (``evidently ui --workspace DIR``).
+    """Add the snapshot to a local Evidently workspace (`normlab.drift_report.add_to_workspace`)."""
+    from normlab import drift_report
 
-    The project is created on first use with a dashboard that plots the share
-    and count of drifted columns under normlab's verdict (the
-    ``NormlabDriftedColumns`` metric of each snapshot), the verdict the alerts
-    use; a dashboard made by an older normlab that plots Evidently's own
-    ``DriftedColumnsCount`` is switched over.
-    """
-    from evidently.ui.workspace import Workspace
-
-    ws = Workspace(str(workspace))
-    found = ws.search_project(project)
-    if found:
-        target = found[0]
-        _migrate_dashboard(ws, target.id)
-    else:
-        target = ws.create_project(project, description="normlab drift monitoring: one snapshot per batch")
-        for panel in _dashboard_panels():
-            target.dashboard.add_panel(panel)
-    ref = ws.add_run(target.id, snapshot, include_data=False)
-    return {"workspace": str(Path(workspace).resolve()), "project_id": str(target.id), "snapshot_id": str(ref.id)}
+    return drift_report.add_to_workspace(snapshot, workspace, project)

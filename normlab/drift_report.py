@@ -25,7 +25,12 @@ numbers, chi-square for categories) on the sample, with a p-value only and no
 effect floor. They can disagree with the verdict above and never alert.
 
 `report_drifted_columns` reads a saved ``report.html`` or ``report.json``
-back and returns the columns it shows as drifted under normlab's verdict.
+back and returns the columns it shows as drifted under normlab's verdict;
+`add_to_workspace` keeps the snapshots in an Evidently workspace whose
+dashboard plots the verdict.
+
+The verdict is a `normlab.drift.DriftVerdict` (built from ``drift.json`` by
+`normlab.monitoring.build_report`); this module only reads it.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from evidently._pydantic_compat import Field
 from evidently.core.container import MetricContainer
@@ -57,6 +62,10 @@ from evidently.legacy.renderers.html_widgets import (
     table_data,
 )
 from evidently.metrics import DriftedColumnsCount, ValueDrift
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # normlab.drift builds reports with this module: the verdict's type is only named here
+    from normlab.drift import DriftVerdict
 
 PREDICTION_COLUMN = "model.prediction"
 CONFIDENCE_COLUMN = "model.confidence"
@@ -78,60 +87,47 @@ EVIDENTLY_NUM_METHOD, EVIDENTLY_CAT_METHOD = "ks", "chisquare"
 # The verdict ---------------------------------------------------------------------------
 
 
-def make_verdict(
-    drift_json: dict[str, Any], *, alpha: float, effect_floor: float, drift_share: float,
-    prediction_decides: bool = True,
-) -> dict[str, Any]:
-    """normlab's verdict of one batch, as the report shows it, from ``drift.json`` and the monitor's thresholds.
-
-    Args:
-        drift_json: What `normlab.monitoring.analyze_batch` writes (``columns``,
-            ``prediction``, ``drifted``, ``drifted_columns``, ``rows``, ``decidable``).
-        alpha, effect_floor, drift_share: ``monitor.*`` thresholds of the decision.
-        prediction_decides: ``monitor.prediction`` (whether drifted predictions drift the batch).
-    """
-    return {
-        "alpha": float(alpha), "effect_floor": float(effect_floor), "drift_share": float(drift_share),
-        "prediction_decides": bool(prediction_decides),
-        "rows": drift_json.get("rows"), "decidable": drift_json.get("decidable", True),
-        "drifted": drift_json.get("drifted"), "drifted_columns": list(drift_json.get("drifted_columns", [])),
-        "columns": [dict(c) for c in drift_json["columns"]], "prediction": drift_json.get("prediction"),
-    }
-
-
-def verdict_drifted_columns(verdict: dict[str, Any]) -> list[str]:
+def verdict_drifted_columns(verdict: DriftVerdict) -> list[str]:
     """The columns normlab's verdict names as drifted, as the alert does: features, then ``model.prediction``."""
-    out = [c["column"] for c in verdict["columns"] if c["drifted"]]
-    prediction = verdict.get("prediction")
-    if prediction and prediction["class"]["drifted"]:
+    out = [c.column for c in verdict.columns if c.drifted]
+    if verdict.prediction is not None and verdict.prediction.class_.drifted:
         out.append(PREDICTION_COLUMN)
     return out
 
 
-def check_verdict(verdict: dict[str, Any]) -> None:
+def check_verdict(verdict: DriftVerdict) -> None:
     """Refuse a verdict whose per-column flags do not give its own ``drifted_columns`` (mixed-up inputs)."""
-    missing = [k for k in ("alpha", "effect_floor", "drift_share", "columns") if k not in verdict]
-    if missing:
-        raise ValueError(f"drift verdict lacks {missing}")
-    named = verdict.get("drifted_columns")
-    if named is not None and list(named) != verdict_drifted_columns(verdict):
+    named = verdict.drifted_columns
+    if list(named) != verdict_drifted_columns(verdict):
         raise ValueError(f"drift verdict names drifted columns {list(named)} but its columns flag "
                          f"{verdict_drifted_columns(verdict)}")
 
 
-def _rows(verdict: dict[str, Any]) -> list[dict[str, Any]]:
+class VerdictRow(BaseModel):
+    """One row of the verdict table: a feature, or one of the model's two outputs (``role``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    column: str
+    test: str
+    score: float
+    p_value: float
+    drifted: bool
+    role: Literal["feature", "prediction", "confidence"]
+    shifted: bool = False  # the confidence only: moved, though it never decides
+
+
+def _rows(verdict: DriftVerdict) -> list[VerdictRow]:
     """Every row of the verdict: the features, then the model's two outputs."""
-    alpha, floor = verdict["alpha"], verdict["effect_floor"]
-    rows = [{**c, "role": "feature"} for c in verdict["columns"]]
-    prediction = verdict.get("prediction")
-    if prediction:
-        cls, conf = prediction["class"], prediction["confidence"]
-        rows.append({"column": PREDICTION_COLUMN, "test": cls["test"], "score": cls["score"],
-                     "p_value": cls["p_value"], "drifted": bool(cls["drifted"]), "role": "prediction"})
+    rows = [VerdictRow(**c.model_dump(), role="feature") for c in verdict.columns]
+    prediction = verdict.prediction
+    if prediction is not None:
+        cls, conf = prediction.class_, prediction.confidence
+        rows.append(VerdictRow(column=PREDICTION_COLUMN, test=cls.test, score=cls.score, p_value=cls.p_value,
+                               drifted=cls.drifted, role="prediction"))
         # The confidence is reported, never decides (see `normlab.drift.prediction_drift`).
-        rows.append({"column": CONFIDENCE_COLUMN, "test": conf["test"], "score": conf["score"],
-                     "p_value": conf["p_value"], "drifted": False, "role": "confidence",
-                     "shifted": bool(conf.get("shifted", conf["p_value"] < alpha and conf["score"] >= floor))})
+        rows.append(VerdictRow(column=CONFIDENCE_COLUMN, test=conf.test, score=conf.score, p_value=conf.p_value,
+                               drifted=False, role="confidence", shifted=conf.shifted))
     return rows
 
 
@@ -150,8 +146,8 @@ class NormlabDriftedColumns(CountMetric):
     drift_share: float
     # The precomputed verdict. Private: not a parameter of the metric, so every batch's value
     # falls in the same dashboard series.
-    _verdict: dict | None = None
-    _sample: dict | None = None
+    _verdict: DriftVerdict | None = None
+    _sample: dict[str, int] | None = None
 
 
 class NormlabDriftedColumnsCalculation(CountCalculation[NormlabDriftedColumns]):
@@ -159,8 +155,8 @@ class NormlabDriftedColumnsCalculation(CountCalculation[NormlabDriftedColumns]):
         verdict = self.metric._verdict
         if verdict is None:
             raise ValueError("NormlabDriftedColumns needs a verdict: build it with drift_report.verdict_metrics")
-        features = verdict["columns"]
-        n = sum(1 for c in features if c["drifted"])
+        features = verdict.columns
+        n = sum(1 for c in features if c.drifted)
         result = self.result(n, n / len(features) if features else 0.0)
         result.widget = render_verdict(verdict, self.metric._sample or {})
         return result
@@ -173,7 +169,7 @@ class NormlabColumnVerdict(ByLabelMetric):
     """One number per column from normlab's verdict: ``drifted`` (1/0), ``score`` or ``p_value``."""
 
     stat: str
-    _verdict: dict | None = None
+    _verdict: DriftVerdict | None = None
 
 
 class NormlabColumnVerdictCalculation(ByLabelCalculation[NormlabColumnVerdict]):
@@ -185,10 +181,10 @@ class NormlabColumnVerdictCalculation(ByLabelCalculation[NormlabColumnVerdict]):
         values: dict[str, float] = {}
         for row in _rows(verdict):
             if stat == "drifted":
-                if row["role"] != "confidence":  # the confidence never decides
-                    values[row["column"]] = 1.0 if row["drifted"] else 0.0
+                if row.role != "confidence":  # the confidence never decides
+                    values[row.column] = 1.0 if row.drifted else 0.0
             else:
-                values[row["column"]] = float(row[stat])
+                values[row.column] = float(getattr(row, stat))
         result = self.result(values)
         result.widget = []  # the verdict table (NormlabDriftedColumns) shows these
         return result
@@ -200,11 +196,11 @@ class NormlabColumnVerdictCalculation(ByLabelCalculation[NormlabColumnVerdict]):
         return f"normlab {self.metric.stat} of {label}"
 
 
-def verdict_metrics(verdict: dict[str, Any], *, sample: dict[str, int] | None = None) -> list:
+def verdict_metrics(verdict: DriftVerdict, *, sample: dict[str, int] | None = None) -> list:
     """The Evidently metrics that carry ``verdict``: the count (with the table) and one per ``stat``."""
     check_verdict(verdict)
-    count = NormlabDriftedColumns(alpha=verdict["alpha"], effect_floor=verdict["effect_floor"],
-                                  drift_share=verdict["drift_share"])
+    count = NormlabDriftedColumns(alpha=verdict.alpha, effect_floor=verdict.effect_floor,
+                                  drift_share=verdict.drift_share)
     count._verdict, count._sample = verdict, sample or {}
     out: list = [count]
     for stat in STATS:
@@ -214,21 +210,21 @@ def verdict_metrics(verdict: dict[str, Any], *, sample: dict[str, int] | None = 
     return out
 
 
-def render_verdict(verdict: dict[str, Any], sample: dict[str, int]) -> list[BaseWidgetInfo]:
+def render_verdict(verdict: DriftVerdict, sample: dict[str, int]) -> list[BaseWidgetInfo]:
     """The primary section: the batch verdict as counters and every column in a table."""
-    alpha, floor, share_needed = verdict["alpha"], verdict["effect_floor"], verdict["drift_share"]
-    features = verdict["columns"]
-    n = sum(1 for c in features if c["drifted"])
+    alpha, floor, share_needed = verdict.alpha, verdict.effect_floor, verdict.drift_share
+    features = verdict.columns
+    n = sum(1 for c in features if c.drifted)
     share = n / len(features) if features else 0.0
-    drifted = verdict.get("drifted")
+    drifted = verdict.drifted
     batch = "no decision (too few rows)" if drifted is None else ("DRIFTED" if drifted else "not drifted")
-    prediction = verdict.get("prediction")
+    prediction = verdict.prediction
     pred_text = "not computed"
-    if prediction:
-        pred_text = "drifted" if prediction["class"]["drifted"] else "not drifted"
-        if not verdict.get("prediction_decides", True):
+    if prediction is not None:
+        pred_text = "drifted" if prediction.class_.drifted else "not drifted"
+        if not verdict.prediction_decides:
             pred_text += " (monitor.prediction off: does not drift the batch)"
-    rows = verdict.get("rows")
+    rows = verdict.rows
     counters = [
         CounterData("batch verdict", batch),
         CounterData(f"drifted feature columns (batch drifts at share >= {share_needed:g})",
@@ -239,15 +235,15 @@ def render_verdict(verdict: dict[str, Any], sample: dict[str, int]) -> list[Base
     table_rows = []
     # Features first (drifted ones, then by effect size), then the model's outputs.
     every = _rows(verdict)
-    ranked = sorted((r for r in every if r["role"] == "feature"), key=lambda r: (r["drifted"], r["score"]),
-                    reverse=True) + [r for r in every if r["role"] != "feature"]
+    ranked = sorted((r for r in every if r.role == "feature"), key=lambda r: (r.drifted, r.score),
+                    reverse=True) + [r for r in every if r.role != "feature"]
     for r in ranked:
-        if r["role"] == "confidence":
-            mark = "no (reported only" + (", shifted)" if r.get("shifted") else ")")
+        if r.role == "confidence":
+            mark = "no (reported only" + (", shifted)" if r.shifted else ")")
         else:
-            mark = DRIFTED_YES if r["drifted"] else "no"
-        table_rows.append([r["column"], r["test"], _fmt(r["score"], ".3f"), _fmt(r["p_value"], ".3g"),
-                           str(bool(r["p_value"] < alpha)).lower(), str(bool(r["score"] >= floor)).lower(), mark])
+            mark = DRIFTED_YES if r.drifted else "no"
+        table_rows.append([r.column, r.test, _fmt(r.score, ".3f"), _fmt(r.p_value, ".3g"),
+                           str(bool(r.p_value < alpha)).lower(), str(bool(r.score >= floor)).lower(), mark])
     table = table_data(title=TABLE_TITLE, column_names=list(TABLE_HEADER), data=table_rows, size=WidgetSize.FULL)
     table.pageSize = max(len(table_rows), 5)
     where = f"{rows} batch rows" if rows is not None else "every batch row"
@@ -359,3 +355,68 @@ def verdict_table(text: str) -> list[dict[str, str]]:
 
 def _html_drifted(text: str) -> list[str]:
     return [row["column"] for row in verdict_table(text) if row["drifted"] == DRIFTED_YES]
+
+
+# The Evidently workspace -----------------------------------------------------------------
+
+# Dashboard panels: normlab's verdict, never Evidently's own count.
+_DASHBOARD = (
+    ("Share of drifted columns, normlab verdict (last batch)", "counter", "share"),
+    ("Drifted columns, normlab verdict (last batch)", "counter", "count"),
+    ("Share of drifted columns per batch, normlab verdict (decides alerts)", "line", "share"),
+)
+
+
+def _dashboard_panels() -> list[Any]:
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import counter_panel, line_plot_panel
+
+    panels = []
+    for title, kind, value_type in _DASHBOARD:
+        values = [PanelMetric(legend=value_type, metric=COUNT_TYPE, metric_labels={"value_type": value_type})]
+        if kind == "counter":
+            panels.append(counter_panel(title=title, values=values, size="half", aggregation="last"))
+        else:
+            panels.append(line_plot_panel(title=title, values=values))
+    return panels
+
+
+def _migrate_dashboard(ws: Any, project_id: Any) -> None:
+    """Point panels of an older normlab dashboard that plot Evidently's ``DriftedColumnsCount`` at normlab's verdict."""
+    dashboard = ws.get_dashboard(project_id)
+    changed = False
+    for panel in dashboard.panels:
+        hit = False
+        for value in panel.values:
+            if value.metric == "evidently:metric_v2:DriftedColumnsCount":
+                value.metric, hit = COUNT_TYPE, True
+        if hit:
+            changed = True
+            if "normlab verdict" not in panel.title:
+                panel.title = f"{panel.title}, normlab verdict"
+    if changed:
+        ws.save_dashboard(project_id, dashboard)
+
+
+def add_to_workspace(snapshot: Any, workspace: str | Path, project: str) -> dict[str, str]:
+    """Add the snapshot to a local Evidently workspace (``evidently ui --workspace DIR``).
+
+    The project is created on first use with a dashboard that plots the share
+    and count of drifted columns under normlab's verdict (the
+    ``NormlabDriftedColumns`` metric of each snapshot), the verdict the alerts
+    use; a dashboard made by an older normlab that plots Evidently's own
+    ``DriftedColumnsCount`` is switched over.
+    """
+    from evidently.ui.workspace import Workspace
+
+    ws = Workspace(str(workspace))
+    found = ws.search_project(project)
+    if found:
+        target = found[0]
+        _migrate_dashboard(ws, target.id)
+    else:
+        target = ws.create_project(project, description="normlab drift monitoring: one snapshot per batch")
+        for panel in _dashboard_panels():
+            target.dashboard.add_panel(panel)
+    ref = ws.add_run(target.id, snapshot, include_data=False)
+    return {"workspace": str(Path(workspace).resolve()), "project_id": str(target.id), "snapshot_id": str(ref.id)}

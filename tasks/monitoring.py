@@ -6,15 +6,26 @@ state on disk, not through Prefect's result cache.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from normlab import alerts, monitoring
 from normlab.config import PipelineConfig
-from normlab.monitoring.contracts import Analysis, Decision, GateOutcome, LandedBatch, Reference, Triage
+from normlab.monitoring.contracts import (
+    AlertOutcome,
+    Analysis,
+    BatchEntry,
+    Decision,
+    EvidentlyReport,
+    GateOutcome,
+    LandedBatch,
+    Reference,
+    RetrainedRun,
+    RetrainingData,
+    RetrainingRecord,
+    Triage,
+)
 from normlab.tasks.policy import LOCAL, TRANSIENT
 
 
@@ -66,7 +77,7 @@ def open_batch(cfg: PipelineConfig, path: str) -> LandedBatch:
 
 
 @task(name="skip-batch", **LOCAL)
-def skip_batch(opened: LandedBatch) -> dict[str, Any]:
+def skip_batch(opened: LandedBatch) -> BatchEntry:
     """The summary entry of a file not processed this time (seen before, pending, unreadable, refused)."""
     return monitoring.skipped_entry(opened)
 
@@ -88,16 +99,16 @@ def analyze_batch(cfg: PipelineConfig, reference: Reference, gated: GateOutcome,
     analysis = monitoring.analyze_batch(cfg, reference, gated, batch)
     get_run_logger().info("drift: %d of %d columns (share %.2f), prediction drift %s",
                           analysis.drift.n_drifted, analysis.drift.n_columns,
-                          analysis.drift.share, analysis.prediction["drifted"])
+                          analysis.drift.share, analysis.prediction.drifted)
     return analysis
 
 
 @task(name="evidently-report", **LOCAL)
 def build_report(cfg: PipelineConfig, reference: Reference, batch: LandedBatch,
-                 analysis: Analysis) -> dict[str, Any]:
+                 analysis: Analysis) -> EvidentlyReport:
     """The Evidently report on sampled rows, saved and added to the workspace."""
     report = monitoring.build_report(cfg, reference, batch, analysis)
-    get_run_logger().info("report: %s (%.1fs)", report["html"], report["seconds"])
+    get_run_logger().info("report: %s (%.1fs)", report.html, report.seconds)
     return report
 
 
@@ -114,7 +125,7 @@ def decide_batch(cfg: PipelineConfig, batch: LandedBatch, reference: Reference,
 @task(name="log-monitoring-run", **TRANSIENT)
 def log_monitoring_run(cfg: PipelineConfig, batch: LandedBatch, gated: GateOutcome,
                        reference: Reference, analysis: Analysis | None,
-                       report: dict[str, Any] | None, decision: Decision) -> str:
+                       report: EvidentlyReport | None, decision: Decision) -> str:
     """One MLflow run per batch with drift metrics and the reports."""
     return monitoring.log_monitoring_run(cfg, batch, gated, reference, analysis, report, decision)
 
@@ -122,25 +133,25 @@ def log_monitoring_run(cfg: PipelineConfig, batch: LandedBatch, gated: GateOutco
 # Apprise retries per service itself; a failed delivery is reported, never raised.
 @task(name="send-alert", **LOCAL)
 def send_alert(cfg: PipelineConfig, batch: LandedBatch, reference: Reference,
-               analysis: Analysis | None, report: dict[str, Any] | None, decision: Decision,
-               monitor_run_id: str, config_hint: str) -> dict[str, Any]:
+               analysis: Analysis | None, report: EvidentlyReport | None, decision: Decision,
+               monitor_run_id: str, config_hint: str) -> AlertOutcome:
     """Send the drift alert when the decision calls for one."""
     alert = monitoring.alert_batch(cfg, batch, reference, analysis, report, decision, monitor_run_id,
                                    retrain=decision.retrain, config_hint=config_hint)
     if decision.alert:
-        get_run_logger().info("alert: %s to %d of %d target(s)", "sent" if alert["sent"] else "NOT sent",
-                              alert["delivered"], alert["targets"])
+        get_run_logger().info("alert: %s to %d of %d target(s)", "sent" if alert.sent else "NOT sent",
+                              alert.delivered, alert.targets)
     return alert
 
 
 @task(name="send-quality-alert", **LOCAL)
 def send_quality_alert(cfg: PipelineConfig, batch: LandedBatch, reference: Reference,
-                       gated: GateOutcome, decision: Decision, monitor_run_id: str) -> dict[str, Any]:
+                       gated: GateOutcome, decision: Decision, monitor_run_id: str) -> AlertOutcome:
     """Send the data-quality alert when the batch was blocked or lost too many rows to quarantine."""
     alert = monitoring.quality_alert_batch(cfg, batch, reference, gated, decision, monitor_run_id)
-    if alert["due"]:
+    if alert.due:
         get_run_logger().warning("data-quality alert (%s): %s to %d of %d target(s)", decision.quality.level,
-                                 "sent" if alert["sent"] else "NOT sent", alert["delivered"], alert["targets"])
+                                 "sent" if alert.sent else "NOT sent", alert.delivered, alert.targets)
     return alert
 
 
@@ -185,19 +196,19 @@ def emit_drift_event(reference: Reference, batch: LandedBatch, decision: Decisio
 
 @task(name="finish-batch", **TRANSIENT)
 def finish_batch(cfg: PipelineConfig, batch: LandedBatch, gated: GateOutcome, reference: Reference,
-                 analysis: Analysis | None, report: dict[str, Any] | None, decision: Decision,
-                 alert: dict[str, Any], quality_alert: dict[str, Any], monitor_run_id: str) -> dict[str, Any]:
+                 analysis: Analysis | None, report: EvidentlyReport | None, decision: Decision,
+                 alert: AlertOutcome, quality_alert: AlertOutcome, monitor_run_id: str) -> BatchEntry:
     """Mark the batch done; settle its alerts in the model's history (the streak was committed by the decision)."""
     return monitoring.finish_batch(cfg, batch, gated, reference, analysis, report, decision, alert, quality_alert,
                                    monitor_run_id)
 
 
 @task(name="batch-artifact", **LOCAL)
-def publish_batch_summary(entry: dict[str, Any], reference: Reference) -> None:
+def publish_batch_summary(entry: BatchEntry, reference: Reference) -> None:
     """A Markdown artifact that summarises the batch in the Prefect UI."""
     create_markdown_artifact(markdown=monitoring.batch_markdown(entry, reference),
-                             key=f"drift-{entry['fingerprint'][:16]}",
-                             description=f"drift {entry['drift']['level']} for {reference.model}")
+                             key=f"drift-{entry.fingerprint[:16]}",
+                             description=f"drift {entry.drift.level} for {reference.model}")
 
 
 @task(name="release-batch", **LOCAL)
@@ -207,25 +218,25 @@ def release_batch(cfg: PipelineConfig, batch: LandedBatch) -> None:
 
 
 @task(name="retraining-data", **LOCAL)
-def retraining_data(cfg: PipelineConfig, reference: Reference) -> dict[str, Any]:
+def retraining_data(cfg: PipelineConfig, reference: Reference) -> RetrainingData:
     """Reference rows plus the drifted batches' accepted, labelled rows, as one file."""
     data = monitoring.retraining_data(cfg, reference)
     get_run_logger().info("retraining data: %d reference + %d new rows (%d unlabelled batch(es) left out)",
-                          data["rows_reference"], data["rows_new"], data["batches_unlabelled"])
+                          data.rows_reference, data.rows_new, data.batches_unlabelled)
     return data
 
 
 @task(name="retraining-failed-alert", **LOCAL)
-def retraining_failed_alert(cfg: PipelineConfig, reference: Reference, retrained: dict[str, Any]) -> dict[str, Any]:
+def retraining_failed_alert(cfg: PipelineConfig, reference: Reference, retrained: RetrainingRecord) -> AlertOutcome:
     """Alert that the retraining failed (the batches stay recorded)."""
     alert = monitoring.retraining_failed_alert(cfg, reference, retrained)
-    get_run_logger().error("retraining failed: %s; alert %s to %d of %d target(s)", retrained["error"],
-                           "sent" if alert["sent"] else "NOT sent", alert["delivered"], alert["targets"])
+    get_run_logger().error("retraining failed: %s; alert %s to %d of %d target(s)", retrained.error,
+                           "sent" if alert.sent else "NOT sent", alert.delivered, alert.targets)
     return alert
 
 
 @task(name="record-retraining", **LOCAL)
-def record_retraining(cfg: PipelineConfig, reference: Reference, data: dict[str, Any],
-                      result: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
+def record_retraining(cfg: PipelineConfig, reference: Reference, data: RetrainingData,
+                      result: RetrainedRun | None, error: str | None) -> RetrainingRecord:
     """Note the retraining in the model's history."""
     return monitoring.record_retraining(cfg, reference, data, result, error)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -12,6 +12,10 @@ from rich.table import Table
 from normlab.cli.app import ConfigArg, SetOpt, SummaryOpt, app, console
 from normlab.cli.common import as_user_error, fail, load_or_fail, prepare_environment, ui_command, write_summary
 from normlab.errors import NormlabError, RetrainingError
+
+if TYPE_CHECKING:  # imported with the flow, when the command runs
+    from normlab.config import PipelineConfig
+    from normlab.monitoring.contracts import AlertOutcome, BatchEntry, MonitorSummary, Reference
 
 # Exit codes of normlab monitor (see normlab.cli for all): 3 a batch was blocked by the data gate
 # (every batch still processed and alerted), 5 a batch drifted (only with --fail-on-drift),
@@ -21,7 +25,7 @@ DRIFT_EXIT_CODE = 5
 RETRAIN_EXIT_CODE = RetrainingError.exit_code
 
 
-def batches_table(batches: list[dict[str, Any]]) -> Table:
+def batches_table(batches: list[BatchEntry]) -> Table:
     """One row per batch: rows, drift level and share, top columns, alert."""
     table = Table(title="Monitored batches")
     for head, justify in (("batch", "left"), ("status", "left"), ("rows in/ok", "right"), ("data", "left"),
@@ -29,20 +33,23 @@ def batches_table(batches: list[dict[str, Any]]) -> Table:
                           ("alert", "left")):
         table.add_column(head, justify=justify, no_wrap=head != "top columns (score)")
     for b in batches:
-        drift = b.get("drift") or {}
-        share = drift.get("share")
-        top = ", ".join(f"{c['column']} ({c['score']:.2f})" for c in (drift.get("columns") or [])[:3] if c["drifted"])
-        alerts = [f"{kind} {_alert_text(b.get(key) or {})}" for kind, key in (("drift", "alert"),
-                                                                               ("data", "quality_alert"))
-                  if (b.get(key) or {}).get("due")]
+        drift = b.drift
+        share = drift.share if drift else None
+        top = ", ".join(f"{c.column} ({c.score:.2f})" for c in (drift.columns if drift else [])[:3] if c.drifted)
+        alerts = [f"{kind} {_alert_text(alert)}" for kind, alert in (("drift", b.alert), ("data", b.quality_alert))
+                  if alert.due]
         table.add_row(
-            _label(b), b["status"],
-            f"{b.get('rows_in', '')}/{b.get('rows_accepted', '')}" if "rows_in" in b else "",
-            str((b.get("quality") or {}).get("level", "")),
-            str(drift.get("level", "")), "" if share is None else f"{share:.2f}", top or "-",
+            _label(b), b.status,
+            f"{_blank(b.rows_in)}/{_blank(b.rows_accepted)}" if "rows_in" in b.model_fields_set else "",
+            b.quality.level if b.quality else "",
+            drift.level if drift else "", "" if share is None else f"{share:.2f}", top or "-",
             ", ".join(alerts) or "-",
         )
     return table
+
+
+def _blank(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 @app.command()
@@ -78,7 +85,6 @@ def monitor(
     cfg = load_or_fail(config, set_)
 
     from normlab.flows.monitoring import monitoring_flow
-    from normlab.monitoring import workspace_dir
 
     console.print(f"normlab monitor: {cfg.name}, data {data}, store {cfg.redacted().tracking_uri()}", soft_wrap=True)
     hint = command_hint(config, set_)
@@ -95,67 +101,53 @@ def monitor(
                                 "batches": []})
         raise fail(user_error, user_error.exit_code) from None
 
-    batches = result["batches"]
+    _report(cfg, data, summary, result, retrain_error, fail_on_drift)
+
+
+def _report(cfg: PipelineConfig, data: str, summary: Path | None, result: MonitorSummary, retrain_error: RetrainingError | None,
+            fail_on_drift: bool) -> None:
+    """Print the batches and retrainings, write the summary JSON, and exit with the command's code."""
+    from normlab.monitoring import workspace_dir
+
+    batches = result.batches
     if not batches:
         console.print(f"no batch files at {data}")
     else:
         console.print(batches_table(batches))
     for b in batches:
-        level = (b.get("drift") or {}).get("level")
-        if b["status"] in ("unreadable", "refused"):
-            console.print(f"[yellow]{_label(b)} {b['status']}[/]: {b['reason']}", soft_wrap=True)
-        elif b["status"] in ("skipped", "pending"):
-            console.print(f"{_label(b)} {b['status']}: {b['reason']}", soft_wrap=True)
-        elif level in ("suspected", "detected", "blocked", "too_small"):
-            console.print(f"{b['fingerprint'][:12]} drift {level}: {b['drift']['reason']}", soft_wrap=True)
-        if b["status"] == "processed" and b.get("change"):
-            console.print(f"{b['fingerprint'][:12]} ({Path(b['source']).name}): {b['change']}", soft_wrap=True)
-        quality = b.get("quality") or {}
-        if b["status"] == "processed" and quality.get("level") not in (None, "ok"):
-            console.print(f"[bold red]{b['fingerprint'][:12]} data {quality['level']}[/]: {quality['reason']}",
-                          soft_wrap=True)
-        if b.get("rows_untyped"):
-            console.print(f"{b['fingerprint'][:12]}: {b['rows_untyped']} row(s) could not be read and typed; "
-                          "left out of the drift analysis (kept in the quarantine)", soft_wrap=True)
-        quality_alert = b.get("quality_alert") or {}
-        if quality_alert.get("due") and quality_alert["targets"] and not quality_alert["sent"]:
-            console.print(f"[yellow]data-quality alert not delivered[/]: {quality_alert['reason']}", soft_wrap=True)
-        if b.get("alert", {}).get("due") and b["alert"]["targets"] and not b["alert"]["sent"]:
-            console.print(f"[yellow]alert not delivered[/]: {b['alert']['reason']}", soft_wrap=True)
-        if b.get("rows_quarantined"):
-            console.print(f"{b['fingerprint'][:12]}: {b['rows_quarantined']} row(s) quarantined in "
-                          f"{b['quarantine_path']}", soft_wrap=True)
-    for r in result["retrained"]:
-        if r["error"] and r["data"]:
-            console.print(f"[bold red]retraining failed[/]: {r['error']}", soft_wrap=True)
-        elif r["error"]:
-            console.print(f"[yellow]retraining skipped[/]: {r['error']}", soft_wrap=True)
+        _print_batch(b)
+    for r in result.retrained:
+        if r.error and r.data:
+            console.print(f"[bold red]retraining failed[/]: {r.error}", soft_wrap=True)
+        elif r.error:
+            console.print(f"[yellow]retraining skipped[/]: {r.error}", soft_wrap=True)
         else:
-            registry = r.get("registry") or {}
-            outcome = (f"; {registry['name']} v{registry['version']} ({', '.join(registry['aliases'])}): "
-                       f"{registry['reason']}" if registry.get("version") else "")
-            console.print(f"retrained: run {r['run_id']} on {r['rows_reference']} reference + {r['rows_new']} "
+            registry = r.registry
+            outcome = (f"; {registry.name} v{registry.version} ({', '.join(registry.aliases)}): "
+                       f"{registry.reason}" if registry is not None and registry.version else "")
+            console.print(f"retrained: run {r.run_id} on {r.rows_reference} reference + {r.rows_new} "
                           f"new rows{outcome}", soft_wrap=True)
-    reports = [b["report"]["html"] for b in batches if b["status"] == "processed" and b.get("report")]
+    reports = [b.report.html for b in batches if b.status == "processed" and b.report]
     if reports:
         console.print(f"latest report: {reports[-1]}", soft_wrap=True)
         console.print(f"drift over time:  [bold]evidently ui --workspace {workspace_dir(cfg)}[/]", soft_wrap=True)
         console.print(f"monitoring runs:  [bold]{ui_command(cfg.redacted().tracking_uri())}[/]", soft_wrap=True)
 
-    processed = [b for b in batches if b["status"] == "processed"]
-    drifted = [b for b in processed if b["drift"]["level"] in ("suspected", "detected")]
-    blocked = [b for b in processed if (b.get("quality") or {}).get("level") == "blocked"]
+    processed = [b for b in batches if b.status == "processed"]
+    drifted = [b for b in processed if b.drift.level in ("suspected", "detected")]
+    blocked = [b for b in processed if b.quality is not None and b.quality.level == "blocked"]
     write_summary(summary, {
         "status": "retraining_failed" if retrain_error else ("blocked" if blocked else "finished"),
         "data": data,
         "tracking_uri": cfg.redacted().tracking_uri(),
-        "reference": _public_reference(result["reference"]),
-        "batches": batches,
-        "retrained": result["retrained"],
+        "reference": _public_reference(result.reference),
+        "batches": [b.to_json() for b in batches],
+        "retrained": [r.to_json() for r in result.retrained],
         "drift": {"processed": len(processed), "drifted": len(drifted),
-                  "detected": sum(b["drift"]["level"] == "detected" for b in processed)},
+                  "detected": sum(b.drift.level == "detected" for b in processed)},
         "quality": {"blocked": len(blocked),
-                    "quarantined": sum((b.get("quality") or {}).get("level") == "quarantined" for b in processed)},
+                    "quarantined": sum(b.quality is not None and b.quality.level == "quarantined"
+                                       for b in processed)},
     })
     if retrain_error is not None:
         raise fail(retrain_error, RETRAIN_EXIT_CODE)
@@ -167,13 +159,39 @@ def monitor(
         raise typer.Exit(DRIFT_EXIT_CODE)
 
 
-def _alert_text(alert: dict[str, Any]) -> str:
-    return "sent" if alert["sent"] else ("failed" if alert["targets"] else "no URL set")
+def _print_batch(b: BatchEntry) -> None:
+    """The lines about one batch under the table: why it was not processed, its drift, quality and alerts."""
+    level = b.drift.level if b.drift else None
+    if b.status in ("unreadable", "refused"):
+        console.print(f"[yellow]{_label(b)} {b.status}[/]: {b.reason}", soft_wrap=True)
+    elif b.status in ("skipped", "pending"):
+        console.print(f"{_label(b)} {b.status}: {b.reason}", soft_wrap=True)
+    elif level in ("suspected", "detected", "blocked", "too_small"):
+        console.print(f"{b.fingerprint[:12]} drift {level}: {b.drift.reason}", soft_wrap=True)
+    if b.status == "processed" and b.change:
+        console.print(f"{b.fingerprint[:12]} ({Path(b.source).name}): {b.change}", soft_wrap=True)
+    quality = b.quality
+    if b.status == "processed" and quality is not None and quality.level != "ok":
+        console.print(f"[bold red]{b.fingerprint[:12]} data {quality.level}[/]: {quality.reason}", soft_wrap=True)
+    if b.rows_untyped:
+        console.print(f"{b.fingerprint[:12]}: {b.rows_untyped} row(s) could not be read and typed; "
+                      "left out of the drift analysis (kept in the quarantine)", soft_wrap=True)
+    if b.quality_alert.due and b.quality_alert.targets and not b.quality_alert.sent:
+        console.print(f"[yellow]data-quality alert not delivered[/]: {b.quality_alert.reason}", soft_wrap=True)
+    if b.alert.due and b.alert.targets and not b.alert.sent:
+        console.print(f"[yellow]alert not delivered[/]: {b.alert.reason}", soft_wrap=True)
+    if b.rows_quarantined:
+        console.print(f"{b.fingerprint[:12]}: {b.rows_quarantined} row(s) quarantined in {b.quarantine_path}",
+                      soft_wrap=True)
 
 
-def _label(batch: dict[str, Any]) -> str:
+def _alert_text(alert: AlertOutcome) -> str:
+    return "sent" if alert.sent else ("failed" if alert.targets else "no URL set")
+
+
+def _label(batch: BatchEntry) -> str:
     """The batch's short fingerprint, or its file name when it could not be read."""
-    return batch["fingerprint"][:12] if batch["fingerprint"] else Path(batch["source"]).name
+    return batch.fingerprint[:12] if batch.fingerprint else Path(batch.source).name
 
 
 def command_hint(config: Path | None, overrides: list[str] | None) -> str:
@@ -189,8 +207,8 @@ def command_hint(config: Path | None, overrides: list[str] | None) -> str:
     return " ".join(parts) + " " if parts else ""
 
 
-def _public_reference(reference: dict[str, Any] | None) -> dict[str, Any] | None:
+def _public_reference(reference: Reference | None) -> dict[str, str | None] | None:
     """What the summary says about the reference (run, model, version; no local model paths)."""
     if reference is None:
         return None
-    return {k: reference.get(k) for k in ("run_id", "model", "version", "selected_by", "reference")}
+    return {k: getattr(reference, k) for k in ("run_id", "model", "version", "selected_by", "reference")}

@@ -3,10 +3,11 @@
 Each stage is a plain function over files that returns a small frozen,
 typed contract (`normlab.monitoring.contracts`), which is what a Prefect task
 passes on (see ``flows/monitoring.py``); what is persisted as JSON (ledger
-entries, ``state.json``, the summary) is dumped from them at that boundary.
-The modules, by role:
+entries, ``state.json``, the summary) is dumped from them at that boundary
+and read back into them. The modules, by role:
 
-    contracts    the typed hand-offs between the stages
+    contracts    the typed hand-offs between the stages, and the summary entries
+    state        the typed records of state.json
     ledger       folders, batch discovery, the locked state, claims (exactly once)
     reference    the champion's (else the latest run's) training rows, model and encoders
     analysis     the gate in its monitoring context, data quality, drift, the report, the decision
@@ -42,20 +43,34 @@ from normlab.monitoring.analysis import (
     quality_of,
 )
 from normlab.monitoring.contracts import (
+    NO_ALERT,
+    AlertOutcome,
     Analysis,
+    BatchEntry,
+    BatchOutcome,
     Decision,
+    DriftRecord,
     DriftSummary,
+    EntryDrift,
+    EntryPrediction,
+    EntryQuality,
+    EntryReport,
+    EvidentlyReport,
     GateOutcome,
     GateProblem,
     LandedBatch,
+    MonitorSummary,
+    Performance,
     Quality,
     Reference,
     ReportInputs,
+    RetrainedRun,
+    RetrainingData,
+    RetrainingRecord,
     Triage,
 )
 from normlab.monitoring.ledger import (
     BATCH_SUFFIXES,
-    NO_ALERT,
     SETTLE_S,
     discover_batches,
     earlier_claims,
@@ -85,23 +100,50 @@ from normlab.monitoring.reference import (
 )
 from normlab.monitoring.retraining import (
     record_retraining,
+    retrained_run,
     retraining_data,
+)
+from normlab.monitoring.state import (
+    BatchRecord,
+    FileRecord,
+    ModelHistory,
+    MonitorState,
+    Processed,
 )
 
 __all__ = [
     "BATCH_SUFFIXES",
     "NO_ALERT",
     "SETTLE_S",
+    "AlertOutcome",
     "Analysis",
+    "BatchEntry",
+    "BatchOutcome",
+    "BatchRecord",
     "Decision",
+    "DriftRecord",
     "DriftSummary",
+    "EntryDrift",
+    "EntryPrediction",
+    "EntryQuality",
+    "EntryReport",
+    "EvidentlyReport",
+    "FileRecord",
     "GateOutcome",
     "GateProblem",
     "LandedBatch",
+    "ModelHistory",
+    "MonitorState",
+    "MonitorSummary",
     "NoReferenceError",
+    "Performance",
+    "Processed",
     "Quality",
     "Reference",
     "ReportInputs",
+    "RetrainedRun",
+    "RetrainingData",
+    "RetrainingRecord",
     "Triage",
     "alert_batch",
     "analyze_batch",
@@ -127,6 +169,7 @@ __all__ = [
     "record_retraining",
     "release_batch",
     "resolve_reference",
+    "retrained_run",
     "retraining_data",
     "retraining_failed_alert",
     "skipped_entry",

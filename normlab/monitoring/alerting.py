@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from normlab.config import PipelineConfig
-from normlab.monitoring.contracts import Analysis, Decision, GateOutcome, LandedBatch, Reference
-from normlab.monitoring.ledger import NO_ALERT
+from normlab.monitoring.contracts import (
+    NO_ALERT,
+    AlertOutcome,
+    Analysis,
+    Decision,
+    EvidentlyReport,
+    GateOutcome,
+    LandedBatch,
+    Reference,
+    RetrainingRecord,
+)
 
 # 10. Alerts ----------------------------------------------------------------------------
 
@@ -16,29 +23,29 @@ def alert_batch(
     batch: LandedBatch,
     reference: Reference,
     analysis: Analysis | None,
-    report: dict[str, Any] | None,
+    report: EvidentlyReport | None,
     decision: Decision,
     monitor_run_id: str,
     retrain: bool,
     config_hint: str = "",
-) -> dict[str, Any]:
+) -> AlertOutcome:
     """Send the drift alert when the decision calls for one.
 
     Returns:
-        ``sent``, ``targets``, ``delivered`` and, when nothing was sent, ``reason``.
+        The `AlertOutcome`: ``sent``, ``targets``, ``delivered`` and, when nothing was sent, ``reason``.
     """
     from normlab import alerts
 
     if not decision.alert or analysis is None:
-        return {**NO_ALERT, "reason": decision.reason}
+        return NO_ALERT.model_copy(update={"reason": decision.reason})
     title, body = alerts.drift_message(
         model=reference.model, version=reference.version, reference_run_id=reference.run_id,
         fingerprint=batch.fingerprint, source=batch.source, level=decision.level,
-        drift=analysis.drift.model_dump(), prediction=analysis.prediction, performance=analysis.performance,
-        rows=analysis.rows, report_html=report["html"] if report else None, monitor_run_id=monitor_run_id,
+        drift=analysis.drift, prediction=analysis.prediction, performance=analysis.performance,
+        rows=analysis.rows, report_html=report.html if report else None, monitor_run_id=monitor_run_id,
         tracking_uri=cfg.redacted().tracking_uri(), retrain=retrain, config_hint=config_hint,
     )
-    return {"due": True, **alerts.send(alerts.alert_urls(cfg), title, body)}
+    return AlertOutcome.of(alerts.send(alerts.alert_urls(cfg), title, body))
 
 
 def quality_alert_batch(
@@ -48,33 +55,33 @@ def quality_alert_batch(
     gated: GateOutcome,
     decision: Decision,
     monitor_run_id: str,
-) -> dict[str, Any]:
+) -> AlertOutcome:
     """Send the data-quality alert (a blocked batch, or too many rows quarantined) when one is due."""
     from normlab import alerts
 
     quality = decision.quality
     if not quality.alert:
-        return {**NO_ALERT, "reason": quality.reason}
+        return NO_ALERT.model_copy(update={"reason": quality.reason})
     title, body = alerts.quality_message(
         model=reference.model, version=reference.version, fingerprint=batch.fingerprint,
-        source=batch.source, quality=quality.model_dump(), drift_level=decision.level, rows_in=gated.rows_in,
+        source=batch.source, quality=quality, drift_level=decision.level, rows_in=gated.rows_in,
         rows_quarantined=gated.rows_quarantined, rows_untyped=gated.rows_untyped, failed=gated.failed,
         quarantine_path=gated.quarantine_path, monitor_run_id=monitor_run_id,
         tracking_uri=cfg.redacted().tracking_uri(),
     )
-    return {"due": True, **alerts.send(alerts.alert_urls(cfg), title, body)}
+    return AlertOutcome.of(alerts.send(alerts.alert_urls(cfg), title, body))
 
 
-def retraining_failed_alert(cfg: PipelineConfig, reference: Reference, retrained: dict[str, Any]) -> dict[str, Any]:
+def retraining_failed_alert(cfg: PipelineConfig, reference: Reference, retrained: RetrainingRecord) -> AlertOutcome:
     """Tell the alert targets that a retraining started by monitoring failed."""
     from normlab import alerts
 
     title, body = alerts.retraining_failed_message(
-        model=reference.model, version=reference.version, error=retrained["error"] or "unknown error",
-        data=retrained.get("data"), rows_reference=retrained["rows_reference"], rows_new=retrained["rows_new"],
+        model=reference.model, version=reference.version, error=retrained.error or "unknown error",
+        data=retrained.data, rows_reference=retrained.rows_reference, rows_new=retrained.rows_new,
         tracking_uri=cfg.redacted().tracking_uri(),
     )
-    return {"due": True, **alerts.send(alerts.alert_urls(cfg), title, body)}
+    return AlertOutcome.of(alerts.send(alerts.alert_urls(cfg), title, body))
 
 
 def wants_retraining(cfg: PipelineConfig, decision: Decision, retrain: bool | None) -> bool:

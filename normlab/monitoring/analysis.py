@@ -6,7 +6,6 @@ import json
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -16,10 +15,13 @@ from normlab.errors import DataSourceError
 from normlab.monitoring.contracts import (
     Analysis,
     Decision,
+    DriftRecord,
     DriftSummary,
+    EvidentlyReport,
     GateOutcome,
     GateProblem,
     LandedBatch,
+    Performance,
     Quality,
     Reference,
     ReportInputs,
@@ -33,6 +35,7 @@ from normlab.monitoring.ledger import (
     workspace_lock,
 )
 from normlab.monitoring.reference import load_reference_model
+from normlab.monitoring.state import BatchRecord, ModelHistory
 
 _INFERENCE_ROWS = 8192
 # A batch's decision waits for earlier-landed batches of the same model that another monitor is
@@ -158,14 +161,15 @@ def analyze_batch(
             y = None  # labels the model never saw: accuracy is undefined, the drift is not
         if y is not None:
             m = classification_metrics(y, cur_proba, n_classes=labels.n_classes, ece_bins=cfg.eval.ece_bins)
-            performance = {"accuracy": m["accuracy"], "f1_macro": m["f1_macro"], "ece": m["ece"]}
+            performance = Performance(accuracy=m["accuracy"], f1_macro=m["f1_macro"], ece=m["ece"])
             if reference.reference_accuracy is not None:
-                performance["reference_accuracy"] = reference.reference_accuracy
-                performance["accuracy_drop"] = reference.reference_accuracy - m["accuracy"]
+                performance = performance.model_copy(update={
+                    "reference_accuracy": reference.reference_accuracy,
+                    "accuracy_drop": reference.reference_accuracy - m["accuracy"]})
 
     decidable = len(current) >= mon.min_rows
-    drifted = bool(data["drifted"] or (mon.prediction and prediction["drifted"])) if decidable else None
-    drifted_columns = data["drifted_columns"] + ([drift.PREDICTION_COLUMN] if prediction["drifted"] else [])
+    drifted = bool(data.drifted or (mon.prediction and prediction.drifted)) if decidable else None
+    drifted_columns = data.drifted_columns + ([drift.PREDICTION_COLUMN] if prediction.drifted else [])
 
     # Samples for the report, with the model's outputs as two more columns.
     # Seeded by the batch content: the same batch always gets the same sample.
@@ -176,17 +180,17 @@ def analyze_batch(
         picked = drift.sample_rows(frame[features].assign(**outputs), mon.report_rows, seed)
         picked.to_parquet(out / f"report_{name}.parquet", index=False)
 
-    full = {"fingerprint": batch.fingerprint, "reference_run_id": reference.run_id, "rows": len(current),
-            "decidable": decidable, "drifted": drifted, "drifted_columns": drifted_columns, "data": data,
-            "prediction": prediction, "performance": performance,
-            "columns": [s.to_dict() for s in scores]}
-    (out / "drift.json").write_text(json.dumps(full, indent=1, default=float), encoding="utf-8")
+    full = DriftRecord(fingerprint=batch.fingerprint, reference_run_id=reference.run_id, rows=len(current),
+                       decidable=decidable, drifted=drifted, drifted_columns=drifted_columns, data=data,
+                       prediction=prediction, performance=performance, columns=scores)
+    (out / "drift.json").write_text(json.dumps(full.to_json(), indent=1, default=float), encoding="utf-8")
     return Analysis(
         rows=len(current),
         decidable=decidable,
         drifted=drifted,
         drifted_columns=drifted_columns,
-        drift=DriftSummary(**{k: data[k] for k in ("share", "n_columns", "n_drifted", "drifted", "columns")}),
+        drift=DriftSummary(share=data.share, n_columns=data.n_columns, n_drifted=data.n_drifted,
+                           drifted=data.drifted, columns=data.columns),
         prediction=prediction,
         performance=performance,
         drift_json=str(out / "drift.json"),
@@ -201,7 +205,7 @@ def analyze_batch(
 
 def build_report(
     cfg: PipelineConfig, reference: Reference, batch: LandedBatch, analysis: Analysis
-) -> dict[str, Any]:
+) -> EvidentlyReport:
     """Evidently report (HTML + JSON) on the sampled rows, added to the Evidently workspace.
 
     The report covers ``monitor.report_rows`` sampled rows of batch and
@@ -220,13 +224,10 @@ def build_report(
     version = reference.version or "none"
     # The report shows the decision's own verdict (every row, normlab's thresholds) first;
     # Evidently's tests on the sample follow as a labelled secondary view.
-    # Imports Evidently (seconds): only when a report is built.
-    from normlab import drift_report
-
     mon = cfg.monitor
-    verdict = drift_report.make_verdict(json.loads(Path(analysis.drift_json).read_text(encoding="utf-8")),
-                                        alpha=mon.alpha, effect_floor=mon.effect_floor,
-                                        drift_share=mon.drift_share, prediction_decides=mon.prediction)
+    full = DriftRecord.model_validate(json.loads(Path(analysis.drift_json).read_text(encoding="utf-8")))
+    verdict = full.verdict(alpha=mon.alpha, effect_floor=mon.effect_floor, drift_share=mon.drift_share,
+                           prediction_decides=mon.prediction)
     snapshot = drift.evidently_report(
         ref, cur,
         numeric=[*numeric, drift.CONFIDENCE_COLUMN],
@@ -241,8 +242,10 @@ def build_report(
     paths = drift.save_report(snapshot, Path(batch.batch_dir) / "evidently")
     with workspace_lock(cfg) as workspace:
         ws = drift.add_to_workspace(snapshot, workspace, project=reference.model)
-    return {**paths, **ws, "rows_sampled": {"reference": len(ref), "current": len(cur)},
-            "seconds": round(time.perf_counter() - started, 3)}
+    return EvidentlyReport(html=paths["html"], json_=paths["json"], workspace=ws["workspace"],
+                           project_id=ws["project_id"], snapshot_id=ws["snapshot_id"],
+                           rows_sampled={"reference": len(ref), "current": len(cur)},
+                           seconds=round(time.perf_counter() - started, 3))
 
 def decide_batch(
     cfg: PipelineConfig, batch: LandedBatch, reference: Reference, analysis: Analysis | None,
@@ -272,71 +275,68 @@ def decide_batch(
             waiting = earlier_claims(state, batch, model)
             if waiting and time.monotonic() < deadline:
                 continue  # claimed since the look above: wait for it too
-            record = state["batches"].setdefault(batch.fingerprint, {})
-            prior = record.get("decision")
-            if prior is not None and prior.get("reference_run_id") == reference.run_id:
-                return Decision.model_validate(prior)
+            record = state.batches.get(batch.fingerprint) or BatchRecord()
+            prior = record.decision
+            if prior is not None and prior.reference_run_id == reference.run_id:
+                return prior
             history = model_history(state, reference)
             decision = _judge(cfg, history, analysis, gated, now or now_utc(), reference.run_id)
             if waiting:
-                names = ", ".join(Path(r["source"]).name for r in waiting[:3])
+                names = ", ".join(Path(r.source).name for r in waiting[:3])
                 decision = decision.model_copy(update={"reason": decision.reason + (
                     f"; decided before earlier batch(es) {names}, still being processed after {_ORDER_WAIT_S:g} s")})
-            _commit_decision(history, decision, batch, analysis, gated)
-            state["models"][model] = history
-            record["decision"] = decision.committed()
+            state.models[model] = _commit_decision(history, decision, batch, analysis, gated)
+            state.batches[batch.fingerprint] = record.model_copy(update={"decision": decision.committed()})
             return decision
 
 
-def _judge(cfg: PipelineConfig, history: dict[str, Any], analysis: Analysis | None, gated: GateOutcome,
+def _judge(cfg: PipelineConfig, history: ModelHistory, analysis: Analysis | None, gated: GateOutcome,
            when: datetime, reference_run_id: str) -> Decision:
     """The decision over the model's history as it is now (nothing written)."""
     mon = cfg.monitor
     quality = quality_of(cfg, gated)
     if analysis is None:
         why = quality.reason if quality.level == "blocked" else "no row could be read and typed"
-        decision = {"level": drift.BLOCKED, "streak": history["streak"], "alert": False,
-                    "reason": f"no drift decision: {why}"}
+        level = drift.LevelDecision(level=drift.BLOCKED, streak=history.streak, alert=False,
+                                    reason=f"no drift decision: {why}")
     else:
-        decision = drift.decide(
-            analysis.drifted, analysis.drifted_columns, history,
+        level = drift.decide(
+            analysis.drifted, analysis.drifted_columns, history.streak, history.alerts,
             consecutive=mon.consecutive, cooldown_minutes=mon.cooldown_minutes,
             dedup_overlap=mon.dedup_overlap, min_level=cfg.alerts.min_level, now=when,
         )
     quality_alert, quality_reason = False, quality.reason
     if quality.level != "ok":
-        repeat = drift.repeated_alert(quality.checks, history.get("quality_alerts", []),
+        repeat = drift.repeated_alert(quality.checks, history.quality_alerts,
                                       cooldown_minutes=mon.cooldown_minutes, dedup_overlap=mon.dedup_overlap,
                                       now=when)
         quality_alert = repeat is None
         if repeat is not None:
-            quality_reason += (f"; repeats the data-quality alert of {repeat['at']} (same checks, "
+            quality_reason += (f"; repeats the data-quality alert of {repeat.at} (same checks, "
                                f"cooldown {mon.cooldown_minutes:g} min)")
     quality = quality.model_copy(update={"alert": quality_alert, "reason": quality_reason})
-    return Decision(**decision, quality=quality, decided_at=when.isoformat(), reference_run_id=reference_run_id)
+    return Decision(**level.model_dump(), quality=quality, decided_at=when.isoformat(),
+                    reference_run_id=reference_run_id)
 
 
-def _commit_decision(history: dict[str, Any], decision: Decision, batch: LandedBatch,
-                     analysis: Analysis | None, gated: GateOutcome) -> None:
-    """Write the decision into the model's history: the streak, the batch in it, the alerts it makes due.
+def _commit_decision(history: ModelHistory, decision: Decision, batch: LandedBatch,
+                     analysis: Analysis | None, gated: GateOutcome) -> ModelHistory:
+    """The model's history with the decision written in: the streak, the batch in it, the alerts it makes due.
 
     A due alert is recorded with ``delivered`` None (pending): it holds back
     repeats from now on, and `finish_batch` drops it if it reached none of the
     configured targets.
     """
     if decision.level in _STREAK_LEVELS:
-        history["streak"] = decision.streak
-        if decision.level == "none":
-            history["streak_batches"] = []
-        else:
-            history["streak_batches"] = [*history["streak_batches"], gated.accepted_path][-50:]
+        history = history.model_copy(update={"streak": decision.streak, "streak_batches": [] if decision.level == "none"
+                                              else [*history.streak_batches, gated.accepted_path][-50:]})
     if decision.alert:
-        history["alerts"] = [*history["alerts"], {
-            "at": decision.decided_at, "level": decision.level,
-            "columns": analysis.drifted_columns if analysis else [], "fingerprint": batch.fingerprint,
-            "delivered": None}][-100:]
+        history = history.model_copy(update={"alerts": [*history.alerts, drift.AlertRecord(
+            at=decision.decided_at, level=decision.level, columns=analysis.drifted_columns if analysis else [],
+            fingerprint=batch.fingerprint, delivered=None)][-100:]})
     quality = decision.quality
     if quality.alert:
-        history["quality_alerts"] = [*history.get("quality_alerts", []), {
-            "at": decision.decided_at, "level": quality.level, "columns": list(quality.checks),
-            "fingerprint": batch.fingerprint, "delivered": None}][-100:]
+        history = history.model_copy(update={"quality_alerts": [*history.quality_alerts, drift.AlertRecord(
+            at=decision.decided_at, level=quality.level, columns=list(quality.checks),
+            fingerprint=batch.fingerprint, delivered=None)][-100:]})
+    return history

@@ -1,22 +1,36 @@
 """Typed hand-offs between the stages of drift monitoring (what the Prefect tasks pass on).
 
 Each stage of `normlab.monitoring` returns one of these frozen models; the
-next stage reads its attributes. What is persisted as JSON (ledger entries,
-``state.json``, the monitor summary, alert payloads) is built from them with
-``model_dump()`` at that boundary, in the shape it always had. Pydantic, so
-that Prefect can validate and serialize them as task inputs and as the
-``reference`` parameter of the batch subflow.
+next stage reads its attributes. What is persisted as JSON (summary entries,
+``drift.json``, the records of ``state.json`` in `normlab.monitoring.state`,
+the monitor summary) is built from them with ``model_dump()`` or
+`JsonRecord.to_json` at that boundary, in the shape it always had, and read
+back with ``model_validate``. Pydantic, so that Prefect can validate and
+serialize them as task inputs and as the ``reference`` parameter of the batch
+subflow.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from normlab.alerts import Delivery, ServiceResult
+from normlab.contracts import Publication
+from normlab.drift import ColumnScore, ColumnsDrift, DriftVerdict, PredictionDrift
 
 
 class _Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class JsonRecord(_Contract):
+    """A contract written as JSON with the keys it was built (or read back) with: optional keys stay absent."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document: ``model_dump`` of the fields that were set, so its shape is what was built or read."""
+        return self.model_dump(exclude_unset=True)
 
 
 class Reference(_Contract):
@@ -37,7 +51,7 @@ class Reference(_Contract):
     model_weights: str | None = None
     model_uri: str | None = None
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, str | float | None]:
         """The reference in the monitor summary JSON: the model's location keys only where it has them."""
         out = self.model_dump()
         for key in ("model_spec", "model_weights", "model_uri"):
@@ -51,7 +65,7 @@ class LandedBatch(_Contract):
 
     ``status`` is ``claimed`` (``skip`` false), or ``skipped``, ``pending``,
     ``unreadable`` or ``refused`` (``skip`` true, with ``reason`` and, for a
-    batch processed before, ``previous``: its ledger record). ``fingerprint``
+    batch processed before, ``previous``: its summary entry then). ``fingerprint``
     is None when the file was not read. A claimed batch has ``path`` (its
     snapshot), ``rows``, ``columns``, ``batch_dir``, ``landed_ns`` (the file's
     modification time, its place in the landing order) and ``change`` (None
@@ -63,7 +77,7 @@ class LandedBatch(_Contract):
     fingerprint: str | None
     source: str
     reason: str | None = None
-    previous: dict[str, Any] | None = None
+    previous: BatchEntry | None = None
     path: str | None = None
     rows: int | None = None
     columns: list[str] = []
@@ -143,9 +157,9 @@ class Decision(_Contract):
     reference_run_id: str
     retrain: bool = False
 
-    def committed(self) -> dict[str, Any]:
+    def committed(self) -> Decision:
         """The decision as the state records it (``batches.<fingerprint>.decision``): without ``retrain``."""
-        return self.model_dump(exclude={"retrain"})
+        return Decision.model_validate(self.model_dump(exclude={"retrain"}))
 
 
 class DriftSummary(_Contract):
@@ -155,7 +169,44 @@ class DriftSummary(_Contract):
     n_columns: int
     n_drifted: int
     drifted: bool
-    columns: list[dict[str, Any]]
+    columns: list[ColumnScore]
+
+
+class Performance(JsonRecord):
+    """Accuracy, macro F1 and calibration error on a labelled batch (`analyze_batch`).
+
+    ``reference_accuracy`` (the reference run's test accuracy) and
+    ``accuracy_drop`` are set only when the reference run recorded one.
+    """
+
+    accuracy: float
+    f1_macro: float
+    ece: float
+    reference_accuracy: float | None = None
+    accuracy_drop: float | None = None
+
+
+class DriftRecord(JsonRecord):
+    """What `analyze_batch` writes to ``drift.json``: the batch verdict, the summary, every column's score."""
+
+    fingerprint: str
+    reference_run_id: str
+    rows: int
+    decidable: bool
+    drifted: bool | None
+    drifted_columns: list[str]
+    data: ColumnsDrift
+    prediction: PredictionDrift
+    performance: Performance | None
+    columns: list[ColumnScore]
+
+    def verdict(self, *, alpha: float, effect_floor: float, drift_share: float,
+                prediction_decides: bool) -> DriftVerdict:
+        """normlab's verdict of the batch for its Evidently report, under the ``monitor.*`` thresholds."""
+        return DriftVerdict(alpha=alpha, effect_floor=effect_floor, drift_share=drift_share,
+                            prediction_decides=prediction_decides, rows=self.rows, decidable=self.decidable,
+                            drifted=self.drifted, drifted_columns=self.drifted_columns, columns=self.columns,
+                            prediction=self.prediction)
 
 
 class ReportInputs(_Contract):
@@ -180,11 +231,128 @@ class Analysis(_Contract):
     drifted: bool | None
     drifted_columns: list[str]
     drift: DriftSummary
-    prediction: dict[str, Any]
-    performance: dict[str, Any] | None
+    prediction: PredictionDrift
+    performance: Performance | None
     drift_json: str
     report_inputs: ReportInputs
     report_columns: list[str]
+
+
+class EvidentlyReport(_Contract):
+    """The Evidently report of a batch (`normlab.monitoring.build_report`): its files, its workspace snapshot.
+
+    ``json_`` is the ``report.json`` path (``json`` in JSON); ``rows_sampled``
+    the ``reference`` and ``current`` rows it was drawn on.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True)
+
+    html: str
+    json_: str = Field(alias="json")
+    workspace: str
+    project_id: str
+    snapshot_id: str
+    rows_sampled: dict[str, int]
+    seconds: float
+
+
+class AlertOutcome(JsonRecord):
+    """What became of an alert (`alert_batch`, `quality_alert_batch`, `retraining_failed_alert`).
+
+    ``due``: it was called for; then the `normlab.alerts.Delivery`: ``sent``
+    (every target took it), ``targets``, ``delivered``, ``services`` (left
+    out of summary entries, `in_entry`); ``reason`` (set only then) why
+    nothing, or not everything, was sent.
+    """
+
+    due: bool
+    sent: bool
+    targets: int
+    delivered: int
+    services: list[ServiceResult] = []
+    reason: str | None = None
+
+    @classmethod
+    def of(cls, delivery: Delivery) -> AlertOutcome:
+        """A due alert, as `normlab.alerts.send` delivered it."""
+        return cls.model_validate({"due": True, **delivery.model_dump(exclude_unset=True)})
+
+    def in_entry(self) -> AlertOutcome:
+        """The alert as a summary entry holds it: ``due``, ``sent``, ``targets``, ``delivered`` and any ``reason``."""
+        return AlertOutcome.model_validate(self.model_dump(exclude_unset=True, exclude={"services"}))
+
+
+# What a batch that raised no alert records for each alert kind.
+NO_ALERT = AlertOutcome(due=False, sent=False, targets=0, delivered=0)
+
+
+class EntryQuality(Quality):
+    """A batch's `Quality` in its summary entry, with whether its alert was sent and why not."""
+
+    alert_sent: bool
+    alert_reason: str | None
+
+
+class EntryDrift(JsonRecord):
+    """A batch's drift in its summary entry: the decision, and the data drift (None without an analysis)."""
+
+    level: str
+    reason: str
+    streak: int
+    share: float | None
+    n_drifted: int | None
+    n_columns: int | None
+    columns: list[ColumnScore]
+
+
+class EntryPrediction(JsonRecord):
+    """A batch's prediction drift in its summary entry: the verdict and the two effect sizes."""
+
+    drifted: bool
+    class_shift: float
+    confidence_shift: float
+
+
+class EntryReport(JsonRecord):
+    """A batch's Evidently report in its summary entry; ``json_`` is ``json`` in JSON."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True)
+
+    html: str
+    json_: str = Field(alias="json")
+    snapshot_id: str
+
+
+class BatchEntry(JsonRecord):
+    """One batch in the monitor summary (`normlab.monitoring.finish_batch`, `skipped_entry`).
+
+    A ``processed`` batch has every field but ``reason``. One not processed
+    this time (``skipped``, ``pending``, ``unreadable``, ``refused``) has its
+    ``reason`` and alerts and, when it was processed before, that earlier
+    entry's fields; the others stay unset (absent from `to_json`). Kept in
+    ``state.json`` as the ``entry`` of a done batch.
+    """
+
+    fingerprint: str | None
+    source: str
+    status: Literal["processed", "skipped", "pending", "unreadable", "refused"]
+    rows_in: int | None = None
+    rows_accepted: int | None = None
+    rows_quarantined: int | None = None
+    rows_typed: int | None = None
+    rows_untyped: int | None = None
+    quarantine_path: str | None = None
+    gate_report: str | None = None
+    quality: EntryQuality | None = None
+    drift: EntryDrift | None = None
+    prediction: EntryPrediction | None = None
+    performance: Performance | None = None
+    alert: AlertOutcome
+    quality_alert: AlertOutcome
+    report: EntryReport | None = None
+    monitor_run_id: str | None = None
+    change: str | None = None
+    reason: str | None = None
 
 
 class Triage(_Contract):
@@ -196,4 +364,68 @@ class Triage(_Contract):
     """
 
     new: list[str]
-    skipped: list[dict[str, Any]]
+    skipped: list[BatchEntry]
+
+
+class BatchOutcome(_Contract):
+    """One batch through the batch subflow: its summary entry, and whether to retrain now."""
+
+    entry: BatchEntry
+    retrain: bool
+
+
+class RetrainingData(_Contract):
+    """The retraining set (`normlab.monitoring.retraining_data`): reference rows plus the drifted batches' rows.
+
+    ``path`` is None when no new labelled rows exist; ``batches_unlabelled``
+    counts the drifted batches left out for lack of labels.
+    """
+
+    rows_reference: int
+    rows_new: int
+    batches_used: int
+    batches_unlabelled: int
+    path: str | None
+
+
+class RetrainedRun(_Contract):
+    """What a retraining's training run reports (`normlab.monitoring.retrained_run`): run, model, rows, registry."""
+
+    run_id: str
+    model_uri: str
+    rows: int
+    rows_accepted: int
+    registry: Publication | None
+
+
+class RetrainingRecord(JsonRecord):
+    """A retraining started by monitoring (`normlab.monitoring.record_retraining`), as the history keeps it.
+
+    ``error`` is None on success; then ``model_uri``, ``rows``,
+    ``rows_accepted`` and ``registry`` are set. ``alert`` (the summary only,
+    never the history): the alert that the retraining failed.
+    """
+
+    at: str
+    data: str | None
+    rows_reference: int
+    rows_new: int
+    run_id: str | None
+    error: str | None
+    model_uri: str | None = None
+    rows: int | None = None
+    rows_accepted: int | None = None
+    registry: Publication | None = None
+    alert: AlertOutcome | None = None
+
+
+class MonitorSummary(_Contract):
+    """One run of the monitoring flow: every batch file's entry, each retraining, the reference at the end.
+
+    ``normlab monitor`` writes it as its summary JSON, each entry and retraining with `JsonRecord.to_json`.
+    """
+
+    data: str
+    reference: Reference | None
+    batches: list[BatchEntry]
+    retrained: list[RetrainingRecord]

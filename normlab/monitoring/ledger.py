@@ -41,23 +41,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
+from pydantic import ValidationError
 
 from normlab.config import PipelineConfig
 from normlab.data.fingerprint import fingerprint_frame
 from normlab.data.sources import read_table
 from normlab.errors import DataSourceError
-from normlab.monitoring.contracts import LandedBatch, Reference, Triage
+from normlab.monitoring.contracts import NO_ALERT, BatchEntry, LandedBatch, Reference, Triage
+from normlab.monitoring.state import (
+    STATE_VERSION,
+    BatchRecord,
+    FileRecord,
+    ModelHistory,
+    MonitorState,
+    Processed,
+)
 from normlab.registry import registry_name
 
 BATCH_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
-_STATE_VERSION = 1
 # A claim older than this is taken over even when its process seems alive (pid reuse).
 _CLAIM_TIMEOUT_S = 6 * 3600
-# What a batch that raised no alert records for each alert kind.
-NO_ALERT: dict[str, Any] = {"due": False, "sent": False, "targets": 0, "delivered": 0}
 # Seconds a file's size and modification time must stand still before it is read: a writer that
 # appends in bursts (or copies without the ``_`` prefix) gets this long between writes. A younger
 # file is waited for, up to this long, and left for the next run if it changes meanwhile.
@@ -148,13 +154,9 @@ def discover_batches(data: str | Path) -> list[str]:
 # State ---------------------------------------------------------------------------------
 
 
-def _empty_state() -> dict[str, Any]:
-    return {"version": _STATE_VERSION, "files": {}, "batches": {}, "models": {}}
-
-
 @contextmanager
-def locked_state(cfg: PipelineConfig) -> Iterator[dict[str, Any]]:
-    """The monitoring state under an exclusive lock; changes are written back atomically."""
+def locked_state(cfg: PipelineConfig) -> Iterator[MonitorState]:
+    """The monitoring state under an exclusive lock; changes (records replaced in its mappings) are written back atomically."""
     folder = monitor_dir(cfg)
     path = folder / "state.json"
     with open(folder / "state.lock", "a+") as lock:
@@ -163,13 +165,13 @@ def locked_state(cfg: PipelineConfig) -> Iterator[dict[str, Any]]:
             state = _read_state_file(path)
             yield state
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(state, indent=1, default=str), encoding="utf-8")
+            tmp.write_text(json.dumps(state.to_json(), indent=1, default=str), encoding="utf-8")
             os.replace(tmp, path)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def read_state(cfg: PipelineConfig) -> dict[str, Any]:
+def read_state(cfg: PipelineConfig) -> MonitorState:
     """A consistent copy of the monitoring state (read-only)."""
     folder = monitor_dir(cfg)
     with open(folder / "state.lock", "a+") as lock:
@@ -180,9 +182,9 @@ def read_state(cfg: PipelineConfig) -> dict[str, Any]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _read_state_file(path: Path) -> dict[str, Any]:
+def _read_state_file(path: Path) -> MonitorState:
     if not path.is_file():
-        return _empty_state()
+        return MonitorState.empty()
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -190,21 +192,29 @@ def _read_state_file(path: Path) -> dict[str, Any]:
             f"monitoring state {path} is unreadable ({exc.__class__.__name__}); "
             "restore it from a backup or move it away to start over (every batch will be processed again)"
         ) from None
-    if state.get("version") != _STATE_VERSION:
+    version = state.get("version") if isinstance(state, dict) else None
+    if version != STATE_VERSION:
         raise DataSourceError(
-            f"monitoring state {path} has version {state.get('version')!r}; this normlab reads {_STATE_VERSION}"
+            f"monitoring state {path} has version {version!r}; this normlab reads {STATE_VERSION}"
         )
-    return state
+    try:
+        return MonitorState.model_validate(state)
+    except ValidationError as exc:
+        raise DataSourceError(
+            f"monitoring state {path} does not hold the records this normlab writes ({exc.error_count()} "
+            f"problem(s), first at {'.'.join(map(str, exc.errors()[0]['loc']))}); restore it from a backup or "
+            "move it away to start over (every batch will be processed again)"
+        ) from None
 
 
-def _claim_is_live(claim: dict[str, Any]) -> bool:
+def _claim_is_live(claim: BatchRecord) -> bool:
     """True while the process that claimed a batch may still be working on it."""
-    if time.time() - float(claim.get("claimed_ts", 0)) > _CLAIM_TIMEOUT_S:
+    if time.time() - float(claim.claimed_ts or 0) > _CLAIM_TIMEOUT_S:
         return False
-    if claim.get("host") != socket.gethostname():
+    if claim.host != socket.gethostname():
         return True
     try:
-        os.kill(int(claim["pid"]), 0)
+        os.kill(int(claim.pid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -260,19 +270,20 @@ def open_batch(cfg: PipelineConfig, path: str) -> LandedBatch:
     if failure is not None:
         return _quarantine_file(cfg, path, before, "unreadable", f"unreadable, left in place: {_one_line(failure)}")
     with locked_state(cfg) as state:
-        state["files"][path] = {"size": before.st_size, "mtime_ns": before.st_mtime_ns, "fingerprint": fingerprint,
-                                "content": content, "rows": len(frame), "processed": _processed(state, path)}
-        record = state["batches"].get(fingerprint)
-        if record and record.get("status") == "done":
+        state.files[path] = FileRecord(size=before.st_size, mtime_ns=before.st_mtime_ns, fingerprint=fingerprint,
+                                       content=content, rows=len(frame), processed=_processed(state, path))
+        record = state.batches.get(fingerprint)
+        if record and record.status == "done":
             return _seen(fingerprint, path, record)
-        if record and record.get("status") == "claimed" and _claim_is_live(record):
+        if record and record.status == "claimed" and _claim_is_live(record):
             return LandedBatch(skip=True, status="skipped", fingerprint=fingerprint, source=path, previous=None,
-                               reason=f"being processed by pid {record['pid']} on {record['host']}")
-        claim = {"status": "claimed", "source": path, "pid": os.getpid(), "host": socket.gethostname(),
-                 "claimed_ts": time.time(), "model": registry_name(cfg), "landed_ns": before.st_mtime_ns}
-        if record and "decision" in record:
-            claim["decision"] = record["decision"]  # committed to the streak once; a retry must not count it again
-        state["batches"][fingerprint] = claim
+                               reason=f"being processed by pid {record.pid} on {record.host}")
+        claim = BatchRecord(status="claimed", source=path, pid=os.getpid(), host=socket.gethostname(),
+                            claimed_ts=time.time(), model=registry_name(cfg), landed_ns=before.st_mtime_ns)
+        if record and record.decision is not None:
+            # Committed to the streak once; a retry must not count it again.
+            claim = claim.model_copy(update={"decision": record.decision})
+        state.batches[fingerprint] = claim
     opened = LandedBatch(skip=False, status="claimed", fingerprint=fingerprint, source=path,
                          rows=len(batch_frame), columns=[str(c) for c in batch_frame.columns],
                          landed_ns=before.st_mtime_ns, change=change)
@@ -334,20 +345,20 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= _REASON_CHARS else text[: _REASON_CHARS - 3] + "..."
 
 
-def _processed(state: dict[str, Any], path: str) -> dict[str, Any] | None:
+def _processed(state: MonitorState, path: str) -> Processed | None:
     """The last content of ``path`` that was processed to the end: ``content``, ``rows``, ``fingerprint``, ``at``."""
-    known = state["files"].get(path)
+    known = state.files.get(path)
     if not known:
         return None
-    record = state["batches"].get(known.get("fingerprint") or "")
-    if record and record.get("status") == "done" and "content" in known:
-        return {"content": known["content"], "rows": known["rows"], "fingerprint": known["fingerprint"],
-                "at": record["processed_at"]}
-    return known.get("processed")
+    record = state.batches.get(known.fingerprint or "")
+    if record and record.status == "done" and known.content is not None:
+        return Processed(content=known.content, rows=known.rows, fingerprint=known.fingerprint,
+                         at=record.processed_at)
+    return known.processed
 
 
 def _new_rows(frame: pd.DataFrame, content: str,
-              processed: dict[str, Any] | None) -> tuple[pd.DataFrame, str, str | None]:
+              processed: Processed | None) -> tuple[pd.DataFrame, str, str | None]:
     """The batch in a file: its rows appended since it was last processed, or all of them.
 
     Returns:
@@ -356,26 +367,28 @@ def _new_rows(frame: pd.DataFrame, content: str,
     """
     if processed is None:
         return frame, content, None
-    if content == processed["content"]:
-        return frame, processed["fingerprint"], None  # same content again (touched, or copied back)
-    n, at = int(processed["rows"]), processed["at"]
-    if 0 < n < len(frame) and fingerprint_frame(frame.iloc[:n]) == processed["content"]:
+    if content == processed.content:
+        return frame, processed.fingerprint, None  # same content again (touched, or copied back)
+    n, at = int(processed.rows), processed.at
+    if 0 < n < len(frame) and fingerprint_frame(frame.iloc[:n]) == processed.content:
         new = frame.iloc[n:].reset_index(drop=True)
         return new, fingerprint_frame(new), (f"appended to since it was processed at {at}: this batch is its "
                                              f"{len(new)} new rows (the first {n} were processed then)")
-    return frame, content, (f"changed since it was processed at {at} (batch {processed['fingerprint'][:12]}): "
+    return frame, content, (f"changed since it was processed at {at} (batch {processed.fingerprint[:12]}): "
                             "processed in full as a new batch")
 
 
-def _not_opened(status: str, path: str, reason: str) -> LandedBatch:
+def _not_opened(status: Literal["skipped", "pending", "unreadable", "refused"], path: str,
+                reason: str) -> LandedBatch:
     return LandedBatch(skip=True, status=status, fingerprint=None, source=path, previous=None, reason=reason)
 
 
-def _quarantine_file(cfg: PipelineConfig, path: str, st: os.stat_result, status: str, reason: str) -> LandedBatch:
+def _quarantine_file(cfg: PipelineConfig, path: str, st: os.stat_result, status: Literal["unreadable", "refused"],
+                     reason: str) -> LandedBatch:
     """Record a file that is not processed (``unreadable`` or ``refused``) until its size or time change."""
     with locked_state(cfg) as state:
-        state["files"][path] = {"status": status, "reason": reason, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                                "at": now_utc().isoformat(), "processed": _processed(state, path)}
+        state.files[path] = FileRecord(status=status, reason=reason, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                       at=now_utc().isoformat(), processed=_processed(state, path))
     return _not_opened(status, path, reason)
 
 
@@ -395,23 +408,23 @@ def triage_batches(cfg: PipelineConfig, paths: list[str]) -> Triage:
         st = _lstat_or_none(path)
         if st is None:
             continue  # moved or deleted since it was listed
-        known = state["files"].get(path)
-        same = bool(known) and known["size"] == st.st_size and known["mtime_ns"] == st.st_mtime_ns
-        if same and known.get("status") in ("unreadable", "refused"):
+        known = state.files.get(path)
+        same = known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns
+        if same and known.status in ("unreadable", "refused"):
             skipped.append(skipped_entry(_not_opened(
-                known["status"], path, f"{known['reason']} (recorded {known['at']}; not read again until it changes)")))
+                known.status, path, f"{known.reason} (recorded {known.at}; not read again until it changes)")))
             continue
-        record = state["batches"].get(known.get("fingerprint") or "") if same else None
-        if record and record.get("status") == "done" and stat.S_ISREG(st.st_mode):
-            skipped.append(skipped_entry(_seen(known["fingerprint"], path, record)))
+        record = state.batches.get(known.fingerprint or "") if same else None
+        if record and record.status == "done" and stat.S_ISREG(st.st_mode):
+            skipped.append(skipped_entry(_seen(known.fingerprint, path, record)))
         else:
             new.append(path)
     return Triage(new=new, skipped=skipped)
 
 
-def _seen(fingerprint: str, path: str, record: dict[str, Any]) -> LandedBatch:
-    return LandedBatch(skip=True, status="skipped", fingerprint=fingerprint, source=path, previous=record,
-                       reason=f"already processed at {record['processed_at']} (from {record['source']})")
+def _seen(fingerprint: str, path: str, record: BatchRecord) -> LandedBatch:
+    return LandedBatch(skip=True, status="skipped", fingerprint=fingerprint, source=path, previous=record.entry,
+                       reason=f"already processed at {record.processed_at} (from {record.source})")
 
 
 def release_batch(cfg: PipelineConfig, batch: LandedBatch) -> None:
@@ -421,15 +434,15 @@ def release_batch(cfg: PipelineConfig, batch: LandedBatch) -> None:
     retry reuses it instead of counting the batch in the streak again.
     """
     with locked_state(cfg) as state:
-        record = state["batches"].get(batch.fingerprint)
-        if record and record.get("status") == "claimed" and record.get("pid") == os.getpid():
-            if "decision" in record:
-                state["batches"][batch.fingerprint] = {**record, "status": "released"}
+        record = state.batches.get(batch.fingerprint)
+        if record and record.status == "claimed" and record.pid == os.getpid():
+            if record.decision is not None:
+                state.batches[batch.fingerprint] = record.model_copy(update={"status": "released"})
             else:
-                del state["batches"][batch.fingerprint]
+                del state.batches[batch.fingerprint]
 
 
-def earlier_claims(state: dict[str, Any], batch: LandedBatch, model: str) -> list[dict[str, Any]]:
+def earlier_claims(state: MonitorState, batch: LandedBatch, model: str) -> list[BatchRecord]:
     """Batches of ``model`` that landed before ``batch`` and that another live monitor claimed but has not decided.
 
     Landing order is the files' modification time, then name, then
@@ -442,31 +455,26 @@ def earlier_claims(state: dict[str, Any], batch: LandedBatch, model: str) -> lis
     mine = order(batch.landed_ns, batch.source, batch.fingerprint)
     pid, host = os.getpid(), socket.gethostname()
     return [
-        record for fingerprint, record in state["batches"].items()
-        if record.get("status") == "claimed" and record.get("model") == model and "decision" not in record
-        and fingerprint != batch.fingerprint and (record.get("pid"), record.get("host")) != (pid, host)
-        and order(record.get("landed_ns", 0), record["source"], fingerprint) < mine and _claim_is_live(record)
+        record for fingerprint, record in state.batches.items()
+        if record.status == "claimed" and record.model == model and record.decision is None
+        and fingerprint != batch.fingerprint and (record.pid, record.host) != (pid, host)
+        and order(record.landed_ns or 0, record.source, fingerprint) < mine and _claim_is_live(record)
     ]
 
 
-def model_history(state: dict[str, Any], reference: Reference) -> dict[str, Any]:
+def model_history(state: MonitorState, reference: Reference) -> ModelHistory:
     """The model's streak and alerts; a new reference (retrained or promoted model) starts afresh."""
-    history = state["models"].get(reference.model)
-    if not history or history.get("reference_run_id") != reference.run_id:
-        return {"reference_run_id": reference.run_id, "version": reference.version, "streak": 0,
-                "streak_batches": [], "alerts": []}
+    history = state.models.get(reference.model)
+    if history is None or history.reference_run_id != reference.run_id:
+        return ModelHistory(reference_run_id=reference.run_id, version=reference.version, streak=0,
+                            streak_batches=[], alerts=[])
     return history
 
 
-def skipped_entry(opened: LandedBatch) -> dict[str, Any]:
-    """A batch not processed this time, in the summary JSON: its earlier result if any, with the status and reason."""
-    previous = (opened.previous or {}).get("entry") or {}
-    return {
-        **previous,
-        "fingerprint": opened.fingerprint,
-        "source": opened.source,
-        "status": opened.status,
-        "reason": opened.reason,
-        "alert": dict(NO_ALERT),
-        "quality_alert": dict(NO_ALERT),
-    }
+def skipped_entry(opened: LandedBatch) -> BatchEntry:
+    """A batch not processed this time, in the summary: its earlier result if any, with the status and reason."""
+    now = {"fingerprint": opened.fingerprint, "source": opened.source, "status": opened.status,
+           "reason": opened.reason, "alert": NO_ALERT, "quality_alert": NO_ALERT}
+    if opened.previous is None:
+        return BatchEntry(**now)
+    return opened.previous.model_copy(update=now)

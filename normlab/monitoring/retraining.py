@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from normlab.config import PipelineConfig
-from normlab.monitoring.contracts import Reference
+from normlab.contracts import Publication
+from normlab.monitoring.contracts import Reference, RetrainedRun, RetrainingData, RetrainingRecord
 from normlab.monitoring.ledger import (
     locked_state,
     model_history,
@@ -20,19 +22,19 @@ from normlab.monitoring.ledger import (
 # 11. Retraining ------------------------------------------------------------------------
 
 
-def retraining_data(cfg: PipelineConfig, reference: Reference) -> dict[str, Any]:
+def retraining_data(cfg: PipelineConfig, reference: Reference) -> RetrainingData:
     """Write the reference rows plus the accepted rows of the drifted batches as one Parquet file.
 
     Only batches with the label column can train; others are left out and counted.
 
     Returns:
-        ``path`` (None when no new labelled rows exist), ``rows_reference``,
-        ``rows_new``, ``batches_used``, ``batches_unlabelled``.
+        The `RetrainingData`: ``path`` (None when no new labelled rows exist),
+        ``rows_reference``, ``rows_new``, ``batches_used``, ``batches_unlabelled``.
     """
     history = model_history(read_state(cfg), reference)
     ref = pd.read_parquet(reference.reference)
     new, unlabelled = [], 0
-    for path in history["streak_batches"]:
+    for path in history.streak_batches:
         if not path or not Path(path).is_file():
             continue
         frame = pd.read_parquet(path)
@@ -40,27 +42,34 @@ def retraining_data(cfg: PipelineConfig, reference: Reference) -> dict[str, Any]
             unlabelled += 1
             continue
         new.append(frame[list(ref.columns)] if set(ref.columns) <= set(frame.columns) else frame)
-    out = {"rows_reference": len(ref), "rows_new": int(sum(len(f) for f in new)), "batches_used": len(new),
-           "batches_unlabelled": unlabelled, "path": None}
+    out = RetrainingData(rows_reference=len(ref), rows_new=int(sum(len(f) for f in new)), batches_used=len(new),
+                         batches_unlabelled=unlabelled, path=None)
     if not new:
         return out
     combined = pd.concat([ref, *new], ignore_index=True)
     folder = monitor_dir(cfg) / "retrain" / now_utc().strftime("%Y%m%dT%H%M%S%fZ")
     folder.mkdir(parents=True, exist_ok=True)
     combined.to_parquet(folder / "data.parquet", index=False)
-    return {**out, "path": str(folder / "data.parquet")}
+    return out.model_copy(update={"path": str(folder / "data.parquet")})
 
 
-def record_retraining(cfg: PipelineConfig, reference: Reference, data: dict[str, Any],
-                      result: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
+def retrained_run(summary: Mapping[str, Any]) -> RetrainedRun:
+    """What monitoring keeps of a retraining's run: ``summary`` is what `normlab.flows.training.training_flow` returns."""
+    registry = summary.get("registry")
+    return RetrainedRun(run_id=summary["run_id"], model_uri=summary["model_uri"], rows=summary["data"]["rows"],
+                        rows_accepted=summary["validation"]["rows_accepted"],
+                        registry=Publication.model_validate(registry) if registry is not None else None)
+
+
+def record_retraining(cfg: PipelineConfig, reference: Reference, data: RetrainingData,
+                      result: RetrainedRun | None, error: str | None) -> RetrainingRecord:
     """Note the retraining in the model's history and return its summary entry."""
-    entry = {"at": now_utc().isoformat(), "data": data.get("path"), "rows_reference": data["rows_reference"],
-             "rows_new": data["rows_new"], "run_id": (result or {}).get("run_id"), "error": error}
+    entry = RetrainingRecord(at=now_utc().isoformat(), data=data.path, rows_reference=data.rows_reference,
+                             rows_new=data.rows_new, run_id=result.run_id if result else None, error=error)
     if result:
-        entry.update({"model_uri": result["model_uri"], "rows": result["data"]["rows"],
-                      "rows_accepted": result["validation"]["rows_accepted"], "registry": result.get("registry")})
+        entry = entry.model_copy(update={"model_uri": result.model_uri, "rows": result.rows,
+                                         "rows_accepted": result.rows_accepted, "registry": result.registry})
     with locked_state(cfg) as state:
         history = model_history(state, reference)
-        history["retrained"] = [*history.get("retrained", []), entry][-20:]
-        state["models"][reference.model] = history
+        state.models[reference.model] = history.model_copy(update={"retrained": [*history.retrained, entry][-20:]})
     return entry

@@ -82,36 +82,45 @@ def test_clean_batch_is_quiet_and_a_shifted_batch_alerts_once(trained, receiver,
     cfg = _config(trained, "alerts", "monitor.consecutive=1", f'alerts.urls=["{url}"]')
 
     clean = monitoring_flow(cfg, data=_write(clean_batch(trained, 1), tmp_path / "clean.parquet"))
-    (entry,) = clean["batches"]
-    assert (entry["status"], entry["drift"]["level"], entry["alert"]["sent"]) == ("processed", "none", False)
-    assert entry["rows_in"] == entry["rows_accepted"] == 400
-    assert entry["drift"]["share"] < cfg.monitor.drift_share
+    (entry,) = clean.batches
+    assert (entry.status, entry.drift.level, entry.alert.sent) == ("processed", "none", False)
+    assert entry.rows_in == entry.rows_accepted == 400
+    assert entry.drift.share < cfg.monitor.drift_share
     assert received == [] and events == []
 
     shifted = monitoring_flow(cfg, data=_write(shifted_batch(trained, 2), tmp_path / "shifted.parquet"))
-    (entry,) = shifted["batches"]
-    assert entry["drift"]["level"] == "detected" and entry["alert"]["sent"] is True
-    assert entry["drift"]["share"] > 0.5 and entry["prediction"]["drifted"] is True
-    assert entry["performance"]["accuracy"] < 0.5  # labelled batch: the model fails on inverted digits
+    (entry,) = shifted.batches
+    assert entry.drift.level == "detected" and entry.alert.sent is True
+    assert entry.drift.share > 0.5 and entry.prediction.drifted is True
+    assert entry.performance.accuracy < 0.5  # labelled batch: the model fails on inverted digits
     assert len(received) == 1
     message = received[0]
     assert message["path"] == f"/{SECRET}"
     assert message["title"].startswith("normlab: drift detected for normlab-alerts")
-    assert entry["fingerprint"][:12] in message["message"]
-    for column in entry["drift"]["columns"]:
-        assert f"`{column['column']}`: ks score {column['score']:.3f}" in message["message"]
-    assert entry["report"]["html"] in message["message"] and entry["monitor_run_id"] in message["message"]
-    assert f"Accuracy on this labelled batch: {entry['performance']['accuracy']:.3f}" in message["message"]
-    assert f"class distribution shift {entry['prediction']['class_shift']:.3f}" in message["message"]
+    assert entry.fingerprint[:12] in message["message"]
+    for column in entry.drift.columns:
+        assert f"`{column.column}`: ks score {column.score:.3f}" in message["message"]
+    assert entry.report.html in message["message"] and entry.monitor_run_id in message["message"]
+    assert f"Accuracy on this labelled batch: {entry.performance.accuracy:.3f}" in message["message"]
+    assert f"class distribution shift {entry.prediction.class_shift:.3f}" in message["message"]
     assert "Next:" in message["message"]
+    # The entry as the summary JSON holds it: every key of a processed batch, the alert without its services.
+    written = entry.to_json()
+    assert set(written) == {"fingerprint", "source", "status", "rows_in", "rows_accepted", "rows_quarantined",
+                            "rows_typed", "rows_untyped", "quarantine_path", "gate_report", "quality", "drift",
+                            "prediction", "performance", "alert", "quality_alert", "report", "monitor_run_id",
+                            "change"}
+    assert set(written["alert"]) == {"due", "sent", "targets", "delivered"}
+    assert set(written["report"]) == {"html", "json", "snapshot_id"}
+    assert set(written["prediction"]) == {"drifted", "class_shift", "confidence_shift"}
 
     (event,) = events
     assert event["event"] == "normlab.drift.detected"
     assert event["resource"]["prefect.resource.id"] == "normlab.model.normlab-alerts"
-    assert event["payload"]["fingerprint"] == entry["fingerprint"]
+    assert event["payload"]["fingerprint"] == entry.fingerprint
 
     # The report exists, the Evidently workspace has one snapshot per batch, MLflow one run per batch.
-    assert Path(entry["report"]["html"]).stat().st_size > 10_000
+    assert Path(entry.report.html).stat().st_size > 10_000
     from evidently.ui.workspace import Workspace
 
     ws = Workspace(str(trained["work"] / "evidently"))
@@ -122,8 +131,8 @@ def test_clean_batch_is_quiet_and_a_shifted_batch_alerts_once(trained, receiver,
     runs = client.search_runs([exp.experiment_id], "tags.`normlab.model` = 'normlab-alerts'")
     assert sorted(r.data.tags["normlab.drift.level"] for r in runs) == ["detected", "none"]
     by_level = {r.data.tags["normlab.drift.level"]: r for r in runs}
-    assert by_level["detected"].data.metrics["drift/share"] == pytest.approx(entry["drift"]["share"])
-    artifacts = {a.path for a in client.list_artifacts(entry["monitor_run_id"], "evidently")}
+    assert by_level["detected"].data.metrics["drift/share"] == pytest.approx(entry.drift.share)
+    artifacts = {a.path for a in client.list_artifacts(entry.monitor_run_id, "evidently")}
     assert artifacts == {"evidently/report.html", "evidently/report.json"}
 
     # The URL is nowhere on disk: not in MLflow (params, tags, artifacts), the state or the reports.
@@ -135,11 +144,11 @@ def test_clean_batch_is_quiet_and_a_shifted_batch_alerts_once(trained, receiver,
 def test_a_repeated_batch_is_skipped_even_renamed(trained, tmp_path, repo_root):
     cfg = _config(trained, "repeat")
     first = _write(clean_batch(trained, 3), tmp_path / "landing" / "a.parquet", order=1)
-    assert monitoring_flow(cfg, data=first)["batches"][0]["status"] == "processed"
+    assert monitoring_flow(cfg, data=first).batches[0].status == "processed"
 
-    again = monitoring_flow(cfg, data=first)["batches"][0]
-    assert again["status"] == "skipped" and "already processed" in again["reason"]
-    assert again["drift"]["level"] == "none"  # the earlier result, for the record
+    again = monitoring_flow(cfg, data=first).batches[0]
+    assert again.status == "skipped" and "already processed" in again.reason
+    assert again.drift.level == "none"  # the earlier result, for the record
 
     # A renamed copy is the same content; only the new batch is processed. A file being uploaded is
     # ignored; a broken one is left in place and does not stop the others.
@@ -147,35 +156,35 @@ def test_a_repeated_batch_is_skipped_even_renamed(trained, tmp_path, repo_root):
     _write(clean_batch(trained, 4), tmp_path / "landing" / "b.parquet", order=2)
     _write(clean_batch(trained, 5), tmp_path / "landing" / "_uploading.parquet", order=3)
     (tmp_path / "landing" / "broken.parquet").write_bytes(b"not a parquet file")
-    entries = monitoring_flow(cfg, data=str(tmp_path / "landing"))["batches"]
-    assert sorted((Path(e["source"]).name, e["status"]) for e in entries) == [
+    entries = monitoring_flow(cfg, data=str(tmp_path / "landing")).batches
+    assert sorted((Path(e.source).name, e.status) for e in entries) == [
         ("a-copy.parquet", "skipped"), ("a.parquet", "skipped"), ("b.parquet", "processed"),
         ("broken.parquet", "unreadable")]
     assert (tmp_path / "landing" / "broken.parquet").is_file()
 
     state = json.loads((trained["work"] / "monitoring" / "state.json").read_text())
     done = [fp for fp, rec in state["batches"].items() if rec["status"] == "done"]
-    assert {e["fingerprint"] for e in entries if e["fingerprint"]} <= set(done)
+    assert {e.fingerprint for e in entries if e.fingerprint} <= set(done)
 
 
 def test_a_blocked_batch_is_quarantined_and_an_unlabelled_one_is_monitored(trained, receiver, tmp_path, repo_root):
     url, received = receiver
     cfg = _config(trained, "gate", "monitor.consecutive=1", f'alerts.urls=["{url}"]')
     broken = shifted_batch(trained, 12).drop(columns="pixel_5")  # the model's input lacks a column
-    (entry,) = monitoring_flow(cfg, data=_write(broken, tmp_path / "broken.parquet"))["batches"]
-    assert (entry["status"], entry["drift"]["level"], entry["quality"]["level"]) == ("processed", "blocked", "blocked")
-    assert (entry["rows_accepted"], entry["rows_quarantined"]) == (0, 400)
-    assert len(pd.read_parquet(entry["quarantine_path"])) == 400  # kept, with reasons, never dropped
+    (entry,) = monitoring_flow(cfg, data=_write(broken, tmp_path / "broken.parquet")).batches
+    assert (entry.status, entry.drift.level, entry.quality.level) == ("processed", "blocked", "blocked")
+    assert (entry.rows_accepted, entry.rows_quarantined) == (0, 400)
+    assert len(pd.read_parquet(entry.quarantine_path)) == 400  # kept, with reasons, never dropped
     # No drift decision without the model's inputs, but never silence: a data-quality alert says why.
-    assert entry["alert"]["due"] is False and entry["quality_alert"]["sent"] is True
+    assert entry.alert.due is False and entry.quality_alert.sent is True
     assert len(received) == 1 and received[0]["title"].startswith("normlab: data blocked for normlab-gate")
-    assert "pixel_5" in received[0]["message"] and entry["quarantine_path"] in received[0]["message"]
+    assert "pixel_5" in received[0]["message"] and entry.quarantine_path in received[0]["message"]
 
     # New data awaiting labels: drift and prediction drift still work, performance is not claimed.
     unlabelled = shifted_batch(trained, 13).drop(columns="label")
-    (entry,) = monitoring_flow(cfg, data=_write(unlabelled, tmp_path / "unlabelled.parquet"))["batches"]
-    assert (entry["drift"]["level"], entry["rows_accepted"], entry["performance"]) == ("detected", 400, None)
-    assert entry["alert"]["sent"] is True and len(received) == 2
+    (entry,) = monitoring_flow(cfg, data=_write(unlabelled, tmp_path / "unlabelled.parquet")).batches
+    assert (entry.drift.level, entry.rows_accepted, entry.performance) == ("detected", 400, None)
+    assert entry.alert.sent is True and len(received) == 2
 
 
 def test_detection_needs_consecutive_batches_and_the_cooldown_holds_back_a_repeat(
@@ -185,10 +194,10 @@ def test_detection_needs_consecutive_batches_and_the_cooldown_holds_back_a_repea
     cfg = _config(trained, "cooldown", "monitor.consecutive=2", f'alerts.urls=["{url}"]')
     for i, seed in enumerate((6, 7, 8)):
         _write(shifted_batch(trained, seed), tmp_path / "landing" / f"shifted-{i}.parquet", order=i)
-    entries = monitoring_flow(cfg, data=str(tmp_path / "landing"))["batches"]
-    levels = [(e["drift"]["level"], e["alert"]["sent"]) for e in entries]
+    entries = monitoring_flow(cfg, data=str(tmp_path / "landing")).batches
+    levels = [(e.drift.level, e.alert.sent) for e in entries]
     assert levels == [("suspected", False), ("detected", True), ("detected", False)]
-    assert "repeats the alert" in entries[2]["drift"]["reason"]
+    assert "repeats the alert" in entries[2].drift.reason
     assert len(received) == 1
 
 
@@ -207,10 +216,10 @@ def test_twenty_clean_batches_raise_at_most_one_detection(trained, tmp_path, rep
                                        rows_untyped=0, blocked=False, failed=[], report_path="", problems=[],
                                        missing_features=[])
         analysis = monitoring.analyze_batch(cfg, reference, gated, batch)
-        decision = drift.decide(analysis.drifted, analysis.drifted_columns, {"streak": 0, "alerts": []},
+        decision = drift.decide(analysis.drifted, analysis.drifted_columns, 0, [],
                                 consecutive=1, cooldown_minutes=0, dedup_overlap=1.0, min_level="detected",
                                 now=monitoring.now_utc())
-        return decision["level"]
+        return decision.level
 
     clean = [level(clean_batch(trained, 100 + seed, rows=300), f"clean-{seed}") for seed in range(20)]
     assert clean.count("detected") <= 1, clean
@@ -272,18 +281,19 @@ def test_detected_drift_retrains_through_the_gate(tiny_config, tmp_path):
     first = training_flow(cfg, data_path=str(tmp_path / "train.parquet"))
 
     result = monitoring_flow(cfg, data=_write(shifted_batch(held, 3), tmp_path / "new" / "shifted.parquet"))
-    (entry,) = result["batches"]
-    assert entry["drift"]["level"] == "detected"
-    (retrained,) = result["retrained"]
-    assert retrained["error"] is None
-    assert retrained["run_id"] not in (None, first["run_id"])
-    assert retrained["rows_new"] == 400
-    assert retrained["rows"] == retrained["rows_reference"] + retrained["rows_new"]
+    (entry,) = result.batches
+    assert entry.drift.level == "detected"
+    (retrained,) = result.retrained
+    assert retrained.error is None
+    assert retrained.run_id not in (None, first["run_id"])
+    assert retrained.rows_new == 400
+    assert retrained.rows == retrained.rows_reference + retrained.rows_new
     # The new model went through the registry's gate like any run: a new version with a recorded decision.
-    registry = retrained["registry"]
-    assert int(registry["version"]) == int(first["registry"]["version"]) + 1
-    assert "challenger" in registry["aliases"] and registry["record"]
+    registry = retrained.registry
+    assert int(registry.version) == int(first["registry"]["version"]) + 1
+    assert "challenger" in registry.aliases and registry.record
+    assert set(retrained.to_json()["registry"]) == set(first["registry"])  # the run summary's shape
     client = MlflowClient(tracking_uri=cfg.tracking_uri())
-    assert client.get_run(retrained["run_id"]).info.status == "FINISHED"
+    assert client.get_run(retrained.run_id).info.status == "FINISHED"
     # Later batches compare against whatever the gate made the reference.
-    assert result["reference"]["run_id"] == monitoring.resolve_reference(cfg).run_id
+    assert result.reference.run_id == monitoring.resolve_reference(cfg).run_id

@@ -10,7 +10,9 @@ import pytest
 
 from normlab import alerts
 from normlab.config import flatten, load_config, to_yaml
+from normlab.drift import ColumnScore
 from normlab.errors import ConfigError
+from normlab.monitoring.contracts import DriftSummary, Performance
 
 
 @pytest.fixture
@@ -53,13 +55,13 @@ def test_check_urls_names_the_scheme_not_the_url():
 
 
 def _message(**kw):
-    drift = {"share": 0.75, "n_drifted": 3, "n_columns": 4, "columns": [
-        {"column": "pixel_9", "test": "ks", "score": 0.912, "p_value": 1e-30, "drifted": True},
-        {"column": "colour", "test": "chi2", "score": 0.41, "p_value": 2e-5, "drifted": True},
-    ]}
+    drift = DriftSummary(share=0.75, n_drifted=3, n_columns=4, drifted=True, columns=[
+        ColumnScore(column="pixel_9", test="ks", score=0.912, p_value=1e-30, drifted=True),
+        ColumnScore(column="colour", test="chi2", score=0.41, p_value=2e-5, drifted=True),
+    ])
     options = dict(model="normlab-digits", version="3", reference_run_id="r" * 32, fingerprint="f0e1" * 16,
                    source="/landing/b.parquet", level="detected", drift=drift, prediction=None,
-                   performance={"accuracy": 0.5, "reference_accuracy": 0.95}, rows=400,
+                   performance=Performance(accuracy=0.5, f1_macro=0.5, ece=0.1, reference_accuracy=0.95), rows=400,
                    report_html="/w/report.html", monitor_run_id="m" * 32, tracking_uri="sqlite:///w/mlflow.db",
                    retrain=False, config_hint="configs/digits.yaml ")
     return alerts.drift_message(**(options | kw))
@@ -82,7 +84,10 @@ def test_send_delivers_to_a_local_webhook_and_logs_no_url(receiver, caplog):
     url = f"json://127.0.0.1:{port}/hooks/secret-path-42"
     caplog.set_level(logging.DEBUG)
     result = alerts.send([url], "the title", "the **body**")
-    assert result == {"sent": True, "targets": 1, "delivered": 1, "services": [{"service": "JSON", "ok": True}]}
+    assert result == alerts.Delivery(sent=True, targets=1, delivered=1,
+                                     services=[alerts.ServiceResult(service="JSON", ok=True)])
+    assert result.model_dump(exclude_unset=True) == {"sent": True, "targets": 1, "delivered": 1,
+                                                     "services": [{"service": "JSON", "ok": True}]}
     assert len(received) == 1
     assert received[0]["path"] == "/hooks/secret-path-42"
     assert (received[0]["title"], received[0]["message"]) == ("the title", "the **body**")
@@ -93,10 +98,10 @@ def test_send_reports_an_unreachable_target_without_its_url(caplog):
     caplog.set_level(logging.DEBUG)
     port = _free_port()
     result = alerts.send([f"json://127.0.0.1:{port}/secret-path-43"], "t", "b")
-    assert result["sent"] is False and result["delivered"] == 0
-    assert "1 of 1 target(s)" in result["reason"]
-    assert "secret-path-43" not in json.dumps(result) + caplog.text
+    assert result.sent is False and result.delivered == 0
+    assert "1 of 1 target(s)" in result.reason
+    assert "secret-path-43" not in result.model_dump_json() + caplog.text
 
 
 def test_send_without_urls_sends_nothing():
-    assert alerts.send([], "t", "b")["targets"] == 0
+    assert alerts.send([], "t", "b").targets == 0

@@ -69,11 +69,11 @@ def test_score_columns_mixes_numeric_and_categorical_and_summarizes():
     assert [(s.column, s.test, s.drifted) for s in scores] == [("n", "ks", True), ("c", "chi2", True),
                                                                ("k", "ks", False)]
     summary = drift.summarize_columns(scores, drift_share=0.5, top=2)
-    assert summary["share"] == pytest.approx(2 / 3)
-    assert summary["drifted"] is True
-    assert summary["drifted_columns"] == ["n", "c"]
-    assert [c["column"] for c in summary["columns"]] == ["n", "c"]  # drifted first, by score
-    assert drift.summarize_columns(scores, drift_share=0.7, top=2)["drifted"] is False
+    assert summary.share == pytest.approx(2 / 3)
+    assert summary.drifted is True
+    assert summary.drifted_columns == ["n", "c"]
+    assert [c.column for c in summary.columns] == ["n", "c"]  # drifted first, by score
+    assert drift.summarize_columns(scores, drift_share=0.7, top=2).drifted is False
 
 
 def test_prediction_drift_flags_a_moved_class_distribution_only():
@@ -90,53 +90,57 @@ def test_prediction_drift_flags_a_moved_class_distribution_only():
                                   effect_floor=0.1)
     moved = drift.prediction_drift(ref, proba(1000, [0.8, 0.1, 0.1]), classes=[0, 1, 2], alpha=0.01,
                                    effect_floor=0.1)
-    assert not same["drifted"]
-    assert moved["class"]["drifted"] and moved["drifted"]
-    assert moved["class"]["current_shares"]["0"] > 0.7
-    assert not moved["confidence"]["shifted"]  # every prediction is still 0.8 sure
+    assert not same.drifted
+    assert moved.class_.drifted and moved.drifted
+    assert moved.class_.current_shares["0"] > 0.7
+    assert not moved.confidence.shifted  # every prediction is still 0.8 sure
+    # In JSON (drift.json, the summary) the class distribution is under "class", as it always was.
+    assert list(moved.model_dump()) == ["class", "confidence", "drifted"]
+    assert drift.PredictionDrift.model_validate(moved.model_dump()) == moved
 
 
 def test_a_confidence_shift_alone_is_reported_but_does_not_decide():
     ref = np.tile([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05]], (500, 1))
     cur = np.tile([[0.6, 0.2, 0.2], [0.2, 0.6, 0.2]], (500, 1))
     out = drift.prediction_drift(ref, cur, classes=["a", "b", "c"], alpha=0.01, effect_floor=0.1)
-    assert out["confidence"]["shifted"] and out["confidence"]["score"] == pytest.approx(1.0)
-    assert not out["class"]["drifted"] and not out["drifted"]
+    assert out.confidence.shifted and out.confidence.score == pytest.approx(1.0)
+    assert not out.class_.drifted and not out.drifted
 
 
 # The decision --------------------------------------------------------------------------
 
 
-def _decide(drifted, columns=("a", "b"), history=None, **kw):
+def _decide(drifted, columns=("a", "b"), streak=0, alerts=(), **kw):
     options = {"consecutive": 2, "cooldown_minutes": 60, "dedup_overlap": 0.5, "min_level": "detected",
                "now": NOW} | kw
-    return drift.decide(drifted, list(columns), history or {"streak": 0, "alerts": []}, **options)
+    return drift.decide(drifted, list(columns), streak, list(alerts), **options)
 
 
 def test_levels_over_consecutive_batches():
     first = _decide(True)
-    assert (first["level"], first["streak"], first["alert"]) == ("suspected", 1, False)
-    second = _decide(True, history={"streak": 1, "alerts": []})
-    assert (second["level"], second["streak"], second["alert"]) == ("detected", 2, True)
-    clean = _decide(False, history={"streak": 1, "alerts": []})
-    assert (clean["level"], clean["streak"]) == ("none", 0)
-    small = _decide(None, history={"streak": 1, "alerts": []})
-    assert (small["level"], small["streak"], small["alert"]) == (drift.TOO_SMALL, 1, False)
+    assert (first.level, first.streak, first.alert) == ("suspected", 1, False)
+    second = _decide(True, streak=1)
+    assert (second.level, second.streak, second.alert) == ("detected", 2, True)
+    clean = _decide(False, streak=1)
+    assert (clean.level, clean.streak) == ("none", 0)
+    small = _decide(None, streak=1)
+    assert (small.level, small.streak, small.alert) == (drift.TOO_SMALL, 1, False)
 
 
 def test_min_level_suspected_alerts_on_the_first_window():
-    assert _decide(True, min_level="suspected")["alert"] is True
+    assert _decide(True, min_level="suspected").alert is True
 
 
 def test_cooldown_and_deduplication_per_column_set():
-    history = {"streak": 3, "alerts": [{"at": (NOW - timedelta(minutes=30)).isoformat(), "columns": ["a", "b"]}]}
-    held = _decide(True, ["a", "b", "c"], history)  # Jaccard 2/3 >= 0.5: the same alert again
-    assert held["level"] == "detected" and held["alert"] is False
-    assert "repeats the alert" in held["reason"]
-    other = _decide(True, ["x", "y"], history)  # other columns: a new alert
-    assert other["alert"] is True
-    later = _decide(True, ["a", "b"], history, now=NOW + timedelta(minutes=31))  # cooldown over
-    assert later["alert"] is True
+    alerts = [drift.AlertRecord(at=(NOW - timedelta(minutes=30)).isoformat(), level="detected", columns=["a", "b"],
+                                fingerprint="f" * 64, delivered=1)]
+    held = _decide(True, ["a", "b", "c"], 3, alerts)  # Jaccard 2/3 >= 0.5: the same alert again
+    assert held.level == "detected" and held.alert is False
+    assert "repeats the alert" in held.reason
+    other = _decide(True, ["x", "y"], 3, alerts)  # other columns: a new alert
+    assert other.alert is True
+    later = _decide(True, ["a", "b"], 3, alerts, now=NOW + timedelta(minutes=31))  # cooldown over
+    assert later.alert is True
 
 
 def test_jaccard():

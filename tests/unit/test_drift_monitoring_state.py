@@ -10,6 +10,7 @@ import pytest
 
 from normlab import monitoring
 from normlab.config import load_config
+from normlab.drift import AlertRecord
 from normlab.errors import DataSourceError
 
 
@@ -53,26 +54,44 @@ def test_claim_release_and_a_dead_processs_claim_is_taken_over(cfg, tmp_path):
     assert not monitoring.open_batch(cfg, path).skip
 
     with monitoring.locked_state(cfg) as state:  # a claim left by a process that died
-        state["batches"][opened.fingerprint]["pid"] = 2**22 + 12345
+        claim = state.batches[opened.fingerprint]
+        state.batches[opened.fingerprint] = claim.model_copy(update={"pid": 2**22 + 12345})
     assert not monitoring.open_batch(cfg, path).skip
+
+
+def _entry(fingerprint: str, source: str) -> monitoring.BatchEntry:
+    """A processed batch's summary entry, as `finish_batch` records it."""
+    return monitoring.BatchEntry(
+        fingerprint=fingerprint, source=source, status="processed", rows_in=2,
+        drift=monitoring.EntryDrift(level="none", reason="no drift", streak=0, share=0.0, n_drifted=0, n_columns=1,
+                                    columns=[]),
+        alert=monitoring.NO_ALERT.model_copy(update={"reason": "no drift"}), quality_alert=monitoring.NO_ALERT,
+        monitor_run_id="m" * 32)
 
 
 def test_done_batches_are_skipped_by_content_across_restarts(cfg, tmp_path):
     path = _table(tmp_path / "b.parquet")
     fingerprint = monitoring.open_batch(cfg, path).fingerprint
+    entry = _entry(fingerprint, path)
     with monitoring.locked_state(cfg) as state:
-        state["batches"][fingerprint] = {"status": "done", "source": path, "processed_at": "2026-01-01T00:00:00",
-                                         "entry": {"drift": {"level": "none"}}}
+        state.batches[fingerprint] = monitoring.BatchRecord(status="done", source=path,
+                                                            processed_at="2026-01-01T00:00:00", entry=entry)
     state_file = cfg.workdir_path() / "monitoring" / "state.json"
-    assert json.loads(state_file.read_text())["batches"][fingerprint]["status"] == "done"
+    written = json.loads(state_file.read_text())["batches"][fingerprint]
+    assert written == {"status": "done", "source": path, "processed_at": "2026-01-01T00:00:00",
+                       "entry": entry.to_json()}  # the keys it was built with, no more
     triage = monitoring.triage_batches(cfg, [path])  # known by size and time: not even read
-    assert triage.new == [] and triage.skipped[0]["status"] == "skipped"
+    assert triage.new == [] and triage.skipped[0].status == "skipped"
     copy = _table(tmp_path / "copy.parquet")  # same content, another name
     assert monitoring.triage_batches(cfg, [copy]).new == [copy]
     for p in (path, copy):
         seen = monitoring.open_batch(cfg, p)
         assert seen.skip and "already processed" in seen.reason
-        assert monitoring.skipped_entry(seen)["drift"] == {"level": "none"}
+        skipped = monitoring.skipped_entry(seen)
+        assert skipped.drift == entry.drift  # the earlier result, for the record
+        assert skipped.to_json() == {**entry.to_json(), "source": p, "status": "skipped", "reason": seen.reason,
+                                     "alert": monitoring.NO_ALERT.to_json(),
+                                     "quality_alert": monitoring.NO_ALERT.to_json()}
 
 
 def test_unreadable_file_is_skipped_and_left_in_place(cfg, tmp_path):
@@ -88,6 +107,28 @@ def test_corrupt_state_is_one_clear_error(cfg):
     (folder / "state.json").write_text("{not json")
     with pytest.raises(DataSourceError, match=r"unreadable.*move it away"):
         monitoring.read_state(cfg)
+    (folder / "state.json").write_text(json.dumps({"version": 1, "files": {"/x.csv": {"size": "big"}}}))
+    with pytest.raises(DataSourceError, match=r"files\./x\.csv\.size.*move it away"):
+        monitoring.read_state(cfg)
+
+
+def test_the_state_file_keeps_its_shape_through_a_read_and_a_write(cfg, tmp_path):
+    """Records are typed in memory; state.json is written back with the keys it was read with."""
+    path = _table(tmp_path / "b.parquet")
+    opened = monitoring.open_batch(cfg, path)
+    state_file = cfg.workdir_path() / "monitoring" / "state.json"
+    before = json.loads(state_file.read_text())
+    assert set(before["files"][path]) == {"size", "mtime_ns", "fingerprint", "content", "rows", "processed"}
+    assert set(before["batches"][opened.fingerprint]) == {"status", "source", "pid", "host", "claimed_ts", "model",
+                                                          "landed_ns"}
+    # A record as an older monitor may have left it (fewer keys) stays as it is.
+    before["models"]["old"] = {"reference_run_id": "r", "streak": 2, "streak_batches": [None, "a.parquet"],
+                               "alerts": []}
+    state_file.write_text(json.dumps(before))
+    with monitoring.locked_state(cfg) as state:
+        assert isinstance(state.batches[opened.fingerprint], monitoring.BatchRecord)
+        assert state.models["old"].streak == 2
+    assert json.loads(state_file.read_text()) == before
 
 
 def _reference(run_id: str, version: str | None) -> monitoring.Reference:
@@ -96,7 +137,12 @@ def _reference(run_id: str, version: str | None) -> monitoring.Reference:
 
 
 def test_history_starts_afresh_for_a_new_reference(cfg):
-    state = {"models": {"m": {"reference_run_id": "old", "streak": 3, "streak_batches": ["x"], "alerts": [{}]}}}
-    assert monitoring.model_history(state, _reference("old", None))["streak"] == 3
+    alert = AlertRecord(at="2026-01-01T00:00:00+00:00", level="detected", columns=["a"], fingerprint="f" * 64,
+                        delivered=1)
+    state = monitoring.MonitorState(version=1, models={"m": monitoring.ModelHistory(
+        reference_run_id="old", streak=3, streak_batches=["x"], alerts=[alert])})
+    assert monitoring.model_history(state, _reference("old", None)).streak == 3
     fresh = monitoring.model_history(state, _reference("new", "2"))
-    assert (fresh["streak"], fresh["alerts"], fresh["version"]) == (0, [], "2")
+    assert (fresh.streak, fresh.alerts, fresh.version) == (0, [], "2")
+    assert fresh.to_json() == {"reference_run_id": "new", "version": "2", "streak": 0, "streak_batches": [],
+                               "alerts": []}

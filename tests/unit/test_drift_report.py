@@ -21,6 +21,7 @@ import pytest
 from normlab import drift, drift_report
 from normlab.data.sources import load_builtin
 from normlab.data.weather import FEATURES, weather_frame
+from normlab.monitoring.contracts import DriftRecord
 
 ALPHA, FLOOR, SHARE = 0.01, 0.1, 0.3
 REPORT_ROWS = 5_000
@@ -78,7 +79,7 @@ def _batches() -> list[dict]:
     ]
 
 
-def decide(ref: pd.DataFrame, cur: pd.DataFrame, model) -> dict:
+def decide(ref: pd.DataFrame, cur: pd.DataFrame, model) -> DriftRecord:
     """drift.json as `analyze_batch` writes it (the decision path, every row)."""
     features = list(ref.columns)
     scores = drift.score_columns(ref, cur, features, alpha=ALPHA, effect_floor=FLOOR)
@@ -86,13 +87,13 @@ def decide(ref: pd.DataFrame, cur: pd.DataFrame, model) -> dict:
     ref_proba, cur_proba = model(ref), model(cur)
     prediction = drift.prediction_drift(ref_proba, cur_proba, classes=list(range(ref_proba.shape[1])),
                                         alpha=ALPHA, effect_floor=FLOOR)
-    drifted_columns = data["drifted_columns"] + ([drift.PREDICTION_COLUMN] if prediction["drifted"] else [])
-    return {"rows": len(cur), "decidable": True, "drifted": bool(data["drifted"] or prediction["drifted"]),
-            "drifted_columns": drifted_columns, "data": data, "prediction": prediction,
-            "columns": [s.to_dict() for s in scores]}
+    drifted_columns = data.drifted_columns + ([drift.PREDICTION_COLUMN] if prediction.drifted else [])
+    return DriftRecord(fingerprint="f" * 64, reference_run_id="r" * 32, rows=len(cur), decidable=True,
+                       drifted=bool(data.drifted or prediction.drifted), drifted_columns=drifted_columns, data=data,
+                       prediction=prediction, performance=None, columns=scores)
 
 
-def report(batch: dict, full: dict, out: Path, workspace: Path) -> dict:
+def report(batch: dict, full: DriftRecord, out: Path, workspace: Path) -> dict:
     """The report path as `build_report` runs it: samples with the model's outputs, the verdict, save, workspace."""
     ref, cur, model = batch["ref"], batch["cur"], batch["model"]
     features = list(ref.columns)
@@ -103,8 +104,11 @@ def report(batch: dict, full: dict, out: Path, workspace: Path) -> dict:
         samples.append(drift.sample_rows(frame.assign(**outputs), batch["rows"], seed=11))
     numeric = [c for c in features if drift.is_numeric(ref[c])]
     categorical = [c for c in features if c not in numeric]
-    drawn = [s["column"] for s in sorted(full["columns"], key=lambda s: s["score"], reverse=True)][:5]
-    verdict = drift_report.make_verdict(full, alpha=ALPHA, effect_floor=FLOOR, drift_share=SHARE)
+    drawn = [s.column for s in sorted(full.columns, key=lambda s: s.score, reverse=True)][:5]
+    # drift.json read back, as `build_report` reads it
+    read = DriftRecord.model_validate(json.loads(json.dumps(full.to_json(), default=float)))
+    assert read == full
+    verdict = read.verdict(alpha=ALPHA, effect_floor=FLOOR, drift_share=SHARE, prediction_decides=True)
     snapshot = drift.evidently_report(
         samples[0], samples[1], numeric=[*numeric, drift.CONFIDENCE_COLUMN],
         categorical=[*categorical, drift.PREDICTION_COLUMN],
@@ -145,7 +149,7 @@ NAMES = ("weather-none", "weather-moderate", "weather-severe", "weather-tiny-shi
 @pytest.mark.parametrize("name", NAMES)
 def test_the_saved_report_shows_the_alerts_drifted_columns(runs, name):
     run = runs[name]
-    alert = run["full"]["drifted_columns"]  # what the decision (and the alert) names
+    alert = run["full"].drifted_columns  # what the decision (and the alert) names
     from_html = drift.report_drifted_columns(run["html"])
     from_json = drift.report_drifted_columns(run["json"])
     assert sorted(from_html) == sorted(alert)
@@ -154,23 +158,23 @@ def test_the_saved_report_shows_the_alerts_drifted_columns(runs, name):
     # The count and share the dashboard plots are the decision's.
     data = json.loads(Path(run["json"]).read_text(encoding="utf-8"))
     (count,) = [m for m in data["metrics"] if m["config"]["type"] == drift_report.COUNT_TYPE]
-    assert count["value"] == {"count": run["full"]["data"]["n_drifted"], "share": run["full"]["data"]["share"]}
+    assert count["value"] == {"count": run["full"].data.n_drifted, "share": run["full"].data.share}
 
     # Every feature and the model's outputs are in the verdict table, with the decision's numbers.
     rows = {r["column"]: r for r in drift_report.verdict_table(Path(run["html"]).read_text(encoding="utf-8"))}
-    assert set(rows) == {c["column"] for c in run["full"]["columns"]} | {drift.PREDICTION_COLUMN,
-                                                                         drift.CONFIDENCE_COLUMN}
-    for c in run["full"]["columns"]:
-        assert float(rows[c["column"]]["effect size"]) == pytest.approx(c["score"], abs=1e-3)  # shown to 3 decimals
+    assert set(rows) == {c.column for c in run["full"].columns} | {drift.PREDICTION_COLUMN,
+                                                                   drift.CONFIDENCE_COLUMN}
+    for c in run["full"].columns:
+        assert float(rows[c.column]["effect size"]) == pytest.approx(c.score, abs=1e-3)  # shown to 3 decimals
     assert rows[drift.CONFIDENCE_COLUMN]["drifted"].startswith("no")  # reported, never decides
 
 
 def test_the_cases_cover_drift_and_its_absence(runs):
-    assert runs["weather-none"]["full"]["drifted_columns"] == []
-    assert runs["digits-same"]["full"]["drifted_columns"] == []
-    assert {"temp_c", "humidity"} <= set(runs["weather-moderate"]["full"]["drifted_columns"])
-    assert drift.PREDICTION_COLUMN in runs["weather-severe"]["full"]["drifted_columns"]
-    assert len(runs["digits-brighter"]["full"]["drifted_columns"]) >= 5
+    assert runs["weather-none"]["full"].drifted_columns == []
+    assert runs["digits-same"]["full"].drifted_columns == []
+    assert {"temp_c", "humidity"} <= set(runs["weather-moderate"]["full"].drifted_columns)
+    assert drift.PREDICTION_COLUMN in runs["weather-severe"]["full"].drifted_columns
+    assert len(runs["digits-brighter"]["full"].drifted_columns) >= 5
 
 
 def test_evidentlys_own_tests_disagree_on_some_batches_and_the_report_still_follows_normlab(runs):
@@ -213,7 +217,7 @@ def test_the_workspace_dashboard_plots_normlabs_share(runs):
     wanted = [SeriesFilter(tags=[], metadata={}, metric=drift_report.COUNT_TYPE, metric_labels={"value_type": "share"})]
     series = asyncio.run(storage.get_data_series(project_id, wanted, None, None)).series
     assert len(series) == 1  # one line across batches
-    assert series[0].values == pytest.approx([runs[n]["full"]["data"]["share"] for n in NAMES])
+    assert series[0].values == pytest.approx([runs[n]["full"].data.share for n in NAMES])
 
 
 def test_an_older_dashboard_is_switched_to_normlabs_verdict(tmp_path, runs):
@@ -236,9 +240,9 @@ def test_an_older_dashboard_is_switched_to_normlabs_verdict(tmp_path, runs):
 
 
 def test_a_verdict_at_odds_with_its_own_columns_is_refused():
-    full = {"columns": [{"column": "a", "test": "ks", "score": 0.5, "p_value": 0.0, "drifted": True}],
-            "drifted_columns": [], "prediction": None, "drifted": True}
-    verdict = drift_report.make_verdict(full, alpha=ALPHA, effect_floor=FLOOR, drift_share=SHARE)
+    verdict = drift.DriftVerdict(
+        columns=[drift.ColumnScore(column="a", test="ks", score=0.5, p_value=0.0, drifted=True)],
+        drifted_columns=[], prediction=None, drifted=True, alpha=ALPHA, effect_floor=FLOOR, drift_share=SHARE)
     with pytest.raises(ValueError, match="drifted columns"):
         drift_report.verdict_metrics(verdict)
 

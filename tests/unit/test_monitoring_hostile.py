@@ -19,6 +19,7 @@ import pytest
 
 from normlab import monitoring
 from normlab.config import load_config
+from normlab.drift import AlertRecord, PredictionDrift
 from normlab.errors import DataSourceError
 from normlab.monitoring import analysis, ledger
 from normlab.monitoring.records import _settle_alert
@@ -111,7 +112,7 @@ def test_a_hostile_file_is_recorded_unreadable_and_not_read_again_until_it_chang
     triage = monitoring.triage_batches(cfg, [path])
     assert triage.new == []
     (entry,) = triage.skipped
-    assert entry["status"] == "unreadable" and entry["reason"].startswith(reason)
+    assert entry.status == "unreadable" and entry.reason.startswith(reason)
     monkeypatch.undo()
 
     # Fixed (new content, new size and time): tried again, and processed.
@@ -205,7 +206,7 @@ def test_a_symlink_is_refused_by_name_and_its_target_is_never_read(cfg, tmp_path
         assert leaked not in opened.reason and leaked not in written
     assert _state(cfg)["files"][str(link)]["status"] == "refused"
     (entry,) = monitoring.triage_batches(cfg, [str(link)]).skipped
-    assert entry["status"] == "refused"
+    assert entry.status == "refused"
 
 
 def test_a_file_swapped_for_a_link_while_read_is_left_pending(cfg, tmp_path, monkeypatch):
@@ -225,7 +226,7 @@ def test_a_file_swapped_for_a_link_while_read_is_left_pending(cfg, tmp_path, mon
     monkeypatch.setattr(ledger, "read_table", swap_then_read)
     opened = monitoring.open_batch(cfg, str(path))
     assert opened.status == "pending" and "TOP_SECRET" not in opened.model_dump_json()
-    assert monitoring.read_state(cfg)["files"] == {}
+    assert monitoring.read_state(cfg).files == {}
 
 
 def test_data_that_is_a_symlink_to_a_file_is_an_error_naming_the_link(tmp_path):
@@ -277,7 +278,7 @@ def test_a_file_being_written_is_pending_then_processed_once_with_every_row(cfg,
         opened = monitoring.open_batch(cfg, str(path))
     assert (opened.skip, opened.status) == (True, "pending")
     assert "not yet stable" in opened.reason
-    assert monitoring.read_state(cfg)["files"] == {} and monitoring.read_state(cfg)["batches"] == {}
+    assert monitoring.read_state(cfg).files == {} and monitoring.read_state(cfg).batches == {}
 
     # Written to the end and left alone: processed once, with every row.
     _settle(path)
@@ -308,14 +309,16 @@ def test_a_file_that_changes_while_it_is_read_is_pending(cfg, tmp_path, monkeypa
 
     monkeypatch.setattr(ledger, "read_table", read_while_appending)
     assert monitoring.open_batch(cfg, str(path)).status == "pending"
-    assert monitoring.read_state(cfg)["files"] == {}
+    assert monitoring.read_state(cfg).files == {}
 
 
 def _mark_done(cfg, opened):
     with monitoring.locked_state(cfg) as state:
-        state["batches"][opened.fingerprint] = {
-            "status": "done", "source": opened.source, "processed_at": "2026-01-01T00:00:00+00:00",
-            "entry": {"rows_in": opened.rows}}
+        state.batches[opened.fingerprint] = monitoring.BatchRecord(
+            status="done", source=opened.source, processed_at="2026-01-01T00:00:00+00:00",
+            entry=monitoring.BatchEntry(fingerprint=opened.fingerprint, source=opened.source, status="processed",
+                                        rows_in=opened.rows, alert=monitoring.NO_ALERT,
+                                        quality_alert=monitoring.NO_ALERT))
 
 
 def test_rows_appended_to_a_processed_file_are_a_batch_of_their_own(cfg, tmp_path):
@@ -350,10 +353,15 @@ def test_rows_appended_to_a_processed_file_are_a_batch_of_their_own(cfg, tmp_pat
 GATED = monitoring.GateOutcome(accepted_path=None, quarantine_path=None, typed_path="b/typed.parquet", rows_in=300,
                                rows_accepted=300, rows_quarantined=0, rows_typed=300, rows_untyped=0, blocked=False,
                                failed=[], report_path="b/validation.json", problems=[], missing_features=[])
+_SHIFT = {"test": "chi2", "score": 0.0, "p_value": 1.0, "drifted": False, "reference_shares": {},
+          "current_shares": {}}
 DRIFTED = monitoring.Analysis(
     rows=300, decidable=True, drifted=True, drifted_columns=["a"],
     drift=monitoring.DriftSummary(share=1.0, n_columns=1, n_drifted=1, drifted=True, columns=[]),
-    prediction={"drifted": False}, performance=None, drift_json="b/drift.json",
+    prediction=PredictionDrift.model_validate({"class": _SHIFT, "confidence": {
+        "test": "ks", "score": 0.0, "p_value": 1.0, "shifted": False, "reference_mean": 0.9, "current_mean": 0.9},
+        "drifted": False}),
+    performance=None, drift_json="b/drift.json",
     report_inputs=monitoring.ReportInputs(reference="b/report_reference.parquet", current="b/report_current.parquet"),
     report_columns=["a"])
 
@@ -401,17 +409,18 @@ def test_a_due_alert_starts_the_cooldown_at_once_and_a_failed_delivery_drops_it(
     held = monitoring.decide_batch(cfg, second, reference, DRIFTED, GATED)
     assert held.alert is False and "repeats the alert" in held.reason
 
-    history = _state(cfg)["models"][reference.model]
-    _settle_alert(history, "alerts", first.fingerprint, {"sent": False, "targets": 2, "delivered": 0})
-    assert history["alerts"] == []
-    history["alerts"] = [pending]
-    _settle_alert(history, "alerts", first.fingerprint, {"sent": True, "targets": 2, "delivered": 1})
-    assert history["alerts"][0]["delivered"] == 1
+    history = monitoring.ModelHistory.model_validate(_state(cfg)["models"][reference.model])
+    failed = monitoring.AlertOutcome(due=True, sent=False, targets=2, delivered=0)
+    assert _settle_alert(history, "alerts", first.fingerprint, failed).alerts == []
+    history = history.model_copy(update={"alerts": [AlertRecord.model_validate(pending)]})
+    sent = monitoring.AlertOutcome(due=True, sent=True, targets=2, delivered=1)
+    assert _settle_alert(history, "alerts", first.fingerprint, sent).alerts[0].delivered == 1
 
 
 def _owned_by_another_live_process(cfg, batch) -> None:
     with monitoring.locked_state(cfg) as state:
-        state["batches"][batch.fingerprint]["pid"] = os.getppid()
+        claim = state.batches[batch.fingerprint]
+        state.batches[batch.fingerprint] = claim.model_copy(update={"pid": os.getppid()})
 
 
 def test_a_decision_waits_for_an_earlier_batch_another_monitor_is_processing(cfg, tmp_path):
@@ -428,7 +437,7 @@ def test_a_decision_waits_for_an_earlier_batch_another_monitor_is_processing(cfg
         monitoring.decide_batch(cfg, later, reference, DRIFTED, GATED)))
     waiting.start()
     time.sleep(1.0)
-    assert waiting.is_alive() and reference.model not in monitoring.read_state(cfg)["models"]
+    assert waiting.is_alive() and reference.model not in monitoring.read_state(cfg).models
     first = monitoring.decide_batch(cfg, earlier, reference, DRIFTED, GATED)  # the other monitor decides
     waiting.join(timeout=30)
     assert (first.level, first.streak) == ("suspected", 1)
