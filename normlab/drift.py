@@ -36,6 +36,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
+from normlab.contract_base import Contract
+
 LEVELS = ("none", "suspected", "detected")
 # Batches that got no decision: too few accepted rows, or blocked by the data gate.
 TOO_SMALL = "too_small"
@@ -47,8 +49,8 @@ PREDICTION_COLUMN = "model.prediction"
 CONFIDENCE_COLUMN = "model.confidence"
 
 
-class _Result(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Result(Contract, BaseModel):  # BaseModel for ruff's sake: see `normlab.contract_base`
+    """The base of this module's results: `normlab.contract_base.Contract`."""
 
 
 class ColumnScore(_Result):

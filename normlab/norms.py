@@ -1,8 +1,9 @@
 """Normalization registry: one name (or factory) -> one layer, channel count first.
 
 `NORM_FACTORIES` maps each name to a factory ``factory(num_features, *, spatial, eps,
-groups)``; `NORM_NAMES` lists its keys. Every name must also be listed in
-``normlab.config.NormName`` (tests/unit/test_norms_registry.py holds the two equal).
+groups)``; `NORM_NAMES` lists its keys. It is the one list of norms: the config's
+``model.norm`` and ``sweep.norms`` accept exactly its keys (``normlab.config.NormName``
+reads them when it validates).
 Models call :func:`get_norm_layer` once per block in ``__init__``, so the norm is a
 config value and every layer is swappable. Two input layouts are supported:
 feature vectors ``(N, C)`` (``spatial=False``, MLPs) and channel maps
@@ -199,10 +200,10 @@ def _num_groups(num_features: int, groups: int) -> int:
 # keywords: ``factory(num_features, *, spatial, eps, groups) -> nn.Module``. A factory
 # ignores the keywords it has no use for and returns a fresh module on every call.
 #
-# Adding a norm: write its factory below, add it to `NORM_FACTORIES`, add the same name
-# to ``NormName`` in normlab/config.py (the YAML values a run accepts) and describe it in
-# this module's docstring. tests/unit/test_norms_registry.py builds every entry and fails
-# while ``NormName`` and the registry list different names.
+# Adding a norm: write its factory below, add it to `NORM_FACTORIES` and describe it in
+# this module's docstring. The config accepts the name from then on (``NormName`` in
+# normlab/config/sections.py validates against this registry), and a sweep's default grid
+# includes it. tests/unit/test_norms_registry.py builds every entry.
 
 
 class NormFactory(Protocol):
@@ -244,8 +245,7 @@ def _dyt(num_features: int, *, spatial: bool, eps: float, groups: int) -> nn.Mod
     return DyT(num_features, alpha_init=0.5, spatial=spatial)
 
 
-# Name -> factory, read-only. Its order is NORM_NAMES' order (sweep grids, benchmarks).
-# Every key must also be listed in normlab.config.NormName.
+# Name -> factory, read-only. Its order is NORM_NAMES' order (sweep grids, reports, benchmarks).
 NORM_FACTORIES: Mapping[str, NormFactory] = MappingProxyType({
     "none": _none,
     "batch": _batch,
@@ -298,7 +298,7 @@ def get_norm_layer(
         return layer
     factory = NORM_FACTORIES.get(norm)
     if factory is None:
-        raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORM_NAMES)}")
+        raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORM_FACTORIES)}")
     return factory(num_features, spatial=spatial, eps=eps, groups=groups)
 
 

@@ -12,12 +12,11 @@ import csv
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_args
 
-from normlab.config import NormName
+from normlab.norms import NORM_NAMES
 from normlab.sweep_contracts import AggregateRow, MeanInterval, PointOutcome, SweepSummary
 
-NORM_ORDER: tuple[str, ...] = get_args(NormName)
+NORM_ORDER: tuple[str, ...] = NORM_NAMES
 
 # Column titles of the summary metrics in tables.
 METRIC_TITLES: dict[str, str] = {

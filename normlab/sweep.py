@@ -25,8 +25,6 @@ from normlab.intervals import mean_interval
 from normlab.stages import fit, library_stages
 from normlab.sweep_contracts import AggregateRow, DataSummary, GridPoint, PointOutcome, SweepGrid, SweepSummary
 
-GRID_KEYS: tuple[str, ...] = ("norm", "batch_size", "seed")
-
 # Metrics summarised per (norm, batch size) in reports and the summary JSON.
 SUMMARY_METRICS: tuple[str, ...] = (
     "id/test/accuracy",

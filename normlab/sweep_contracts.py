@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
+
+from normlab.contract_base import Contract
 
 
-class _Contract(BaseModel):
-    # As `normlab.contracts._Contract` (which imports `GridPoint` from here).
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Contract(Contract, BaseModel):  # BaseModel for ruff's sake: see `normlab.contract_base`
+    """The base of this module's models: `normlab.contract_base.Contract`."""
 
 
 class GridPoint(_Contract):

@@ -19,14 +19,13 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from normlab.contracts import Epoch, TrainingResult
 from normlab.norms import has_batch_stats
 
 CHECKPOINT_NAME = "last.pt"
@@ -49,36 +48,9 @@ def set_seeds(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-@dataclass
-class EpochRecord:
-    """Metrics of one epoch."""
-
-    epoch: int
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    seconds: float
-
-
-@dataclass
-class TrainResult:
-    """What training produced: the history and the convergence figures."""
-
-    history: list[EpochRecord] = field(default_factory=list)
-    epochs_to_target: int | None = None
-    seconds_to_target: float | None = None
-    train_seconds: float = 0.0
-    samples_per_second: float = 0.0
-    resumed_from_epoch: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "history": [asdict(r) for r in self.history]}
-
-
 def throttled(
-    callback: Callable[[EpochRecord], None], *, last_epoch: int, seconds: float = PROGRESS_EVERY_SECONDS
-) -> Callable[[EpochRecord], None]:
+    callback: Callable[[Epoch], None], *, last_epoch: int, seconds: float = PROGRESS_EVERY_SECONDS
+) -> Callable[[Epoch], None]:
     """``callback`` on the first epoch it sees, on ``last_epoch``, and at most once per ``seconds`` between.
 
     For progress lines: one costs about a millisecond (console rendering and the
@@ -87,7 +59,7 @@ def throttled(
     """
     shown_at: float | None = None
 
-    def _call(record: EpochRecord) -> None:
+    def _call(record: Epoch) -> None:
         nonlocal shown_at
         now = time.perf_counter()
         if shown_at is None or record.epoch >= last_epoch or now - shown_at >= seconds:
@@ -165,12 +137,12 @@ def train_model(
     seed: int,
     target_accuracy: float | None = None,
     checkpoint_dir: str | Path | None = None,
-    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    on_epoch_end: Callable[[Epoch], None] | None = None,
     eval_batch_size: int = 512,
     checkpoint_every_seconds: float = 0.0,
-    on_checkpoint: Callable[[list[EpochRecord]], None] | None = None,
-) -> TrainResult:
-    """Train ``model`` in place and return its history.
+    on_checkpoint: Callable[[list[Epoch]], None] | None = None,
+) -> TrainingResult:
+    """Train ``model`` in place and return its history (`normlab.contracts.TrainingResult`).
 
     Args:
         model: The network; trained in place.
@@ -203,14 +175,23 @@ def train_model(
     min_batch = 2 if has_batch_stats(model) else 1
 
     generator = torch.Generator().manual_seed(seed)
-    result = TrainResult()
-    start_epoch = 0
+    result = TrainingResult(history=[])
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
     if ckpt_path is not None and ckpt_path.is_file():
-        start_epoch = _load_checkpoint(ckpt_path, model, optimizer, generator, result)
+        result = _load_checkpoint(ckpt_path, model, optimizer, generator)
+    start_epoch = result.resumed_from_epoch
+    # The result is frozen: what the epochs add is kept here, and a result made of it when one is saved or returned.
+    history = list(result.history)
+    epochs_to_target, seconds_to_target = result.epochs_to_target, result.seconds_to_target
+    train_seconds_total, samples_per_second = result.train_seconds, result.samples_per_second
+
+    def current() -> TrainingResult:
+        return TrainingResult(history=list(history), epochs_to_target=epochs_to_target,
+                              seconds_to_target=seconds_to_target, train_seconds=train_seconds_total,
+                              samples_per_second=samples_per_second, resumed_from_epoch=start_epoch)
 
     last_checkpoint = time.perf_counter()
-    unsaved: list[EpochRecord] = []
+    unsaved: list[Epoch] = []
     for epoch in range(start_epoch + 1, epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -232,7 +213,7 @@ def train_model(
         train_seconds = time.perf_counter() - t0
         val_loss, val_acc = _evaluate_loss(model, x_val, y_val, eval_batch_size)
         seconds = time.perf_counter() - t0
-        record = EpochRecord(
+        record = Epoch(
             epoch=epoch,
             train_loss=totals.loss_sum / max(seen, 1),
             train_accuracy=totals.correct / max(seen, 1),
@@ -240,26 +221,26 @@ def train_model(
             val_accuracy=val_acc,
             seconds=seconds,
         )
-        result.history.append(record)
+        history.append(record)
         unsaved.append(record)
-        result.train_seconds += train_seconds
-        result.samples_per_second = seen / train_seconds if train_seconds > 0 else 0.0
-        if target_accuracy is not None and result.epochs_to_target is None and val_acc >= target_accuracy:
-            result.epochs_to_target = epoch
-            result.seconds_to_target = sum(r.seconds for r in result.history)
+        train_seconds_total += train_seconds
+        samples_per_second = seen / train_seconds if train_seconds > 0 else 0.0
+        if target_accuracy is not None and epochs_to_target is None and val_acc >= target_accuracy:
+            epochs_to_target = epoch
+            seconds_to_target = sum(r.seconds for r in history)
         if epoch == epochs or time.perf_counter() - last_checkpoint >= checkpoint_every_seconds:
             if ckpt_path is not None:
-                _save_checkpoint(ckpt_path, model, optimizer, generator, result, epoch)
+                _save_checkpoint(ckpt_path, model, optimizer, generator, current(), epoch)
             if on_checkpoint is not None:
                 on_checkpoint(unsaved)
             unsaved = []
             last_checkpoint = time.perf_counter()
         if on_epoch_end is not None:
             on_epoch_end(record)
-    total_seen = sum(1 for _ in result.history) * n
-    if result.train_seconds > 0 and result.history:
-        result.samples_per_second = total_seen / result.train_seconds
-    return result
+    total_seen = len(history) * n
+    if train_seconds_total > 0 and history:
+        samples_per_second = total_seen / train_seconds_total
+    return current()
 
 
 def _save_checkpoint(
@@ -267,7 +248,7 @@ def _save_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
-    result: TrainResult,
+    result: TrainingResult,
     epoch: int,
 ) -> None:
     state = {
@@ -290,8 +271,11 @@ def _load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
-    result: TrainResult,
-) -> int:
+) -> TrainingResult:
+    """Restore the model, optimizer and RNG states; the result so far, resumed from the checkpoint's epoch.
+
+    Its ``samples_per_second`` starts again at 0 (the next epoch sets it).
+    """
     # weights_only: a checkpoint is data, never code.
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
@@ -299,9 +283,10 @@ def _load_checkpoint(
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     saved = state["result"]
-    result.history = [EpochRecord(**r) for r in saved["history"]]
-    result.epochs_to_target = saved["epochs_to_target"]
-    result.seconds_to_target = saved["seconds_to_target"]
-    result.train_seconds = saved["train_seconds"]
-    result.resumed_from_epoch = int(state["epoch"])
-    return int(state["epoch"])
+    return TrainingResult(
+        history=[Epoch(**r) for r in saved["history"]],
+        epochs_to_target=saved["epochs_to_target"],
+        seconds_to_target=saved["seconds_to_target"],
+        train_seconds=saved["train_seconds"],
+        resumed_from_epoch=int(state["epoch"]),
+    )

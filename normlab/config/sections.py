@@ -7,11 +7,52 @@ and refuses NaN and infinity in any number.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    PlainValidator,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
 
-NormName = Literal["none", "batch", "layer", "group", "instance", "rms", "dyt"]
+
+def _norm_names() -> tuple[str, ...]:
+    """The names of the norm registry, `normlab.norms.NORM_FACTORIES`, in its order.
+
+    Read when a value is validated or a default is made, not when the config is
+    imported: the registry imports torch, and a norm registered there is a valid
+    config value without anything here changing.
+    """
+    from normlab import norms
+
+    return tuple(norms.NORM_FACTORIES)
+
+
+def _registered_norm(value: object) -> str:
+    """``value`` when it names a registered norm, else the error a ``Literal`` of the names gives."""
+    names = _norm_names()
+    if isinstance(value, str) and value in names:
+        return value
+    quoted = [repr(name) for name in names]
+    expected = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+    raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+
+
+class _NormNameSchema:
+    """The JSON schema of a norm name (Prefect's flow parameter schema): the registry's names, as an enum."""
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"enum": list(_norm_names()), "type": "string"}
+
+
+# A key of `normlab.norms.NORM_FACTORIES`, the one list of norms (YAML values, sweep grids).
+NormName = Annotated[str, PlainValidator(_registered_norm, json_schema_input_type=str), _NormNameSchema()]
 
 
 class _Strict(BaseModel):
@@ -232,7 +273,7 @@ class SweepConfig(_Strict):
     """A grid of norms x batch sizes x seeds: one child run per point, run on Dask workers."""
 
     norms: list[NormName] = Field(
-        default_factory=lambda: list(get_args(NormName)), min_length=1, description="norms of the grid"
+        default_factory=lambda: list(_norm_names()), min_length=1, description="norms of the grid"
     )
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [2, 8, 64], min_length=1, description="training batch sizes of the grid"

@@ -12,25 +12,25 @@ subflow.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from normlab.alerts import Delivery, ServiceResult
+from normlab.contract_base import Contract
 from normlab.contracts import Publication
 from normlab.drift import ColumnScore, ColumnsDrift, DriftVerdict, PredictionDrift
 
 
-class _Contract(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Contract(Contract, BaseModel):  # BaseModel for ruff's sake: see `normlab.contract_base`
+    """The base of this module's models: `normlab.contract_base.Contract`."""
 
 
 class JsonRecord(_Contract):
-    """A contract written as JSON with the keys it was built (or read back) with: optional keys stay absent."""
+    """A contract written as JSON with the keys it was built (or read back) with: optional keys stay absent.
 
-    def to_json(self) -> dict[str, Any]:
-        """The JSON document: ``model_dump`` of the fields that were set, so its shape is what was built or read."""
-        return self.model_dump(exclude_unset=True)
+    Its `to_json` (`normlab.contract_base.Contract.to_json`) dumps the fields that were set.
+    """
 
 
 class Reference(_Contract):

@@ -1,21 +1,23 @@
-"""The norm registry: every entry builds, channel count first, and the config lists exactly its names.
+"""The norm registry: every entry builds, channel count first, and the config accepts exactly its names.
 
-Adding a norm is one `normlab.norms.NORM_FACTORIES` entry, the same name in
-``normlab.config.NormName``, and its tests; the tie tests below fail while the
-two lists differ.
+Adding a norm is one `normlab.norms.NORM_FACTORIES` entry (and its tests): the
+config's ``model.norm`` and ``sweep.norms`` validate against the registry, so a
+name registered there is a valid config value with nothing else changed.
 """
 
 from __future__ import annotations
 
 import inspect
-import typing
+from types import MappingProxyType
 
 import pydantic
 import pytest
 import torch
 from torch import nn
 
-from normlab.config import ModelConfig, NormName, SweepConfig
+from normlab import norms
+from normlab.config import ModelConfig, PipelineConfig, SweepConfig, load_config
+from normlab.errors import ConfigError
 from normlab.norms import NORM_FACTORIES, NORM_NAMES, get_norm_layer
 
 C = 6
@@ -23,12 +25,22 @@ LAYOUTS = pytest.mark.parametrize("spatial", [False, True], ids=["vectors", "map
 EVERY_NORM = pytest.mark.parametrize("name", list(NORM_FACTORIES))
 
 
-def _literal_names(annotation: object) -> tuple[str, ...]:
-    """The strings of a ``Literal[...]`` annotation (or of ``list[Literal[...]]``)."""
-    if typing.get_origin(annotation) is list:
-        (annotation,) = typing.get_args(annotation)
-    assert typing.get_origin(annotation) is typing.Literal, annotation
-    return typing.get_args(annotation)
+def _scaled(num_features: int, *, spatial: bool, eps: float, groups: int) -> nn.Module:
+    """A norm the test registers: LayerNorm on vectors (any factory of the registry's signature would do)."""
+    return nn.LayerNorm(num_features, eps=eps)
+
+
+@pytest.fixture
+def scaled_registered(monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
+    """The registry with one more norm, ``scaled``, as if a factory had been added to normlab/norms.py."""
+    monkeypatch.setattr(norms, "NORM_FACTORIES", MappingProxyType({**NORM_FACTORIES, "scaled": _scaled}))
+    return (*NORM_FACTORIES, "scaled")
+
+
+def _schema_names(model: type[pydantic.BaseModel], field: str) -> list[str]:
+    """The ``enum`` of a norm field in the config's JSON schema (a list field: of its items)."""
+    prop = PipelineConfig.model_json_schema()["$defs"][model.__name__]["properties"][field]
+    return prop.get("items", prop)["enum"]
 
 
 def _input(spatial: bool, channels: int = C) -> torch.Tensor:
@@ -45,25 +57,51 @@ def test_the_registry_is_read_only() -> None:
         NORM_FACTORIES["new"] = NORM_FACTORIES["none"]  # type: ignore[index]
 
 
-def test_config_norm_name_lists_exactly_the_registry_keys() -> None:
-    # A norm registered without its config name (or the reverse) fails here.
-    assert _literal_names(NormName) == tuple(NORM_FACTORIES)
-
-
-def test_model_and_sweep_config_norm_fields_use_the_registry_names() -> None:
-    assert _literal_names(ModelConfig.model_fields["norm"].annotation) == tuple(NORM_FACTORIES)
-    assert _literal_names(SweepConfig.model_fields["norms"].annotation) == tuple(NORM_FACTORIES)
+def test_the_config_schema_and_sweep_default_list_exactly_the_registry_keys() -> None:
+    # Prefect checks flow parameters against this schema; the default grid sweeps every norm.
+    assert _schema_names(ModelConfig, "norm") == list(NORM_FACTORIES)
+    assert _schema_names(SweepConfig, "norms") == list(NORM_FACTORIES)
     assert tuple(SweepConfig().norms) == tuple(NORM_FACTORIES)
 
 
 @EVERY_NORM
 def test_config_accepts_every_registered_name(name: str) -> None:
     assert ModelConfig(norm=name).norm == name
+    assert SweepConfig(norms=[name]).norms == [name]
 
 
-def test_config_refuses_an_unregistered_name() -> None:
+def test_a_norm_added_to_the_registry_is_a_config_value_with_nothing_else_changed(scaled_registered) -> None:
+    assert ModelConfig(norm="scaled").norm == "scaled"
+    assert load_config(None, ["model.norm=scaled", "sweep.norms=[batch,scaled]"]).sweep.norms == ["batch", "scaled"]
+    assert tuple(SweepConfig().norms) == scaled_registered
+    assert _schema_names(ModelConfig, "norm") == list(scaled_registered)
+    assert isinstance(get_norm_layer("scaled", C, spatial=False), nn.LayerNorm)
+
+
+def test_a_norm_removed_from_the_registry_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(norms, "NORM_FACTORIES", MappingProxyType({k: v for k, v in NORM_FACTORIES.items()
+                                                                     if k != "dyt"}))
     with pytest.raises(pydantic.ValidationError):
-        ModelConfig(norm="weight")
+        ModelConfig(norm="dyt")
+
+
+@pytest.mark.parametrize("value", ["weight", "Batch", "", 1, None])
+def test_config_refuses_an_unregistered_name_naming_every_registered_one(value: object) -> None:
+    with pytest.raises(pydantic.ValidationError) as refused:
+        ModelConfig(norm=value)
+    (error,) = refused.value.errors()
+    assert error["loc"] == ("norm",)
+    assert error["msg"] == "Input should be 'none', 'batch', 'layer', 'group', 'instance', 'rms' or 'dyt'"
+
+
+def test_an_unknown_norm_in_a_config_is_one_line_naming_the_registered_ones(scaled_registered) -> None:
+    for override in ("model.norm=weight", "sweep.norms=[batch,weight]"):
+        with pytest.raises(ConfigError) as refused:
+            load_config(None, [override])
+        message = str(refused.value)
+        assert "\n" not in message and "'weight'" in message
+        assert message.endswith("Input should be " + ", ".join(map(repr, scaled_registered[:-1]))
+                                + f" or {scaled_registered[-1]!r}")
 
 
 @EVERY_NORM

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from normlab import training
+from normlab.contracts import Epoch
 from normlab.models import build_model
-from normlab.training import CHECKPOINT_NAME, EpochRecord, make_optimizer, set_seeds, throttled, train_model
+from normlab.training import CHECKPOINT_NAME, make_optimizer, set_seeds, throttled, train_model
 
 
 def _data(n=200, features=8, classes=3, seed=0):
@@ -80,5 +81,5 @@ def test_throttled_shows_first_last_and_one_per_interval(monkeypatch):
     shown: list[int] = []
     callback = throttled(lambda r: shown.append(r.epoch), last_epoch=7, seconds=1.0)
     for epoch in range(1, 8):
-        callback(EpochRecord(epoch, 0.0, 0.0, 0.0, 0.0, 0.0))
+        callback(Epoch(epoch, 0.0, 0.0, 0.0, 0.0, 0.0))
     assert shown == [1, 4, 6, 7]
