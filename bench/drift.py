@@ -149,22 +149,30 @@ def run(rows: int, *, baseline: bool = True, columns_checked: int = 64) -> dict[
 
         # The store and the monitoring experiment exist in any workdir that has monitored before;
         # creating the SQLite tables (seconds) is a one-off, not a per-batch cost.
-        tracking.ensure_experiment(cfg.tracking_uri(), monitoring.monitoring_experiment(cfg), cfg.artifact_location())
+        from normlab.registry import registry_name
+
+        uri, public_uri, workdir = cfg.tracking_uri(), cfg.redacted().tracking_uri(), cfg.workdir_path()
+        experiment = monitoring.monitoring_experiment(cfg.monitor, cfg.tracking)
+        tracking.ensure_experiment(uri, experiment, cfg.artifact_location())
         stages: dict[str, float] = {}
         start = time.perf_counter()
-        batch = _timed(stages, "open", lambda: monitoring.open_batch(cfg, str(landing)))
+        batch = _timed(stages, "open", lambda: monitoring.open_batch(workdir, registry_name(cfg), str(landing)))
         gated = _timed(stages, "gate", lambda: monitoring.gate_batch(cfg, batch, batch.batch_dir, reference))
-        analysis = _timed(stages, "analyze", lambda: monitoring.analyze_batch(cfg, reference, gated, batch))
-        report = _timed(stages, "report", lambda: monitoring.build_report(cfg, reference, batch, analysis))
-        decision = _timed(stages, "decide", lambda: monitoring.decide_batch(cfg, batch, reference, analysis, gated))
+        analysis = _timed(stages, "analyze", lambda: monitoring.analyze_batch(
+            cfg.monitor, cfg.eval, cfg.data, cfg.seed, uri, reference, gated, batch))
+        report = _timed(stages, "report", lambda: monitoring.build_report(
+            cfg.monitor, monitoring.workspace_dir(cfg.monitor, workdir), reference, batch, analysis))
+        decision = _timed(stages, "decide", lambda: monitoring.decide_batch(
+            cfg.monitor, cfg.alerts, workdir, batch, reference, analysis, gated))
         run_id = _timed(stages, "mlflow", lambda: monitoring.log_monitoring_run(
-            cfg, batch, gated, reference, analysis, report, decision))
+            cfg.monitor, batch, gated, reference, analysis, report, decision, tracking_uri=uri, experiment=experiment,
+            artifact_location=cfg.artifact_location()))
         alert = _timed(stages, "alert", lambda: monitoring.alert_batch(
-            cfg, batch, reference, analysis, report, decision, run_id, retrain=False))
+            cfg.alerts, public_uri, batch, reference, analysis, report, decision, run_id, retrain=False))
         quality_alert = _timed(stages, "quality_alert", lambda: monitoring.quality_alert_batch(
-            cfg, batch, reference, gated, decision, run_id))
+            cfg.alerts, public_uri, batch, reference, gated, decision, run_id))
         _timed(stages, "commit", lambda: monitoring.finish_batch(
-            cfg, batch, gated, reference, analysis, report, decision, alert, quality_alert, run_id))
+            uri, workdir, batch, gated, reference, analysis, report, decision, alert, quality_alert, run_id))
         out["batch_s"] = round(time.perf_counter() - start, 3)
         out["stages"] = stages
         out["rows_accepted"] = gated.rows_accepted

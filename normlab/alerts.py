@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from normlab.config import PipelineConfig
+from normlab.config import AlertsConfig
 from normlab.errors import ConfigError
 
 if TYPE_CHECKING:  # the monitoring stages send alerts through this module: their types are only named here
@@ -61,10 +61,10 @@ class Delivery(BaseModel):
     reason: str | None = None
 
 
-def alert_urls(cfg: PipelineConfig, environ: dict[str, str] | None = None) -> list[str]:
+def alert_urls(alerts: AlertsConfig, environ: dict[str, str] | None = None) -> list[str]:
     """The configured Apprise URLs: ``alerts.urls`` then ``NORMLAB_ALERT_URLS`` (comma or space separated)."""
     env = os.environ if environ is None else environ
-    urls = [u.get_secret_value().strip() for u in cfg.alerts.urls]
+    urls = [u.get_secret_value().strip() for u in alerts.urls]
     urls += [u for u in _SPLIT.split(env.get(ENV_VAR, "")) if u]
     return [u for u in dict.fromkeys(urls) if u and u != _MASKED]
 

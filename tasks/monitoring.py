@@ -1,5 +1,10 @@
 """Thin Prefect tasks of drift monitoring: policy in the decorator, one library call in the body.
 
+The tasks hold the `PipelineConfig`; each library call gets the sections it
+reads (``cfg.monitor``, ``cfg.alerts``, ...) and the values derived from the
+whole config: the work folder, the store URI (and its redacted form), the
+registered model's name.
+
 No task caches: a batch is processed exactly once through the monitoring
 state on disk, not through Prefect's result cache.
 """
@@ -26,13 +31,14 @@ from normlab.monitoring.contracts import (
     RetrainingRecord,
     Triage,
 )
+from normlab.registry import registry_name
 from normlab.tasks.policy import LOCAL, TRANSIENT
 
 
 @task(name="check-alert-urls", **LOCAL)
 def check_alert_urls(cfg: PipelineConfig) -> int:
     """Fail early on an alert URL Apprise cannot use; returns how many targets are configured."""
-    urls = alerts.alert_urls(cfg)
+    urls = alerts.alert_urls(cfg.alerts)
     alerts.check_urls(urls)
     return len(urls)
 
@@ -48,7 +54,8 @@ def discover_batches(data: str) -> list[str]:
 @task(name="resolve-reference", **TRANSIENT)
 def resolve_reference(cfg: PipelineConfig) -> Reference:
     """The champion's (else the latest run's) training data, model and encoders."""
-    reference = monitoring.resolve_reference(cfg)
+    reference = monitoring.resolve_reference(tracking_uri=cfg.tracking_uri(), experiment=cfg.tracking.experiment,
+                                             model=registry_name(cfg), workdir=cfg.workdir_path())
     get_run_logger().info("reference: %s (%s) from run %s", reference.model,
                           f"v{reference.version}" if reference.version else reference.selected_by,
                           reference.run_id)
@@ -58,7 +65,7 @@ def resolve_reference(cfg: PipelineConfig) -> Reference:
 @task(name="triage-batches", **LOCAL)
 def triage_batches(cfg: PipelineConfig, paths: list[str]) -> Triage:
     """Files processed before, or recorded as unreadable or refused (same size and time), are not read again."""
-    triage = monitoring.triage_batches(cfg, paths)
+    triage = monitoring.triage_batches(cfg.workdir_path(), paths)
     if triage.skipped:
         get_run_logger().info("%d file(s) known (processed, unreadable or refused), %d to open",
                               len(triage.skipped), len(triage.new))
@@ -68,7 +75,7 @@ def triage_batches(cfg: PipelineConfig, paths: list[str]) -> Triage:
 @task(name="open-batch", **LOCAL)
 def open_batch(cfg: PipelineConfig, path: str) -> LandedBatch:
     """Fingerprint and claim the batch, or say why it is not processed now (seen, pending, unreadable, refused)."""
-    opened = monitoring.open_batch(cfg, path)
+    opened = monitoring.open_batch(cfg.workdir_path(), registry_name(cfg), path)
     if opened.status in ("unreadable", "refused"):
         get_run_logger().warning("%s %s: %s", opened.status, path, opened.reason)
     elif opened.skip:
@@ -96,7 +103,8 @@ def gate_batch(cfg: PipelineConfig, batch: LandedBatch, reference: Reference) ->
 def analyze_batch(cfg: PipelineConfig, reference: Reference, gated: GateOutcome,
                   batch: LandedBatch) -> Analysis:
     """Data drift, prediction drift and performance of the accepted rows."""
-    analysis = monitoring.analyze_batch(cfg, reference, gated, batch)
+    analysis = monitoring.analyze_batch(cfg.monitor, cfg.eval, cfg.data, cfg.seed, cfg.tracking_uri(),
+                                        reference, gated, batch)
     get_run_logger().info("drift: %d of %d columns (share %.2f), prediction drift %s",
                           analysis.drift.n_drifted, analysis.drift.n_columns,
                           analysis.drift.share, analysis.prediction.drifted)
@@ -107,7 +115,8 @@ def analyze_batch(cfg: PipelineConfig, reference: Reference, gated: GateOutcome,
 def build_report(cfg: PipelineConfig, reference: Reference, batch: LandedBatch,
                  analysis: Analysis) -> EvidentlyReport:
     """The Evidently report on sampled rows, saved and added to the workspace."""
-    report = monitoring.build_report(cfg, reference, batch, analysis)
+    report = monitoring.build_report(cfg.monitor, monitoring.workspace_dir(cfg.monitor, cfg.workdir_path()),
+                                     reference, batch, analysis)
     get_run_logger().info("report: %s (%.1fs)", report.html, report.seconds)
     return report
 
@@ -116,8 +125,8 @@ def build_report(cfg: PipelineConfig, reference: Reference, batch: LandedBatch,
 def decide_batch(cfg: PipelineConfig, batch: LandedBatch, reference: Reference,
                  analysis: Analysis | None, gated: GateOutcome, retrain: bool | None) -> Decision:
     """Drift and data-quality levels, which alerts are due (cooldown, de-duplication), committed in landing order."""
-    decision = monitoring.decide_batch(cfg, batch, reference, analysis, gated)
-    decision = decision.model_copy(update={"retrain": monitoring.wants_retraining(cfg, decision, retrain)})
+    decision = monitoring.decide_batch(cfg.monitor, cfg.alerts, cfg.workdir_path(), batch, reference, analysis, gated)
+    decision = decision.model_copy(update={"retrain": monitoring.wants_retraining(cfg.monitor, decision, retrain)})
     get_run_logger().info("decision: %s; data quality: %s", decision.reason, decision.quality.reason)
     return decision
 
@@ -127,7 +136,11 @@ def log_monitoring_run(cfg: PipelineConfig, batch: LandedBatch, gated: GateOutco
                        reference: Reference, analysis: Analysis | None,
                        report: EvidentlyReport | None, decision: Decision) -> str:
     """One MLflow run per batch with drift metrics and the reports."""
-    return monitoring.log_monitoring_run(cfg, batch, gated, reference, analysis, report, decision)
+    return monitoring.log_monitoring_run(
+        cfg.monitor, batch, gated, reference, analysis, report, decision, tracking_uri=cfg.tracking_uri(),
+        experiment=monitoring.monitoring_experiment(cfg.monitor, cfg.tracking),
+        artifact_location=cfg.artifact_location(),
+    )
 
 
 # Apprise retries per service itself; a failed delivery is reported, never raised.
@@ -136,7 +149,8 @@ def send_alert(cfg: PipelineConfig, batch: LandedBatch, reference: Reference,
                analysis: Analysis | None, report: EvidentlyReport | None, decision: Decision,
                monitor_run_id: str, config_hint: str) -> AlertOutcome:
     """Send the drift alert when the decision calls for one."""
-    alert = monitoring.alert_batch(cfg, batch, reference, analysis, report, decision, monitor_run_id,
+    alert = monitoring.alert_batch(cfg.alerts, cfg.redacted().tracking_uri(), batch, reference, analysis, report,
+                                   decision, monitor_run_id,
                                    retrain=decision.retrain, config_hint=config_hint)
     if decision.alert:
         get_run_logger().info("alert: %s to %d of %d target(s)", "sent" if alert.sent else "NOT sent",
@@ -148,7 +162,8 @@ def send_alert(cfg: PipelineConfig, batch: LandedBatch, reference: Reference,
 def send_quality_alert(cfg: PipelineConfig, batch: LandedBatch, reference: Reference,
                        gated: GateOutcome, decision: Decision, monitor_run_id: str) -> AlertOutcome:
     """Send the data-quality alert when the batch was blocked or lost too many rows to quarantine."""
-    alert = monitoring.quality_alert_batch(cfg, batch, reference, gated, decision, monitor_run_id)
+    alert = monitoring.quality_alert_batch(cfg.alerts, cfg.redacted().tracking_uri(), batch, reference, gated,
+                                           decision, monitor_run_id)
     if alert.due:
         get_run_logger().warning("data-quality alert (%s): %s to %d of %d target(s)", decision.quality.level,
                                  "sent" if alert.sent else "NOT sent", alert.delivered, alert.targets)
@@ -199,8 +214,8 @@ def finish_batch(cfg: PipelineConfig, batch: LandedBatch, gated: GateOutcome, re
                  analysis: Analysis | None, report: EvidentlyReport | None, decision: Decision,
                  alert: AlertOutcome, quality_alert: AlertOutcome, monitor_run_id: str) -> BatchEntry:
     """Mark the batch done; settle its alerts in the model's history (the streak was committed by the decision)."""
-    return monitoring.finish_batch(cfg, batch, gated, reference, analysis, report, decision, alert, quality_alert,
-                                   monitor_run_id)
+    return monitoring.finish_batch(cfg.tracking_uri(), cfg.workdir_path(), batch, gated, reference, analysis, report,
+                                   decision, alert, quality_alert, monitor_run_id)
 
 
 @task(name="batch-artifact", **LOCAL)
@@ -214,13 +229,13 @@ def publish_batch_summary(entry: BatchEntry, reference: Reference) -> None:
 @task(name="release-batch", **LOCAL)
 def release_batch(cfg: PipelineConfig, batch: LandedBatch) -> None:
     """Give up the claim on a batch that failed, so the next run retries it."""
-    monitoring.release_batch(cfg, batch)
+    monitoring.release_batch(cfg.workdir_path(), batch)
 
 
 @task(name="retraining-data", **LOCAL)
 def retraining_data(cfg: PipelineConfig, reference: Reference) -> RetrainingData:
     """Reference rows plus the drifted batches' accepted, labelled rows, as one file."""
-    data = monitoring.retraining_data(cfg, reference)
+    data = monitoring.retraining_data(cfg.data, cfg.workdir_path(), reference)
     get_run_logger().info("retraining data: %d reference + %d new rows (%d unlabelled batch(es) left out)",
                           data.rows_reference, data.rows_new, data.batches_unlabelled)
     return data
@@ -229,7 +244,7 @@ def retraining_data(cfg: PipelineConfig, reference: Reference) -> RetrainingData
 @task(name="retraining-failed-alert", **LOCAL)
 def retraining_failed_alert(cfg: PipelineConfig, reference: Reference, retrained: RetrainingRecord) -> AlertOutcome:
     """Alert that the retraining failed (the batches stay recorded)."""
-    alert = monitoring.retraining_failed_alert(cfg, reference, retrained)
+    alert = monitoring.retraining_failed_alert(cfg.alerts, cfg.redacted().tracking_uri(), reference, retrained)
     get_run_logger().error("retraining failed: %s; alert %s to %d of %d target(s)", retrained.error,
                            "sent" if alert.sent else "NOT sent", alert.delivered, alert.targets)
     return alert
@@ -239,4 +254,4 @@ def retraining_failed_alert(cfg: PipelineConfig, reference: Reference, retrained
 def record_retraining(cfg: PipelineConfig, reference: Reference, data: RetrainingData,
                       result: RetrainedRun | None, error: str | None) -> RetrainingRecord:
     """Note the retraining in the model's history."""
-    return monitoring.record_retraining(cfg, reference, data, result, error)
+    return monitoring.record_retraining(cfg.workdir_path(), reference, data, result, error)

@@ -130,7 +130,8 @@ def _report(cfg: PipelineConfig, data: str, summary: Path | None, result: Monito
     reports = [b.report.html for b in batches if b.status == "processed" and b.report]
     if reports:
         console.print(f"latest report: {reports[-1]}", soft_wrap=True)
-        console.print(f"drift over time:  [bold]evidently ui --workspace {workspace_dir(cfg)}[/]", soft_wrap=True)
+        workspace = workspace_dir(cfg.monitor, cfg.workdir_path())
+        console.print(f"drift over time:  [bold]evidently ui --workspace {workspace}[/]", soft_wrap=True)
         console.print(f"monitoring runs:  [bold]{ui_command(cfg.redacted().tracking_uri())}[/]", soft_wrap=True)
 
     processed = [b for b in batches if b.status == "processed"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from normlab import drift
-from normlab.config import PipelineConfig
+from normlab.config import AlertsConfig, DataConfig, EvalConfig, MonitorConfig, PipelineConfig
 from normlab.errors import DataSourceError
 from normlab.monitoring.contracts import (
     Analysis,
@@ -61,16 +61,16 @@ def gate_batch(cfg: PipelineConfig, batch: LandedBatch, out_dir: str | Path,
         The `GateOutcome`: counts, paths, failed checks (``problems``, with
         their columns and row counts) and the model features the batch lacks.
     """
-    from normlab.gate import run_gate
+    from normlab.gate import run_gate  # the gate reads most of the config: data, gate, seed, the work folder
 
     # The gate takes what a training run loads: the snapshot's path, source, fingerprint, rows and columns.
     landed = {"path": batch.path, "source": batch.source, "fingerprint": batch.fingerprint, "rows": batch.rows,
               "columns": list(batch.columns)}
     gated = run_gate(cfg, landed, out_dir, context="monitor",
                      reference_path=reference.reference if reference is not None else None)
-    problems = [GateProblem(check=c["name"], column=c["column"], outcome=c["outcome"], rows=c["rows_flagged"],
-                            label=c["name"] + (f":{c['column']}" if c["column"] else ""))
-                for c in gated["report"]["checks"] if c["outcome"] in ("blocked", "quarantined")]
+    problems = [GateProblem(check=c.name, column=c.column, outcome=c.outcome, rows=c.rows_flagged,
+                            label=c.name + (f":{c.column}" if c.column else ""))
+                for c in gated.report.checks if c.outcome in ("blocked", "quarantined")]
     missing: list[str] = []
     if reference is not None:
         from normlab.data.encoding import FeatureEncoder
@@ -79,13 +79,13 @@ def gate_batch(cfg: PipelineConfig, batch: LandedBatch, out_dir: str | Path,
         features = FeatureEncoder.from_dict(encoders["features"]).features
         missing = [c for c in features if c not in batch.columns]
     # The full report stays in its file; tasks pass on the counts and paths.
-    kept = {k: gated[k] for k in ("accepted_path", "quarantine_path", "typed_path", "rows_in", "rows_accepted",
-                                  "rows_quarantined", "rows_typed", "rows_untyped", "blocked", "failed",
-                                  "report_path")}
+    kept = {k: getattr(gated, k) for k in ("accepted_path", "quarantine_path", "typed_path", "rows_in",
+                                           "rows_accepted", "rows_quarantined", "rows_typed", "rows_untyped",
+                                           "blocked", "failed", "report_path")}
     return GateOutcome(**kept, problems=problems, missing_features=missing)
 
 
-def quality_of(cfg: PipelineConfig, gated: GateOutcome) -> Quality:
+def quality_of(monitor: MonitorConfig, gated: GateOutcome) -> Quality:
     """The batch's data-quality verdict: ``blocked``, ``quarantined`` (share above monitor.quality_share) or ``ok``.
 
     Returns:
@@ -97,15 +97,15 @@ def quality_of(cfg: PipelineConfig, gated: GateOutcome) -> Quality:
     for p in problems:
         if p.column:
             per_column[p.column] = per_column.get(p.column, 0) + int(p.rows or 0)
-    columns = sorted(per_column, key=lambda c: per_column[c], reverse=True)[: cfg.monitor.top_columns]
+    columns = sorted(per_column, key=lambda c: per_column[c], reverse=True)[: monitor.top_columns]
     checks = sorted({p.label for p in problems})
     if gated.blocked:
         level = "blocked"
         reason = f"blocked by the data gate: {'; '.join(gated.failed[:3]) or 'a blocking check failed'}"
-    elif problems and share > cfg.monitor.quality_share:
+    elif problems and share > monitor.quality_share:
         level = "quarantined"
         reason = (f"{gated.rows_quarantined} of {gated.rows_in} rows quarantined (share {share:.2f} > "
-                  f"monitor.quality_share {cfg.monitor.quality_share:g})")
+                  f"monitor.quality_share {monitor.quality_share:g})")
     else:
         level, reason = "ok", "data quality ok"
     if gated.missing_features:
@@ -118,9 +118,15 @@ def quality_of(cfg: PipelineConfig, gated: GateOutcome) -> Quality:
 
 
 def analyze_batch(
-    cfg: PipelineConfig, reference: Reference, gated: GateOutcome, batch: LandedBatch
+    monitor: MonitorConfig, evaluation: EvalConfig, data: DataConfig, seed: int, tracking_uri: str,
+    reference: Reference, gated: GateOutcome, batch: LandedBatch,
 ) -> Analysis:
     """Score data drift, prediction drift and (with labels) performance of every typed row.
+
+    The thresholds and samples are ``monitor``'s, the inference chunk and
+    calibration bins ``evaluation``'s; ``seed`` draws the reference sample,
+    ``data.label`` is the label column when the reference does not name its
+    own, and a model logged to MLflow only is loaded from ``tracking_uri``.
 
     Drift is measured on every row that could be read and typed, quarantined
     rows included (rows out of range are the drift); rows with unparseable
@@ -135,24 +141,23 @@ def analyze_batch(
     """
     from normlab.evaluation import classification_metrics, predict_proba
 
-    mon = cfg.monitor
     out = Path(batch.batch_dir)
     current = pd.read_parquet(gated.typed_path)
-    ref = drift.sample_rows(pd.read_parquet(reference.reference), mon.reference_rows, cfg.seed)
-    model, encoder, labels, label_column = load_reference_model(cfg, reference)
+    ref = drift.sample_rows(pd.read_parquet(reference.reference), monitor.reference_rows, seed)
+    model, encoder, labels, label_column = load_reference_model(tracking_uri, data, reference)
     features = encoder.features
     missing = [c for c in features if c not in current.columns]
     if missing:
         raise DataSourceError(f"batch {batch.fingerprint[:12]} lacks the model's feature columns: {missing[:10]}")
 
-    scores = drift.score_columns(ref, current, features, alpha=mon.alpha, effect_floor=mon.effect_floor)
-    data = drift.summarize_columns(scores, drift_share=mon.drift_share, top=mon.top_columns)
+    scores = drift.score_columns(ref, current, features, alpha=monitor.alpha, effect_floor=monitor.effect_floor)
+    data_drift = drift.summarize_columns(scores, drift_share=monitor.drift_share, top=monitor.top_columns)
     # Eval mode makes outputs independent of the chunking: large chunks, fewer Python round trips.
-    chunk = max(cfg.eval.batch_size, _INFERENCE_ROWS)
+    chunk = max(evaluation.batch_size, _INFERENCE_ROWS)
     ref_proba = predict_proba(model, encoder.transform(ref), batch_size=chunk)
     cur_proba = predict_proba(model, encoder.transform(current), batch_size=chunk)
-    prediction = drift.prediction_drift(ref_proba, cur_proba, classes=labels.classes, alpha=mon.alpha,
-                                        effect_floor=mon.effect_floor)
+    prediction = drift.prediction_drift(ref_proba, cur_proba, classes=labels.classes, alpha=monitor.alpha,
+                                        effect_floor=monitor.effect_floor)
     performance = None
     if label_column in current.columns and current[label_column].notna().all():
         try:
@@ -160,28 +165,28 @@ def analyze_batch(
         except DataSourceError:
             y = None  # labels the model never saw: accuracy is undefined, the drift is not
         if y is not None:
-            m = classification_metrics(y, cur_proba, n_classes=labels.n_classes, ece_bins=cfg.eval.ece_bins)
+            m = classification_metrics(y, cur_proba, n_classes=labels.n_classes, ece_bins=evaluation.ece_bins)
             performance = Performance(accuracy=m["accuracy"], f1_macro=m["f1_macro"], ece=m["ece"])
             if reference.reference_accuracy is not None:
                 performance = performance.model_copy(update={
                     "reference_accuracy": reference.reference_accuracy,
                     "accuracy_drop": reference.reference_accuracy - m["accuracy"]})
 
-    decidable = len(current) >= mon.min_rows
-    drifted = bool(data.drifted or (mon.prediction and prediction.drifted)) if decidable else None
-    drifted_columns = data.drifted_columns + ([drift.PREDICTION_COLUMN] if prediction.drifted else [])
+    decidable = len(current) >= monitor.min_rows
+    drifted = bool(data_drift.drifted or (monitor.prediction and prediction.drifted)) if decidable else None
+    drifted_columns = data_drift.drifted_columns + ([drift.PREDICTION_COLUMN] if prediction.drifted else [])
 
     # Samples for the report, with the model's outputs as two more columns.
     # Seeded by the batch content: the same batch always gets the same sample.
-    seed = int(batch.fingerprint[:8], 16)
+    sample_seed = int(batch.fingerprint[:8], 16)
     for frame, proba, name in ((ref, ref_proba, "reference"), (current, cur_proba, "current")):
         outputs = {drift.PREDICTION_COLUMN: proba.argmax(axis=1).astype(str),
                    drift.CONFIDENCE_COLUMN: proba.max(axis=1)}
-        picked = drift.sample_rows(frame[features].assign(**outputs), mon.report_rows, seed)
+        picked = drift.sample_rows(frame[features].assign(**outputs), monitor.report_rows, sample_seed)
         picked.to_parquet(out / f"report_{name}.parquet", index=False)
 
     full = DriftRecord(fingerprint=batch.fingerprint, reference_run_id=reference.run_id, rows=len(current),
-                       decidable=decidable, drifted=drifted, drifted_columns=drifted_columns, data=data,
+                       decidable=decidable, drifted=drifted, drifted_columns=drifted_columns, data=data_drift,
                        prediction=prediction, performance=performance, columns=scores)
     (out / "drift.json").write_text(json.dumps(full.to_json(), indent=1, default=float), encoding="utf-8")
     return Analysis(
@@ -189,14 +194,15 @@ def analyze_batch(
         decidable=decidable,
         drifted=drifted,
         drifted_columns=drifted_columns,
-        drift=DriftSummary(share=data.share, n_columns=data.n_columns, n_drifted=data.n_drifted,
-                           drifted=data.drifted, columns=data.columns),
+        drift=DriftSummary(share=data_drift.share, n_columns=data_drift.n_columns, n_drifted=data_drift.n_drifted,
+                           drifted=data_drift.drifted, columns=data_drift.columns),
         prediction=prediction,
         performance=performance,
         drift_json=str(out / "drift.json"),
         report_inputs=ReportInputs(reference=str(out / "report_reference.parquet"),
                                    current=str(out / "report_current.parquet")),
-        report_columns=[s.column for s in sorted(scores, key=lambda s: s.score, reverse=True)][: mon.report_columns],
+        report_columns=[s.column for s in sorted(scores, key=lambda s: s.score, reverse=True)][
+            : monitor.report_columns],
     )
 
 
@@ -204,9 +210,9 @@ def analyze_batch(
 
 
 def build_report(
-    cfg: PipelineConfig, reference: Reference, batch: LandedBatch, analysis: Analysis
+    monitor: MonitorConfig, workspace: Path, reference: Reference, batch: LandedBatch, analysis: Analysis
 ) -> EvidentlyReport:
-    """Evidently report (HTML + JSON) on the sampled rows, added to the Evidently workspace.
+    """Evidently report (HTML + JSON) on the sampled rows, added to the Evidently ``workspace`` (`workspace_dir`).
 
     The report covers ``monitor.report_rows`` sampled rows of batch and
     reference, counts drifted columns over every feature, and draws the
@@ -224,10 +230,9 @@ def build_report(
     version = reference.version or "none"
     # The report shows the decision's own verdict (every row, normlab's thresholds) first;
     # Evidently's tests on the sample follow as a labelled secondary view.
-    mon = cfg.monitor
     full = DriftRecord.model_validate(json.loads(Path(analysis.drift_json).read_text(encoding="utf-8")))
-    verdict = full.verdict(alpha=mon.alpha, effect_floor=mon.effect_floor, drift_share=mon.drift_share,
-                           prediction_decides=mon.prediction)
+    verdict = full.verdict(alpha=monitor.alpha, effect_floor=monitor.effect_floor, drift_share=monitor.drift_share,
+                           prediction_decides=monitor.prediction)
     snapshot = drift.evidently_report(
         ref, cur,
         numeric=[*numeric, drift.CONFIDENCE_COLUMN],
@@ -240,18 +245,21 @@ def build_report(
         verdict=verdict,
     )
     paths = drift.save_report(snapshot, Path(batch.batch_dir) / "evidently")
-    with workspace_lock(cfg) as workspace:
-        ws = drift.add_to_workspace(snapshot, workspace, project=reference.model)
+    with workspace_lock(workspace) as folder:
+        ws = drift.add_to_workspace(snapshot, folder, project=reference.model)
     return EvidentlyReport(html=paths["html"], json_=paths["json"], workspace=ws["workspace"],
                            project_id=ws["project_id"], snapshot_id=ws["snapshot_id"],
                            rows_sampled={"reference": len(ref), "current": len(cur)},
                            seconds=round(time.perf_counter() - started, 3))
 
 def decide_batch(
-    cfg: PipelineConfig, batch: LandedBatch, reference: Reference, analysis: Analysis | None,
-    gated: GateOutcome, now: datetime | None = None,
+    monitor: MonitorConfig, alerts: AlertsConfig, workdir: Path, batch: LandedBatch, reference: Reference,
+    analysis: Analysis | None, gated: GateOutcome, now: datetime | None = None,
 ) -> Decision:
     """The batch's drift level and data-quality level, and which alerts are due; committed at once.
+
+    ``monitor`` holds the streak, cooldown and quality thresholds, ``alerts``
+    the lowest level that alerts; the state is ``workdir``'s.
 
     The decision reads the model's streak, cooldowns and alert history and
     writes the new streak, the batch's place in it and the alerts it makes
@@ -268,10 +276,10 @@ def decide_batch(
     model = reference.model
     deadline = time.monotonic() + _ORDER_WAIT_S
     while True:
-        if earlier_claims(read_state(cfg), batch, model) and time.monotonic() < deadline:
+        if earlier_claims(read_state(workdir), batch, model) and time.monotonic() < deadline:
             time.sleep(_ORDER_POLL_S)
             continue
-        with locked_state(cfg) as state:
+        with locked_state(workdir) as state:
             waiting = earlier_claims(state, batch, model)
             if waiting and time.monotonic() < deadline:
                 continue  # claimed since the look above: wait for it too
@@ -280,7 +288,7 @@ def decide_batch(
             if prior is not None and prior.reference_run_id == reference.run_id:
                 return prior
             history = model_history(state, reference)
-            decision = _judge(cfg, history, analysis, gated, now or now_utc(), reference.run_id)
+            decision = _judge(monitor, alerts, history, analysis, gated, now or now_utc(), reference.run_id)
             if waiting:
                 names = ", ".join(Path(r.source).name for r in waiting[:3])
                 decision = decision.model_copy(update={"reason": decision.reason + (
@@ -290,11 +298,10 @@ def decide_batch(
             return decision
 
 
-def _judge(cfg: PipelineConfig, history: ModelHistory, analysis: Analysis | None, gated: GateOutcome,
-           when: datetime, reference_run_id: str) -> Decision:
+def _judge(monitor: MonitorConfig, alerts: AlertsConfig, history: ModelHistory, analysis: Analysis | None,
+           gated: GateOutcome, when: datetime, reference_run_id: str) -> Decision:
     """The decision over the model's history as it is now (nothing written)."""
-    mon = cfg.monitor
-    quality = quality_of(cfg, gated)
+    quality = quality_of(monitor, gated)
     if analysis is None:
         why = quality.reason if quality.level == "blocked" else "no row could be read and typed"
         level = drift.LevelDecision(level=drift.BLOCKED, streak=history.streak, alert=False,
@@ -302,18 +309,18 @@ def _judge(cfg: PipelineConfig, history: ModelHistory, analysis: Analysis | None
     else:
         level = drift.decide(
             analysis.drifted, analysis.drifted_columns, history.streak, history.alerts,
-            consecutive=mon.consecutive, cooldown_minutes=mon.cooldown_minutes,
-            dedup_overlap=mon.dedup_overlap, min_level=cfg.alerts.min_level, now=when,
+            consecutive=monitor.consecutive, cooldown_minutes=monitor.cooldown_minutes,
+            dedup_overlap=monitor.dedup_overlap, min_level=alerts.min_level, now=when,
         )
     quality_alert, quality_reason = False, quality.reason
     if quality.level != "ok":
         repeat = drift.repeated_alert(quality.checks, history.quality_alerts,
-                                      cooldown_minutes=mon.cooldown_minutes, dedup_overlap=mon.dedup_overlap,
+                                      cooldown_minutes=monitor.cooldown_minutes, dedup_overlap=monitor.dedup_overlap,
                                       now=when)
         quality_alert = repeat is None
         if repeat is not None:
             quality_reason += (f"; repeats the data-quality alert of {repeat.at} (same checks, "
-                               f"cooldown {mon.cooldown_minutes:g} min)")
+                               f"cooldown {monitor.cooldown_minutes:g} min)")
     quality = quality.model_copy(update={"alert": quality_alert, "reason": quality_reason})
     return Decision(**level.model_dump(), quality=quality, decided_at=when.isoformat(),
                     reference_run_id=reference_run_id)

@@ -46,7 +46,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import ValidationError
 
-from normlab.config import PipelineConfig
+from normlab.config import MonitorConfig, TrackingConfig
 from normlab.data.fingerprint import fingerprint_frame
 from normlab.data.sources import read_table
 from normlab.errors import DataSourceError
@@ -59,7 +59,6 @@ from normlab.monitoring.state import (
     MonitorState,
     Processed,
 )
-from normlab.registry import registry_name
 
 BATCH_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 # A claim older than this is taken over even when its process seems alive (pid reuse).
@@ -74,35 +73,34 @@ _RESERVED_PREFIX = "_normlab_"
 _REASON_CHARS = 300
 
 
-def monitor_dir(cfg: PipelineConfig) -> Path:
-    """``<workdir>/monitoring`` (created)."""
-    path = cfg.workdir_path() / "monitoring"
+def monitor_dir(workdir: Path) -> Path:
+    """``<workdir>/monitoring`` (created); ``workdir`` is the absolute work folder (`PipelineConfig.workdir_path`)."""
+    path = workdir / "monitoring"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def monitoring_experiment(cfg: PipelineConfig) -> str:
+def monitoring_experiment(monitor: MonitorConfig, tracking: TrackingConfig) -> str:
     """The MLflow experiment of monitoring runs."""
-    return cfg.monitor.experiment or f"{cfg.tracking.experiment}-monitoring"
+    return monitor.experiment or f"{tracking.experiment}-monitoring"
 
 
-def workspace_dir(cfg: PipelineConfig) -> Path:
-    """The Evidently workspace folder."""
-    if cfg.monitor.workspace:
-        return Path(cfg.monitor.workspace).expanduser().resolve()
-    return cfg.workdir_path() / "evidently"
+def workspace_dir(monitor: MonitorConfig, workdir: Path) -> Path:
+    """The Evidently workspace folder: ``monitor.workspace``, else ``<workdir>/evidently``."""
+    if monitor.workspace:
+        return Path(monitor.workspace).expanduser().resolve()
+    return workdir / "evidently"
 
 
 @contextmanager
-def workspace_lock(cfg: PipelineConfig) -> Iterator[Path]:
-    """The Evidently workspace folder under an exclusive lock, for monitors that share it.
+def workspace_lock(folder: Path) -> Iterator[Path]:
+    """The Evidently workspace ``folder`` (`workspace_dir`) under an exclusive lock, for monitors that share it.
 
     Evidently's local workspace writes its JSON files in place and unlocked:
     a monitor could read another's half-written project, or both create the
     same project. The lock file sits in the workspace root, where Evidently
     only looks at project (UUID) folders.
     """
-    folder = workspace_dir(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".normlab.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -155,9 +153,12 @@ def discover_batches(data: str | Path) -> list[str]:
 
 
 @contextmanager
-def locked_state(cfg: PipelineConfig) -> Iterator[MonitorState]:
-    """The monitoring state under an exclusive lock; changes (records replaced in its mappings) are written back atomically."""
-    folder = monitor_dir(cfg)
+def locked_state(workdir: Path) -> Iterator[MonitorState]:
+    """The monitoring state of ``workdir`` under an exclusive lock.
+
+    Changes (records replaced in its mappings) are written back atomically.
+    """
+    folder = monitor_dir(workdir)
     path = folder / "state.json"
     with open(folder / "state.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -171,9 +172,9 @@ def locked_state(cfg: PipelineConfig) -> Iterator[MonitorState]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def read_state(cfg: PipelineConfig) -> MonitorState:
-    """A consistent copy of the monitoring state (read-only)."""
-    folder = monitor_dir(cfg)
+def read_state(workdir: Path) -> MonitorState:
+    """A consistent copy of the monitoring state of ``workdir`` (read-only)."""
+    folder = monitor_dir(workdir)
     with open(folder / "state.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_SH)
         try:
@@ -225,8 +226,8 @@ def _claim_is_live(claim: BatchRecord) -> bool:
 # 2. Open and claim a batch -------------------------------------------------------------
 
 
-def open_batch(cfg: PipelineConfig, path: str) -> LandedBatch:
-    """Fingerprint a batch file and claim it, or say why it is not processed now.
+def open_batch(workdir: Path, model: str, path: str) -> LandedBatch:
+    """Fingerprint a batch file and claim it for ``model`` (the registered name), or say why it is not processed now.
 
     The file is read only when it is a regular file (never a symbolic link)
     whose size and modification time stood still for `SETTLE_S` seconds and
@@ -247,10 +248,10 @@ def open_batch(cfg: PipelineConfig, path: str) -> LandedBatch:
     except FileNotFoundError:
         return _not_opened("skipped", path, "no longer there: moved or deleted after it was listed")
     if stat.S_ISLNK(before.st_mode):
-        return _quarantine_file(cfg, path, before, "refused", f"refused: {Path(path).name} is a symbolic link; only "
-                                "regular files in the landing folder are read, never what a link points to")
+        return _quarantine_file(workdir, path, before, "refused", f"refused: {Path(path).name} is a symbolic link; "
+                                "only regular files in the landing folder are read, never what a link points to")
     if not stat.S_ISREG(before.st_mode):
-        return _quarantine_file(cfg, path, before, "refused", f"refused: {Path(path).name} is not a regular file")
+        return _quarantine_file(workdir, path, before, "refused", f"refused: {Path(path).name} is not a regular file")
     if not _settled(path, before):
         return _not_opened("pending", path, f"not yet stable: still being written (changed within {SETTLE_S:g} s); "
                                             "left for the next run")
@@ -258,7 +259,7 @@ def open_batch(cfg: PipelineConfig, path: str) -> LandedBatch:
         frame = read_table(path)
         _check_structure(frame)
         content = fingerprint_frame(frame)
-        batch_frame, fingerprint, change = _new_rows(frame, content, _processed(read_state(cfg), path))
+        batch_frame, fingerprint, change = _new_rows(frame, content, _processed(read_state(workdir), path))
         # Converted now so that a column Parquet cannot hold fails here, as the file's fault.
         table = _arrow_table(batch_frame)
         failure = None
@@ -268,8 +269,8 @@ def open_batch(cfg: PipelineConfig, path: str) -> LandedBatch:
     if after is None or _identity(after) != _identity(before):
         return _not_opened("pending", path, "not yet stable: it changed while it was read; left for the next run")
     if failure is not None:
-        return _quarantine_file(cfg, path, before, "unreadable", f"unreadable, left in place: {_one_line(failure)}")
-    with locked_state(cfg) as state:
+        return _quarantine_file(workdir, path, before, "unreadable", f"unreadable, left in place: {_one_line(failure)}")
+    with locked_state(workdir) as state:
         state.files[path] = FileRecord(size=before.st_size, mtime_ns=before.st_mtime_ns, fingerprint=fingerprint,
                                        content=content, rows=len(frame), processed=_processed(state, path))
         record = state.batches.get(fingerprint)
@@ -279,7 +280,7 @@ def open_batch(cfg: PipelineConfig, path: str) -> LandedBatch:
             return LandedBatch(skip=True, status="skipped", fingerprint=fingerprint, source=path, previous=None,
                                reason=f"being processed by pid {record.pid} on {record.host}")
         claim = BatchRecord(status="claimed", source=path, pid=os.getpid(), host=socket.gethostname(),
-                            claimed_ts=time.time(), model=registry_name(cfg), landed_ns=before.st_mtime_ns)
+                            claimed_ts=time.time(), model=model, landed_ns=before.st_mtime_ns)
         if record and record.decision is not None:
             # Committed to the streak once; a retry must not count it again.
             claim = claim.model_copy(update={"decision": record.decision})
@@ -290,11 +291,11 @@ def open_batch(cfg: PipelineConfig, path: str) -> LandedBatch:
     try:
         import pyarrow.parquet as pq
 
-        batch_dir = monitor_dir(cfg) / "batches" / fingerprint[:16]
+        batch_dir = monitor_dir(workdir) / "batches" / fingerprint[:16]
         batch_dir.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, batch_dir / "batch.parquet")
     except BaseException:
-        release_batch(cfg, opened)
+        release_batch(workdir, opened)
         raise
     return opened.model_copy(update={"path": str(batch_dir / "batch.parquet"), "batch_dir": str(batch_dir)})
 
@@ -383,16 +384,16 @@ def _not_opened(status: Literal["skipped", "pending", "unreadable", "refused"], 
     return LandedBatch(skip=True, status=status, fingerprint=None, source=path, previous=None, reason=reason)
 
 
-def _quarantine_file(cfg: PipelineConfig, path: str, st: os.stat_result, status: Literal["unreadable", "refused"],
+def _quarantine_file(workdir: Path, path: str, st: os.stat_result, status: Literal["unreadable", "refused"],
                      reason: str) -> LandedBatch:
     """Record a file that is not processed (``unreadable`` or ``refused``) until its size or time change."""
-    with locked_state(cfg) as state:
+    with locked_state(workdir) as state:
         state.files[path] = FileRecord(status=status, reason=reason, size=st.st_size, mtime_ns=st.st_mtime_ns,
                                        at=now_utc().isoformat(), processed=_processed(state, path))
     return _not_opened(status, path, reason)
 
 
-def triage_batches(cfg: PipelineConfig, paths: list[str]) -> Triage:
+def triage_batches(workdir: Path, paths: list[str]) -> Triage:
     """Split batch files into those to open and those already settled, without reading them.
 
     A file whose size and modification time match a file processed before is
@@ -402,7 +403,7 @@ def triage_batches(cfg: PipelineConfig, paths: list[str]) -> Triage:
     Returns:
         The `Triage`: ``new`` (paths) and ``skipped`` (summary entries).
     """
-    state = read_state(cfg)
+    state = read_state(workdir)
     new, skipped = [], []
     for path in paths:
         st = _lstat_or_none(path)
@@ -427,13 +428,13 @@ def _seen(fingerprint: str, path: str, record: BatchRecord) -> LandedBatch:
                        reason=f"already processed at {record.processed_at} (from {record.source})")
 
 
-def release_batch(cfg: PipelineConfig, batch: LandedBatch) -> None:
+def release_batch(workdir: Path, batch: LandedBatch) -> None:
     """Drop this process's claim on a batch that failed, so the next run retries it.
 
     A batch whose decision was already committed keeps it (``released``): the
     retry reuses it instead of counting the batch in the streak again.
     """
-    with locked_state(cfg) as state:
+    with locked_state(workdir) as state:
         record = state.batches.get(batch.fingerprint)
         if record and record.status == "claimed" and record.pid == os.getpid():
             if record.decision is not None:

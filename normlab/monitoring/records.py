@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from normlab.config import PipelineConfig, flatten
+from normlab.config import MonitorConfig, flatten
 from normlab.monitoring.contracts import (
     NO_ALERT,
     AlertOutcome,
@@ -23,7 +23,7 @@ from normlab.monitoring.contracts import (
     LandedBatch,
     Reference,
 )
-from normlab.monitoring.ledger import locked_state, model_history, monitoring_experiment, now_utc
+from normlab.monitoring.ledger import locked_state, model_history, now_utc
 from normlab.monitoring.state import BatchRecord, ModelHistory
 
 _LEVEL_CODE = {"none": 0, "suspected": 1, "detected": 2}
@@ -33,18 +33,27 @@ _QUALITY_CODE = {"ok": 0, "quarantined": 1, "blocked": 2}
 
 
 def log_monitoring_run(
-    cfg: PipelineConfig,
+    monitor: MonitorConfig,
     batch: LandedBatch,
     gated: GateOutcome,
     reference: Reference,
     analysis: Analysis | None,
     report: EvidentlyReport | None,
     decision: Decision,
+    *,
+    tracking_uri: str,
+    experiment: str,
+    artifact_location: str | None,
 ) -> str:
-    """One MLflow run per batch in the monitoring experiment: drift metrics, the reports, the gate's result."""
+    """One MLflow run per batch in the monitoring experiment: drift metrics, the reports, the gate's result.
+
+    The run goes to ``experiment`` (`normlab.monitoring.ledger.monitoring_experiment`) in the store at
+    ``tracking_uri``, created with ``artifact_location`` when missing (`PipelineConfig.artifact_location`);
+    its params are ``monitor``'s settings.
+    """
     from normlab import tracking
 
-    uri = cfg.tracking_uri()
+    uri = tracking_uri
     tags = {
         "normlab.data.fingerprint": batch.fingerprint,
         "normlab.data.source": batch.source,
@@ -54,10 +63,10 @@ def log_monitoring_run(
         "normlab.drift.level": decision.level,
         "normlab.data.quality": decision.quality.level,
     }
-    run_id = tracking.start_run(uri, monitoring_experiment(cfg), artifact_location=cfg.artifact_location(),
+    run_id = tracking.start_run(uri, experiment, artifact_location=artifact_location,
                                 run_name=f"batch-{batch.fingerprint[:12]}", tags=tags)
     try:
-        tracking.log_params(uri, run_id, {**flatten(cfg.monitor, "monitor."), "reference.selected_by":
+        tracking.log_params(uri, run_id, {**flatten(monitor, "monitor."), "reference.selected_by":
                                           reference.selected_by, "data.fingerprint": batch.fingerprint})
         metrics: dict[str, float] = {
             "rows/in": gated.rows_in, "rows/accepted": gated.rows_accepted,
@@ -100,7 +109,8 @@ def log_monitoring_run(
 
 
 def finish_batch(
-    cfg: PipelineConfig,
+    tracking_uri: str,
+    workdir: Path,
     batch: LandedBatch,
     gated: GateOutcome,
     reference: Reference,
@@ -112,6 +122,9 @@ def finish_batch(
     monitor_run_id: str,
 ) -> BatchEntry:
     """Mark the batch done and settle its alerts in the model's history, in one atomic write.
+
+    The monitoring run's tags go to the store at ``tracking_uri`` first, then
+    the state of ``workdir`` is committed.
 
     The streak and the alerts it made due were committed with the decision
     (`decide_batch`); here a pending alert is kept (with how many targets it
@@ -125,12 +138,12 @@ def finish_batch(
     from normlab import tracking
 
     # The store first: a commit that follows it cannot be left half done by an unreachable server.
-    tracking.set_tags(cfg.tracking_uri(), monitor_run_id, {
+    tracking.set_tags(tracking_uri, monitor_run_id, {
         "normlab.alert.sent": alert.sent, "normlab.alert.delivered": alert.delivered,
         "normlab.quality_alert.sent": quality_alert.sent,
     })
     entry = batch_entry(batch, gated, analysis, report, decision, alert, monitor_run_id, quality_alert)
-    with locked_state(cfg) as state:
+    with locked_state(workdir) as state:
         done = state.batches.get(batch.fingerprint)
         if done is not None and done.status == "done" and done.entry is not None:
             return done.entry  # a retried commit counts the batch once

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from normlab.config import PipelineConfig
+from normlab.config import DataConfig
 from normlab.errors import NormlabError, TrackingError
 from normlab.monitoring.contracts import Reference
 from normlab.monitoring.ledger import monitor_dir
-from normlab.registry import CHAMPION, registry_name
+from normlab.registry import CHAMPION
 
 
 class NoReferenceError(NormlabError):
@@ -19,8 +19,15 @@ class NoReferenceError(NormlabError):
 # 4. The drift reference ----------------------------------------------------------------
 
 
-def resolve_reference(cfg: PipelineConfig) -> Reference:
+def resolve_reference(*, tracking_uri: str, experiment: str, model: str, workdir: Path) -> Reference:
     """The drift reference: the training data of the ``champion`` model, else of the latest run.
+
+    Args:
+        tracking_uri: The store (`PipelineConfig.tracking_uri`); the client is built here, after a
+            missing SQLite store is refused (opening it would create an empty one).
+        experiment: The training runs' experiment (``tracking.experiment``), searched without a champion.
+        model: The registered model's name (`normlab.registry.registry_name`).
+        workdir: The work folder (`PipelineConfig.workdir_path`): run folders and downloaded references.
 
     Returns:
         The `Reference`: ``version`` is None without a registry; the model is
@@ -34,7 +41,7 @@ def resolve_reference(cfg: PipelineConfig) -> Reference:
 
     from normlab import tracking
 
-    uri, name = cfg.tracking_uri(), registry_name(cfg)
+    uri = tracking_uri
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         # Opening a missing SQLite store would create an empty one; there is nothing to monitor against.
         raise NoReferenceError(f"no drift reference: no tracking store at {uri}; train a model first with "
@@ -42,23 +49,22 @@ def resolve_reference(cfg: PipelineConfig) -> Reference:
     client = tracking.client_for(uri)
     run_id, version, selected_by = None, None, "latest run"
     try:
-        mv = client.get_model_version_by_alias(name, CHAMPION)
+        mv = client.get_model_version_by_alias(model, CHAMPION)
         run_id, version, selected_by = mv.run_id, str(mv.version), "champion"
     except MlflowException as exc:
         # No registered model, or no champion alias yet: fall back to the latest run.
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             raise TrackingError(f"tracking store {uri}: {str(exc).splitlines()[0]}") from None
     if run_id is None:
-        run_id = _latest_run_with_reference(client, cfg)
+        run_id = _latest_run_with_reference(client, uri, experiment, model)
     run = client.get_run(run_id)
-    paths = _reference_files(cfg, run_id)
-    return Reference(run_id=run_id, model=name, version=version, selected_by=selected_by,
+    paths = _reference_files(uri, workdir, run_id)
+    return Reference(run_id=run_id, model=model, version=version, selected_by=selected_by,
                      reference_accuracy=run.data.metrics.get("id/test/accuracy"), **paths)
 
 
-def _latest_run_with_reference(client: Any, cfg: PipelineConfig) -> str:
-    uri = cfg.tracking_uri()
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+def _latest_run_with_reference(client: Any, uri: str, experiment: str, model: str) -> str:
+    exp = client.get_experiment_by_name(experiment)
     if exp is not None:
         runs = client.search_runs(
             [exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
@@ -68,14 +74,14 @@ def _latest_run_with_reference(client: Any, cfg: PipelineConfig) -> str:
             if any(a.path == "drift/reference.parquet" for a in client.list_artifacts(run.info.run_id, "drift")):
                 return run.info.run_id
     raise NoReferenceError(
-        f"no drift reference: no champion of '{registry_name(cfg)}' and no finished run with drift/reference.parquet "
-        f"in experiment '{cfg.tracking.experiment}' at {uri}; train one first with `normlab run`"
+        f"no drift reference: no champion of '{model}' and no finished run with drift/reference.parquet "
+        f"in experiment '{experiment}' at {uri}; train one first with `normlab run`"
     )
 
 
-def _reference_files(cfg: PipelineConfig, run_id: str) -> dict[str, str]:
+def _reference_files(tracking_uri: str, workdir: Path, run_id: str) -> dict[str, str]:
     """Reference, encoder and model files: from the run folder, else downloaded from MLflow."""
-    run_dir = cfg.workdir_path() / "runs" / run_id
+    run_dir = workdir / "runs" / run_id
     local = {k: run_dir / f for k, f in (("reference", "reference.parquet"), ("encoder", "encoder.json"),
                                          ("model_spec", "model.json"), ("model_weights", "model.pt"))}
     if all(p.is_file() for p in local.values()):
@@ -84,9 +90,9 @@ def _reference_files(cfg: PipelineConfig, run_id: str) -> dict[str, str]:
 
     from normlab.credentials import store_uri
 
-    dest = monitor_dir(cfg) / "references" / run_id
+    dest = monitor_dir(workdir) / "references" / run_id
     dest.mkdir(parents=True, exist_ok=True)
-    uri = store_uri(cfg.tracking_uri())  # the full URI of a database store with a password
+    uri = store_uri(tracking_uri)  # the full URI of a database store with a password
     fetched = {}
     for key, artifact in (("reference", "drift/reference.parquet"), ("encoder", "model_inputs/encoder.json")):
         target = dest / artifact
@@ -97,8 +103,12 @@ def _reference_files(cfg: PipelineConfig, run_id: str) -> dict[str, str]:
     return {**fetched, "model_uri": f"runs:/{run_id}/model"}
 
 
-def load_reference_model(cfg: PipelineConfig, reference: Reference):
-    """The reference run's model (eval mode) and its feature and label encoders."""
+def load_reference_model(tracking_uri: str, data: DataConfig, reference: Reference):
+    """The reference run's model (eval mode), its feature and label encoders, and its label column.
+
+    ``tracking_uri`` is the store a model logged to MLflow only is loaded from; the label column
+    is the reference's own, else ``data.label``.
+    """
     from normlab.data.encoding import FeatureEncoder, LabelEncoder
 
     encoders = json.loads(Path(reference.encoder).read_text(encoding="utf-8"))
@@ -113,6 +123,6 @@ def load_reference_model(cfg: PipelineConfig, reference: Reference):
 
         from normlab import tracking
 
-        with tracking.tracking_uri(cfg.tracking_uri()):
+        with tracking.tracking_uri(tracking_uri):
             model = mlflow.pytorch.load_model(reference.model_uri, map_location="cpu").eval()
-    return model, features, labels, encoders.get("label_column", cfg.data.label)
+    return model, features, labels, encoders.get("label_column", data.label)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from normlab.config import PipelineConfig
+from normlab.config import DataConfig
 from normlab.contracts import Publication
 from normlab.monitoring.contracts import Reference, RetrainedRun, RetrainingData, RetrainingRecord
 from normlab.monitoring.ledger import (
@@ -22,23 +22,25 @@ from normlab.monitoring.ledger import (
 # 11. Retraining ------------------------------------------------------------------------
 
 
-def retraining_data(cfg: PipelineConfig, reference: Reference) -> RetrainingData:
+def retraining_data(data: DataConfig, workdir: Path, reference: Reference) -> RetrainingData:
     """Write the reference rows plus the accepted rows of the drifted batches as one Parquet file.
 
-    Only batches with the label column can train; others are left out and counted.
+    Only batches with the label column (``data.label``) can train; others are
+    left out and counted. The streak is read from ``workdir``'s state and the
+    file written under ``<workdir>/monitoring/retrain/``.
 
     Returns:
         The `RetrainingData`: ``path`` (None when no new labelled rows exist),
         ``rows_reference``, ``rows_new``, ``batches_used``, ``batches_unlabelled``.
     """
-    history = model_history(read_state(cfg), reference)
+    history = model_history(read_state(workdir), reference)
     ref = pd.read_parquet(reference.reference)
     new, unlabelled = [], 0
     for path in history.streak_batches:
         if not path or not Path(path).is_file():
             continue
         frame = pd.read_parquet(path)
-        if cfg.data.label not in frame.columns or frame[cfg.data.label].isna().any():
+        if data.label not in frame.columns or frame[data.label].isna().any():
             unlabelled += 1
             continue
         new.append(frame[list(ref.columns)] if set(ref.columns) <= set(frame.columns) else frame)
@@ -47,7 +49,7 @@ def retraining_data(cfg: PipelineConfig, reference: Reference) -> RetrainingData
     if not new:
         return out
     combined = pd.concat([ref, *new], ignore_index=True)
-    folder = monitor_dir(cfg) / "retrain" / now_utc().strftime("%Y%m%dT%H%M%S%fZ")
+    folder = monitor_dir(workdir) / "retrain" / now_utc().strftime("%Y%m%dT%H%M%S%fZ")
     folder.mkdir(parents=True, exist_ok=True)
     combined.to_parquet(folder / "data.parquet", index=False)
     return out.model_copy(update={"path": str(folder / "data.parquet")})
@@ -61,15 +63,15 @@ def retrained_run(summary: Mapping[str, Any]) -> RetrainedRun:
                         registry=Publication.model_validate(registry) if registry is not None else None)
 
 
-def record_retraining(cfg: PipelineConfig, reference: Reference, data: RetrainingData,
+def record_retraining(workdir: Path, reference: Reference, data: RetrainingData,
                       result: RetrainedRun | None, error: str | None) -> RetrainingRecord:
-    """Note the retraining in the model's history and return its summary entry."""
+    """Note the retraining in the model's history (``workdir``'s state) and return its summary entry."""
     entry = RetrainingRecord(at=now_utc().isoformat(), data=data.path, rows_reference=data.rows_reference,
                              rows_new=data.rows_new, run_id=result.run_id if result else None, error=error)
     if result:
         entry = entry.model_copy(update={"model_uri": result.model_uri, "rows": result.rows,
                                          "rows_accepted": result.rows_accepted, "registry": result.registry})
-    with locked_state(cfg) as state:
+    with locked_state(workdir) as state:
         history = model_history(state, reference)
         state.models[reference.model] = history.model_copy(update={"retrained": [*history.retrained, entry][-20:]})
     return entry

@@ -25,6 +25,7 @@ from normlab.config import load_config
 from normlab.data.shifts import corrupt_images
 from normlab.data.sources import load_builtin
 from normlab.flows.monitoring import monitoring_flow
+from normlab.registry import registry_name
 from tests.conftest import REPO
 from tests.flows.conftest import SECRET
 
@@ -52,6 +53,12 @@ def trained(tmp_path_factory, prefect_harness):
 def _config(trained, name: str, *overrides: str):
     return load_config(REPO / "configs" / "digits.yaml",
                        [f"workdir={trained['work']}", f"model.registry_name=normlab-{name}", *overrides])
+
+
+def _reference(cfg) -> monitoring.Reference:
+    """The drift reference the resolve-reference task would find for ``cfg``."""
+    return monitoring.resolve_reference(tracking_uri=cfg.tracking_uri(), experiment=cfg.tracking.experiment,
+                                        model=registry_name(cfg), workdir=cfg.workdir_path())
 
 
 def clean_batch(trained, seed: int, rows: int = 400) -> pd.DataFrame:
@@ -204,7 +211,7 @@ def test_detection_needs_consecutive_batches_and_the_cooldown_holds_back_a_repea
 def test_twenty_clean_batches_raise_at_most_one_detection(trained, tmp_path, repo_root):
     """The decision path on 20 fresh samples of the reference distribution, with `detected` after one window."""
     cfg = _config(trained, "seeds", "monitor.consecutive=1")
-    reference = monitoring.resolve_reference(cfg)
+    reference = _reference(cfg)
 
     def level(frame: pd.DataFrame, name: str) -> str:
         folder = tmp_path / name
@@ -215,7 +222,8 @@ def test_twenty_clean_batches_raise_at_most_one_detection(trained, tmp_path, rep
                                        rows_accepted=len(frame), rows_quarantined=0, rows_typed=len(frame),
                                        rows_untyped=0, blocked=False, failed=[], report_path="", problems=[],
                                        missing_features=[])
-        analysis = monitoring.analyze_batch(cfg, reference, gated, batch)
+        analysis = monitoring.analyze_batch(cfg.monitor, cfg.eval, cfg.data, cfg.seed, cfg.tracking_uri(),
+                                            reference, gated, batch)
         decision = drift.decide(analysis.drifted, analysis.drifted_columns, 0, [],
                                 consecutive=1, cooldown_minutes=0, dedup_overlap=1.0, min_level="detected",
                                 now=monitoring.now_utc())
@@ -296,4 +304,4 @@ def test_detected_drift_retrains_through_the_gate(tiny_config, tmp_path):
     client = MlflowClient(tracking_uri=cfg.tracking_uri())
     assert client.get_run(retrained.run_id).info.status == "FINISHED"
     # Later batches compare against whatever the gate made the reference.
-    assert result.reference.run_id == monitoring.resolve_reference(cfg).run_id
+    assert result.reference.run_id == _reference(cfg).run_id

@@ -30,8 +30,8 @@ def _free_port() -> int:
 def test_urls_from_config_and_environment_without_masked_or_repeated_ones():
     cfg = load_config(None, ['alerts.urls=["json://a.example/x", "**********"]'])
     env = {alerts.ENV_VAR: "json://b.example/y, json://a.example/x  mailto://u:p@c.example"}
-    assert alerts.alert_urls(cfg, env) == ["json://a.example/x", "json://b.example/y", "mailto://u:p@c.example"]
-    assert alerts.alert_urls(load_config(None, []), {}) == []
+    assert alerts.alert_urls(cfg.alerts, env) == ["json://a.example/x", "json://b.example/y", "mailto://u:p@c.example"]
+    assert alerts.alert_urls(load_config(None, []).alerts, {}) == []
 
 
 def test_config_dumps_never_hold_the_urls():
@@ -39,7 +39,7 @@ def test_config_dumps_never_hold_the_urls():
     cfg = load_config(None, [f'alerts.urls=["{secret}"]'])
     assert "supersecret" not in json.dumps(flatten(cfg))
     assert "supersecret" not in to_yaml(cfg)
-    assert alerts.alert_urls(cfg, {}) == [secret]
+    assert alerts.alert_urls(cfg.alerts, {}) == [secret]
 
 
 def test_redact_keeps_only_schemes():

@@ -12,11 +12,17 @@ from normlab import monitoring
 from normlab.config import load_config
 from normlab.drift import AlertRecord
 from normlab.errors import DataSourceError
+from normlab.registry import registry_name
 
 
 @pytest.fixture
 def cfg(tmp_path):
     return load_config(None, [f"workdir={tmp_path / 'work'}"])
+
+
+def _open(cfg, path: str) -> monitoring.LandedBatch:
+    """Open and claim a batch for the config's model, as the open-batch task does."""
+    return monitoring.open_batch(cfg.workdir_path(), registry_name(cfg), path)
 
 
 def _table(path, seed: int = 0, order: int = 0) -> str:
@@ -45,18 +51,18 @@ def test_discover_batches_oldest_first_skipping_partial_and_other_files(tmp_path
 
 def test_claim_release_and_a_dead_processs_claim_is_taken_over(cfg, tmp_path):
     path = _table(tmp_path / "b.parquet")
-    opened = monitoring.open_batch(cfg, path)
+    opened = _open(cfg, path)
     assert not opened.skip and pd.read_parquet(opened.path).shape == (2, 2)
-    again = monitoring.open_batch(cfg, path)  # claimed by this (live) process
+    again = _open(cfg, path)  # claimed by this (live) process
     assert again.skip and "being processed by pid" in again.reason
 
-    monitoring.release_batch(cfg, opened)
-    assert not monitoring.open_batch(cfg, path).skip
+    monitoring.release_batch(cfg.workdir_path(), opened)
+    assert not _open(cfg, path).skip
 
-    with monitoring.locked_state(cfg) as state:  # a claim left by a process that died
+    with monitoring.locked_state(cfg.workdir_path()) as state:  # a claim left by a process that died
         claim = state.batches[opened.fingerprint]
         state.batches[opened.fingerprint] = claim.model_copy(update={"pid": 2**22 + 12345})
-    assert not monitoring.open_batch(cfg, path).skip
+    assert not _open(cfg, path).skip
 
 
 def _entry(fingerprint: str, source: str) -> monitoring.BatchEntry:
@@ -71,21 +77,21 @@ def _entry(fingerprint: str, source: str) -> monitoring.BatchEntry:
 
 def test_done_batches_are_skipped_by_content_across_restarts(cfg, tmp_path):
     path = _table(tmp_path / "b.parquet")
-    fingerprint = monitoring.open_batch(cfg, path).fingerprint
+    fingerprint = _open(cfg, path).fingerprint
     entry = _entry(fingerprint, path)
-    with monitoring.locked_state(cfg) as state:
+    with monitoring.locked_state(cfg.workdir_path()) as state:
         state.batches[fingerprint] = monitoring.BatchRecord(status="done", source=path,
                                                             processed_at="2026-01-01T00:00:00", entry=entry)
     state_file = cfg.workdir_path() / "monitoring" / "state.json"
     written = json.loads(state_file.read_text())["batches"][fingerprint]
     assert written == {"status": "done", "source": path, "processed_at": "2026-01-01T00:00:00",
                        "entry": entry.to_json()}  # the keys it was built with, no more
-    triage = monitoring.triage_batches(cfg, [path])  # known by size and time: not even read
+    triage = monitoring.triage_batches(cfg.workdir_path(), [path])  # known by size and time: not even read
     assert triage.new == [] and triage.skipped[0].status == "skipped"
     copy = _table(tmp_path / "copy.parquet")  # same content, another name
-    assert monitoring.triage_batches(cfg, [copy]).new == [copy]
+    assert monitoring.triage_batches(cfg.workdir_path(), [copy]).new == [copy]
     for p in (path, copy):
-        seen = monitoring.open_batch(cfg, p)
+        seen = _open(cfg, p)
         assert seen.skip and "already processed" in seen.reason
         skipped = monitoring.skipped_entry(seen)
         assert skipped.drift == entry.drift  # the earlier result, for the record
@@ -97,25 +103,25 @@ def test_done_batches_are_skipped_by_content_across_restarts(cfg, tmp_path):
 def test_unreadable_file_is_skipped_and_left_in_place(cfg, tmp_path):
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"garbage")
-    opened = monitoring.open_batch(cfg, str(broken))
+    opened = _open(cfg, str(broken))
     assert (opened.skip, opened.status, opened.fingerprint) == (True, "unreadable", None)
     assert broken.read_bytes() == b"garbage"
 
 
 def test_corrupt_state_is_one_clear_error(cfg):
-    folder = monitoring.monitor_dir(cfg)
+    folder = monitoring.monitor_dir(cfg.workdir_path())
     (folder / "state.json").write_text("{not json")
     with pytest.raises(DataSourceError, match=r"unreadable.*move it away"):
-        monitoring.read_state(cfg)
+        monitoring.read_state(cfg.workdir_path())
     (folder / "state.json").write_text(json.dumps({"version": 1, "files": {"/x.csv": {"size": "big"}}}))
     with pytest.raises(DataSourceError, match=r"files\./x\.csv\.size.*move it away"):
-        monitoring.read_state(cfg)
+        monitoring.read_state(cfg.workdir_path())
 
 
 def test_the_state_file_keeps_its_shape_through_a_read_and_a_write(cfg, tmp_path):
     """Records are typed in memory; state.json is written back with the keys it was read with."""
     path = _table(tmp_path / "b.parquet")
-    opened = monitoring.open_batch(cfg, path)
+    opened = _open(cfg, path)
     state_file = cfg.workdir_path() / "monitoring" / "state.json"
     before = json.loads(state_file.read_text())
     assert set(before["files"][path]) == {"size", "mtime_ns", "fingerprint", "content", "rows", "processed"}
@@ -125,7 +131,7 @@ def test_the_state_file_keeps_its_shape_through_a_read_and_a_write(cfg, tmp_path
     before["models"]["old"] = {"reference_run_id": "r", "streak": 2, "streak_batches": [None, "a.parquet"],
                                "alerts": []}
     state_file.write_text(json.dumps(before))
-    with monitoring.locked_state(cfg) as state:
+    with monitoring.locked_state(cfg.workdir_path()) as state:
         assert isinstance(state.batches[opened.fingerprint], monitoring.BatchRecord)
         assert state.models["old"].streak == 2
     assert json.loads(state_file.read_text()) == before

@@ -23,6 +23,7 @@ from normlab.drift import AlertRecord, PredictionDrift
 from normlab.errors import DataSourceError
 from normlab.monitoring import analysis, ledger
 from normlab.monitoring.records import _settle_alert
+from normlab.registry import registry_name
 
 OLD_NS = 10**18  # 2001: a file that has long stopped changing
 
@@ -32,13 +33,23 @@ def cfg(tmp_path):
     return load_config(None, [f"workdir={tmp_path / 'work'}"])
 
 
+def _open(cfg, path: str) -> monitoring.LandedBatch:
+    """Open and claim a batch for the config's model, as the open-batch task does."""
+    return monitoring.open_batch(cfg.workdir_path(), registry_name(cfg), path)
+
+
+def _decide(cfg, batch, reference, analysis, gated) -> monitoring.Decision:
+    """Decide a batch with the config's sections, as the decide task does."""
+    return monitoring.decide_batch(cfg.monitor, cfg.alerts, cfg.workdir_path(), batch, reference, analysis, gated)
+
+
 def _settle(path, order: int = 0) -> str:
     os.utime(path, ns=(OLD_NS + order, OLD_NS + order))
     return str(path)
 
 
 def _state(cfg) -> dict:
-    return json.loads((monitoring.monitor_dir(cfg) / "state.json").read_text())
+    return json.loads((monitoring.monitor_dir(cfg.workdir_path()) / "state.json").read_text())
 
 
 def _frame(rows: int = 6, start: int = 0) -> pd.DataFrame:
@@ -94,7 +105,7 @@ def test_a_hostile_file_is_recorded_unreadable_and_not_read_again_until_it_chang
     path = tmp_path / name
     write(path)
     path = _settle(path)
-    opened = monitoring.open_batch(cfg, path)
+    opened = _open(cfg, path)
     assert (opened.skip, opened.status, opened.fingerprint) == (True, "unreadable", None)
     reason = opened.reason
     assert reason.startswith("unreadable, left in place: ") and "\n" not in reason
@@ -109,7 +120,7 @@ def test_a_hostile_file_is_recorded_unreadable_and_not_read_again_until_it_chang
         raise AssertionError(f"{p} read again")
 
     monkeypatch.setattr(ledger, "read_table", no_read)
-    triage = monitoring.triage_batches(cfg, [path])
+    triage = monitoring.triage_batches(cfg.workdir_path(), [path])
     assert triage.new == []
     (entry,) = triage.skipped
     assert entry.status == "unreadable" and entry.reason.startswith(reason)
@@ -117,8 +128,8 @@ def test_a_hostile_file_is_recorded_unreadable_and_not_read_again_until_it_chang
 
     # Fixed (new content, new size and time): tried again, and processed.
     _table(tmp_path / name, order=1)
-    assert monitoring.triage_batches(cfg, [path]).new == [path]
-    fixed = monitoring.open_batch(cfg, path)
+    assert monitoring.triage_batches(cfg.workdir_path(), [path]).new == [path]
+    fixed = _open(cfg, path)
     assert (fixed.skip, fixed.status, fixed.rows) == (False, "claimed", 6)
 
 
@@ -128,7 +139,7 @@ def test_the_reason_names_the_reserved_column_and_the_nested_one(cfg, tmp_path):
         path = tmp_path / kind.replace(" ", "-") / name
         path.parent.mkdir()
         write(path)
-        assert needle in monitoring.open_batch(cfg, _settle(path)).reason
+        assert needle in _open(cfg, _settle(path)).reason
 
 
 @pytest.mark.parametrize(("frame", "needle"), [
@@ -139,7 +150,7 @@ def test_the_reason_names_the_reserved_column_and_the_nested_one(cfg, tmp_path):
 def test_the_ledger_checks_what_a_reader_lets_through(cfg, tmp_path, monkeypatch, frame, needle):
     path = _table(tmp_path / "b.parquet")
     monkeypatch.setattr(ledger, "read_table", lambda p: frame)
-    opened = monitoring.open_batch(cfg, path)
+    opened = _open(cfg, path)
     assert opened.status == "unreadable" and needle in opened.reason
     assert _state(cfg)["batches"] == {}
 
@@ -151,7 +162,7 @@ def test_any_exception_of_one_file_is_one_line_and_an_interrupt_is_not_swallowed
         raise RuntimeError("decoder gave up\nTraceback line two")
 
     monkeypatch.setattr(ledger, "read_table", broken)
-    opened = monitoring.open_batch(cfg, path)
+    opened = _open(cfg, path)
     assert opened.status == "unreadable"
     assert opened.reason == "unreadable, left in place: RuntimeError: decoder gave up"
 
@@ -161,14 +172,14 @@ def test_any_exception_of_one_file_is_one_line_and_an_interrupt_is_not_swallowed
     os.utime(path, ns=(OLD_NS + 5, OLD_NS + 5))
     monkeypatch.setattr(ledger, "read_table", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        monitoring.open_batch(cfg, path)
+        _open(cfg, path)
 
 
 def test_a_snapshot_parquet_cannot_hold_is_unreadable(cfg, tmp_path, monkeypatch):
     path = _table(tmp_path / "b.parquet")
     # A column of mixed values (what a lenient reader may hand back): hashable, but no Parquet type holds it.
     monkeypatch.setattr(ledger, "read_table", lambda p: pd.DataFrame({"a": [1, "x"], "label": [0, 1]}))
-    opened = monitoring.open_batch(cfg, path)
+    opened = _open(cfg, path)
     assert opened.status == "unreadable" and "Arrow" in opened.reason
     assert _state(cfg)["batches"] == {}
 
@@ -197,15 +208,15 @@ def test_a_symlink_is_refused_by_name_and_its_target_is_never_read(cfg, tmp_path
     reads = []
     real_read = ledger.read_table
     monkeypatch.setattr(ledger, "read_table", lambda p: reads.append(str(p)) or real_read(p))
-    opened = monitoring.open_batch(cfg, str(link))
+    opened = _open(cfg, str(link))
     assert opened.status == "refused" and opened.fingerprint is None
     assert "link.csv is a symbolic link" in opened.reason
     assert reads == []
-    written = (monitoring.monitor_dir(cfg) / "state.json").read_text()
+    written = (monitoring.monitor_dir(cfg.workdir_path()) / "state.json").read_text()
     for leaked in ("TOP_SECRET", str(pointed[target]), "secret.csv"):
         assert leaked not in opened.reason and leaked not in written
     assert _state(cfg)["files"][str(link)]["status"] == "refused"
-    (entry,) = monitoring.triage_batches(cfg, [str(link)]).skipped
+    (entry,) = monitoring.triage_batches(cfg.workdir_path(), [str(link)]).skipped
     assert entry.status == "refused"
 
 
@@ -224,9 +235,9 @@ def test_a_file_swapped_for_a_link_while_read_is_left_pending(cfg, tmp_path, mon
         return real_read(p)
 
     monkeypatch.setattr(ledger, "read_table", swap_then_read)
-    opened = monitoring.open_batch(cfg, str(path))
+    opened = _open(cfg, str(path))
     assert opened.status == "pending" and "TOP_SECRET" not in opened.model_dump_json()
-    assert monitoring.read_state(cfg).files == {}
+    assert monitoring.read_state(cfg.workdir_path()).files == {}
 
 
 def test_data_that_is_a_symlink_to_a_file_is_an_error_naming_the_link(tmp_path):
@@ -275,15 +286,16 @@ def test_a_file_being_written_is_pending_then_processed_once_with_every_row(cfg,
     path.parent.mkdir()
     _frame(5).to_csv(path, index=False)
     with Appender(path, start=5) as writer:
-        opened = monitoring.open_batch(cfg, str(path))
+        opened = _open(cfg, str(path))
     assert (opened.skip, opened.status) == (True, "pending")
     assert "not yet stable" in opened.reason
-    assert monitoring.read_state(cfg).files == {} and monitoring.read_state(cfg).batches == {}
+    state = monitoring.read_state(cfg.workdir_path())
+    assert state.files == {} and state.batches == {}
 
     # Written to the end and left alone: processed once, with every row.
     _settle(path)
-    assert monitoring.triage_batches(cfg, [str(path)]).new == [str(path)]
-    opened = monitoring.open_batch(cfg, str(path))
+    assert monitoring.triage_batches(cfg.workdir_path(), [str(path)]).new == [str(path)]
+    opened = _open(cfg, str(path))
     assert (opened.status, opened.rows, opened.change) == ("claimed", writer.next, None)
     assert pd.read_parquet(opened.path)["a"].tolist() == list(range(writer.next))
 
@@ -292,7 +304,7 @@ def test_a_young_file_that_stands_still_is_read_after_the_settle_interval(cfg, t
     path = tmp_path / "b.parquet"
     _frame().to_parquet(path, index=False)  # modified just now, then left alone
     started = time.monotonic()
-    opened = monitoring.open_batch(cfg, str(path))
+    opened = _open(cfg, str(path))
     assert opened.status == "claimed"
     assert time.monotonic() - started >= monitoring.SETTLE_S * 0.9
 
@@ -308,12 +320,12 @@ def test_a_file_that_changes_while_it_is_read_is_pending(cfg, tmp_path, monkeypa
         return frame
 
     monkeypatch.setattr(ledger, "read_table", read_while_appending)
-    assert monitoring.open_batch(cfg, str(path)).status == "pending"
-    assert monitoring.read_state(cfg).files == {}
+    assert _open(cfg, str(path)).status == "pending"
+    assert monitoring.read_state(cfg.workdir_path()).files == {}
 
 
 def _mark_done(cfg, opened):
-    with monitoring.locked_state(cfg) as state:
+    with monitoring.locked_state(cfg.workdir_path()) as state:
         state.batches[opened.fingerprint] = monitoring.BatchRecord(
             status="done", source=opened.source, processed_at="2026-01-01T00:00:00+00:00",
             entry=monitoring.BatchEntry(fingerprint=opened.fingerprint, source=opened.source, status="processed",
@@ -323,27 +335,27 @@ def _mark_done(cfg, opened):
 
 def test_rows_appended_to_a_processed_file_are_a_batch_of_their_own(cfg, tmp_path):
     path = tmp_path / "b.csv"
-    first = monitoring.open_batch(cfg, _table(path))
+    first = _open(cfg, _table(path))
     _mark_done(cfg, first)
 
     _frame(4, 6).to_csv(path, mode="a", header=False, index=False)
     _settle(path, order=1)
-    second = monitoring.open_batch(cfg, str(path))
+    second = _open(cfg, str(path))
     assert second.status == "claimed" and second.fingerprint != first.fingerprint
     assert second.rows == 4 and pd.read_parquet(second.path)["a"].tolist() == [6, 7, 8, 9]
     assert "appended to since it was processed" in second.change and "4 new rows" in second.change
     # Failed and released: the next try still takes only the new rows.
-    monitoring.release_batch(cfg, second)
-    retried = monitoring.open_batch(cfg, str(path))
+    monitoring.release_batch(cfg.workdir_path(), second)
+    retried = _open(cfg, str(path))
     assert (retried.fingerprint, retried.rows) == (second.fingerprint, 4)
     _mark_done(cfg, retried)
 
     _settle(path, order=2)  # touched, same content: already processed
-    again = monitoring.open_batch(cfg, str(path))
+    again = _open(cfg, str(path))
     assert again.status == "skipped" and "already processed" in again.reason
 
     _table(path, rows=3, start=50, order=3)  # rewritten: a new batch of the whole file, said so
-    rewritten = monitoring.open_batch(cfg, str(path))
+    rewritten = _open(cfg, str(path))
     assert rewritten.rows == 3 and "processed in full as a new batch" in rewritten.change
 
 
@@ -368,31 +380,29 @@ DRIFTED = monitoring.Analysis(
 
 def _reference(cfg) -> monitoring.Reference:
     """The reference of the monitored model (the name a claim records)."""
-    from normlab.registry import registry_name
-
     return monitoring.Reference(model=registry_name(cfg), run_id="run-1", version="1", selected_by="champion",
                                 reference_accuracy=None, reference="ref.parquet", encoder="encoder.json")
 
 
 def _claimed(cfg, tmp_path, name: str, order: int) -> monitoring.LandedBatch:
-    return monitoring.open_batch(cfg, _table(tmp_path / name, start=order * 10, order=order))
+    return _open(cfg, _table(tmp_path / name, start=order * 10, order=order))
 
 
 def test_a_decision_is_committed_with_the_streak_and_counted_once(cfg, tmp_path):
     reference = _reference(cfg)
     batch = _claimed(cfg, tmp_path, "b.parquet", 0)
     gated = GATED.model_copy(update={"accepted_path": "b/accepted.parquet"})
-    first = monitoring.decide_batch(cfg, batch, reference, DRIFTED, gated)
+    first = _decide(cfg, batch, reference, DRIFTED, gated)
     assert (first.level, first.streak, first.alert) == ("suspected", 1, False)
     history = _state(cfg)["models"][reference.model]
     assert (history["streak"], history["streak_batches"]) == (1, ["b/accepted.parquet"])
 
     # A retried task, or a release and a new claim (a later stage failed): the same decision, counted once.
-    assert monitoring.decide_batch(cfg, batch, reference, DRIFTED, gated).streak == 1
-    monitoring.release_batch(cfg, batch)
+    assert _decide(cfg, batch, reference, DRIFTED, gated).streak == 1
+    monitoring.release_batch(cfg.workdir_path(), batch)
     assert _state(cfg)["batches"][batch.fingerprint]["status"] == "released"
-    again = monitoring.open_batch(cfg, batch.source)
-    assert monitoring.decide_batch(cfg, again, reference, DRIFTED, gated).streak == 1
+    again = _open(cfg, batch.source)
+    assert _decide(cfg, again, reference, DRIFTED, gated).streak == 1
     assert _state(cfg)["models"][reference.model]["streak"] == 1
 
 
@@ -401,12 +411,12 @@ def test_a_due_alert_starts_the_cooldown_at_once_and_a_failed_delivery_drops_it(
     reference = _reference(cfg)
     first = _claimed(cfg, tmp_path, "a.parquet", 0)
     second = _claimed(cfg, tmp_path, "b.parquet", 1)
-    decided = monitoring.decide_batch(cfg, first, reference, DRIFTED, GATED)
+    decided = _decide(cfg, first, reference, DRIFTED, GATED)
     assert decided.alert is True
     (pending,) = _state(cfg)["models"][reference.model]["alerts"]
     assert (pending["fingerprint"], pending["delivered"]) == (first.fingerprint, None)
     # Another monitor deciding meanwhile sees the pending alert: a repeat, held back.
-    held = monitoring.decide_batch(cfg, second, reference, DRIFTED, GATED)
+    held = _decide(cfg, second, reference, DRIFTED, GATED)
     assert held.alert is False and "repeats the alert" in held.reason
 
     history = monitoring.ModelHistory.model_validate(_state(cfg)["models"][reference.model])
@@ -418,7 +428,7 @@ def test_a_due_alert_starts_the_cooldown_at_once_and_a_failed_delivery_drops_it(
 
 
 def _owned_by_another_live_process(cfg, batch) -> None:
-    with monitoring.locked_state(cfg) as state:
+    with monitoring.locked_state(cfg.workdir_path()) as state:
         claim = state.batches[batch.fingerprint]
         state.batches[batch.fingerprint] = claim.model_copy(update={"pid": os.getppid()})
 
@@ -428,17 +438,17 @@ def test_a_decision_waits_for_an_earlier_batch_another_monitor_is_processing(cfg
     earlier = _claimed(cfg, tmp_path, "a.parquet", 0)
     later = _claimed(cfg, tmp_path, "b.parquet", 1)
     _owned_by_another_live_process(cfg, earlier)
-    assert monitoring.earlier_claims(monitoring.read_state(cfg), later, reference.model)
-    assert not monitoring.earlier_claims(monitoring.read_state(cfg), earlier, reference.model)
-    assert not monitoring.earlier_claims(monitoring.read_state(cfg), later, "another-model")
+    assert monitoring.earlier_claims(monitoring.read_state(cfg.workdir_path()), later, reference.model)
+    assert not monitoring.earlier_claims(monitoring.read_state(cfg.workdir_path()), earlier, reference.model)
+    assert not monitoring.earlier_claims(monitoring.read_state(cfg.workdir_path()), later, "another-model")
 
     decisions: list = []
     waiting = threading.Thread(target=lambda: decisions.append(
-        monitoring.decide_batch(cfg, later, reference, DRIFTED, GATED)))
+        _decide(cfg, later, reference, DRIFTED, GATED)))
     waiting.start()
     time.sleep(1.0)
-    assert waiting.is_alive() and reference.model not in monitoring.read_state(cfg).models
-    first = monitoring.decide_batch(cfg, earlier, reference, DRIFTED, GATED)  # the other monitor decides
+    assert waiting.is_alive() and reference.model not in monitoring.read_state(cfg.workdir_path()).models
+    first = _decide(cfg, earlier, reference, DRIFTED, GATED)  # the other monitor decides
     waiting.join(timeout=30)
     assert (first.level, first.streak) == ("suspected", 1)
     (decided,) = decisions
@@ -450,5 +460,5 @@ def test_a_decision_waits_at_most_the_order_limit_and_says_so(cfg, tmp_path, mon
     later = _claimed(cfg, tmp_path, "b.parquet", 1)
     _owned_by_another_live_process(cfg, earlier)
     monkeypatch.setattr(analysis, "_ORDER_WAIT_S", 0.5)
-    decided = monitoring.decide_batch(cfg, later, _reference(cfg), DRIFTED, GATED)
+    decided = _decide(cfg, later, _reference(cfg), DRIFTED, GATED)
     assert decided.streak == 1 and "decided before earlier batch(es) a.parquet" in decided.reason
