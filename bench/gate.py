@@ -36,10 +36,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from normlab.gate.contracts import Suite
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results_gate.json")
@@ -62,7 +65,7 @@ def digits_like(rows: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(np.asfortranarray(picked), columns=digits.columns)
 
 
-def pandas_pass(df: pd.DataFrame, suite: dict[str, Any], cfg: Any, index: pd.DataFrame) -> int:
+def pandas_pass(df: pd.DataFrame, suite: Suite, cfg: Any, index: pd.DataFrame) -> int:
     """The gate's checks as a plain pandas script; returns the number of rejected rows."""
     from sklearn.neighbors import NearestNeighbors
 
@@ -70,18 +73,18 @@ def pandas_pass(df: pd.DataFrame, suite: dict[str, Any], cfg: Any, index: pd.Dat
     features = [c for c in df.columns if c != label]
     bad = pd.Series(False, index=df.index)
     table_ok = True
-    for exp in suite["expectations"]:
-        kw = exp["kwargs"]
-        if exp["type"] == "expect_table_columns_to_match_set":
+    for exp in suite.expectations:
+        kw = exp.kwargs
+        if exp.type == "expect_table_columns_to_match_set":
             table_ok &= set(df.columns) == set(kw["column_set"])
-        elif exp["type"] == "expect_table_row_count_to_be_between":
+        elif exp.type == "expect_table_row_count_to_be_between":
             table_ok &= len(df) >= kw["min_value"]
-        elif exp["type"] == "expect_column_values_to_not_be_null":
+        elif exp.type == "expect_column_values_to_not_be_null":
             bad |= df[kw["column"]].isna()
-        elif exp["type"] == "expect_column_values_to_be_between":
+        elif exp.type == "expect_column_values_to_be_between":
             col = df[kw["column"]]
             bad |= col.notna() & ~col.between(kw["min_value"], kw["max_value"])
-        elif exp["type"] == "expect_column_values_to_be_in_set":
+        elif exp.type == "expect_column_values_to_be_in_set":
             col = df[kw["column"]]
             bad |= col.notna() & ~col.isin(kw["value_set"])
     numeric = df.select_dtypes("number")
@@ -124,6 +127,7 @@ def run(rows: int, *, repeats: int | None = None, gx: bool = False) -> dict[str,
 
     from normlab import gate
     from normlab.config import load_config
+    from normlab.contracts import Batch
     from normlab.data.fingerprint import fingerprint_frame
     from normlab.gate import checks
     from normlab.gate.expectations import evaluate_suite, load_suite
@@ -133,7 +137,7 @@ def run(rows: int, *, repeats: int | None = None, gx: bool = False) -> dict[str,
     earlier = digits_like(INDEX_ROWS, seed=3)
     features = [c for c in frame.columns if c != "label"]
     suite = load_suite(SUITE)
-    out: dict[str, Any] = {"rows": rows, "columns": frame.shape[1], "expectations": len(suite["expectations"]),
+    out: dict[str, Any] = {"rows": rows, "columns": frame.shape[1], "expectations": len(suite.expectations),
                            "cpus": os.cpu_count(), "repeats": repeats}
     with tempfile.TemporaryDirectory(prefix="normlab-bench-gate-") as tmp:
         cfg = load_config(REPO / "configs" / "digits.yaml", [f"workdir={tmp}/work", f"data.expectations={SUITE}"])
@@ -159,12 +163,12 @@ def run(rows: int, *, repeats: int | None = None, gx: bool = False) -> dict[str,
 
         snapshot = Path(tmp) / "batch.parquet"
         frame.to_parquet(snapshot, index=False)
-        batch = {"path": str(snapshot), "source": "bench", "fingerprint": fingerprint_frame(frame),
-                 "rows": rows, "columns": list(frame.columns)}
+        batch = Batch(path=str(snapshot), source="bench", fingerprint=fingerprint_frame(frame), rows=rows,
+                      columns=list(frame.columns))
         start = time.perf_counter()
         result = gate.run_gate(cfg, batch, Path(tmp) / "run")
         out["end_to_end_s"] = round(time.perf_counter() - start, 3)
-        out["blocked"] = result["blocked"]
+        out["blocked"] = result.blocked
 
         out["gx_s"] = None
         if gx:

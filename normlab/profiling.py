@@ -17,7 +17,7 @@ types check rejects those rows, in the trusted file as in any later batch.
 The config points at the file and the suite, sets the gate's thresholds from
 the same file (label-noise share, rarest class) so the trusted file itself
 passes, and sets a promotion threshold a majority-class model fails
-(`promotion_settings`).
+(`promotion_settings`). What it fitted and wrote comes back typed (`Initialized`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from pydantic import BaseModel, ConfigDict
 
-from normlab.config import GateConfig, SplitsConfig, validate_config
+from normlab.config import GateConfig, PipelineConfig, SplitsConfig, validate_config
 from normlab.data.types import EXACT_INT, ColumnType, infer_types
 from normlab.errors import ConfigError, DataSourceError
 from normlab.gate import assess
 from normlab.gate.checks import content_hashes
+from normlab.gate.contracts import Expectation, Suite
 from normlab.label_noise import check_label_noise
 
 # Text columns with at most this many distinct values get a value set.
@@ -65,6 +68,78 @@ NOISE_MAX_SHARE = 0.5
 _FLOAT_MAX = sys.float_info.max
 
 
+class _Contract(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProfileMeta(_Contract):
+    """What `profile_suite` keeps in the suite's ``meta.normlab``; ``stray_values`` only when a column had some."""
+
+    profiled_from: str
+    rows: int
+    label: str
+    column_types: dict[str, str]
+    stray_values: dict[str, int] | None = None
+
+
+class NoiseFit(_Contract):
+    """A label-noise threshold fitted to a trusted frame (`fit_label_noise`); ``held_out`` None when not estimated."""
+
+    max_share: float
+    leave_one_out: float
+    held_out: float | None = None
+    margin: float
+    rows: int
+
+
+class MaxShare(_Contract):
+    """A ``gate.<check>`` section that sets ``max_share``."""
+
+    max_share: float
+
+
+class MinShare(_Contract):
+    """A ``gate.<check>`` section that sets ``min_share``."""
+
+    min_share: float
+
+
+class GateSettings(_Contract):
+    """Gate thresholds fitted to a trusted frame (`gate_settings`): the ``gate`` section init writes (the set ones)."""
+
+    label_noise: MaxShare | None = None
+    class_balance: MinShare | None = None
+    leakage: MaxShare | None = None
+
+
+class PromotionFit(_Contract):
+    """The promotion threshold init writes (`promotion_settings`), and how it was set."""
+
+    thresholds: dict[str, float]
+    majority: str | int | float | bool
+    majority_share: float
+    test_rows: int
+    standard_error: float
+    margin: float
+
+
+@dataclass(frozen=True)
+class Initialized:
+    """What `init_project` wrote and found (the config, and `infer_types` per column, are kept as objects)."""
+
+    suite_path: str
+    config_path: str
+    name: str
+    rows: int
+    expectations: int
+    config: PipelineConfig
+    types: dict[str, ColumnType]
+    stray_rows: int
+    promotion: PromotionFit
+    own_rows_rejected: int
+    own_failures: list[str]
+
+
 def safe_name(name: str) -> str:
     """Check a suite/config name is one plain file-name segment; return it."""
     if not name or name in {".", ".."} or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
@@ -81,8 +156,8 @@ def name_from_path(path: Path) -> str:
 
 def profile_suite(
     frame: pd.DataFrame, label: str, *, name: str, source: str, types: dict[str, ColumnType] | None = None,
-) -> dict[str, Any]:
-    """An expectation suite (Great Expectations JSON) describing a trusted frame.
+) -> Suite:
+    """An expectation suite (Great Expectations JSON with `Suite.to_json`) describing a trusted frame.
 
     Args:
         frame: The frame as read.
@@ -97,7 +172,7 @@ def profile_suite(
         types, typed = infer_types(frame)
     else:
         typed = frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce") for c, t in types.items() if t.from_text})
-    expectations: list[dict[str, Any]] = [
+    expectations: list[Expectation] = [
         _exp("expect_table_columns_to_match_set", {"column_set": columns},
              "block", "the model is built for exactly these columns"),
         _exp("expect_table_row_count_to_be_between", {"min_value": max(1, n // 10), "max_value": n * 10},
@@ -137,14 +212,13 @@ def profile_suite(
                 "quarantine", f"observed {seen_lo}..{seen_hi}, widened by {RANGE_MARGIN:.0%}"))
     column_types = {column: types[column].kind for column in columns}
     stray = {column: int(t.stray.size) for column, t in types.items() if t.stray.size}
-    meta: dict[str, Any] = {"profiled_from": source, "rows": n, "label": label, "column_types": column_types}
-    if stray:
-        meta["stray_values"] = stray
-    return {"name": name, "expectations": expectations, "meta": {"normlab": meta}}
+    meta = ProfileMeta(profiled_from=source, rows=n, label=label, column_types=column_types,
+                       stray_values=stray or None)
+    return Suite(name=name, expectations=expectations, meta={"normlab": meta.model_dump(exclude_none=True)})
 
 
-def _exp(kind: str, kwargs: dict[str, Any], severity: str, why: str) -> dict[str, Any]:
-    return {"type": kind, "kwargs": kwargs, "meta": {"why": why, "severity": severity}}
+def _exp(kind: str, kwargs: dict[str, Any], severity: str, why: str) -> Expectation:
+    return Expectation(type=kind, kwargs=kwargs, meta={"why": why, "severity": severity})
 
 
 def _scalar(value: Any) -> Any:
@@ -189,7 +263,7 @@ def _round_out(value: float, *, up: bool) -> float:
 
 def fit_label_noise(
     frame: pd.DataFrame, features: list[str], label: str, *, k: int, sample_rows: int, seed: int = 0,
-) -> dict[str, Any] | None:
+) -> NoiseFit | None:
     """A label-noise threshold fitted to a trusted frame that transfers to new batches of any size.
 
     The kNN disagreement of a batch depends on how many rows its neighbours
@@ -211,9 +285,10 @@ def fit_label_noise(
     test covers the batch's, so a small batch is not blocked for being small.
 
     Returns:
-        ``max_share``, ``leave_one_out``, ``held_out``, ``margin`` and
-        ``rows`` (rows of the frame scored), or None when the check cannot
-        run on the frame (no label, no numeric features, too few rows).
+        The `NoiseFit`: ``max_share``, ``leave_one_out``, ``held_out`` (None
+        when the frame is too small to cut), ``margin`` and ``rows`` (rows of
+        the frame scored); or None when the check cannot run on the frame (no
+        label, no numeric features, too few rows).
     """
     own = check_label_noise(frame, features, label, k=k, max_share=1.0, sample_rows=sample_rows, seed=seed).result
     if not isinstance(own.observed, float):
@@ -243,10 +318,10 @@ def fit_label_noise(
     share = max(estimates.values())
     margin = max(NOISE_MIN_MARGIN, math.sqrt(share * (1.0 - share) / rows))
     max_share = min(NOISE_MAX_SHARE, math.ceil((share + margin) * 1000) / 1000)
-    return {"max_share": max_share, **estimates, "margin": round(margin, 6), "rows": rows}
+    return NoiseFit(max_share=max_share, **estimates, margin=round(margin, 6), rows=rows)
 
 
-def gate_settings(frame: pd.DataFrame, label: str, *, seed: int = 0) -> dict[str, Any]:
+def gate_settings(frame: pd.DataFrame, label: str, *, seed: int = 0) -> GateSettings:
     """Gate thresholds fitted to a trusted frame, so that it and new rows like it pass them.
 
     Label noise: `fit_label_noise` (the larger of the frame's leave-one-out
@@ -259,25 +334,23 @@ def gate_settings(frame: pd.DataFrame, label: str, *, seed: int = 0) -> dict[str
     features = [str(c) for c in frame.columns if c != label]
     noise = fit_label_noise(frame, features, label, k=defaults.label_noise.k,
                             sample_rows=defaults.label_noise.sample_rows, seed=seed)
-    settings: dict[str, Any] = {}
-    if noise is not None:
-        # Catches flipped labels, not data that is merely hard.
-        settings["label_noise"] = {"max_share": noise["max_share"]}
+    # Catches flipped labels, not data that is merely hard.
+    label_noise = MaxShare(max_share=noise.max_share) if noise is not None else None
     shares = frame[label].value_counts(normalize=True)
+    class_balance = None
     if len(shares):
         rarest = float(shares.min())
-        settings["class_balance"] = {"min_share": round(min(defaults.class_balance.min_share, rarest / 2), 6)}
+        class_balance = MinShare(min_share=round(min(defaults.class_balance.min_share, rarest / 2), 6))
     # Rows sharing their features with a row of another label can land on both sides of the split:
     # data like this leaks by nature, so the leakage threshold starts above its share.
     groups = pd.DataFrame({"features": content_hashes(frame, features), "label": frame[label].astype(str)})
     labels_per_features = groups.groupby("features")["label"].transform("nunique")
     ambiguous = float((labels_per_features > 1).mean())
-    if ambiguous > 0:
-        settings["leakage"] = {"max_share": round(min(1.0, 1.2 * ambiguous + 0.01), 3)}
-    return settings
+    leakage = MaxShare(max_share=round(min(1.0, 1.2 * ambiguous + 0.01), 3)) if ambiguous > 0 else None
+    return GateSettings(label_noise=label_noise, class_balance=class_balance, leakage=leakage)
 
 
-def promotion_settings(labels: pd.Series, *, test_fraction: float) -> dict[str, Any]:
+def promotion_settings(labels: pd.Series, *, test_fraction: float) -> PromotionFit:
     """A promotion threshold that a model always predicting the majority class fails.
 
     On a test split of ``test_fraction`` of the labelled rows, that rule's
@@ -288,7 +361,7 @@ def promotion_settings(labels: pd.Series, *, test_fraction: float) -> dict[str, 
     split asks for a clearer win.
 
     Returns:
-        ``thresholds`` (for ``promotion.thresholds``), and how it was set:
+        The `PromotionFit`: ``thresholds`` (for ``promotion.thresholds``), and how it was set:
         ``majority`` (the class), ``majority_share``, ``test_rows``,
         ``standard_error`` and ``margin``.
     """
@@ -300,9 +373,9 @@ def promotion_settings(labels: pd.Series, *, test_fraction: float) -> dict[str, 
     margin = max(PROMOTION_MIN_MARGIN, PROMOTION_Z * error)
     # Rounded to 6 places first, so that float noise (0.55 + 0.1) does not round up a whole step.
     at_least = min(1.0, math.ceil(round((share + margin) * 1000, 6)) / 1000)
-    return {"thresholds": {"id/test/accuracy": at_least}, "majority": _scalar(counts.index[0]),
-            "majority_share": round(share, 4), "test_rows": test_rows, "standard_error": round(error, 4),
-            "margin": round(margin, 4)}
+    return PromotionFit(thresholds={"id/test/accuracy": at_least}, majority=_scalar(counts.index[0]),
+                        majority_share=round(share, 4), test_rows=test_rows, standard_error=round(error, 4),
+                        margin=round(margin, 4))
 
 
 def check_trainable(labels: pd.Series, *, source: str, label: str) -> None:
@@ -324,7 +397,7 @@ def init_project(
     name: str | None = None,
     force: bool = False,
     root: str | Path = ".",
-) -> dict[str, Any]:
+) -> Initialized:
     """Write ``expectations/NAME.json`` and ``configs/NAME.yaml`` for a trusted data file.
 
     Args:
@@ -335,7 +408,7 @@ def init_project(
         root: The project folder (the config's paths are relative to it).
 
     Returns:
-        ``suite_path``, ``config_path``, ``name``, ``rows``, ``expectations``,
+        The `Initialized`: ``suite_path``, ``config_path``, ``name``, ``rows``, ``expectations`` (how many),
         the config, ``types`` (`infer_types` per column), ``stray_rows`` (rows
         with a stray value in a numeric column), ``promotion`` (how its
         threshold was set, `promotion_settings`), and how the file fares at its
@@ -381,25 +454,25 @@ def init_project(
         "data": data_section,
         "splits": {"ood": []},
         "model": {"family": "mlp", "norm": "batch"},
-        "gate": gate_settings(clean, label),
-        "promotion": {"thresholds": promotion["thresholds"]},
+        "gate": gate_settings(clean, label).model_dump(exclude_none=True),
+        "promotion": {"thresholds": dict(promotion.thresholds)},
     }
     cfg = validate_config(raw, source=str(config_path))
     # The file should pass its own gate; stray values, duplicate rows or a tiny file are what it can still catch.
     own = assess(frame, cfg, suite)
     own_failures = [c.label for c in own.checks if c.outcome in ("quarantined", "blocked")]
-    (metric, at_least), = promotion["thresholds"].items()
+    (metric, at_least), = promotion.thresholds.items()
     header = (f"# Profiled by `normlab init` from {shown} ({len(frame)} rows, label {label!r}).\n"
               f"# Run it: normlab run configs/{name}.yaml   Check a new batch: normlab validate "
               f"configs/{name}.yaml --data NEW.csv\n"
-              f"# Promotion: {metric} >= {at_least}. Always predicting {promotion['majority']!r} scores about "
-              f"{promotion['majority_share']} +- {promotion['standard_error']} on ~{promotion['test_rows']} test rows;\n"
+              f"# Promotion: {metric} >= {at_least}. Always predicting {promotion.majority!r} scores about "
+              f"{promotion.majority_share} +- {promotion.standard_error} on ~{promotion.test_rows} test rows;\n"
               f"# the threshold is {PROMOTION_Z:g} standard errors above it (at least {PROMOTION_MIN_MARGIN}).\n")
     suite_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.parent.mkdir(parents=True, exist_ok=True)
-    suite_path.write_text(json.dumps(suite, indent=1) + "\n", encoding="utf-8")
+    suite_path.write_text(json.dumps(suite.to_json(), indent=1) + "\n", encoding="utf-8")
     config_path.write_text(header + yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    return {"suite_path": str(suite_path), "config_path": str(config_path), "name": name, "rows": len(frame),
-            "expectations": len(suite["expectations"]), "config": cfg, "types": types,
-            "stray_rows": int(stray.size), "promotion": promotion,
-            "own_rows_rejected": len(frame) - int(own.accepted.size), "own_failures": own_failures}
+    return Initialized(suite_path=str(suite_path), config_path=str(config_path), name=name, rows=len(frame),
+                       expectations=len(suite.expectations), config=cfg, types=types, stray_rows=int(stray.size),
+                       promotion=promotion, own_rows_rejected=len(frame) - int(own.accepted.size),
+                       own_failures=own_failures)

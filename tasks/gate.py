@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from normlab import gate
 from normlab.config import PipelineConfig
 from normlab.contracts import Batch, RunHandle, Splits
+from normlab.gate.contracts import GateResult, LeakageAudit
 from normlab.tasks.policy import TRANSIENT
 
 
-def publish_gate(result: dict[str, Any]) -> None:
+def publish_gate(result: GateResult) -> None:
     """Publish the per-check table and the row accounting as Prefect artifacts (call inside a task)."""
-    create_table_artifact(key="data-gate-checks", table=gate.check_table(result["report"]),
+    create_table_artifact(key="data-gate-checks", table=[row.model_dump() for row in gate.check_table(result.report)],
                           description="Data gate: one row per failed check, passed checks grouped")
     create_markdown_artifact(key="data-gate", markdown=gate.markdown_summary(result),
                              description="Data gate: outcome and row accounting")
-    blocked = " (blocked)" if result["blocked"] else ""
-    get_run_logger().info("data gate: %d rows in = %d accepted + %d quarantined%s", result["rows_in"],
-                          result["rows_accepted"], result["rows_quarantined"], blocked)
+    blocked = " (blocked)" if result.blocked else ""
+    get_run_logger().info("data gate: %d rows in = %d accepted + %d quarantined%s", result.rows_in,
+                          result.rows_accepted, result.rows_quarantined, blocked)
 
 
 @task(name="check-splits", **TRANSIENT)
 def check_splits(
     cfg: PipelineConfig, batch: Batch, prepared: Splits, run: RunHandle
-) -> dict[str, Any]:
+) -> LeakageAudit:
     """Stop when evaluation rows share their features with training rows; index them for later batches."""
     return gate.check_splits(cfg, batch, prepared, run.run_dir, run_id=run.run_id)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -14,31 +15,37 @@ from normlab.cli.app import ConfigArg, DataOpt, SetOpt, SummaryOpt, app, console
 from normlab.cli.common import fail, load_or_fail, prepare_environment, write_summary
 from normlab.errors import NormlabError
 
+if TYPE_CHECKING:
+    from normlab.gate.contracts import CheckRow, GateReport
+
 _STYLE = {"blocked": "bold red", "quarantined": "yellow", "warned": "yellow", "passed": "green", "off": "dim"}
 
 
-def gate_table(rows: list[dict[str, Any]]) -> Table:
-    """The per-check table, as `normlab.gate.check_table` lays it out."""
+def gate_table(rows: Sequence[CheckRow | Mapping[str, Any]]) -> Table:
+    """The per-check table, as `normlab.gate.check_table` lays it out (rows as JSON too: a run summary's)."""
+    from normlab.gate.contracts import CheckRow
+
     table = Table(title="Data gate")
     for name, justify in (("check", "left"), ("column", "left"), ("severity", "left"), ("outcome", "left"),
                           ("rows", "right"), ("detail", "left")):
         table.add_column(name, justify=justify, overflow="fold", no_wrap=name == "check")
-    for row in rows:
-        style = _STYLE.get(row["outcome"], "")
-        table.add_row(row["check"], row["column"], row["severity"], f"[{style}]{row['outcome']}[/]",
-                      str(row["rows"]), row["detail"])
+    for row in (r if isinstance(r, CheckRow) else CheckRow.model_validate(r) for r in rows):
+        style = _STYLE.get(row.outcome, "")
+        table.add_row(row.check, row.column, row.severity, f"[{style}]{row.outcome}[/]", str(row.rows), row.detail)
     return table
 
 
-def print_gate_report(report: dict[str, Any]) -> None:
-    """Print a validation report's per-check table and its row accounting."""
+def print_gate_report(report: GateReport | Mapping[str, Any]) -> None:
+    """Print a validation report's per-check table and its row accounting (the report as JSON too: an error's)."""
     from normlab.gate import check_table
+    from normlab.gate.contracts import GateReport
 
+    report = report if isinstance(report, GateReport) else GateReport.model_validate(report)
     console.print(gate_table(check_table(report)))
-    console.print(f"rows in {report['rows_in']} = accepted {report['rows_accepted']} "
-                  f"+ quarantined {report['rows_quarantined']}", highlight=False)
-    if report.get("quarantine_path"):
-        console.print(f"rejected rows, with reasons: {report['quarantine_path']}", soft_wrap=True, highlight=False)
+    console.print(f"rows in {report.rows_in} = accepted {report.rows_accepted} "
+                  f"+ quarantined {report.rows_quarantined}", highlight=False)
+    if report.quarantine_path:
+        console.print(f"rejected rows, with reasons: {report.quarantine_path}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -68,14 +75,14 @@ def validate(
             out_dir.rmdir()  # an unreadable file leaves nothing behind
         raise fail(exc, exc.exit_code) from None
 
-    print_gate_report(result["report"])
-    console.print(f"report: {result['html_path']}", soft_wrap=True, highlight=False)
-    write_summary(summary, gate.summary(result))
+    print_gate_report(result.report)
+    console.print(f"report: {result.html_path}", soft_wrap=True, highlight=False)
+    write_summary(summary, gate.summary(result).model_dump())
     try:
         gate.enforce(result)
     except NormlabError as exc:
         raise fail(exc, exc.exit_code) from None
-    console.print("[green]passed[/]: accepted rows in " + result["accepted_path"], soft_wrap=True, highlight=False)
+    console.print("[green]passed[/]: accepted rows in " + result.accepted_path, soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -97,18 +104,18 @@ def init(
     except NormlabError as exc:
         raise fail(exc, exc.exit_code) from None
     here = Path.cwd()
-    suite = Path(made["suite_path"]).relative_to(here)
-    config = Path(made["config_path"]).relative_to(here)
-    console.print(f"profiled {made['rows']} rows: {suite} ({made['expectations']} expectations) and {config}",
+    suite = Path(made.suite_path).relative_to(here)
+    config = Path(made.config_path).relative_to(here)
+    console.print(f"profiled {made.rows} rows: {suite} ({made.expectations} expectations) and {config}",
                   highlight=False)
-    for line in type_summary(made["types"]):
+    for line in type_summary(made.types):
         console.print(line, soft_wrap=True, highlight=False, markup=False)
-    promotion = made["promotion"]
-    (metric, at_least), = promotion["thresholds"].items()
-    console.print(f"promotion: {metric} >= {at_least} (always predicting {promotion['majority']!r} scores about "
-                  f"{promotion['majority_share']})", soft_wrap=True, highlight=False, markup=False)
-    if made["own_failures"]:
-        console.print(f"[yellow]note[/]: the gate would reject {made['own_rows_rejected']} rows of this file itself "
-                      f"({', '.join(made['own_failures'])}); see normlab validate {config}", highlight=False)
+    promotion = made.promotion
+    (metric, at_least), = promotion.thresholds.items()
+    console.print(f"promotion: {metric} >= {at_least} (always predicting {promotion.majority!r} scores about "
+                  f"{promotion.majority_share})", soft_wrap=True, highlight=False, markup=False)
+    if made.own_failures:
+        console.print(f"[yellow]note[/]: the gate would reject {made.own_rows_rejected} rows of this file itself "
+                      f"({', '.join(made.own_failures)}); see normlab validate {config}", highlight=False)
     console.print(f"next: [bold]normlab run {config}[/]   then check new batches with "
                   f"[bold]normlab validate {config} --data NEW.csv[/]", soft_wrap=True, highlight=False)

@@ -8,6 +8,8 @@ The modules, by role:
 ``assessment``      `assess` (run the registered checks stage by stage, pure), `settle`
                     (write accepted rows, quarantine and reports; prove the accounting),
                     `run_gate`, `enforce`
+``contracts``       the typed hand-offs: `Suite`/`Expectation` (a suite file), `GateReport`
+                    (``validation.json``), `GateResult` (what `run_gate` returns), `LeakageAudit`
 ``check_registry``  the gate's checks by name (`CHECKS`): stage, evaluator, config
                     section, monitoring default; `severity_of`
 ``checks``          the gate's own vectorized checks (columns, types, duplicates, ...)
@@ -25,6 +27,16 @@ from __future__ import annotations
 
 from normlab.gate.assessment import Assessment, assess, enforce, run_gate, settle
 from normlab.gate.check_registry import CHECKS, CONTEXTS, MONITOR_DEFAULTS, severity_of
+from normlab.gate.contracts import (
+    CheckRecord,
+    CheckRow,
+    Expectation,
+    GateReport,
+    GateResult,
+    GateSummary,
+    LeakageAudit,
+    Suite,
+)
 from normlab.gate.reports import check_table, log_gate, markdown_summary, render_html, summary
 from normlab.gate.split_audit import check_splits, evaluation_index_dir, read_evaluation_index
 
@@ -33,6 +45,14 @@ __all__ = [
     "CONTEXTS",
     "MONITOR_DEFAULTS",
     "Assessment",
+    "CheckRecord",
+    "CheckRow",
+    "Expectation",
+    "GateReport",
+    "GateResult",
+    "GateSummary",
+    "LeakageAudit",
+    "Suite",
     "assess",
     "check_splits",
     "check_table",

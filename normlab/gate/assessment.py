@@ -37,6 +37,7 @@ from normlab.contracts import Batch, as_batch
 from normlab.data.fingerprint import fingerprint_frame
 from normlab.errors import DataValidationError
 from normlab.gate.check_registry import BATCH_STAGES, CheckContext, CheckEntry, checks_in, severity_of
+from normlab.gate.contracts import GateResult, Suite
 from normlab.gate.expectations import evaluate_suite, load_suite, unlabelled_suite
 from normlab.gate.quarantine import Rejection, annotate, verify_accounting, write_parquet
 from normlab.gate.reports import check_table, render_html
@@ -73,7 +74,7 @@ class Assessment:
 def assess(
     frame: pd.DataFrame,
     cfg: PipelineConfig,
-    suite: dict[str, Any] | None,
+    suite: Suite | None,
     *,
     evaluation_index: pd.DataFrame | None = None,
     context: str = "train",
@@ -187,7 +188,7 @@ def run_gate(
     *,
     context: str = "train",
     reference_path: str | Path | None = None,
-) -> dict[str, Any]:
+) -> GateResult:
     """Validate a batch, write the accepted rows and the quarantine, and check the accounting.
 
     In the ``monitor`` context the rows that can be read and typed are also
@@ -205,14 +206,11 @@ def run_gate(
         reference_path: Parquet of the model's training rows (monitoring: label noise against them).
 
     Returns:
-        ``report`` (the validation report dict), ``accepted_path`` (Parquet of
-        the accepted rows; None when blocked), ``accepted`` (the `Batch` of
-        the accepted rows; None when blocked), ``quarantine_path`` (Parquet of
-        the rejected rows, or None), ``quarantine_dir``, ``rows_in``,
-        ``rows_accepted``, ``rows_quarantined``, ``blocked`` (and its
-        opposite ``success``), ``failed`` (a line per failed check),
-        ``table`` (`check_table`), ``report_path`` and ``html_path``; in
-        monitoring also ``typed_path``, ``rows_typed`` and ``rows_untyped``.
+        The `GateResult`: the validation report (``report``, as in
+        ``validation.json``), the `Batch` of the accepted rows (``accepted``;
+        None when blocked), the quarantine, the row accounting, the per-check
+        table and the report's files; in monitoring also ``typed_path``,
+        ``rows_typed`` and ``rows_untyped``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -223,14 +221,14 @@ def run_gate(
     index = read_evaluation_index(evaluation_index_dir(cfg)) if contamination else None
     reference = pd.read_parquet(reference_path) if reference_path is not None else None
     assessment = assess(frame, cfg, suite, evaluation_index=index, context=context, reference=reference)
-    settled = settle(cfg, batch, frame, assessment, out_dir, suite_name=(suite or {}).get("name"))
-    settled["context"] = context
-    if context == "monitor":
-        typed = assessment.typed if assessment.typed is not None else np.arange(len(frame))
-        path = write_parquet(take_rows(assessment.typed_frame, typed), out_dir / "typed.parquet")
-        settled.update({"typed_path": str(path), "rows_typed": int(typed.size),
-                        "rows_untyped": int(len(frame) - typed.size)})
-    return settled
+    settled = settle(cfg, batch, frame, assessment, out_dir, suite_name=suite.name if suite else None,
+                     context=context)
+    if context != "monitor":
+        return settled
+    typed = assessment.typed if assessment.typed is not None else np.arange(len(frame))
+    path = write_parquet(take_rows(assessment.typed_frame, typed), out_dir / "typed.parquet")
+    return settled.model_copy(update={"typed_path": str(path), "rows_typed": int(typed.size),
+                                      "rows_untyped": int(len(frame) - typed.size)})
 
 
 def settle(
@@ -241,7 +239,8 @@ def settle(
     out_dir: Path,
     *,
     suite_name: str | None,
-) -> dict[str, Any]:
+    context: str = "train",
+) -> GateResult:
     """Write what an assessment decided and prove that every row is accounted for."""
     n = len(frame)
     rejected = np.ones(n, dtype=bool)
@@ -267,42 +266,48 @@ def settle(
 
     report = ValidationReport(
         suite=suite_name or "none", fingerprint=batch.fingerprint, rows_in=n, checks=assessment.checks,
-        rows_accepted=counts["rows_accepted"], rows_quarantined=counts["rows_quarantined"], source=batch.source,
-    ).to_dict()
-    report["quarantine_path"] = quarantine_path
+        rows_accepted=counts.rows_accepted, rows_quarantined=counts.rows_quarantined, source=batch.source,
+    ).record(quarantine_path)
     report_path = out_dir / "validation.json"
-    report_path.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    report_path.write_text(json.dumps(report.model_dump(), indent=1, default=str), encoding="utf-8")
     html_path = out_dir / "validation.html"
     html_path.write_text(render_html(report), encoding="utf-8")
     if quarantine_path:
         # The validation result sits beside the rows it rejected.
         shutil.copy2(report_path, quarantine_dir / "validation.json")
         shutil.copy2(html_path, quarantine_dir / "validation.html")
-    return {
-        "report": report,
-        "accepted": accepted,
-        "accepted_path": accepted.path if accepted else None,
-        "quarantine_path": quarantine_path,
-        "quarantine_dir": str(quarantine_dir),
-        **counts,
-        "blocked": assessment.blocked,
-        "success": not assessment.blocked,
-        "failed": report["failed"],
-        "table": check_table(report),
-        "report_path": str(report_path),
-        "html_path": str(html_path),
-    }
+    return GateResult(
+        report=report,
+        accepted=accepted,
+        accepted_path=accepted.path if accepted else None,
+        quarantine_path=quarantine_path,
+        quarantine_dir=str(quarantine_dir),
+        rows_in=counts.rows_in,
+        rows_accepted=counts.rows_accepted,
+        rows_quarantined=counts.rows_quarantined,
+        blocked=assessment.blocked,
+        success=not assessment.blocked,
+        failed=report.failed,
+        table=check_table(report),
+        report_path=str(report_path),
+        html_path=str(html_path),
+        context=context,
+    )
 
 
-def enforce(gate: dict[str, Any]) -> None:
-    """Raise `DataValidationError` (exit code 3) when the gate blocked the batch."""
-    if not gate["blocked"]:
+def enforce(gate: GateResult) -> None:
+    """Raise `DataValidationError` (exit code 3) when the gate blocked the batch.
+
+    The error's ``report`` is the validation report as ``validation.json`` holds it.
+    """
+    if not gate.blocked:
         return
-    report = gate["report"]
-    failures = [CheckResult(**c) for c in report["checks"] if c["outcome"] == "blocked"]
+    report = gate.report
+    failures = [CheckResult.of(c) for c in report.checks if c.outcome == "blocked"]
     more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
     listed = "; ".join(c.describe() for c in failures[:5]) + more
-    kept = f"; all {gate['rows_in']} rows kept in {gate['quarantine_path']}" if gate["quarantine_path"] else ""
+    kept = f"; all {gate.rows_in} rows kept in {gate.quarantine_path}" if gate.quarantine_path else ""
     raise DataValidationError(
-        f"batch {report['fingerprint'][:12]} blocked by {len(failures)} check(s): {listed}{kept}", report=report
+        f"batch {report.fingerprint[:12]} blocked by {len(failures)} check(s): {listed}{kept}",
+        report=report.model_dump(),
     )

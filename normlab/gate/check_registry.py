@@ -43,6 +43,7 @@ from normlab.config import (
     TableGateCheck,
     TimeSplit,
 )
+from normlab.gate.contracts import Suite
 from normlab.gate.expectations import known_labels, suite_columns
 from normlab.gate.results import Evaluated, take_rows
 
@@ -156,7 +157,7 @@ class CheckContext:
     frame: pd.DataFrame  # the batch as it arrived, positional
     work: pd.DataFrame  # the batch as the stages read it (text-in-numeric columns repaired once `types` acts)
     cfg: PipelineConfig
-    suite: dict[str, Any] | None  # the suite as it applies to this batch (without the label's when unlabelled)
+    suite: Suite | None  # the suite as it applies to this batch (without the label's when unlabelled)
     types_result: Evaluated  # `check_types` on the whole batch: it runs whatever its severity
     keep: np.ndarray  # sorted positions of the rows this stage sees
     evaluation_index: pd.DataFrame | None = None  # earlier runs' evaluation rows (contamination)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from normlab.gate.contracts import Suite
 from normlab.gate.results import SAMPLE_SIZE, CheckResult, Evaluated, is_blocking, plain
 
 WHY = {
@@ -167,20 +168,20 @@ def check_columns(df: pd.DataFrame, *, required: Sequence[str], expected: Sequen
     return _check("columns", not details, scope="table", observed=observed, details=details)
 
 
-def numeric_columns_of_suite(suite: dict[str, Any] | None) -> list[str]:
+def numeric_columns_of_suite(suite: Suite | None) -> list[str]:
     """Columns a suite treats as numeric: numeric bounds, or a value set of numbers only."""
     if not suite:
         return []
     out: list[str] = []
-    for exp in suite["expectations"]:
-        kwargs = exp.get("kwargs", {})
+    for exp in suite.expectations:
+        kwargs = exp.kwargs
         column = kwargs.get("column")
         if not isinstance(column, str):
             continue
-        if exp["type"] == "expect_column_values_to_be_between":
+        if exp.type == "expect_column_values_to_be_between":
             bounds = [kwargs.get("min_value"), kwargs.get("max_value")]
             numeric = any(_is_real(b) for b in bounds) and all(b is None or _is_real(b) for b in bounds)
-        elif exp["type"] == "expect_column_values_to_be_in_set":
+        elif exp.type == "expect_column_values_to_be_in_set":
             values = kwargs.get("value_set") or []
             numeric = bool(values) and all(_is_real(v) for v in values)
         else:
@@ -222,12 +223,12 @@ def check_types(df: pd.DataFrame, numeric: Sequence[str]) -> tuple[Evaluated, di
 # Rows -----------------------------------------------------------------------------------
 
 
-def nullable_columns_of_suite(suite: dict[str, Any] | None) -> list[str]:
+def nullable_columns_of_suite(suite: Suite | None) -> list[str]:
     """Columns whose gaps the suite tolerates (a not-null expectation with ``mostly`` below 1)."""
     out: list[str] = []
-    for exp in (suite or {}).get("expectations", []):
-        kwargs = exp.get("kwargs", {})
-        if exp["type"] != "expect_column_values_to_not_be_null" or not isinstance(kwargs.get("column"), str):
+    for exp in suite.expectations if suite else []:
+        kwargs = exp.kwargs
+        if exp.type != "expect_column_values_to_not_be_null" or not isinstance(kwargs.get("column"), str):
             continue
         mostly = kwargs.get("mostly", 1)
         if _is_real(mostly) and mostly < 1:

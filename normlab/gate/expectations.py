@@ -1,7 +1,8 @@
 """Expectation suites: Great Expectations 1.x JSON, evaluated fast where the result is provably the same.
 
 A suite file is Great Expectations' own serialisation of an
-``ExpectationSuite`` (``name``, ``expectations`` with ``type``/``kwargs``/``meta``).
+``ExpectationSuite`` (``name``, ``expectations`` with ``type``/``kwargs``/``meta``),
+read into a `normlab.gate.contracts.Suite`.
 Each expectation may carry ``meta.why`` (the reason it exists) and
 ``meta.severity`` (``block``, ``quarantine`` or ``warn``; default ``block``).
 
@@ -27,8 +28,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
 from normlab.errors import ConfigError
+from normlab.gate.contracts import Expectation, Suite
 from normlab.gate.results import SAMPLE_SIZE, CheckResult, Evaluated, expectation_result, plain, positional
 
 SEVERITIES = ("block", "quarantine", "warn")
@@ -47,7 +50,7 @@ _POSITION_KEY = "normlab_position"
 _COLUMN_SET_TYPES = ("expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list")
 
 
-def load_suite(path: str | Path) -> dict[str, Any]:
+def load_suite(path: str | Path) -> Suite:
     """Read a suite JSON file and check its shape and severities."""
     p = Path(path)
     if not p.is_file():
@@ -62,28 +65,34 @@ def load_suite(path: str | Path) -> dict[str, Any]:
         shaped = isinstance(exp, dict) and isinstance(exp.get("type"), str) and isinstance(exp.get("kwargs", {}), dict)
         if not shaped:
             raise ConfigError(f"{p}: expectations[{i}] needs a 'type' and a 'kwargs' mapping")
-        severity = (exp.get("meta") or {}).get("severity", "block")
-        if severity not in SEVERITIES:
+    try:
+        loaded = Suite.model_validate(suite)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(map(str, problem["loc"]))
+        raise ConfigError(f"{p}: not a valid suite ({where}: {problem['msg']})") from None
+    for i, exp in enumerate(loaded.expectations):
+        if exp.severity not in SEVERITIES:
             raise ConfigError(
-                f"{p}: expectations[{i}] {exp.get('type')} has severity {severity!r}; allowed: {', '.join(SEVERITIES)}"
+                f"{p}: expectations[{i}] {exp.type} has severity {exp.severity!r}; allowed: {', '.join(SEVERITIES)}"
             )
-    return suite
+    return loaded
 
 
-def expectation_severity(exp: dict[str, Any], overrides: dict[str, str] | None = None) -> str:
+def expectation_severity(exp: Expectation, overrides: dict[str, str] | None = None) -> str:
     """The severity of a suite expectation: config override by 'type:column', then by type, then its meta."""
     overrides = overrides or {}
-    column = exp.get("kwargs", {}).get("column")
-    if column is not None and f"{exp['type']}:{column}" in overrides:
-        return overrides[f"{exp['type']}:{column}"]
-    if exp["type"] in overrides:
-        return overrides[exp["type"]]
-    return (exp.get("meta") or {}).get("severity", "block")
+    column = exp.column
+    if column is not None and f"{exp.type}:{column}" in overrides:
+        return overrides[f"{exp.type}:{column}"]
+    if exp.type in overrides:
+        return overrides[exp.type]
+    return exp.severity
 
 
 def evaluate_suite(
     df: pd.DataFrame,
-    suite: dict[str, Any],
+    suite: Suite,
     *,
     engine: str = "auto",
     overrides: dict[str, str] | None = None,
@@ -103,8 +112,8 @@ def evaluate_suite(
     """
     df = positional(df)
     slots: list[Evaluated | None] = []
-    deferred: list[tuple[int, dict[str, Any]]] = []
-    for position, exp in enumerate(suite["expectations"]):
+    deferred: list[tuple[int, Expectation]] = []
+    for position, exp in enumerate(suite.expectations):
         severity = expectation_severity(exp, overrides)
         if severity == "off":
             slots.append(Evaluated(_off_result(exp)))
@@ -114,17 +123,17 @@ def evaluate_suite(
             deferred.append((position, exp))
         slots.append(fast)
     if deferred:
-        gx_results = _evaluate_gx(df, [e for _, e in deferred], suite.get("name"))
+        gx_results = _evaluate_gx(df, [e for _, e in deferred], suite.name)
         for (position, _), evaluated in zip(deferred, gx_results, strict=True):
             slots[position] = evaluated
     out: list[Evaluated] = []
-    for exp, evaluated in zip(suite["expectations"], slots, strict=True):
+    for exp, evaluated in zip(suite.expectations, slots, strict=True):
         evaluated.result.severity = expectation_severity(exp, overrides)
         out.append(evaluated)
     return out
 
 
-def _off_result(exp: dict[str, Any]) -> CheckResult:
+def _off_result(exp: Expectation) -> CheckResult:
     result = expectation_result(exp, success=True, engine=None, scope="table")
     result.outcome = "off"
     return result
@@ -133,16 +142,16 @@ def _off_result(exp: dict[str, Any]) -> CheckResult:
 # Vectorized evaluation --------------------------------------------------------------------
 
 
-def evaluate_fast(df: pd.DataFrame, exp: dict[str, Any]) -> Evaluated | None:
+def evaluate_fast(df: pd.DataFrame, exp: Expectation) -> Evaluated | None:
     """Evaluate one expectation with numpy, or return None when Great Expectations must do it."""
-    kwargs = exp.get("kwargs", {})
-    kind = exp["type"]
+    kwargs = exp.kwargs
+    kind = exp.type
     if kind not in FAST_TYPES or any(isinstance(v, dict) for v in kwargs.values()):
         return None  # unsupported type, or suite parameters ({"$PARAMETER": ...}) to resolve
     if kind == "expect_table_row_count_to_be_between":
-        return _fast_row_count(df, exp, kwargs)
+        return _fast_row_count(df, exp)
     if kind == "expect_table_columns_to_match_set":
-        return _fast_columns_match_set(df, exp, kwargs)
+        return _fast_columns_match_set(df, exp)
     allowed = {"column", "mostly"} | _MAP_KWARGS[kind]
     if set(kwargs) - allowed or not isinstance(kwargs.get("column"), str) or not _valid_mostly(kwargs.get("mostly", 1)):
         return None
@@ -154,8 +163,8 @@ def evaluate_fast(df: pd.DataFrame, exp: dict[str, Any]) -> Evaluated | None:
     if kind == "expect_column_values_to_not_be_null":
         return _fast_not_null(series, exp)
     if kind == "expect_column_values_to_be_between":
-        return _fast_between(series, exp, kwargs)
-    return _fast_in_set(series, exp, kwargs)
+        return _fast_between(series, exp)
+    return _fast_in_set(series, exp)
 
 
 _MAP_KWARGS: dict[str, set[str]] = {
@@ -179,12 +188,12 @@ def _mostly_success(considered: int, unexpected: int, mostly: float) -> bool:
 
 
 def _map_result(
-    exp: dict[str, Any], values: np.ndarray, unexpected: np.ndarray, considered: int, total: int
+    exp: Expectation, values: np.ndarray, unexpected: np.ndarray, considered: int, total: int
 ) -> Evaluated:
     """Shape a map expectation's outcome like Great Expectations' SUMMARY result."""
     positions = np.flatnonzero(unexpected)
     count = int(positions.size)
-    mostly = exp["kwargs"].get("mostly", 1)
+    mostly = exp.kwargs.get("mostly", 1)
     success = True if total == 0 or considered == 0 else _mostly_success(considered, count, mostly)
     sample = [plain(v) for v in values[positions[:SAMPLE_SIZE]]]
     result = expectation_result(exp, success=success, engine="numpy", scope="rows", unexpected_count=count,
@@ -192,13 +201,14 @@ def _map_result(
     return Evaluated(result, positions.astype(np.int64))
 
 
-def _fast_not_null(series: pd.Series, exp: dict[str, Any]) -> Evaluated:
+def _fast_not_null(series: pd.Series, exp: Expectation) -> Evaluated:
     null = series.isna().to_numpy()
     # Not-null counts every row; the others count non-null rows only.
     return _map_result(exp, series.to_numpy(), null, considered=len(series), total=len(series))
 
 
-def _fast_between(series: pd.Series, exp: dict[str, Any], kwargs: dict[str, Any]) -> Evaluated | None:
+def _fast_between(series: pd.Series, exp: Expectation) -> Evaluated | None:
+    kwargs = exp.kwargs
     lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
     strict_min, strict_max = kwargs.get("strict_min", False), kwargs.get("strict_max", False)
     dtype = series.dtype
@@ -233,7 +243,8 @@ def _within(values: np.ndarray, lo: Any, hi: Any, strict_min: bool, strict_max: 
     return bool(above and below)
 
 
-def _fast_in_set(series: pd.Series, exp: dict[str, Any], kwargs: dict[str, Any]) -> Evaluated | None:
+def _fast_in_set(series: pd.Series, exp: Expectation) -> Evaluated | None:
+    kwargs = exp.kwargs
     value_set = kwargs.get("value_set")
     if not isinstance(value_set, list) or not all(
         v is None or isinstance(v, (str, bool, numbers.Real)) for v in value_set
@@ -248,7 +259,8 @@ def _fast_in_set(series: pd.Series, exp: dict[str, Any], kwargs: dict[str, Any])
     return _map_result(exp, series.to_numpy(), unexpected, considered=considered, total=len(series))
 
 
-def _fast_row_count(df: pd.DataFrame, exp: dict[str, Any], kwargs: dict[str, Any]) -> Evaluated | None:
+def _fast_row_count(df: pd.DataFrame, exp: Expectation) -> Evaluated | None:
+    kwargs = exp.kwargs
     if set(kwargs) - {"min_value", "max_value", "strict_min", "strict_max"}:
         return None
     lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
@@ -266,7 +278,8 @@ def _fast_row_count(df: pd.DataFrame, exp: dict[str, Any], kwargs: dict[str, Any
     return Evaluated(expectation_result(exp, success=success, engine="numpy", scope="table", observed=n))
 
 
-def _fast_columns_match_set(df: pd.DataFrame, exp: dict[str, Any], kwargs: dict[str, Any]) -> Evaluated | None:
+def _fast_columns_match_set(df: pd.DataFrame, exp: Expectation) -> Evaluated | None:
+    kwargs = exp.kwargs
     if set(kwargs) - {"column_set", "exact_match"}:
         return None
     expected, exact = kwargs.get("column_set"), kwargs.get("exact_match", True)
@@ -304,7 +317,7 @@ def _ephemeral_context():
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def _evaluate_gx(df: pd.DataFrame, expectations: list[dict[str, Any]], name: str | None) -> list[Evaluated]:
+def _evaluate_gx(df: pd.DataFrame, expectations: list[Expectation], name: str | None) -> list[Evaluated]:
     """Run expectations through Great Expectations; results come back in the given order.
 
     COMPLETE results carry every unexpected row's index, which is the row
@@ -315,7 +328,7 @@ def _evaluate_gx(df: pd.DataFrame, expectations: list[dict[str, Any]], name: str
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     context = _ephemeral_context()
     tagged = [
-        {"type": e["type"], "kwargs": e.get("kwargs", {}), "meta": {**(e.get("meta") or {}), _POSITION_KEY: i}}
+        {"type": e.type, "kwargs": e.kwargs, "meta": {**(e.meta or {}), _POSITION_KEY: i}}
         for i, e in enumerate(expectations)
     ]
     try:
@@ -370,22 +383,22 @@ def _gx_error(info: Any) -> str | None:
 # Suite readers ----------------------------------------------------------------------------
 
 
-def suite_columns(suite: dict[str, Any] | None) -> tuple[list[str], list[str] | None]:
+def suite_columns(suite: Suite | None) -> tuple[list[str], list[str] | None]:
     """Columns the suite's expectations refer to, and the column set it declares (if any)."""
     referenced: list[str] = []
     declared: list[str] | None = None
-    for exp in (suite or {}).get("expectations", []):
-        kwargs = exp.get("kwargs", {})
+    for exp in suite.expectations if suite else []:
+        kwargs = exp.kwargs
         if isinstance(kwargs.get("column"), str) and kwargs["column"] not in referenced:
             referenced.append(kwargs["column"])
-        if exp["type"] in _COLUMN_SET_TYPES and kwargs.get("exact_match", True):
+        if exp.type in _COLUMN_SET_TYPES and kwargs.get("exact_match", True):
             listed = kwargs.get("column_set") or kwargs.get("column_list")
             if isinstance(listed, list):
                 declared = [str(c) for c in listed]
     return referenced, declared
 
 
-def unlabelled_suite(suite: dict[str, Any] | None, label: str) -> dict[str, Any] | None:
+def unlabelled_suite(suite: Suite | None, label: str) -> Suite | None:
     """The suite as it applies to a batch without its label column (new data awaiting labels).
 
     Expectations on the label are dropped and the label leaves any declared column set.
@@ -393,22 +406,22 @@ def unlabelled_suite(suite: dict[str, Any] | None, label: str) -> dict[str, Any]
     if suite is None:
         return None
     kept = []
-    for exp in suite["expectations"]:
-        kwargs = exp.get("kwargs", {})
+    for exp in suite.expectations:
+        kwargs = exp.kwargs
         if kwargs.get("column") == label:
             continue
         for key in ("column_set", "column_list"):
             if isinstance(kwargs.get(key), list) and label in kwargs[key]:
-                exp = {**exp, "kwargs": {**kwargs, key: [c for c in kwargs[key] if c != label]}}
+                exp = exp.model_copy(update={"kwargs": {**kwargs, key: [c for c in kwargs[key] if c != label]}})
         kept.append(exp)
-    return {**suite, "expectations": kept}
+    return suite.model_copy(update={"expectations": kept})
 
 
-def known_labels(suite: dict[str, Any] | None, label: str) -> list[Any] | None:
+def known_labels(suite: Suite | None, label: str) -> list[Any] | None:
     """The label set a suite declares (``expect_column_values_to_be_in_set`` on the label), if any."""
-    for exp in (suite or {}).get("expectations", []):
-        kwargs = exp.get("kwargs", {})
-        if exp["type"] == "expect_column_values_to_be_in_set" and kwargs.get("column") == label:
+    for exp in suite.expectations if suite else []:
+        kwargs = exp.kwargs
+        if exp.type == "expect_column_values_to_be_in_set" and kwargs.get("column") == label:
             values = kwargs.get("value_set")
             if isinstance(values, list):
                 return values

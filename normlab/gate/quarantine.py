@@ -30,6 +30,15 @@ QUARANTINE_COLUMNS = (ROW, STATUS, CHECKS, REASONS, BATCH, SOURCE)
 _SEP = "; "
 
 
+@dataclass(frozen=True)
+class Accounting:
+    """Where every row of a batch went (`verify_accounting`): rows_in = rows_accepted + rows_quarantined."""
+
+    rows_in: int
+    rows_accepted: int
+    rows_quarantined: int
+
+
 @dataclass
 class Rejection:
     """Rows one check rejected, and why."""
@@ -96,7 +105,7 @@ def parquet_rows(path: str | Path | None) -> int:
     return int(pq.read_metadata(str(path)).num_rows)
 
 
-def verify_accounting(rows_in: int, accepted_path: str | None, quarantine_path: str | None) -> dict[str, int]:
+def verify_accounting(rows_in: int, accepted_path: str | None, quarantine_path: str | None) -> Accounting:
     """Check rows_in = rows_accepted + rows_quarantined against the files written.
 
     Raises:
@@ -108,4 +117,4 @@ def verify_accounting(rows_in: int, accepted_path: str | None, quarantine_path: 
             f"quarantine accounting broken: {rows_in} rows in, {accepted} accepted ({accepted_path}) "
             f"+ {quarantined} quarantined ({quarantine_path})"
         )
-    return {"rows_in": rows_in, "rows_accepted": accepted, "rows_quarantined": quarantined}
+    return Accounting(rows_in=rows_in, rows_accepted=accepted, rows_quarantined=quarantined)

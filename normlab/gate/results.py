@@ -1,8 +1,9 @@
 """The data gate's results: what a check found, and the report of every check on one batch.
 
-`CheckResult` is one expectation's or gate check's outcome; `Evaluated` pairs it
-with the positions of the rows it singles out; `ValidationReport` is every
-check run on one batch, with the row accounting. Rows are named by their
+`CheckResult` is one expectation's or gate check's outcome (its `CheckRecord`
+is what the report keeps); `Evaluated` pairs it with the positions of the rows
+it singles out; `ValidationReport` is every check run on one batch, with the
+row accounting (its `GateReport` is ``validation.json``). Rows are named by their
 position in the batch (0..n-1): `positional` and `take_rows` keep frames that
 way. `expectation_result` shapes a suite expectation's outcome, whichever
 engine evaluated it (numpy or Great Expectations, `normlab.gate.expectations`).
@@ -16,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from normlab.gate.contracts import CheckRecord, Expectation, GateReport
 
 # Great Expectations' default `partial_unexpected_count`: unexpected values kept per expectation.
 SAMPLE_SIZE = 20
@@ -46,6 +49,15 @@ class CheckResult:
     rows_flagged: int = 0
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+
+    @classmethod
+    def of(cls, record: CheckRecord) -> CheckResult:
+        """The result a report's `CheckRecord` was made from."""
+        return cls(**record.model_dump())
+
+    def record(self) -> CheckRecord:
+        """The result as the report keeps it."""
+        return CheckRecord.model_validate(asdict(self))
 
     @property
     def label(self) -> str:
@@ -104,20 +116,21 @@ class ValidationReport:
         """A line per failed check, blocking or not."""
         return [c.describe() for c in self.checks if not c.success and c.outcome != "off"]
 
-    def to_dict(self) -> dict[str, Any]:
-        """The report as plain JSON-able data."""
-        return {
-            "suite": self.suite,
-            "fingerprint": self.fingerprint,
-            "source": self.source,
-            "rows_in": self.rows_in,
-            "rows_accepted": self.rows_in if self.rows_accepted is None else self.rows_accepted,
-            "rows_quarantined": self.rows_quarantined,
-            "success": self.success,
-            "blocked": not self.success,
-            "failed": self.failed,
-            "checks": [asdict(c) for c in self.checks],
-        }
+    def record(self, quarantine_path: str | None = None) -> GateReport:
+        """The report as ``validation.json`` holds it, naming the Parquet of the rejected rows (or None)."""
+        return GateReport(
+            suite=self.suite,
+            fingerprint=self.fingerprint,
+            source=self.source,
+            rows_in=self.rows_in,
+            rows_accepted=self.rows_in if self.rows_accepted is None else self.rows_accepted,
+            rows_quarantined=self.rows_quarantined,
+            success=self.success,
+            blocked=not self.success,
+            failed=self.failed,
+            checks=[c.record() for c in self.checks],
+            quarantine_path=quarantine_path,
+        )
 
 
 def is_blocking(check: CheckResult) -> bool:
@@ -149,7 +162,7 @@ def take_rows(df: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
 
 
 def expectation_result(
-    exp: dict[str, Any],
+    exp: Expectation,
     *,
     success: bool,
     engine: str | None,
@@ -161,16 +174,14 @@ def expectation_result(
     error: str | None = None,
 ) -> CheckResult:
     """A suite expectation's result; its name, column, severity and reason come from the expectation."""
-    meta = exp.get("meta") or {}
-    kwargs = exp.get("kwargs", {})
     return CheckResult(
-        name=exp["type"],
+        name=exp.type,
         success=success,
-        severity=meta.get("severity", "block"),
-        column=kwargs.get("column"),
+        severity=exp.severity,
+        column=exp.column,
         unexpected_count=unexpected_count,
         unexpected_sample=sample or [],
-        why=meta.get("why"),
+        why=exp.why,
         observed=observed,
         kind="expectation",
         scope=scope,

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +19,7 @@ from normlab.config import PipelineConfig
 from normlab.contracts import Batch, Splits
 from normlab.errors import DataValidationError
 from normlab.gate.check_registry import CHECKS, SplitHashes
+from normlab.gate.contracts import LeakageAudit
 from normlab.gate.quarantine import write_parquet
 
 
@@ -40,7 +39,7 @@ def read_evaluation_index(folder: Path) -> pd.DataFrame | None:
 def check_splits(
     cfg: PipelineConfig, batch: Batch, prepared: Splits, run_dir: str | Path,
     *, run_id: str | None = None,
-) -> dict[str, Any]:
+) -> LeakageAudit:
     """After the split: block evaluation rows that leak training content, then index them.
 
     Training rows are the rows of ``prepared.reference``; since splits hash
@@ -50,7 +49,7 @@ def check_splits(
     With ``run_id``, the result is logged to that MLflow run.
 
     Returns:
-        The leakage check's result dict and the number of evaluation rows recorded.
+        The `LeakageAudit`: the leakage check's record and the number of evaluation rows recorded.
 
     Raises:
         DataValidationError: Leakage above ``gate.leakage.max_share`` with severity ``block``.
@@ -61,7 +60,7 @@ def check_splits(
     leakage = CHECKS["leakage"]  # the split stage's check
     setting = leakage.settings(cfg.gate)
     if setting.severity == "off":
-        return {"leakage": asdict(ck.off_result("leakage").result), "evaluation_rows": 0}
+        return LeakageAudit(leakage=ck.off_result("leakage").result.record(), evaluation_rows=0)
     frame = pd.read_parquet(batch.path)
     train = pd.read_parquet(prepared.reference)
     salt = cfg.splits.salt
@@ -72,7 +71,8 @@ def check_splits(
     result = evaluated.result
     result.severity = setting.severity
     result.outcome = ck.outcome_of(result, setting.severity)
-    (run_dir / "leakage.json").write_text(json.dumps(asdict(result), indent=1, default=str), encoding="utf-8")
+    record = result.record()
+    (run_dir / "leakage.json").write_text(json.dumps(record.model_dump(), indent=1, default=str), encoding="utf-8")
     if run_id is not None:
         from normlab import tracking
 
@@ -84,7 +84,7 @@ def check_splits(
         raise DataValidationError(
             f"split leaks: {result.details['leaked_rows']} of {result.details['evaluation_rows']} evaluation rows "
             f"share their features with training rows (share {result.observed} > {setting.max_share}); "
-            "deduplicate the features or set gate.leakage", report=asdict(result),
+            "deduplicate the features or set gate.leakage", report=record.model_dump(),
         )
     index = pd.DataFrame({"feature_hash": features[~is_train], "row_hash": rows[~is_train], "salt": salt})
     # Named by content: the runs and sweep points that make the same split share one file.
@@ -92,4 +92,4 @@ def check_splits(
     path = evaluation_index_dir(cfg) / f"{digest[:20]}.parquet"
     if not path.exists():
         write_parquet(index, path)
-    return {"leakage": asdict(result), "evaluation_rows": len(index)}
+    return LeakageAudit(leakage=record, evaluation_rows=len(index))

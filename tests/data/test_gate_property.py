@@ -83,9 +83,9 @@ def test_rows_in_equals_accepted_plus_quarantined(tmp_path, frame, severities):
     batch = pipeline.load_batch(cfg, run_dir, str(csv))
     result = gate.run_gate(cfg, batch, run_dir)
     assert_nothing_lost(result, pd.read_parquet(batch.path))
-    report = result["report"]
-    assert report["rows_in"] == report["rows_accepted"] + report["rows_quarantined"] == len(frame)
-    assert result["blocked"] == any(c["outcome"] == "blocked" for c in report["checks"])
+    report = result.report
+    assert report.rows_in == report.rows_accepted + report.rows_quarantined == len(frame)
+    assert result.blocked == any(c.outcome == "blocked" for c in report.checks)
     # A row is quarantined only by a failed check that is allowed to reject rows.
-    rejecting = {c["name"] for c in report["checks"] if c["outcome"] in ("quarantined", "blocked")}
-    assert (result["rows_quarantined"] > 0) == bool(rejecting)
+    rejecting = {c.name for c in report.checks if c.outcome in ("quarantined", "blocked")}
+    assert (result.rows_quarantined > 0) == bool(rejecting)

@@ -10,6 +10,7 @@ from normlab import label_noise
 from normlab.data.fingerprint import row_hashes
 from normlab.data.sources import load_builtin
 from normlab.gate import checks as ck
+from normlab.gate.contracts import Suite
 
 
 def rows(evaluated) -> list[int]:
@@ -40,10 +41,10 @@ def test_columns_reports_missing_and_unexpected():
 
 def test_types_flags_only_the_text_rows_and_converts_the_column():
     frame = pd.DataFrame({"x": ["1", "2.5", "oops", None, "7"], "s": ["a", "b", "c", "d", "e"]})
-    suite = {"expectations": [
+    suite = Suite.model_validate({"expectations": [
         {"type": "expect_column_values_to_be_between", "kwargs": {"column": "x", "min_value": 0, "max_value": 9}},
         {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "s", "value_set": ["a", "b"]}},
-    ]}
+    ]})
     assert ck.numeric_columns_of_suite(suite) == ["x"]
     evaluated, converted = ck.check_types(frame, ["x"])
     assert not evaluated.result.success and rows(evaluated) == [2]
@@ -59,7 +60,7 @@ def test_non_finite_flags_nan_and_infinities_in_float_columns_only():
     assert ck.check_non_finite(frame, ["i", "s"]).result.success
     # Where the suite tolerates gaps, NaN is the suite's business; infinities still fail.
     gaps = {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "f", "mostly": 0.8}}
-    suite = {"expectations": [gaps]}
+    suite = Suite.model_validate({"expectations": [gaps]})
     assert ck.nullable_columns_of_suite(suite) == ["f"]
     assert rows(ck.check_non_finite(frame, ["f"], nullable=["f"])) == [2, 3]
 

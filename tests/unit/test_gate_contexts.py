@@ -10,7 +10,7 @@ from mlflow.exceptions import MlflowException
 from normlab.config import PipelineConfig
 from normlab.data.weather import weather_frame
 from normlab.errors import ConfigError, DataSourceError, DataValidationError, TrackingError, is_transient
-from normlab.gate import MONITOR_DEFAULTS, assess, severity_of
+from normlab.gate import MONITOR_DEFAULTS, Suite, assess, severity_of
 
 
 def weather_config(**gate) -> PipelineConfig:
@@ -50,11 +50,11 @@ def test_monitoring_keeps_out_of_range_rows_for_the_drift_and_leaves_out_unparse
     frame = weather_frame(300, seed=1).astype({"temp_c": object})
     frame.loc[[3, 7], "temp_c"] = "n/a?"  # text in a numeric column: cannot be typed
     frame.loc[[10, 11, 12], "temp_c"] = 80.0  # out of range: a value reason
-    suite = {"name": "weather", "expectations": [
+    suite = Suite.model_validate({"name": "weather", "expectations": [
         {"type": "expect_column_values_to_be_of_type", "kwargs": {"column": "temp_c", "type_": "float"}},
         {"type": "expect_column_values_to_be_between",
          "kwargs": {"column": "temp_c", "min_value": -30, "max_value": 45}, "meta": {"severity": "quarantine"}},
-    ]}
+    ]})
     cfg = weather_config()
     trained = assess(frame, cfg, suite, context="train")
     watched = assess(frame, cfg, suite, context="monitor")

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from normlab.errors import ConfigError
+from normlab.gate.contracts import Expectation, Suite
 from normlab.gate.expectations import FAST_TYPES, evaluate_fast, evaluate_suite
 
 NUMERIC = {"i64": np.int64, "f64": np.float64, "i32": np.int32, "f32": np.float32, "u8": np.uint8}
@@ -25,7 +26,7 @@ def _comparable(evaluated) -> dict:
 
 
 def assert_same_as_gx(frame: pd.DataFrame, expectations: list[dict]) -> None:
-    suite = {"name": "s", "expectations": expectations}
+    suite = Suite.model_validate({"name": "s", "expectations": expectations})
     fast = evaluate_suite(frame, suite, engine="auto")
     reference = evaluate_suite(frame, suite, engine="gx")
     assert all(r.result.engine == "gx" for r in reference)
@@ -138,8 +139,8 @@ def test_unsupported_arguments_fall_back_to_great_expectations():
     parameter = {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": {"$PARAMETER": "lo"}}}
     regex = {"type": "expect_column_values_to_match_regex", "kwargs": {"column": "s", "regex": "^a$"}}
     for exp in (between_text, between_dates, parameter, regex):
-        assert evaluate_fast(frame, exp) is None, exp
-    results = evaluate_suite(frame, {"name": "s", "expectations": [between_dates, regex]})
+        assert evaluate_fast(frame, Expectation.model_validate(exp)) is None, exp
+    results = evaluate_suite(frame, Suite.model_validate({"name": "s", "expectations": [between_dates, regex]}))
     assert [r.result.engine for r in results] == ["gx", "gx"]
     # Great Expectations cannot compare these dates: an error singles out no rows and counts as a failure.
     assert results[0].rows is None and not results[0].result.success and results[0].result.error
@@ -152,14 +153,15 @@ def test_unsupported_arguments_fall_back_to_great_expectations():
 def test_an_invalid_suite_entry_is_a_config_error_in_both_engines(engine):
     bad = {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 6, "max_value": 5}}
     with pytest.raises(ConfigError, match="min_value"):
-        evaluate_suite(pd.DataFrame({"x": [1]}), {"name": "s", "expectations": [bad]}, engine=engine)
+        evaluate_suite(pd.DataFrame({"x": [1]}), Suite.model_validate({"name": "s", "expectations": [bad]}),
+                       engine=engine)
 
 
 def test_severity_overrides_and_off():
     frame = pd.DataFrame({"x": [1, 99]})
     exp = {"type": "expect_column_values_to_be_between", "kwargs": {"column": "x", "min_value": 0, "max_value": 9},
            "meta": {"severity": "block"}}
-    suite = {"name": "s", "expectations": [exp]}
+    suite = Suite.model_validate({"name": "s", "expectations": [exp]})
     assert evaluate_suite(frame, suite)[0].result.severity == "block"
     by_type = evaluate_suite(frame, suite, overrides={"expect_column_values_to_be_between": "warn"})[0]
     assert by_type.result.severity == "warn" and [int(r) for r in by_type.rows] == [1]

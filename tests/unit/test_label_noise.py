@@ -50,15 +50,15 @@ def _check(frame, features, label, max_share, reference=None):
 @pytest.fixture(scope="module")
 def weather():
     history = weather_frame(846, seed=0)
-    return history, gate_settings(history, LABEL)["label_noise"]["max_share"]
+    return history, gate_settings(history, LABEL).label_noise.max_share
 
 
 def test_the_fitted_threshold_sits_between_clean_and_flipped_weather(weather):
     history, max_share = weather
     fit = fit_label_noise(history, WEATHER_FEATURES, LABEL, k=5, sample_rows=5000)
-    assert fit is not None and fit["max_share"] == max_share
-    assert max(fit["leave_one_out"], fit["held_out"]) < max_share < 0.5
-    assert 0.3 < fit["leave_one_out"] < 0.5  # a noisy-label task
+    assert fit is not None and fit.max_share == max_share
+    assert max(fit.leave_one_out, fit.held_out) < max_share < 0.5
+    assert 0.3 < fit.leave_one_out < 0.5  # a noisy-label task
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -104,7 +104,7 @@ def test_digits_still_pass_clean_and_block_flipped():
     order = np.random.default_rng(0).permutation(len(digits))
     history = digits.iloc[order[:846]].reset_index(drop=True)
     unseen = digits.iloc[order[846:]].reset_index(drop=True)
-    max_share = gate_settings(history, "label")["label_noise"]["max_share"]
+    max_share = gate_settings(history, "label").label_noise.max_share
     assert max_share < 0.15
     for size in (100, 250, len(unseen)):
         for seed in SEEDS if size < len(unseen) else [0]:
