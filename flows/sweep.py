@@ -75,7 +75,7 @@ def sweep_flow(config: PipelineConfig | str, data_path: str | None = None, kind:
         validation = t.validate_batch(config, batch, parent)
         t.log_validation(config, parent, batch, validation)
         t.enforce_validation(validation)
-        accepted = validation["accepted"]  # only the accepted rows go on
+        accepted = validation.accepted  # only the accepted rows go on
         # 3. Leakage check on the split every point makes (it depends on the rows only)
         prepared = t.prepare_splits(config, accepted, parent)
         g.check_splits(config, accepted, prepared, parent)

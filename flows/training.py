@@ -30,7 +30,7 @@ def training_flow(config: PipelineConfig | str, data_path: str | None = None, re
         validation = t.validate_batch(config, batch, run)
         t.log_validation(config, run, batch, validation)
         t.enforce_validation(validation)
-        accepted = validation["accepted"]  # only the accepted rows go on
+        accepted = validation.accepted  # only the accepted rows go on
         # 4-7. Split (stop if evaluation rows leak training content), train, evaluate, log model and plots:
         #      the stages every run and sweep point go through (normlab.stages.fit)
         fitted = fit(t.STAGES, config, run, accepted)
@@ -52,10 +52,7 @@ def training_flow(config: PipelineConfig | str, data_path: str | None = None, re
         "tracking_uri": config.redacted().tracking_uri(),
         "model_uri": fitted.recorded.model_uri,
         "data": batch.data_summary(),
-        "validation": {"success": validation["success"], "failed": validation["failed"],
-                       "rows_in": validation["rows_in"], "rows_accepted": validation["rows_accepted"],
-                       "rows_quarantined": validation["rows_quarantined"],
-                       "quarantine_path": validation["quarantine_path"], "checks": validation["table"]},
+        "validation": validation.entry().model_dump(),
         "splits": dict(prepared.counts),
         "metrics": metrics,
         "registry": promotion.summary(),

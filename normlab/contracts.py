@@ -15,12 +15,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+from pydantic.dataclasses import dataclass
 
+from normlab.contract_base import Contract
 from normlab.sweep_contracts import GridPoint
 
 
-class _Contract(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Contract(Contract, BaseModel):  # BaseModel for ruff's sake: see `normlab.contract_base`
+    """The base of this module's models: `normlab.contract_base.Contract`."""
 
 
 class Batch(_Contract):
@@ -81,8 +83,12 @@ class Splits(_Contract):
     populations: dict[str, str]
 
 
-class Epoch(_Contract):
-    """One epoch of training (`normlab.training.EpochRecord`)."""
+# A frozen pydantic dataclass rather than a `_Contract`, validated the same way: the
+# checkpoint callback of `normlab.training.train_model` gets these records, and
+# `normlab.tracking.epoch_logger` turns them into dicts with ``dataclasses.asdict``.
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Epoch:
+    """One epoch of training (`normlab.training.train_model`): its losses, accuracies and wall time."""
 
     epoch: int
     train_loss: float
@@ -93,7 +99,7 @@ class Epoch(_Contract):
 
 
 class TrainingResult(_Contract):
-    """The history and the convergence figures (`normlab.training.TrainResult`)."""
+    """What training produced (`normlab.training.train_model`): the history and the convergence figures."""
 
     history: list[Epoch]
     epochs_to_target: int | None = None
@@ -101,6 +107,10 @@ class TrainingResult(_Contract):
     train_seconds: float = 0.0
     samples_per_second: float = 0.0
     resumed_from_epoch: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, the history as one dict per epoch: the ``result`` entry of a training checkpoint."""
+        return self.model_dump()
 
 
 class Trained(_Contract):
@@ -126,6 +136,16 @@ class Fitted(_Contract):
     recorded: Recorded
 
 
+class ModelVersion(_Contract):
+    """A registered model version (`normlab.registry.version_for_run`, `normlab.registry.alias_version`)."""
+
+    name: str
+    version: str
+    run_id: str
+    model_id: str | None = None
+    source: str
+
+
 class Registration(_Contract):
     """The run's model version (`normlab.pipeline.register_model`); only ``enabled`` when promotion is off.
 
@@ -140,26 +160,80 @@ class Registration(_Contract):
     source: str | None = None
     reused: bool | None = None
 
+    def model_version(self) -> ModelVersion:
+        """The version registered (only when ``enabled``)."""
+        return ModelVersion(**self.model_dump(include=set(ModelVersion.model_fields)))
+
+
+class PromotionCheck(_Contract):
+    """One check of the promotion gate (`normlab.promotion`): health, a threshold, or a metric against the champion.
+
+    Only the fields a check sets are written (``exclude_unset``): a threshold
+    has ``value`` and ``at_least``; a champion comparison ``challenger``,
+    ``champion``, ``delta``, the interval and ``verdict``; a split this run
+    lacks is ``skipped``.
+    """
+
+    kind: str
+    metric: str | None
+    value: float | None = None
+    at_least: float | None = None
+    challenger: float | None = None
+    champion: float | None = None
+    delta: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    tolerance: float | None = None
+    passed: bool
+    skipped: bool | None = None
+    verdict: str | None = None
+    reason: str
+
+
+class ChampionScore(ModelVersion):
+    """The champion a challenger was compared against, with its metrics re-scored on the challenger's splits."""
+
+    metrics: dict[str, float] = {}
+
+
+class GateRecord(_Contract):
+    """The promotion gate's decision as ``gate.json`` and the governance record hold it (`Decision.record`)."""
+
+    passed: bool
+    reason: str
+    checks: list[PromotionCheck]
+    champion: ChampionScore | None
+    tolerance: float
+    confidence: float
+    bootstrap_samples: int
+    decided_at: str
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON document: each check with the fields it set."""
+        out = self.model_dump()
+        out["checks"] = [c.model_dump(exclude_unset=True) for c in self.checks]  # in place: the key order stays
+        return out
+
 
 class Decision(_Contract):
     """The promotion gate's decision (`normlab.promotion.decide`, as in ``gate.json``); only ``enabled`` when off.
 
-    ``checks`` and ``champion`` are the gate's JSON records, as in the governance record.
+    ``checks`` has one `PromotionCheck` per check; ``champion`` is the champion compared against (or None).
     """
 
     enabled: bool
     passed: bool | None = None
     reason: str | None = None
-    checks: list[dict[str, Any]] = []
-    champion: dict[str, Any] | None = None
+    checks: list[PromotionCheck] = []
+    champion: ChampionScore | None = None
     tolerance: float | None = None
     confidence: float | None = None
     bootstrap_samples: int | None = None
     decided_at: str | None = None
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> GateRecord:
         """The decision as ``gate.json`` and the governance record hold it (without ``enabled``)."""
-        return self.model_dump(exclude={"enabled"})
+        return GateRecord(**{name: getattr(self, name) for name in GateRecord.model_fields})
 
 
 class Publication(_Contract):

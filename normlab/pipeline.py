@@ -47,7 +47,7 @@ from normlab.data.fingerprint import fingerprint_frame
 from normlab.data.sources import load_builtin, read_table
 from normlab.errors import DataSourceError, NormlabError
 from normlab.evaluation import confusion, evaluate_run
-from normlab.gate import enforce, run_gate
+from normlab.gate import GateResult, enforce, run_gate
 from normlab.inference import profile_inference
 from normlab.models import build_model
 from normlab.splitting import load_eval_frames, load_prepared
@@ -108,17 +108,17 @@ def load_batch(cfg: PipelineConfig, run_dir: str | Path, data_path: str | None =
 # 2. Validate ---------------------------------------------------------------------------
 
 
-def validate_batch(cfg: PipelineConfig, batch: Batch, run_dir: str | Path) -> dict[str, Any]:
+def validate_batch(cfg: PipelineConfig, batch: Batch, run_dir: str | Path) -> GateResult:
     """The data gate: run every check, quarantine rejected rows, write the accepted ones.
 
-    Returns `normlab.gate.run_gate`'s result; its ``accepted`` `Batch` (as
+    Returns `normlab.gate.run_gate`'s `GateResult`; its ``accepted`` `Batch` (as
     `load_batch` returns) is what the later stages read. The report goes to
     ``validation.json``.
     """
     return run_gate(cfg, batch, run_dir)
 
 
-def enforce_validation(gate: dict[str, Any]) -> None:
+def enforce_validation(gate: GateResult) -> None:
     """Stop the pipeline when the gate blocked the batch (`DataValidationError`, exit code 3)."""
     enforce(gate)
 
@@ -315,10 +315,10 @@ def register_model(cfg: PipelineConfig, run_id: str, prepared: Splits, run_dir: 
     uri, name = cfg.tracking_uri(), registry.registry_name(cfg)
     existing = registry.version_for_run(uri, name, run_id)
     if existing is not None:
-        return Registration(enabled=True, **{**existing, "reused": True})
+        return Registration(enabled=True, **existing.model_dump(), reused=True)
     logged = serving.log_serving_model(uri, run_id, run_dir=run_dir, reference=pd.read_parquet(prepared.reference),
                                        features=prepared.features)
-    return Registration(enabled=True, **registry.register_version(uri, name, run_id, logged["model_id"]))
+    return registry.register_version(uri, name, run_id, logged["model_id"])
 
 
 def gate_model(
@@ -357,15 +357,15 @@ def gate_model(
         champion=champion, champion_predictions=champion_predictions, champion_error=error,
         populations=prepared.populations,
     )
-    (Path(run_dir) / "gate.json").write_text(json.dumps(decision, indent=1))
-    return Decision(enabled=True, **decision)
+    (Path(run_dir) / "gate.json").write_text(json.dumps(decision.to_json(), indent=1))
+    return Decision(enabled=True, **dict(decision))
 
 
 def publish_decision(
     cfg: PipelineConfig,
     run_id: str,
     accepted: Batch,
-    validation: dict[str, Any],
+    validation: GateResult,
     prepared: Splits,
     metrics: dict[str, float],
     registered: Registration,
@@ -374,26 +374,26 @@ def publish_decision(
 ) -> Publication:
     """Write the version's governance record, then move its aliases (challenger; champion on a pass)."""
     from normlab import tracking
-    from normlab.governance_record import governance_record, publish
+    from normlab.governance_record import DataRef, DriftReference, governance_record, publish
 
     if not registered.enabled:
         return Publication(enabled=False)
     uri = cfg.tracking_uri()
-    model = registered.model_dump(include={"name", "version", "run_id", "model_id", "source"})
+    model = registered.model_version()
     record = governance_record(
         model=model,
-        data={"fingerprint": accepted.fingerprint, "source": accepted.source, "rows": accepted.rows},
-        validation=validation,
+        data=DataRef(fingerprint=accepted.fingerprint, source=accepted.source, rows=accepted.rows),
+        validation=validation.report,
         metrics=metrics,
         decision=decision.record(),
-        drift_reference={"artifact_uri": f"runs:/{run_id}/drift/reference.parquet",
-                         "local_path": prepared.reference},
+        drift_reference=DriftReference(artifact_uri=f"runs:/{run_id}/drift/reference.parquet",
+                                       local_path=prepared.reference),
         flow_run_id=flow_run_id,
         promotion=cfg.promotion,
     )
     published = publish(uri, record)
-    tracking.set_tags(uri, run_id, {"normlab.registry.name": model["name"], "normlab.registry.version": model["version"],
+    tracking.set_tags(uri, run_id, {"normlab.registry.name": model.name, "normlab.registry.version": model.version,
                                     "normlab.gate.passed": decision.passed,
                                     "normlab.gate.reason": decision.reason[:4000]})
     tracking.log_metrics(uri, run_id, {"gate/passed": float(decision.passed)})
-    return Publication(enabled=True, **published)
+    return published

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from typing import Any
 
 import numpy as np
 
 from normlab.bootstrap import COUNT_METRICS, bootstrap, count_metric, interval
 from normlab.config import PromotionConfig
+from normlab.contracts import ChampionScore, GateRecord, ModelVersion, PromotionCheck
 from normlab.evaluation import aggregate, ood_groups
 
 
@@ -48,21 +48,23 @@ def _split_of(key: str) -> tuple[str, str]:
 HEALTH_METRICS = ("train/final_loss", "train/final_val_loss", "id/val/accuracy", "id/test/accuracy", "id/test/nll")
 
 
-def check_health(metrics: dict[str, float]) -> list[dict[str, Any]]:
+def check_health(metrics: dict[str, float]) -> list[PromotionCheck]:
     """The model-health checks: finite losses and ID metrics; two or more classes seen in training."""
     bad = [k for k in HEALTH_METRICS if k in metrics and not math.isfinite(metrics[k])]
-    checks = [{"kind": "health", "metric": "finite", "passed": not bad,
-               "reason": (f"not finite: {', '.join(f'{k}={metrics[k]}' for k in bad)} (training diverged)" if bad
-                          else "losses and ID metrics are finite")}]
+    checks = [PromotionCheck(
+        kind="health", metric="finite", passed=not bad,
+        reason=(f"not finite: {', '.join(f'{k}={metrics[k]}' for k in bad)} (training diverged)" if bad
+                else "losses and ID metrics are finite"))]
     classes = metrics.get("train/classes")
     if classes is not None:
-        checks.append({"kind": "health", "metric": "train/classes", "value": classes, "passed": classes >= 2,
-                       "reason": (f"trained on {int(classes)} class(es); a classifier needs at least 2"
-                                  if classes < 2 else f"trained on {int(classes)} classes")})
+        checks.append(PromotionCheck(
+            kind="health", metric="train/classes", value=classes, passed=classes >= 2,
+            reason=(f"trained on {int(classes)} class(es); a classifier needs at least 2"
+                    if classes < 2 else f"trained on {int(classes)} classes")))
     return checks
 
 
-def check_thresholds(thresholds: dict[str, float], metrics: dict[str, float], groups: list[str]) -> list[dict[str, Any]]:
+def check_thresholds(thresholds: dict[str, float], metrics: dict[str, float], groups: list[str]) -> list[PromotionCheck]:
     """One check per threshold (``ood/*`` expanded): passed when the metric is at least the value."""
     checks = []
     for pattern, floor in thresholds.items():
@@ -73,8 +75,8 @@ def check_thresholds(thresholds: dict[str, float], metrics: dict[str, float], gr
             else:
                 passed = value >= floor
                 reason = f"{key} {value:.4f} {'>=' if passed else '<'} {floor:g}"
-            checks.append({"kind": "threshold", "metric": key, "value": value, "at_least": floor,
-                           "passed": passed, "reason": reason})
+            checks.append(PromotionCheck(kind="threshold", metric=key, value=value, at_least=floor,
+                                         passed=passed, reason=reason))
     return checks
 
 
@@ -88,7 +90,7 @@ def compare_with_champion(
     seed: int,
     populations: dict[str, str] | None = None,
     champion_name: str = "champion",
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
+) -> tuple[list[PromotionCheck], dict[str, float]]:
     """Paired bootstrap of (challenger - champion) on every compared metric.
 
     Args:
@@ -116,7 +118,7 @@ def compare_with_champion(
     metrics = [m for m in COUNT_METRICS if m in wanted]
     samples = bootstrap(labels, {k: [challenger[k], champion[k]] for k in leaves}, n_classes=n_classes,
                         metrics=metrics, samples=promotion.bootstrap_samples, seed=seed, populations=populations)
-    checks: list[dict[str, Any]] = []
+    checks: list[PromotionCheck] = []
     rescored: dict[str, float] = {}
     for metric in metrics:
         delta = aggregate({k: samples[k][metric][0] - samples[k][metric][1] for k in samples})
@@ -127,8 +129,8 @@ def compare_with_champion(
         for split in wanted[metric]:
             key = f"{split}/{metric}"
             if split not in delta:
-                checks.append({"kind": "champion", "metric": key, "passed": True, "skipped": True,
-                               "reason": f"{key}: skipped, this run has no such split"})
+                checks.append(PromotionCheck(kind="champion", metric=key, passed=True, skipped=True,
+                                             reason=f"{key}: skipped, this run has no such split"))
                 continue
             low, high = interval(np.asarray(delta[split]), promotion.confidence)
             a, b = float(point_a[split]), float(point_b[split])
@@ -137,9 +139,9 @@ def compare_with_champion(
             reason = (f"{key}: {a:.4f} vs {champion_name} {b:.4f}, delta {a - b:+.4f}, "
                       f"{promotion.confidence:.0%} interval [{low:+.4f}, {high:+.4f}] "
                       f"{'not entirely below' if passed else 'entirely below'} -{promotion.tolerance:g}")
-            checks.append({"kind": "champion", "metric": key, "challenger": a, "champion": b, "delta": a - b,
-                           "ci_low": low, "ci_high": high, "tolerance": promotion.tolerance, "passed": passed,
-                           "verdict": verdict, "reason": reason})
+            checks.append(PromotionCheck(kind="champion", metric=key, challenger=a, champion=b, delta=a - b,
+                                         ci_low=low, ci_high=high, tolerance=promotion.tolerance, passed=passed,
+                                         verdict=verdict, reason=reason))
     return checks, rescored
 
 
@@ -151,11 +153,11 @@ def decide(
     *,
     n_classes: int,
     seed: int,
-    champion: dict[str, Any] | None = None,
+    champion: ModelVersion | None = None,
     champion_predictions: dict[str, np.ndarray] | None = None,
     champion_error: str | None = None,
     populations: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> GateRecord:
     """The gate's decision, with a reason for each check and one for the whole.
 
     Args:
@@ -171,38 +173,39 @@ def decide(
         populations: Splits made of the same rows.
 
     Returns:
-        ``passed``, ``reason``, ``checks``, ``champion`` (version, run and
-        re-scored metrics, or None) and the settings used.
+        The `GateRecord`: ``passed``, ``reason``, ``checks``, ``champion``
+        (version, run and re-scored metrics, or None) and the settings used.
     """
     groups = list(ood_groups([k for k in labels if len(labels[k])]))
     checks = check_health(metrics) + check_thresholds(promotion.thresholds, metrics, groups)
     rescored: dict[str, float] = {}
-    champion_name = f"champion v{champion['version']}" if champion else "champion"
+    champion_name = f"champion v{champion.version}" if champion else "champion"
     if champion is not None and champion_error is None and champion_predictions is not None:
         compared, rescored = compare_with_champion(
             promotion, labels, challenger, champion_predictions, n_classes=n_classes, seed=seed,
             populations=populations, champion_name=champion_name)
         checks += compared
     elif champion is not None:
-        checks.append({"kind": "champion", "metric": None, "passed": False,
-                       "reason": f"{champion_name} could not be re-scored on this run's splits: {champion_error}"})
-    failed = [c for c in checks if not c["passed"]]
-    thresholds = sum(c["kind"] == "threshold" for c in checks)
-    compared_count = sum(c["kind"] == "champion" and not c.get("skipped") for c in checks)
+        checks.append(PromotionCheck(
+            kind="champion", metric=None, passed=False,
+            reason=f"{champion_name} could not be re-scored on this run's splits: {champion_error}"))
+    failed = [c for c in checks if not c.passed]
+    thresholds = sum(c.kind == "threshold" for c in checks)
+    compared_count = sum(c.kind == "champion" and not c.skipped for c in checks)
     if failed:
-        reason = "refused: " + "; ".join(c["reason"] for c in failed)
+        reason = "refused: " + "; ".join(c.reason for c in failed)
     elif champion is None:
         reason = f"passed: {thresholds} threshold(s) met; no champion yet, so thresholds alone decide"
     else:
         reason = (f"passed: {thresholds} threshold(s) met; none of {compared_count} compared metric(s) regressed "
                   f"beyond {promotion.tolerance:g} against {champion_name} re-scored on this run's splits")
-    return {
-        "passed": not failed,
-        "reason": reason,
-        "checks": checks,
-        "champion": None if champion is None else {**champion, "metrics": rescored},
-        "tolerance": promotion.tolerance,
-        "confidence": promotion.confidence,
-        "bootstrap_samples": promotion.bootstrap_samples,
-        "decided_at": _now(),
-    }
+    return GateRecord(
+        passed=not failed,
+        reason=reason,
+        checks=checks,
+        champion=None if champion is None else ChampionScore(**champion.model_dump(), metrics=rescored),
+        tolerance=promotion.tolerance,
+        confidence=promotion.confidence,
+        bootstrap_samples=promotion.bootstrap_samples,
+        decided_at=_now(),
+    )

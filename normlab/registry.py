@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from normlab.config import PipelineConfig
+from normlab.contracts import ModelVersion, Registration
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -32,7 +33,7 @@ def _is_missing(exc: Exception) -> bool:
 # Versions ---------------------------------------------------------------------------------
 
 
-def register_version(uri: str, name: str, run_id: str, model_id: str) -> dict[str, Any]:
+def register_version(uri: str, name: str, run_id: str, model_id: str) -> Registration:
     """Register a logged model as a new version of ``name`` (the run's existing version if it has one).
 
     A retried or resumed run therefore never registers twice.
@@ -44,8 +45,8 @@ def register_version(uri: str, name: str, run_id: str, model_id: str) -> dict[st
         model_id: The logged model's id (``mlflow.pyfunc.log_model``'s ``model_id``).
 
     Returns:
-        ``name``, ``version``, ``run_id``, ``model_id``, ``source`` and
-        ``reused`` (True when the run already had a version).
+        The `Registration`: the version, and ``reused`` (True when the run
+        already had one).
     """
     from mlflow.exceptions import MlflowException
 
@@ -59,20 +60,21 @@ def register_version(uri: str, name: str, run_id: str, model_id: str) -> dict[st
             raise
     existing = version_for_run(uri, name, run_id)
     if existing is not None:
-        return {**existing, "reused": True}
+        return Registration(enabled=True, **existing.model_dump(), reused=True)
     # The store resolves a models:/ source through the global tracking URI; the
     # logged model's own artifact location keeps this explicit.
     source = client.get_logged_model(model_id).artifact_location
     mv = client.create_model_version(name, source=source, run_id=run_id, model_id=model_id)
-    return {**_describe(mv), "model_id": model_id, "reused": False}
+    version = _describe(mv).model_copy(update={"model_id": model_id})
+    return Registration(enabled=True, **version.model_dump(), reused=False)
 
 
-def _describe(mv: Any) -> dict[str, Any]:
-    return {"name": mv.name, "version": str(mv.version), "run_id": mv.run_id,
-            "model_id": getattr(mv, "model_id", None), "source": mv.source}
+def _describe(mv: Any) -> ModelVersion:
+    return ModelVersion(name=mv.name, version=str(mv.version), run_id=mv.run_id,
+                        model_id=getattr(mv, "model_id", None), source=mv.source)
 
 
-def version_for_run(uri: str, name: str, run_id: str) -> dict[str, Any] | None:
+def version_for_run(uri: str, name: str, run_id: str) -> ModelVersion | None:
     """The version of ``name`` registered from ``run_id`` (the latest if several), or None."""
     from mlflow.exceptions import MlflowException
 
@@ -89,7 +91,7 @@ def version_for_run(uri: str, name: str, run_id: str) -> dict[str, Any] | None:
     return _describe(max(found, key=lambda mv: int(mv.version)))
 
 
-def alias_version(uri: str, name: str, alias: str) -> dict[str, Any] | None:
+def alias_version(uri: str, name: str, alias: str) -> ModelVersion | None:
     """The version that holds ``alias``, or None (no alias yet, or no registered model)."""
     from mlflow.exceptions import MlflowException
 
@@ -116,14 +118,14 @@ def set_alias(uri: str, name: str, alias: str, version: str | int) -> None:
     retry_lost_race(uri, client_for(uri).set_registered_model_alias, name, alias, str(version))
 
 
-def load_classifier(uri: str, version: dict[str, Any]):
+def load_classifier(uri: str, version: ModelVersion):
     """The version's serving model, loaded through ``mlflow.pyfunc`` (a `LoadedClassifier`)."""
     import mlflow.pyfunc
 
     from normlab.tracking import tracking_uri
 
     with tracking_uri(uri):
-        model = mlflow.pyfunc.load_model(version["source"])
+        model = mlflow.pyfunc.load_model(version.source)
     return model.unwrap_python_model().classifier
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
 from normlab import pipeline
 from normlab.config import PipelineConfig
 from normlab.contracts import Batch, Decision, Publication, Registration, RunHandle, Splits
+from normlab.gate import GateResult
 from normlab.tasks.policy import TRANSIENT
 
 
@@ -33,7 +32,7 @@ def gate_model(cfg: PipelineConfig, run: RunHandle, prepared: Splits, registered
 
 
 @task(name="publish-decision", **TRANSIENT)
-def publish_decision(cfg: PipelineConfig, run: RunHandle, accepted: Batch, validation: dict[str, Any],
+def publish_decision(cfg: PipelineConfig, run: RunHandle, accepted: Batch, validation: GateResult,
                      prepared: Splits, metrics: dict[str, float], registered: Registration,
                      decision: Decision) -> Publication:
     """Write the governance record, then set the aliases it names."""

@@ -6,8 +6,6 @@ cached result from another run would point at another run's files.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
@@ -15,6 +13,7 @@ from normlab import gate, pipeline, splitting, tracking
 from normlab import resume as resume_runs
 from normlab.config import PipelineConfig, flatten
 from normlab.contracts import Batch, Recorded, RunHandle, Splits, Trained
+from normlab.gate.contracts import GateResult
 from normlab.stages import Stages
 from normlab.tasks.gate import check_splits, publish_gate
 from normlab.tasks.policy import LOCAL, TRANSIENT
@@ -42,20 +41,20 @@ def load_batch(cfg: PipelineConfig, run: RunHandle, data_path: str | None) -> Ba
 
 
 @task(name="validate-batch", **LOCAL)
-def validate_batch(cfg: PipelineConfig, batch: Batch, run: RunHandle) -> dict[str, Any]:
+def validate_batch(cfg: PipelineConfig, batch: Batch, run: RunHandle) -> GateResult:
     """Run the expectation suite."""
     return pipeline.validate_batch(cfg, batch, run.run_dir)
 
 
 @task(name="log-validation", **TRANSIENT)
-def log_validation(cfg: PipelineConfig, run: RunHandle, batch: Batch, report: dict[str, Any]) -> None:
+def log_validation(cfg: PipelineConfig, run: RunHandle, batch: Batch, report: GateResult) -> None:
     """Record the data gate's outcome (``report`` is the gate's result) before anything is trained."""
     gate.log_gate(cfg, run.run_id, report)
     publish_gate(report)
 
 
 @task(name="enforce-validation", **LOCAL)
-def enforce_validation(report: dict[str, Any]) -> None:
+def enforce_validation(report: GateResult) -> None:
     """Stop here when a blocking check failed."""
     pipeline.enforce_validation(report)
 

@@ -45,11 +45,11 @@ def promote(
         if user_error is None:
             raise
         raise fail(user_error, user_error.exit_code) from None
-    if result["already"]:
-        console.print(f"{name} version {result['version']} is the champion already; nothing changed")
+    if result.already:
+        console.print(f"{name} version {result.version} is the champion already; nothing changed")
     else:
-        previous = f" (was version {result['previous_champion']})" if result["previous_champion"] else ""
-        console.print(f"{name} version {result['version']} is now the champion{previous}; promoted by {who}")
-        console.print(f"  governance record: {result['record']}", highlight=False, soft_wrap=True)
-    write_summary(summary, {"status": "unchanged" if result["already"] else "promoted", "by": who,
-                            "reason": reason, **result})
+        previous = f" (was version {result.previous_champion})" if result.previous_champion else ""
+        console.print(f"{name} version {result.version} is now the champion{previous}; promoted by {who}")
+        console.print(f"  governance record: {result.record}", highlight=False, soft_wrap=True)
+    write_summary(summary, {"status": "unchanged" if result.already else "promoted", "by": who,
+                            "reason": reason, **result.model_dump()})

@@ -46,7 +46,7 @@ def test_a_column_near_the_float64_limit_trains_a_finite_model(tmp_path):
     for key in promotion.HEALTH_METRICS:
         assert math.isfinite(metrics[key]), (key, metrics[key])
     assert result["registry"]["passed"], result["registry"]["reason"]
-    assert champion(cfg)["version"] == result["registry"]["version"]
+    assert champion(cfg).version == result["registry"]["version"]
 
 
 def test_a_diverged_model_is_registered_but_never_champion(tmp_path):
@@ -61,7 +61,7 @@ def test_a_diverged_model_is_registered_but_never_champion(tmp_path):
     assert decision["aliases"] == ["challenger"]
     assert champion(cfg) is None
     version = registry.version_for_run(cfg.tracking_uri(), registry.registry_name(cfg), result["run_id"])
-    record = governance_record.read_record(cfg.tracking_uri(), version)
+    record = governance_record.read_record(cfg.tracking_uri(), version).to_json()
     assert "not finite" in record["decisions"][0]["reason"] and record["decisions"][0]["aliases"] == ["challenger"]
     health = [c for c in record["gate"]["checks"] if c["kind"] == "health"]
     assert [c["passed"] for c in health] == [False, True]

@@ -68,7 +68,7 @@ def test_the_gate_chooses_between_two_norms_and_says_why(three_runs):
     assert client.get_registered_model("normlab-digits").aliases["champion"] in (expected_champion, 3)
 
     version = registry.version_for_run(cfg.tracking_uri(), "normlab-digits", second["run_id"])
-    record = governance_record.read_record(cfg.tracking_uri(), version)
+    record = governance_record.read_record(cfg.tracking_uri(), version).to_json()
     gate = record["gate"]
     assert gate["champion"]["version"] == "1"
     compared = [c for c in gate["checks"] if c["kind"] == "champion"]
@@ -117,7 +117,9 @@ def test_champion_serves_raw_rows_and_can_be_replaced_by_hand(three_runs, repo_r
     assert "version 3 is now the champion" in result.output
     client = MlflowClient(tracking_uri=cfg.tracking_uri())
     assert client.get_registered_model("normlab-digits").aliases["champion"] == 3
-    record = governance_record.read_record(cfg.tracking_uri(), {"run_id": weak["run_id"], "version": "3"})
+    weak_version = registry.version_for_run(cfg.tracking_uri(), "normlab-digits", weak["run_id"])
+    assert weak_version.version == "3"
+    record = governance_record.read_record(cfg.tracking_uri(), weak_version).to_json()
     assert [d["kind"] for d in record["decisions"]] == ["gate", "manual"]
     assert record["decisions"][-1]["by"] == "ana" and record["decisions"][-1]["overrides_gate"]
 

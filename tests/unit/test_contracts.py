@@ -41,4 +41,7 @@ def test_summaries_keep_the_json_shapes():
     published = Publication(enabled=True, name="m", version="2", aliases=["challenger"], record="runs:/r/x.json",
                             passed=False, reason="refused: x")
     assert list(published.summary()) == ["enabled", "name", "version", "aliases", "record", "passed", "reason"]
-    assert "enabled" not in Decision(enabled=True, passed=True, reason="passed").record()
+    decision = Decision(enabled=True, passed=True, reason="passed", checks=[], champion=None, tolerance=0.0,
+                        confidence=0.95, bootstrap_samples=10, decided_at="2026-01-01T00:00:00+00:00")
+    assert list(decision.record().to_json()) == ["passed", "reason", "checks", "champion", "tolerance", "confidence",
+                                                 "bootstrap_samples", "decided_at"]

@@ -81,7 +81,7 @@ def test_values_near_the_float_limit_give_finite_bounds_and_a_config_validate_ac
     wide = _between(suite, "wide_int")
     assert wide == {"column": "wide_int", "min_value": -(2**63), "max_value": 2**63 - 1}
 
-    cfg = load_config(made["config_path"], [f"workdir={tmp_path / 'work'}"])
+    cfg = load_config(made.config_path, [f"workdir={tmp_path / 'work'}"])
     assert cfg.data.expectations == "expectations/extreme.json"
     code, summary, output = _validate("configs/extreme.yaml", "extreme.csv")
     assert code == 0, output
@@ -153,7 +153,7 @@ def test_init_writes_a_promotion_threshold_a_majority_class_model_fails(tmp_path
     frame.to_csv(tmp_path / "wine.csv", index=False)
     made = init_project(tmp_path / "wine.csv", "cultivar", root=tmp_path)
 
-    cfg = load_config(made["config_path"], [f"workdir={tmp_path / 'work'}"])
+    cfg = load_config(made.config_path, [f"workdir={tmp_path / 'work'}"])
     majority = frame["cultivar"].value_counts(normalize=True).max()  # grignolino, 71 of 178
     at_least = cfg.promotion.thresholds["id/test/accuracy"]
     assert list(cfg.promotion.thresholds) == ["id/test/accuracy"]
@@ -162,17 +162,17 @@ def test_init_writes_a_promotion_threshold_a_majority_class_model_fails(tmp_path
     assert "id/test/accuracy >= " + str(at_least) in (tmp_path / "configs" / "wine.yaml").read_text()
 
     (majority_model,) = check_thresholds(cfg.promotion.thresholds, {"id/test/accuracy": majority}, [])
-    assert not majority_model["passed"]
+    assert not majority_model.passed
     (good_model,) = check_thresholds(cfg.promotion.thresholds, {"id/test/accuracy": 0.95}, [])
-    assert good_model["passed"]
+    assert good_model.passed
 
 
 def test_promotion_margin_shrinks_with_the_test_split_and_stays_within_one():
     many = promotion_settings(pd.Series(["a"] * 60_000 + ["b"] * 40_000), test_fraction=0.15)
-    assert many["thresholds"]["id/test/accuracy"] == pytest.approx(0.6 + PROMOTION_MIN_MARGIN)
+    assert many.thresholds["id/test/accuracy"] == pytest.approx(0.6 + PROMOTION_MIN_MARGIN)
     lopsided = promotion_settings(pd.Series(["a"] * 98 + ["b"] * 2 + [None] * 50), test_fraction=0.15)
-    assert lopsided["majority"] == "a" and lopsided["test_rows"] == 15
-    assert lopsided["thresholds"]["id/test/accuracy"] == 1.0
+    assert lopsided.majority == "a" and lopsided.test_rows == 15
+    assert lopsided.thresholds["id/test/accuracy"] == 1.0
 
 
 @pytest.mark.parametrize(("labels", "phrase"), [

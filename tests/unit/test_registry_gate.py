@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from normlab.config import PromotionConfig
-from normlab.promotion import decide
+from normlab.contracts import ModelVersion
+from normlab.promotion import decide as _decide_record
 
 N = 400
 SPLITS = ("id/test", "ood/noise/s1", "ood/noise/s2", "ood/blur")
@@ -36,6 +37,13 @@ def _metrics(labels, preds) -> dict[str, float]:
     out = {f"{k}/accuracy": v for k, v in aggregate(acc).items()}
     out["id/test/accuracy"] = float((preds["id/test"] == labels["id/test"]).mean())
     return out
+
+
+def decide(*args, champion=None, **kwargs) -> dict:
+    """The decision as gate.json holds it (each check with the fields it set)."""
+    if champion is not None:
+        champion = ModelVersion(name="m", source="models:/m", **champion)
+    return _decide_record(*args, champion=champion, **kwargs).to_json()
 
 
 BASE = {"id/test": 0.95, "ood/noise/s1": 0.8, "ood/noise/s2": 0.6, "ood/blur": 0.7}

@@ -14,7 +14,9 @@ import torch
 
 from normlab import governance_record, registry, tracking
 from normlab.config import PromotionConfig
+from normlab.contracts import ChampionScore, GateRecord
 from normlab.data.encoding import FeatureEncoder, LabelEncoder
+from normlab.gate.contracts import CheckRecord, GateReport
 from normlab.models import build_model
 from normlab.serving import LoadedClassifier, log_serving_model
 
@@ -69,10 +71,10 @@ def test_pyfunc_round_trip_on_raw_rows_with_categories(store, tmp_path):
     run_id, folder, features, version = _logged_version(store, tmp_path, frame, name="round-trip")
     # Logging the model leaves the run open for the stages after it.
     assert tracking.client_for(store).get_run(run_id).info.status == "RUNNING"
-    assert version["version"] == "1" and not version["reused"]
+    assert version.version == "1" and not version.reused
 
     with tracking.tracking_uri(store):
-        loaded = mlflow.pyfunc.load_model(version["source"])
+        loaded = mlflow.pyfunc.load_model(version.source)
     raw = frame[features].head(12)
     out = loaded.predict(raw)
     assert list(out.columns) == ["label", "proba_cheap", "proba_dear"]
@@ -87,7 +89,7 @@ def test_pyfunc_round_trip_on_raw_rows_with_categories(store, tmp_path):
     inputs = {c.name: c.type.name for c in loaded.metadata.get_input_schema().inputs}
     assert inputs == {"city": "string", "rooms": "long", "area": "double"}
     # No pickled Python: the wrapper comes from a code file, the weights from a state_dict.
-    local = mlflow.artifacts.download_artifacts(version["source"], tracking_uri=store)
+    local = mlflow.artifacts.download_artifacts(version.source, tracking_uri=store)
     files = {p.name for p in Path(local).rglob("*")}
     assert "python_model.pkl" not in files and {"serving_model.py", "model.pt", "encoder.json"} <= files
 
@@ -95,28 +97,34 @@ def test_pyfunc_round_trip_on_raw_rows_with_categories(store, tmp_path):
 def test_registering_the_same_run_twice_reuses_its_version(store, tmp_path):
     frame = _frame()
     run_id, _, _, first = _logged_version(store, tmp_path, frame, name="twice")
-    again = registry.register_version(store, "twice", run_id, first["model_id"])
-    assert again["version"] == first["version"] and again["reused"]
+    again = registry.register_version(store, "twice", run_id, first.model_id)
+    assert again.version == first.version and again.reused
 
 
 def _record(version, decision, fingerprint="abc"):
+    report = GateReport(
+        suite="s", fingerprint=fingerprint, source="test", rows_in=40, rows_accepted=40, rows_quarantined=0,
+        success=True, blocked=False, failed=[], checks=[CheckRecord(name="nulls", success=True, outcome="passed")])
     return governance_record.governance_record(
-        model={k: version[k] for k in ("name", "version", "run_id", "model_id", "source")},
-        data={"fingerprint": fingerprint, "source": "test", "rows": 40},
-        validation={"success": True, "failed": [], "rows_in": 40, "rows_accepted": 40, "rows_quarantined": 0,
-                    "report": {"suite": "s", "checks": [{"name": "nulls", "success": True, "outcome": "passed"}]}},
+        model=version.model_version(),
+        data=governance_record.DataRef(fingerprint=fingerprint, source="test", rows=40),
+        validation=report,
         metrics={"id/test/accuracy": 0.9, "id/test/accuracy_ci_low": 0.8, "id/test/accuracy_ci_high": 0.95,
                  "ood/mean/accuracy": 0.5, "time/train_seconds": 1.0},
         decision=decision,
-        drift_reference={"artifact_uri": f"runs:/{version['run_id']}/drift/reference.parquet"},
+        drift_reference=governance_record.DriftReference(
+            artifact_uri=f"runs:/{version.run_id}/drift/reference.parquet"),
         flow_run_id="flow-1",
         promotion=PromotionConfig(),
     )
 
 
-def _decision(passed: bool, champion=None) -> dict:
-    return {"passed": passed, "reason": ("passed: ok" if passed else "refused: id/test/accuracy 0.8 < 0.9"),
-            "checks": [], "champion": champion, "decided_at": "2026-01-01T00:00:00+00:00"}
+def _decision(passed: bool, champion=None) -> GateRecord:
+    if champion is not None:
+        champion = ChampionScore(name="normlab-test", run_id="r0", source="models:/m", **champion)
+    return GateRecord(passed=passed, reason=("passed: ok" if passed else "refused: id/test/accuracy 0.8 < 0.9"),
+                      checks=[], champion=champion, tolerance=0.0, confidence=0.95, bootstrap_samples=10,
+                      decided_at="2026-01-01T00:00:00+00:00")
 
 
 def test_record_first_then_aliases_and_promotion_by_hand(store, tmp_path):
@@ -126,13 +134,18 @@ def test_record_first_then_aliases_and_promotion_by_hand(store, tmp_path):
     client = tracking.client_for(store)
 
     published = governance_record.publish(store, _record(v1, _decision(True)))
-    assert published["aliases"] == ["challenger", "champion"]
+    assert published.aliases == ["challenger", "champion"]
     refused = governance_record.publish(store, _record(v2, _decision(False, champion={"version": "1"})))
-    assert refused["aliases"] == ["challenger"]
+    assert refused.aliases == ["challenger"]
     model = client.get_registered_model("normlab-test")
     assert model.aliases == {"champion": 1, "challenger": 2}
 
-    record = governance_record.read_record(store, v2)
+    raw = json.loads(Path(client.download_artifacts(run2, "governance/model_version_2.json", str(tmp_path))).read_text())
+    record = governance_record.read_record(store, v2.model_version()).to_json()
+    assert record == raw  # read back, the record is the file it was written as
+    assert list(raw) == ["format", "format_version", "model", "data", "validation", "metrics", "gate", "promotion",
+                         "drift_reference", "prefect", "decisions"]
+    assert raw["validation"]["suite"] == "s" and raw["validation"]["rows_accepted"] == 40
     assert record["data"]["fingerprint"] == "abc"
     assert record["metrics"]["id/test"] == {"accuracy": 0.9, "accuracy_ci_low": 0.8, "accuracy_ci_high": 0.95}
     assert "time/train_seconds" not in json.dumps(record["metrics"])
@@ -146,14 +159,14 @@ def test_record_first_then_aliases_and_promotion_by_hand(store, tmp_path):
     assert tags["normlab.metric.id/test/accuracy"] == "0.9000 [0.8000, 0.9500]"
 
     result = governance_record.promote(store, "normlab-test", run2, reason="needed for the pilot", by="ana")
-    assert result == {"name": "normlab-test", "version": "2", "previous_champion": "1",
+    assert result.model_dump() == {"name": "normlab-test", "version": "2", "previous_champion": "1",
                       "record": f"runs:/{run2}/governance/model_version_2.json", "already": False}
     assert client.get_registered_model("normlab-test").aliases["champion"] == 2
-    manual = governance_record.read_record(store, v2)["decisions"][-1]
+    manual = governance_record.read_record(store, v2.model_version()).to_json()["decisions"][-1]
     assert manual["kind"] == "manual" and manual["by"] == "ana" and manual["reason"] == "needed for the pilot"
     assert manual["overrides_gate"] is True and manual["previous_champion"] == "1"
     assert client.get_model_version("normlab-test", "2").tags["normlab.decision.by"] == "ana"
-    assert governance_record.promote(store, "normlab-test", run2, reason="again", by="ana")["already"]
+    assert governance_record.promote(store, "normlab-test", run2, reason="again", by="ana").already
 
 
 def test_promotion_by_hand_refuses_what_it_cannot_do(store, tmp_path):
@@ -172,7 +185,7 @@ def test_promotion_by_hand_refuses_what_it_cannot_do(store, tmp_path):
 def test_champion_predictions_map_onto_this_runs_classes(store, tmp_path):
     frame = _frame()
     _, _, features, version = _logged_version(store, tmp_path, frame, name="mapping")
-    classifier = registry.load_classifier(store, version)
+    classifier = registry.load_classifier(store, version.model_version())
     frames = {"id/test": frame[features].head(10)}
     mapped = registry.predict_indices(classifier, frames, ["cheap", "dear"])["id/test"]
     expected = classifier.predict(frames["id/test"])["label"].map({"cheap": 0, "dear": 1}).to_numpy()

@@ -46,8 +46,8 @@ def _racer(uri: str, artifacts: str, barrier, results, index: int) -> None:
         version = registry.register_version(uri, "race-model", run_id, model.model_id)
         for alias in ALIASES:
             barrier.wait(BARRIER_TIMEOUT)
-            registry.set_alias(uri, "race-model", alias, version["version"])
-        results.put((index, "ok", run_id, version["version"]))
+            registry.set_alias(uri, "race-model", alias, version.version)
+        results.put((index, "ok", run_id, version.version))
     except BaseException:  # noqa: BLE001 - reported to the test, which fails on it
         results.put((index, "error", traceback.format_exc(), None))
         barrier.abort()
