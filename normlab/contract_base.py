@@ -1,7 +1,8 @@
 """The one base of normlab's typed hand-offs: a frozen pydantic model that refuses unknown keys.
 
-`normlab.contracts`, `normlab.sweep_contracts`, `normlab.monitoring.contracts`
-and `normlab.drift` build their models on `Contract`. A leaf module: it imports
+`normlab.contracts`, `normlab.gate.contracts`, `normlab.sweep_contracts`,
+`normlab.monitoring.contracts`, `normlab.governance_record` and `normlab.drift`
+build their models on `Contract`. A leaf module: it imports
 nothing from normlab, so any module may build on it.
 
 A module subclasses it as ``class _Contract(Contract, BaseModel)``: naming

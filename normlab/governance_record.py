@@ -14,9 +14,10 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from normlab.config import PromotionConfig
+from normlab.contract_base import Contract
 from normlab.contracts import GateRecord, ModelVersion, Publication
 from normlab.errors import NormlabError
 from normlab.evaluation import MEAN
@@ -33,8 +34,8 @@ class PromotionError(NormlabError):
     """A registry request cannot be carried out (no version for the run, no registered model)."""
 
 
-class _Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Record(Contract, BaseModel):  # BaseModel for ruff's sake: see `normlab.contract_base`
+    """The base of the record's parts: `normlab.contract_base.Contract`."""
 
 
 def record_path(version: str | int) -> str:

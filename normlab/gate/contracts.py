@@ -17,11 +17,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from normlab.contract_base import Contract
 from normlab.contracts import Batch
 
 
-class _Contract(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Contract(Contract, BaseModel):  # BaseModel for ruff's sake: see `normlab.contract_base`
+    """The base of this module's results: `normlab.contract_base.Contract`."""
 
 
 class _Read(BaseModel):
