@@ -197,7 +197,10 @@ class ChampionScore(ModelVersion):
 
 
 class GateRecord(_Contract):
-    """The promotion gate's decision as ``gate.json`` and the governance record hold it (`Decision.record`)."""
+    """The promotion gate's decision as ``gate.json`` and the governance record hold it (`Decision.record`).
+
+    Every field is required, so `to_json` writes them all, and each check with the fields it set.
+    """
 
     passed: bool
     reason: str
@@ -207,12 +210,6 @@ class GateRecord(_Contract):
     confidence: float
     bootstrap_samples: int
     decided_at: str
-
-    def to_json(self) -> dict[str, object]:
-        """The JSON document: each check with the fields it set."""
-        out = self.model_dump()
-        out["checks"] = [c.model_dump(exclude_unset=True) for c in self.checks]  # in place: the key order stays
-        return out
 
 
 class Decision(_Contract):
