@@ -109,6 +109,7 @@ def run(rows: int, *, baseline: bool = True, columns_checked: int = 64) -> dict[
 
     from normlab import drift, monitoring, tracking
     from normlab.config import load_config
+    from normlab.gate import GateScope
 
     started = time.perf_counter()
     import evidently  # noqa: F401 - timed once: a fixed cost per process, not per batch
@@ -150,29 +151,31 @@ def run(rows: int, *, baseline: bool = True, columns_checked: int = 64) -> dict[
         # The store and the monitoring experiment exist in any workdir that has monitored before;
         # creating the SQLite tables (seconds) is a one-off, not a per-batch cost.
         from normlab.registry import registry_name
+        from normlab.tracking import TrackingStore
 
-        uri, public_uri, workdir = cfg.tracking_uri(), cfg.redacted().tracking_uri(), cfg.workdir_path()
+        store, public_uri, workdir = TrackingStore(cfg.tracking_uri()), cfg.redacted().tracking_uri(), cfg.workdir_path()
+        scope = GateScope.from_config(cfg)
         experiment = monitoring.monitoring_experiment(cfg.monitor, cfg.tracking)
-        tracking.ensure_experiment(uri, experiment, cfg.artifact_location())
+        tracking.ensure_experiment(store, experiment, cfg.artifact_location())
         stages: dict[str, float] = {}
         start = time.perf_counter()
         batch = _timed(stages, "open", lambda: monitoring.open_batch(workdir, registry_name(cfg), str(landing)))
-        gated = _timed(stages, "gate", lambda: monitoring.gate_batch(cfg, batch, batch.batch_dir, reference))
+        gated = _timed(stages, "gate", lambda: monitoring.gate_batch(scope, batch, batch.batch_dir, reference))
         analysis = _timed(stages, "analyze", lambda: monitoring.analyze_batch(
-            cfg.monitor, cfg.eval, cfg.data, cfg.seed, uri, reference, gated, batch))
+            cfg.monitor, cfg.eval, cfg.data, cfg.seed, store, reference, gated, batch))
         report = _timed(stages, "report", lambda: monitoring.build_report(
             cfg.monitor, monitoring.workspace_dir(cfg.monitor, workdir), reference, batch, analysis))
         decision = _timed(stages, "decide", lambda: monitoring.decide_batch(
             cfg.monitor, cfg.alerts, workdir, batch, reference, analysis, gated))
         run_id = _timed(stages, "mlflow", lambda: monitoring.log_monitoring_run(
-            cfg.monitor, batch, gated, reference, analysis, report, decision, tracking_uri=uri, experiment=experiment,
+            cfg.monitor, batch, gated, reference, analysis, report, decision, store=store, experiment=experiment,
             artifact_location=cfg.artifact_location()))
         alert = _timed(stages, "alert", lambda: monitoring.alert_batch(
             cfg.alerts, public_uri, batch, reference, analysis, report, decision, run_id, retrain=False))
         quality_alert = _timed(stages, "quality_alert", lambda: monitoring.quality_alert_batch(
             cfg.alerts, public_uri, batch, reference, gated, decision, run_id))
         _timed(stages, "commit", lambda: monitoring.finish_batch(
-            uri, workdir, batch, gated, reference, analysis, report, decision, alert, quality_alert, run_id))
+            store, workdir, batch, gated, reference, analysis, report, decision, alert, quality_alert, run_id))
         out["batch_s"] = round(time.perf_counter() - start, 3)
         out["stages"] = stages
         out["rows_accepted"] = gated.rows_accepted

@@ -143,7 +143,8 @@ def run(rows: int, *, repeats: int | None = None, gx: bool = False) -> dict[str,
         cfg = load_config(REPO / "configs" / "digits.yaml", [f"workdir={tmp}/work", f"data.expectations={SUITE}"])
         index = pd.DataFrame({"feature_hash": checks.content_hashes(earlier, features), "row_hash": np.uint64(0),
                               "salt": cfg.splits.salt})
-        index_dir = gate.evaluation_index_dir(cfg)
+        scope = gate.GateScope.from_config(cfg)
+        index_dir = scope.evaluation_index
         index_dir.mkdir(parents=True)
         index.to_parquet(index_dir / "earlier.parquet", index=False)
         # The baseline looks rows up by pandas' own row hash (same dtypes on both sides).
@@ -152,7 +153,7 @@ def run(rows: int, *, repeats: int | None = None, gx: bool = False) -> dict[str,
         gate_times, pandas_times = [], []
         for _ in range(repeats):
             start = time.perf_counter()
-            assessment = gate.assess(frame, cfg, suite, evaluation_index=index)
+            assessment = gate.assess(frame, scope, suite, evaluation_index=index)
             gate_times.append(time.perf_counter() - start)
             start = time.perf_counter()
             pandas_rejected = pandas_pass(frame, suite, cfg, pandas_index)
@@ -166,7 +167,7 @@ def run(rows: int, *, repeats: int | None = None, gx: bool = False) -> dict[str,
         batch = Batch(path=str(snapshot), source="bench", fingerprint=fingerprint_frame(frame), rows=rows,
                       columns=list(frame.columns))
         start = time.perf_counter()
-        result = gate.run_gate(cfg, batch, Path(tmp) / "run")
+        result = gate.run_gate(scope, batch, Path(tmp) / "run")
         out["end_to_end_s"] = round(time.perf_counter() - start, 3)
         out["blocked"] = result.blocked
 

@@ -87,13 +87,13 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(cfg.train.threads)
     folder = args.workdir.resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    frame, source = pipeline.read_batch(cfg)
+    frame, source = pipeline.read_batch(cfg.data)
     frame.to_parquet(folder / "batch.parquet", index=False)
     batch = Batch(path=str(folder / "batch.parquet"), source=source, fingerprint="",  # a plain script: no fingerprint
                   rows=len(frame), columns=[str(c) for c in frame.columns])
-    prepared = splitting.prepare_splits(cfg, batch, folder)
+    prepared = splitting.prepare_splits(cfg.data, cfg.splits, cfg.eval, cfg.seed, batch, folder)
     splits = splitting.load_prepared(prepared)
-    spec = pipeline.model_spec(cfg, prepared)
+    spec = pipeline.model_spec(cfg.model, prepared, cfg.data.image_shape)
     set_seeds(cfg.seed)
     model = pipeline.build_from_spec(spec)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
                       result=TrainingResult.model_validate({k: v for k, v in result.items() if k != "epoch_ends"}))
     trained_at = time.time()
 
-    metrics = pipeline.evaluate(cfg, prepared, trained, folder)
+    metrics = pipeline.evaluate(cfg.eval, prepared, trained, folder, seed=cfg.seed)
     done = time.time()
     timings = {
         "epochs": cfg.train.epochs,

@@ -53,7 +53,7 @@ def run(workers: int, points: int = 8, *, epochs: int = 10, batch_size: int = 2)
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     from normlab.config import load_config
     from normlab.flows.sweep import sweep_flow
-    from normlab.tracking import client_for
+    from normlab.tracking import TrackingStore
 
     with tempfile.TemporaryDirectory(prefix="normlab-bench-") as tmp:
         cfg = load_config(None, [
@@ -63,7 +63,8 @@ def run(workers: int, points: int = 8, *, epochs: int = 10, batch_size: int = 2)
         start = time.perf_counter()
         summary = sweep_flow(cfg)
         seconds = time.perf_counter() - start
-        children = [client_for(cfg.tracking_uri()).get_run(p.run_id).info for p in summary.points]
+        client = TrackingStore(cfg.tracking_uri()).client
+        children = [client.get_run(p.run_id).info for p in summary.points]
     finished = [p for p in summary.points if p.finished]
     if len(finished) != points:
         raise RuntimeError(f"{points - len(finished)} of {points} points failed")

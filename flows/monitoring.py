@@ -19,12 +19,14 @@ from normlab.flows.training import training_flow
 from normlab.monitoring.contracts import BatchEntry, BatchOutcome, MonitorSummary, Reference, RetrainingRecord
 from normlab.monitoring.retraining import retrained_run
 from normlab.tasks import monitoring as m
+from normlab.tracking import TrackingStore
 
 
 @flow(name="normlab-monitor-batch", flow_run_name="batch-{path}")
 def batch_flow(config: PipelineConfig, path: str, reference: Reference, retrain: bool | None = None,
                config_hint: str = "") -> BatchOutcome:
     """Gate one batch, measure its drift, report, decide, alert, and commit it as processed."""
+    store = TrackingStore(config.tracking_uri())  # one client for the batch's MLflow calls
     # 1. Fingerprint and claim the batch; one seen before, still being written, unreadable or a link is not processed
     batch = m.open_batch(config, path)
     if batch.skip:
@@ -35,13 +37,13 @@ def batch_flow(config: PipelineConfig, path: str, reference: Reference, retrain:
         analysis = report = None
         if gated.rows_typed and not gated.missing_features:
             # 3. Data drift, prediction drift, performance when labelled (every typed row, quarantined ones too)
-            analysis = m.analyze_batch(config, reference, gated, batch)
+            analysis = m.analyze_batch(config, store, reference, gated, batch)
             # 4. Evidently report on a sample, showing the decision's verdict, added to the workspace
             report = m.build_report(config, reference, batch, analysis)
         # 5. Decision, committed under the state lock in landing order: streak, data quality, cooldowns
         decision = m.decide_batch(config, batch, reference, analysis, gated, retrain)
         # 6. One MLflow run in the monitoring experiment: metrics, reports, gate result
-        monitor_run_id = m.log_monitoring_run(config, batch, gated, reference, analysis, report, decision)
+        monitor_run_id = m.log_monitoring_run(config, store, batch, gated, reference, analysis, report, decision)
         # 7. Alerts through Apprise (drift; data quality), and Prefect events for automations
         alert = m.send_alert(config, batch, reference, analysis, report, decision, monitor_run_id, config_hint)
         quality_alert = m.send_quality_alert(config, batch, reference, gated, decision, monitor_run_id)
@@ -50,7 +52,7 @@ def batch_flow(config: PipelineConfig, path: str, reference: Reference, retrain:
         if decision.quality.alert and config.alerts.prefect_event:
             m.emit_quality_event(reference, batch, gated, decision, monitor_run_id)
         # 8. Commit: batch done, streak and alert histories; a Markdown summary in Prefect
-        entry = m.finish_batch(config, batch, gated, reference, analysis, report, decision, alert, quality_alert,
+        entry = m.finish_batch(config, store, batch, gated, reference, analysis, report, decision, alert, quality_alert,
                                monitor_run_id)
         m.publish_batch_summary(entry, reference)
     except BaseException:
@@ -72,11 +74,12 @@ def monitoring_flow(config: PipelineConfig | str, data: str, retrain: bool | Non
             failure alerted before the flow run fails (its ``summary`` is the `MonitorSummary`).
     """
     config = resolve_config(config)  # a config file path: plain `prefect deploy` of deploy/prefect.yaml
+    store = TrackingStore(config.tracking_uri())
     # 1. Alert URLs usable? Which batch files are there, and which are new?
     m.check_alert_urls(config)
     triage = m.triage_batches(config, m.discover_batches(data))
     # 2. The drift reference: the champion's training data, else the latest run's
-    reference = m.resolve_reference(config) if triage.new else None
+    reference = m.resolve_reference(config, store) if triage.new else None
     batches: list[BatchEntry] = list(triage.skipped)
     retrained: list[RetrainingRecord] = []
     for path in triage.new:
@@ -100,7 +103,7 @@ def monitoring_flow(config: PipelineConfig | str, data: str, retrain: bool | Non
                 record = record.model_copy(update={"alert": m.retraining_failed_alert(config, reference, record)})
             retrained.append(record)
             # 5. Later batches compare against whatever the retraining made the reference
-            reference = m.resolve_reference(config)
+            reference = m.resolve_reference(config, store)
     summary = MonitorSummary(data=data, reference=reference, batches=batches, retrained=retrained)
     failed = [r for r in retrained if r.error and r.data]
     if failed:

@@ -22,6 +22,7 @@ from normlab.sweep_contracts import PointOutcome, StudyResult, SweepSummary
 from normlab.tasks import gate as g
 from normlab.tasks import sweep as s
 from normlab.tasks import training as t
+from normlab.tracking import TrackingStore
 
 
 def dask_runner(settings: SweepConfig) -> DaskTaskRunner:
@@ -55,10 +56,11 @@ def dask_teardown(worker: Any) -> None:
 
 
 @flow(name="normlab-sweep-grid")
-def grid_flow(config: PipelineConfig, parent: SweepParent, batch: Batch) -> list[PointOutcome]:
+def grid_flow(config: PipelineConfig, store: TrackingStore, parent: SweepParent,
+              batch: Batch) -> list[PointOutcome]:
     """Run every grid point as one task on the Dask cluster; a failed point is recorded, not fatal."""
-    # 1. One task per grid point, shipped to the workers
-    futures = s.run_point.map(unmapped(config), parent.points, unmapped(parent), unmapped(batch))
+    # 1. One task per grid point, shipped to the workers (each opens its own client on the store)
+    futures = s.run_point.map(unmapped(config), unmapped(store), parent.points, unmapped(parent), unmapped(batch))
     # 2. Wait for every point; a failed one keeps its error and run id
     return collect(parent.points, [f.result(raise_on_failure=False) for f in futures])
 
@@ -67,29 +69,30 @@ def grid_flow(config: PipelineConfig, parent: SweepParent, batch: Batch) -> list
 def sweep_flow(config: PipelineConfig | str, data_path: str | None = None, kind: str = "sweep") -> SweepSummary:
     """Train every (norm, batch size, seed) of ``config.sweep`` as nested MLflow runs and compare them."""
     config = resolve_config(config)  # a config file path: plain `prefect deploy` of deploy/prefect.yaml
+    store = TrackingStore(config.tracking_uri())  # one client for the parent run's stages
     # 1. Open the parent MLflow run (the grid as params)
-    parent = s.start_sweep(config, kind)
+    parent = s.start_sweep(config, store, kind)
     try:
         # 2. Data gate, once for every grid point: validate, quarantine, stop on a blocking failure
         batch = t.load_batch(config, parent, data_path)
         validation = t.validate_batch(config, batch, parent)
-        t.log_validation(config, parent, batch, validation)
+        t.log_validation(store, parent, validation)
         t.enforce_validation(validation)
         accepted = validation.accepted  # only the accepted rows go on
         # 3. Leakage check on the split every point makes (it depends on the rows only)
         prepared = t.prepare_splits(config, accepted, parent)
-        g.check_splits(config, accepted, prepared, parent)
+        g.check_splits(config, store, accepted, prepared, parent)
         # 4. The accepted batch as the parent's dataset input (the points link to it)
-        s.log_data(config, parent, accepted)
+        s.log_data(config, store, parent, accepted)
         # 5. Run the grid on Dask: one nested child run per point
-        results = grid_flow.with_options(task_runner=dask_runner(config.sweep))(config, parent, accepted)
+        results = grid_flow.with_options(task_runner=dask_runner(config.sweep))(config, store, parent, accepted)
         # 6. Aggregate over seeds, write the comparison report, log it to the parent run
-        summary = s.finish_sweep(config, parent, accepted, results)
+        summary = s.finish_sweep(config, store, parent, accepted, results)
     except BaseException as exc:
-        t.end_run(config, parent, "FAILED")
+        t.end_run(store, parent, "FAILED")
         exc.run_id = parent.run_id  # lets the CLI name the failed run
         raise
-    t.end_run(config, parent, "FINISHED" if summary.status == "finished" else "FAILED")
+    t.end_run(store, parent, "FINISHED" if summary.status == "finished" else "FAILED")
     return summary
 
 
@@ -101,4 +104,4 @@ def study_flow(config: PipelineConfig) -> StudyResult:
     # 2. Test each finding: intervals, held or not
     findings = s.check_findings(config, summary)
     # 3. The one-page report, logged to the sweep's parent run
-    return s.write_study(config, summary, findings)
+    return s.write_study(config, TrackingStore(config.tracking_uri()), summary, findings)

@@ -23,6 +23,7 @@ from normlab.errors import NormlabError
 from normlab.evaluation import MEAN
 from normlab.gate.contracts import GateReport
 from normlab.registry import CHALLENGER, CHAMPION, alias_version, set_alias, version_for_run
+from normlab.tracking import TrackingStore
 
 RECORD_FORMAT = "normlab.governance_record"
 RECORD_VERSION = 1
@@ -245,19 +246,17 @@ def _record_tags(record: GovernanceRecord) -> dict[str, str]:
     return {k: v[: _TAG_MAX - 3] + "..." if len(v) > _TAG_MAX else v for k, v in tags.items()}
 
 
-def write_record(uri: str, record: GovernanceRecord) -> str:
+def write_record(store: TrackingStore, record: GovernanceRecord) -> str:
     """Log the record as its run's artifact and as tags on the version; returns the artifact URI."""
-    from normlab.tracking import client_for
-
     model = record.model
-    client = client_for(uri)
+    client = store.client
     client.log_dict(model.run_id, record.to_json(), record_path(model.version))
     for key, value in _record_tags(record).items():
         client.set_model_version_tag(model.name, model.version, key, value)
     return f"runs:/{model.run_id}/{record_path(model.version)}"
 
 
-def read_record(uri: str, version: ModelVersion) -> GovernanceRecord | None:
+def read_record(store: TrackingStore, version: ModelVersion) -> GovernanceRecord | None:
     """A version's governance record, or None when it has none.
 
     Raises:
@@ -266,11 +265,9 @@ def read_record(uri: str, version: ModelVersion) -> GovernanceRecord | None:
     from mlflow.exceptions import MlflowException
     from pydantic import ValidationError
 
-    from normlab.tracking import client_for
-
     with tempfile.TemporaryDirectory(prefix="normlab-record-") as tmp:
         try:
-            path = client_for(uri).download_artifacts(version.run_id, record_path(version.version), tmp)
+            path = store.client.download_artifacts(version.run_id, record_path(version.version), tmp)
         except (MlflowException, OSError):
             return None
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -281,21 +278,21 @@ def read_record(uri: str, version: ModelVersion) -> GovernanceRecord | None:
         raise NormlabError(f"{where} is not a governance record: {exc.errors()[0]['msg']}") from None
 
 
-def publish(uri: str, record: GovernanceRecord) -> Publication:
+def publish(store: TrackingStore, record: GovernanceRecord) -> Publication:
     """Write the record, then move the aliases its last decision names (never the other way round)."""
-    artifact = write_record(uri, record)
+    artifact = write_record(store, record)
     model, last = record.model, record.decisions[-1]
     for alias in last.aliases:
-        set_alias(uri, model.name, alias, model.version)
+        set_alias(store, model.name, alias, model.version)
     return Publication(enabled=True, name=model.name, version=model.version, aliases=last.aliases, record=artifact,
                        passed=record.gate.passed if record.gate else None, reason=last.reason)
 
 
-def promote(uri: str, name: str, run_id: str, *, reason: str, by: str) -> ManualPromotion:
+def promote(store: TrackingStore, name: str, run_id: str, *, reason: str, by: str) -> ManualPromotion:
     """Make the version registered from ``run_id`` the champion by hand, recording who and why.
 
     Args:
-        uri: Tracking (and registry) URI.
+        store: The tracking (and registry) store.
         name: Registered model name.
         run_id: The run whose version is promoted.
         reason: Why (required, kept in the record and tags).
@@ -310,20 +307,20 @@ def promote(uri: str, name: str, run_id: str, *, reason: str, by: str) -> Manual
     """
     if not reason.strip():
         raise PromotionError("--reason is empty; say why this version should be the champion")
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if store.missing_database() is not None:
         # Opening a missing SQLite store would create an empty one.
-        raise PromotionError(f"no tracking store at {uri}; point --set workdir=... or tracking.uri at the runs' store")
-    version = version_for_run(uri, name, run_id)
+        raise PromotionError(f"no tracking store at {store.uri}; point --set workdir=... or tracking.uri at the runs' store")
+    version = version_for_run(store, name, run_id)
     if version is None:
         raise PromotionError(
             f"run {run_id} has no version of registered model {name!r}; "
             "check the run id and the config (model.registry_name) it was trained with"
         )
-    previous = alias_version(uri, name, CHAMPION)
+    previous = alias_version(store, name, CHAMPION)
     if previous is not None and previous.version == version.version:
         return ManualPromotion(name=name, version=version.version, previous_champion=previous.version,
                                record=f"runs:/{run_id}/{record_path(version.version)}", already=True)
-    record = read_record(uri, version) or GovernanceRecord(
+    record = read_record(store, version) or GovernanceRecord(
         format=RECORD_FORMAT, format_version=RECORD_VERSION, model=version, data=DataRef(),
         validation=ValidationSummary(), metrics={}, gate=None, drift_reference=DriftReference(),
         prefect=PrefectRef(flow_run_id=None), decisions=[],
@@ -339,7 +336,7 @@ def promote(uri: str, name: str, run_id: str, *, reason: str, by: str) -> Manual
         previous_champion=previous.version if previous else None,
         overrides_gate=gate_passed is False,
     )
-    published = publish(uri, record.model_copy(update={"decisions": [*record.decisions, manual]}))
+    published = publish(store, record.model_copy(update={"decisions": [*record.decisions, manual]}))
     return ManualPromotion(name=name, version=version.version,
                            previous_champion=previous.version if previous else None,
                            record=str(published.record), already=False)

@@ -32,7 +32,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from normlab.config import PipelineConfig
+from normlab import tracking
+from normlab.config import (
+    CheckpointConfig,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    PipelineConfig,
+    PromotionConfig,
+    TrainConfig,
+    to_yaml,
+)
 from normlab.contracts import (
     Batch,
     Decision,
@@ -47,16 +57,17 @@ from normlab.data.fingerprint import fingerprint_frame
 from normlab.data.sources import load_builtin, read_table
 from normlab.errors import DataSourceError, NormlabError
 from normlab.evaluation import confusion, evaluate_run
-from normlab.gate import GateResult, enforce, run_gate
+from normlab.gate import GateResult, GateScope, enforce, run_gate
 from normlab.inference import profile_inference
 from normlab.models import build_model
 from normlab.splitting import load_eval_frames, load_prepared
+from normlab.tracking import TrackingStore
 from normlab.training import make_optimizer, set_seeds, train_model
 
 
-def run_dir_for(cfg: PipelineConfig, run_id: str) -> Path:
-    """The run's local folder (created)."""
-    path = cfg.workdir_path() / "runs" / run_id
+def run_dir_for(workdir: Path, run_id: str) -> Path:
+    """The run's local folder under the work folder (created)."""
+    path = workdir / "runs" / run_id
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -64,24 +75,24 @@ def run_dir_for(cfg: PipelineConfig, run_id: str) -> Path:
 # 1. Load -------------------------------------------------------------------------------
 
 
-def read_batch(cfg: PipelineConfig, data_path: str | None = None) -> tuple[pd.DataFrame, str]:
-    """The batch (a file, or the built-in dataset) and a description of its source."""
-    path = data_path or cfg.data.path
+def read_batch(data: DataConfig, data_path: str | None = None) -> tuple[pd.DataFrame, str]:
+    """The batch (``data_path``, the configured file, or the built-in dataset) and a description of its source."""
+    path = data_path or data.path
     if path:
         return read_table(path), str(Path(path).resolve())
-    return load_builtin(cfg.data.source or ""), f"builtin:{cfg.data.source}"
+    return load_builtin(data.source or ""), f"builtin:{data.source}"
 
 
-def batch_fingerprint(cfg: PipelineConfig, data_path: str | None = None) -> str:
+def batch_fingerprint(data: DataConfig, data_path: str | None = None) -> str:
     """The fingerprint the batch has once loaded (what a reproduction is checked against)."""
-    return fingerprint_frame(read_batch(cfg, data_path)[0])
+    return fingerprint_frame(read_batch(data, data_path)[0])
 
 
-def check_label(cfg: PipelineConfig, frame: pd.DataFrame, source: str) -> None:
+def check_label(data: DataConfig, frame: pd.DataFrame, source: str) -> None:
     """`DataSourceError` when the batch has no label column."""
-    if cfg.data.label not in frame.columns:
+    if data.label not in frame.columns:
         raise DataSourceError(
-            f"{source}: label column {cfg.data.label!r} not found; columns: {', '.join(map(str, frame.columns[:20]))}"
+            f"{source}: label column {data.label!r} not found; columns: {', '.join(map(str, frame.columns[:20]))}"
         )
 
 
@@ -98,24 +109,24 @@ def stage_batch(frame: pd.DataFrame, source: str, run_dir: str | Path, fingerpri
     )
 
 
-def load_batch(cfg: PipelineConfig, run_dir: str | Path, data_path: str | None = None) -> Batch:
+def load_batch(data: DataConfig, run_dir: str | Path, data_path: str | None = None) -> Batch:
     """Load the batch (a file, or the built-in dataset), snapshot and fingerprint it."""
-    frame, source = read_batch(cfg, data_path)
-    check_label(cfg, frame, source)
+    frame, source = read_batch(data, data_path)
+    check_label(data, frame, source)
     return stage_batch(frame, source, run_dir)
 
 
 # 2. Validate ---------------------------------------------------------------------------
 
 
-def validate_batch(cfg: PipelineConfig, batch: Batch, run_dir: str | Path) -> GateResult:
+def validate_batch(scope: GateScope, batch: Batch, run_dir: str | Path) -> GateResult:
     """The data gate: run every check, quarantine rejected rows, write the accepted ones.
 
     Returns `normlab.gate.run_gate`'s `GateResult`; its ``accepted`` `Batch` (as
     `load_batch` returns) is what the later stages read. The report goes to
     ``validation.json``.
     """
-    return run_gate(cfg, batch, run_dir)
+    return run_gate(scope, batch, run_dir)
 
 
 def enforce_validation(gate: GateResult) -> None:
@@ -129,18 +140,18 @@ def enforce_validation(gate: GateResult) -> None:
 # 4. Train ------------------------------------------------------------------------------
 
 
-def model_spec(cfg: PipelineConfig, prepared: Splits) -> dict[str, Any]:
-    """The keyword arguments that rebuild the model with `build_model`."""
+def model_spec(model: ModelConfig, prepared: Splits, image_shape: tuple[int, ...] | None) -> dict[str, Any]:
+    """The keyword arguments that rebuild the model with `build_model` (``image_shape``: ``data.image_shape``)."""
     return {
-        "family": cfg.model.family,
+        "family": model.family,
         "in_features": prepared.n_features,
         "num_classes": len(prepared.classes),
-        "norm": cfg.model.norm,
-        "image_shape": list(cfg.data.image_shape) if cfg.data.image_shape else None,
-        "hidden": list(cfg.model.hidden),
-        "channels": list(cfg.model.channels),
-        "groups": cfg.model.groups,
-        "dropout": cfg.model.dropout,
+        "norm": model.norm,
+        "image_shape": list(image_shape) if image_shape else None,
+        "hidden": list(model.hidden),
+        "channels": list(model.channels),
+        "groups": model.groups,
+        "dropout": model.dropout,
     }
 
 
@@ -153,33 +164,44 @@ def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
 
 
 def train(
-    cfg: PipelineConfig, prepared: Splits, run_dir: str | Path, on_epoch_end=None, on_checkpoint=None
+    model_config: ModelConfig,
+    settings: TrainConfig,
+    prepared: Splits,
+    run_dir: str | Path,
+    *,
+    seed: int,
+    image_shape: tuple[int, ...] | None,
+    eval_batch_size: int,
+    checkpoint: CheckpointConfig,
+    on_epoch_end=None,
+    on_checkpoint=None,
 ) -> Trained:
     """Train the configured model; resumes from ``checkpoints/last.pt`` when present.
 
     ``on_epoch_end`` gets each epoch's record; ``on_checkpoint`` the records since
     the previous checkpoint, at most every ``checkpoint.every_seconds`` (see
-    `normlab.training.train_model`).
+    `normlab.training.train_model`). ``eval_batch_size`` (``eval.batch_size``)
+    scores the validation split after each epoch.
     """
     run_dir = Path(run_dir)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     splits = load_prepared(prepared)
-    spec = model_spec(cfg, prepared)
-    set_seeds(cfg.seed)
+    spec = model_spec(model_config, prepared, image_shape)
+    set_seeds(seed)
     model = build_from_spec(spec)
     optimizer = make_optimizer(
-        model.parameters(), cfg.train.optimizer, lr=cfg.train.lr,
-        momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay,
+        model.parameters(), settings.optimizer, lr=settings.lr,
+        momentum=settings.momentum, weight_decay=settings.weight_decay,
     )
     # With val_fraction 0 the test split stands in for validation (and says so in the docs).
     val = splits["id/val"] if len(splits.get("id/val", ((), ()))[1]) else splits["id/test"]
     result = train_model(
         model, optimizer, splits["id/train"], val,
-        epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, seed=cfg.seed,
-        target_accuracy=cfg.train.target_accuracy, checkpoint_dir=run_dir / "checkpoints",
-        on_epoch_end=on_epoch_end, eval_batch_size=cfg.eval.batch_size,
-        checkpoint_every_seconds=cfg.checkpoint.every_seconds, on_checkpoint=on_checkpoint,
+        epochs=settings.epochs, batch_size=settings.batch_size, seed=seed,
+        target_accuracy=settings.target_accuracy, checkpoint_dir=run_dir / "checkpoints",
+        on_epoch_end=on_epoch_end, eval_batch_size=eval_batch_size,
+        checkpoint_every_seconds=checkpoint.every_seconds, on_checkpoint=on_checkpoint,
     )
     torch.save(model.state_dict(), run_dir / "model.pt")
     (run_dir / "model.json").write_text(json.dumps(spec))
@@ -202,19 +224,21 @@ def load_trained(trained: Trained) -> torch.nn.Module:
 # 5. Evaluate ---------------------------------------------------------------------------
 
 
-def evaluate(cfg: PipelineConfig, prepared: Splits, trained: Trained, run_dir: str | Path) -> dict[str, float]:
+def evaluate(
+    settings: EvalConfig, prepared: Splits, trained: Trained, run_dir: str | Path, *, seed: int
+) -> dict[str, float]:
     """Metrics for the ID test split and every OOD split, plus training figures."""
     splits = load_prepared(prepared)
     model = load_trained(trained)
     scored = {k: v for k, v in splits.items() if k == "id/test" or k.startswith("ood/")}
-    frames = load_eval_frames(prepared) if cfg.eval.slices else None
-    metrics, predictions = evaluate_run(model, scored, classes=prepared.classes, settings=cfg.eval, seed=cfg.seed,
+    frames = load_eval_frames(prepared) if settings.slices else None
+    metrics, predictions = evaluate_run(model, scored, classes=prepared.classes, settings=settings, seed=seed,
                                         populations=prepared.populations, frames=frames)
     np.savez(Path(run_dir) / "predictions.npz", **predictions)
-    if cfg.eval.inference:
+    if settings.inference:
         timing, notes = profile_inference(
-            model, *splits["id/test"], iterations=cfg.eval.latency_iterations,
-            throughput_batch=cfg.eval.throughput_batch, fold_tolerance=cfg.eval.fold_tolerance,
+            model, *splits["id/test"], iterations=settings.latency_iterations,
+            throughput_batch=settings.throughput_batch, fold_tolerance=settings.fold_tolerance,
         )
         metrics.update(timing)
         (Path(run_dir) / "inference.json").write_text(json.dumps(notes, indent=1))
@@ -246,6 +270,7 @@ def evaluate(cfg: PipelineConfig, prepared: Splits, trained: Trained, run_dir: s
 
 def record_run(
     cfg: PipelineConfig,
+    store: TrackingStore,
     run_id: str,
     batch: Batch,
     prepared: Splits,
@@ -257,76 +282,81 @@ def record_run(
 
     Per-epoch metrics were logged live during training (epochs an interrupted
     run stopped before logging are filled in here); params, validation and
-    tags at the start. Returns the model URI (`Recorded`).
+    tags at the start. ``cfg`` is the run's config: its redacted copy is
+    logged as ``config.yaml`` (what `normlab reproduce` rebuilds the run from).
+    Returns the model URI (`Recorded`).
     """
-    from normlab import plots, tracking
-    from normlab.config import to_yaml
+    from normlab import plots
 
-    uri, run_dir = cfg.tracking_uri(), Path(run_dir)
-    tracking.log_metrics(uri, run_id, metrics)
+    run_dir = Path(run_dir)
+    tracking.log_metrics(store, run_id, metrics)
     result = trained.result.model_dump()
-    tracking.log_missing_history(uri, run_id, result["history"])
+    tracking.log_missing_history(store, run_id, result["history"])
 
     frame = pd.read_parquet(batch.path)
     tracking.log_dataset(
-        uri, run_id, frame, name=cfg.name, source=batch.source, fingerprint=batch.fingerprint,
+        store, run_id, frame, name=cfg.name, source=batch.source, fingerprint=batch.fingerprint,
         targets=cfg.data.label, context="training",
     )
-    tracking.log_artifact(uri, run_id, prepared.reference, "drift")
-    tracking.log_artifact(uri, run_id, prepared.encoder, "model_inputs")
-    tracking.log_text(uri, run_id, to_yaml(cfg.redacted()), "config.yaml")
-    tracking.log_dict(uri, run_id, metrics, "metrics.json")
-    tracking.log_dict(uri, run_id, result, "training/history.json")
+    tracking.log_artifact(store, run_id, prepared.reference, "drift")
+    tracking.log_artifact(store, run_id, prepared.encoder, "model_inputs")
+    tracking.log_text(store, run_id, to_yaml(cfg.redacted()), "config.yaml")
+    tracking.log_dict(store, run_id, metrics, "metrics.json")
+    tracking.log_dict(store, run_id, result, "training/history.json")
     if (run_dir / "inference.json").is_file():
-        tracking.log_artifact(uri, run_id, run_dir / "inference.json", "evaluation")
+        tracking.log_artifact(store, run_id, run_dir / "inference.json", "evaluation")
 
     history = result["history"]
     title = f"{cfg.model.family} + {cfg.model.norm} norm, batch {cfg.train.batch_size}"
     fig = plots.learning_curves(history, title=title, target=cfg.train.target_accuracy)
-    tracking.log_figure(uri, run_id, fig, "plots/learning_curves.png")
+    tracking.log_figure(store, run_id, fig, "plots/learning_curves.png")
     plots.close(fig)
     matrix = np.load(run_dir / "confusion_id_test.npy")
     fig = plots.confusion_matrix_figure(matrix, prepared.classes, title="ID test confusion matrix")
-    tracking.log_figure(uri, run_id, fig, "plots/confusion_id_test.png")
+    tracking.log_figure(store, run_id, fig, "plots/confusion_id_test.png")
     plots.close(fig)
 
     model = load_trained(trained)
     with np.load(prepared.path) as npz:
         example = npz["id/test/x"][:5]
-    model_uri = tracking.log_torch_model(uri, run_id, model, input_example=example,
+    model_uri = tracking.log_torch_model(store, run_id, model, input_example=example,
                                          extra_files=[prepared.encoder])
-    tracking.set_tags(uri, run_id, {"normlab.model_uri": model_uri})
+    tracking.set_tags(store, run_id, {"normlab.model_uri": model_uri})
     return Recorded(model_uri=model_uri)
 
 
 # 7. Register, gate, publish ------------------------------------------------------------
 
 
-def register_model(cfg: PipelineConfig, run_id: str, prepared: Splits, run_dir: str | Path) -> Registration:
-    """Log the serving model (raw rows in, labels out) and register it as a new version.
+def register_model(
+    promotion: PromotionConfig, store: TrackingStore, name: str, run_id: str, prepared: Splits, run_dir: str | Path
+) -> Registration:
+    """Log the serving model (raw rows in, labels out) and register it as a new version of ``name``.
 
     A run that already has a version (a retried or resumed run) keeps it.
     Returns ``Registration(enabled=False)`` when ``promotion.enabled`` is off.
     """
     from normlab import registry, serving
 
-    if not cfg.promotion.enabled:
+    if not promotion.enabled:
         return Registration(enabled=False)
-    uri, name = cfg.tracking_uri(), registry.registry_name(cfg)
-    existing = registry.version_for_run(uri, name, run_id)
+    existing = registry.version_for_run(store, name, run_id)
     if existing is not None:
         return Registration(enabled=True, **existing.model_dump(), reused=True)
-    logged = serving.log_serving_model(uri, run_id, run_dir=run_dir, reference=pd.read_parquet(prepared.reference),
+    logged = serving.log_serving_model(store, run_id, run_dir=run_dir, reference=pd.read_parquet(prepared.reference),
                                        features=prepared.features)
-    return registry.register_version(uri, name, run_id, logged["model_id"])
+    return registry.register_version(store, name, run_id, logged["model_id"])
 
 
 def gate_model(
-    cfg: PipelineConfig,
+    promotion: PromotionConfig,
+    store: TrackingStore,
     prepared: Splits,
     registered: Registration,
     metrics: dict[str, float],
     run_dir: str | Path,
+    *,
+    seed: int,
 ) -> Decision:
     """The promotion gate: thresholds, then the champion re-scored on this run's splits.
 
@@ -336,24 +366,24 @@ def gate_model(
     """
     from mlflow.exceptions import MlflowException
 
-    from normlab import promotion, registry
+    from normlab import registry
+    from normlab.promotion import decide
 
     if not registered.enabled:
         return Decision(enabled=False)
-    uri = cfg.tracking_uri()
     labels = {k: y for k, (_, y) in load_prepared(prepared).items() if k in prepared.eval_frames}
     with np.load(Path(run_dir) / "predictions.npz") as npz:
         challenger = {k: npz[k] for k in npz.files}
-    champion = registry.alias_version(uri, registered.name, registry.CHAMPION)
+    champion = registry.alias_version(store, registered.name, registry.CHAMPION)
     champion_predictions, error = None, None
     if champion is not None:
         try:
-            classifier = registry.load_classifier(uri, champion)
+            classifier = registry.load_classifier(store, champion)
             champion_predictions = registry.predict_indices(classifier, load_eval_frames(prepared), prepared.classes)
         except (NormlabError, MlflowException, OSError, ValueError, KeyError) as exc:
             error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    decision = promotion.decide(
-        cfg.promotion, metrics, labels, challenger, n_classes=len(prepared.classes), seed=cfg.seed,
+    decision = decide(
+        promotion, metrics, labels, challenger, n_classes=len(prepared.classes), seed=seed,
         champion=champion, champion_predictions=champion_predictions, champion_error=error,
         populations=prepared.populations,
     )
@@ -362,7 +392,8 @@ def gate_model(
 
 
 def publish_decision(
-    cfg: PipelineConfig,
+    promotion: PromotionConfig,
+    store: TrackingStore,
     run_id: str,
     accepted: Batch,
     validation: GateResult,
@@ -373,12 +404,10 @@ def publish_decision(
     flow_run_id: str | None,
 ) -> Publication:
     """Write the version's governance record, then move its aliases (challenger; champion on a pass)."""
-    from normlab import tracking
     from normlab.governance_record import DataRef, DriftReference, governance_record, publish
 
     if not registered.enabled:
         return Publication(enabled=False)
-    uri = cfg.tracking_uri()
     model = registered.model_version()
     record = governance_record(
         model=model,
@@ -389,11 +418,11 @@ def publish_decision(
         drift_reference=DriftReference(artifact_uri=f"runs:/{run_id}/drift/reference.parquet",
                                        local_path=prepared.reference),
         flow_run_id=flow_run_id,
-        promotion=cfg.promotion,
+        promotion=promotion,
     )
-    published = publish(uri, record)
-    tracking.set_tags(uri, run_id, {"normlab.registry.name": model.name, "normlab.registry.version": model.version,
+    published = publish(store, record)
+    tracking.set_tags(store, run_id, {"normlab.registry.name": model.name, "normlab.registry.version": model.version,
                                     "normlab.gate.passed": decision.passed,
                                     "normlab.gate.reason": decision.reason[:4000]})
-    tracking.log_metrics(uri, run_id, {"gate/passed": float(decision.passed)})
+    tracking.log_metrics(store, run_id, {"gate/passed": float(decision.passed)})
     return published

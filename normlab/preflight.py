@@ -24,16 +24,14 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 _DATABASE_SCHEMES = ("postgresql", "mysql", "mssql", "sqlite")
 
 
-def check_workdir(cfg: PipelineConfig) -> Path:
+def check_workdir(folder: Path) -> Path:
     """The work folder; `ConfigError` when it cannot be a folder normlab writes into (nothing is created)."""
-    folder = cfg.workdir_path()
     _writable_folder(folder, "workdir")
     return folder
 
 
-def check_store(cfg: PipelineConfig) -> None:
+def check_store(uri: str) -> None:
     """A SQLite store's file can be created or opened for writing; a database store's driver is installed."""
-    uri = cfg.tracking_uri()
     shown = redact_uri(uri)
     scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
     db = sqlite_path(uri)
@@ -55,8 +53,8 @@ def check_store(cfg: PipelineConfig) -> None:
 
 def check_all(cfg: PipelineConfig) -> None:
     """Every check of this module, in the order a run needs them."""
-    check_workdir(cfg)
-    check_store(cfg)
+    check_workdir(cfg.workdir_path())
+    check_store(cfg.tracking_uri())
 
 
 def _writable_folder(folder: Path, what: str) -> None:

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict
 from normlab.config import GateConfig, PipelineConfig, SplitsConfig, validate_config
 from normlab.data.types import EXACT_INT, ColumnType, infer_types
 from normlab.errors import ConfigError, DataSourceError
-from normlab.gate import assess
+from normlab.gate import GateScope, assess
 from normlab.gate.checks import content_hashes
 from normlab.gate.contracts import Expectation, Suite
 from normlab.label_noise import check_label_noise
@@ -459,7 +459,7 @@ def init_project(
     }
     cfg = validate_config(raw, source=str(config_path))
     # The file should pass its own gate; stray values, duplicate rows or a tiny file are what it can still catch.
-    own = assess(frame, cfg, suite)
+    own = assess(frame, GateScope.from_config(cfg), suite)
     own_failures = [c.label for c in own.checks if c.outcome in ("quarantined", "blocked")]
     (metric, at_least), = promotion.thresholds.items()
     header = (f"# Profiled by `normlab init` from {shown} ({len(frame)} rows, label {label!r}).\n"

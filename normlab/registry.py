@@ -16,6 +16,7 @@ import pandas as pd
 
 from normlab.config import PipelineConfig
 from normlab.contracts import ModelVersion, Registration
+from normlab.tracking import TrackingStore, retry_lost_race, tracking_uri
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -33,13 +34,13 @@ def _is_missing(exc: Exception) -> bool:
 # Versions ---------------------------------------------------------------------------------
 
 
-def register_version(uri: str, name: str, run_id: str, model_id: str) -> Registration:
+def register_version(store: TrackingStore, name: str, run_id: str, model_id: str) -> Registration:
     """Register a logged model as a new version of ``name`` (the run's existing version if it has one).
 
     A retried or resumed run therefore never registers twice.
 
     Args:
-        uri: Tracking (and registry) URI.
+        store: The tracking (and registry) store.
         name: Registered model name (created when missing).
         run_id: The run that logged the model.
         model_id: The logged model's id (``mlflow.pyfunc.log_model``'s ``model_id``).
@@ -50,15 +51,13 @@ def register_version(uri: str, name: str, run_id: str, model_id: str) -> Registr
     """
     from mlflow.exceptions import MlflowException
 
-    from normlab.tracking import client_for
-
-    client = client_for(uri)
+    client = store.client
     try:
         client.create_registered_model(name, description="Registered by normlab; aliases champion and challenger.")
     except MlflowException as exc:
         if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
             raise
-    existing = version_for_run(uri, name, run_id)
+    existing = version_for_run(store, name, run_id)
     if existing is not None:
         return Registration(enabled=True, **existing.model_dump(), reused=True)
     # The store resolves a models:/ source through the global tracking URI; the
@@ -74,14 +73,12 @@ def _describe(mv: Any) -> ModelVersion:
                         model_id=getattr(mv, "model_id", None), source=mv.source)
 
 
-def version_for_run(uri: str, name: str, run_id: str) -> ModelVersion | None:
+def version_for_run(store: TrackingStore, name: str, run_id: str) -> ModelVersion | None:
     """The version of ``name`` registered from ``run_id`` (the latest if several), or None."""
     from mlflow.exceptions import MlflowException
 
-    from normlab.tracking import client_for
-
     try:
-        found = client_for(uri).search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        found = store.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     except MlflowException as exc:
         if _is_missing(exc):
             return None
@@ -91,21 +88,19 @@ def version_for_run(uri: str, name: str, run_id: str) -> ModelVersion | None:
     return _describe(max(found, key=lambda mv: int(mv.version)))
 
 
-def alias_version(uri: str, name: str, alias: str) -> ModelVersion | None:
+def alias_version(store: TrackingStore, name: str, alias: str) -> ModelVersion | None:
     """The version that holds ``alias``, or None (no alias yet, or no registered model)."""
     from mlflow.exceptions import MlflowException
 
-    from normlab.tracking import client_for
-
     try:
-        return _describe(client_for(uri).get_model_version_by_alias(name, alias))
+        return _describe(store.client.get_model_version_by_alias(name, alias))
     except MlflowException as exc:
         if _is_missing(exc):
             return None
         raise
 
 
-def set_alias(uri: str, name: str, alias: str, version: str | int) -> None:
+def set_alias(store: TrackingStore, name: str, alias: str, version: str | int) -> None:
     """Point ``alias`` of ``name`` at ``version``.
 
     MLflow sets an alias by reading it, then inserting or updating its row: two
@@ -113,18 +108,14 @@ def set_alias(uri: str, name: str, alias: str, version: str | int) -> None:
     row's primary key. That one sets it again (the last one to set it wins, as
     when they take turns).
     """
-    from normlab.tracking import client_for, retry_lost_race
-
-    retry_lost_race(uri, client_for(uri).set_registered_model_alias, name, alias, str(version))
+    retry_lost_race(store, store.client.set_registered_model_alias, name, alias, str(version))
 
 
-def load_classifier(uri: str, version: ModelVersion):
+def load_classifier(store: TrackingStore, version: ModelVersion):
     """The version's serving model, loaded through ``mlflow.pyfunc`` (a `LoadedClassifier`)."""
     import mlflow.pyfunc
 
-    from normlab.tracking import tracking_uri
-
-    with tracking_uri(uri):
+    with tracking_uri(store):
         model = mlflow.pyfunc.load_model(version.source)
     return model.unwrap_python_model().classifier
 

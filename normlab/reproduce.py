@@ -14,10 +14,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel
+
+from normlab import tracking
 from normlab.config import PipelineConfig, read_yaml, validate_config
+from normlab.contract_base import Contract
+from normlab.credentials import redact_uri
 from normlab.errors import ConfigError, DataSourceError, NormlabError
+from normlab.tracking import TrackingStore
 
 FINGERPRINT_TAG = "normlab.data.fingerprint"
 REPRODUCES_TAG = "normlab.reproduces"
@@ -34,26 +40,60 @@ class RunNotFoundError(NormlabError):
     """The run id is not in the tracking store, or the run lacks what a rerun needs."""
 
 
-def _get_run(uri: str, run_id: str) -> Any:
+class _Contract(Contract, BaseModel):
+    pass
+
+
+class Plan(_Contract):
+    """What a rerun needs (`prepare`): the logged config, and the data it ran on, unchanged."""
+
+    config: PipelineConfig  # the logged config, logging to the same store, promotion off
+    data_path: str | None  # a file, or None for a built-in data set
+    fingerprint: str
+    source: str
+
+
+class MetricRow(_Contract):
+    """One metric of the original run, against the reproduction (last logged values)."""
+
+    key: str
+    original: float | None
+    reproduced: float | None
+    steps: int
+    match: Literal["identical", "rounding", "different", "missing"]
+    repeatable: bool
+
+
+class Comparison(_Contract):
+    """The two runs compared key by key, every logged step (`compare`); the summary file is this, as JSON."""
+
+    original_run_id: str
+    reproduced_run_id: str
+    identical: bool  # every repeatable metric equal, bit for bit or to float64 rounding
+    differ: list[str]  # repeatable keys that differ or are missing
+    rounding: list[str]  # keys equal only to rounding
+    compared: int
+    unrepeatable: list[str]  # wall-clock and registry keys, not compared
+    extra: list[str]  # keys only the reproduction logged (e.g. stages a sweep point skips)
+    metrics: list[MetricRow]
+
+
+def _get_run(store: TrackingStore, run_id: str) -> Any:
     from mlflow.exceptions import MlflowException
 
-    from normlab import tracking
-
     try:
-        return tracking.client_for(uri).get_run(run_id)
+        return store.client.get_run(run_id)
     except MlflowException:
-        raise RunNotFoundError(f"run {run_id} not found in the tracking store {uri}") from None
+        raise RunNotFoundError(f"run {run_id} not found in the tracking store {redact_uri(store.uri)}") from None
 
 
-def logged_config(uri: str, run_id: str) -> PipelineConfig:
+def logged_config(store: TrackingStore, run_id: str) -> PipelineConfig:
     """The ``config.yaml`` artifact of a run, validated."""
     from mlflow.exceptions import MlflowException
 
-    from normlab import tracking
-
     with tracking.scratch_dir() as tmp:
         try:
-            path = tracking.client_for(uri).download_artifacts(run_id, "config.yaml", tmp)
+            path = store.client.download_artifacts(run_id, "config.yaml", tmp)
         except (MlflowException, OSError):
             raise RunNotFoundError(f"run {run_id} has no config.yaml artifact: it did not finish recording, "
                                    "so there is nothing to rerun") from None
@@ -74,12 +114,12 @@ def logged_source(run: Any) -> str | None:
     return None
 
 
-def prepare(uri: str, run_id: str) -> dict[str, Any]:
+def prepare(store: TrackingStore, run_id: str) -> Plan:
     """What a rerun of ``run_id`` needs, after checking that its data is unchanged.
 
     Returns:
-        ``config`` (the logged config, logging to ``uri``, promotion off), ``data_path`` (a file,
-        or None for a built-in data set), ``fingerprint`` and ``source``.
+        The `Plan`: the logged config (logging to ``store``, promotion off), the data file
+        (None for a built-in data set), its fingerprint and source.
 
     Raises:
         RunNotFoundError: Unknown run, or no config or fingerprint was recorded.
@@ -87,13 +127,13 @@ def prepare(uri: str, run_id: str) -> dict[str, Any]:
     """
     from normlab import pipeline
 
-    run = _get_run(uri, run_id)
+    run = _get_run(store, run_id)
     logged = run.data.tags.get(FINGERPRINT_TAG)
     if not logged:
         raise RunNotFoundError(f"run {run_id} has no {FINGERPRINT_TAG} tag: its data was never fingerprinted")
-    cfg = logged_config(uri, run_id)
+    cfg = logged_config(store, run_id)
     # The reproduction logs next to the original, and, being a check, registers nothing.
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": uri}),
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": store.uri}),
                                  "promotion": cfg.promotion.model_copy(update={"enabled": False})})
     # The recorded source first (a `--data` file, a sweep's validated snapshot), then the config's.
     # MLflow keeps one dataset per name and digest in an experiment, so the recorded path can be
@@ -106,9 +146,9 @@ def prepare(uri: str, run_id: str) -> dict[str, Any]:
         if data_path is not None and not Path(data_path).is_file():
             missing.append(source)
             continue
-        current = pipeline.batch_fingerprint(cfg, data_path)
+        current = pipeline.batch_fingerprint(cfg.data, data_path)
         if current == logged:
-            return {"config": cfg, "data_path": data_path, "fingerprint": logged, "source": source}
+            return Plan(config=cfg, data_path=data_path, fingerprint=logged, source=source)
         changed.append((source, current))
     if changed:
         source, current = changed[0]
@@ -117,13 +157,11 @@ def prepare(uri: str, run_id: str) -> dict[str, Any]:
     raise DataSourceError(f"cannot reproduce run {run_id}: its data file {missing[0]} no longer exists")
 
 
-def metric_histories(uri: str, run_id: str) -> dict[str, list[tuple[int, float]]]:
+def metric_histories(store: TrackingStore, run_id: str) -> dict[str, list[tuple[int, float]]]:
     """Every metric of a run as (step, value) pairs, one value per step (the last logged)."""
-    from normlab import tracking
-
-    client = tracking.client_for(uri)
+    client = store.client
     out: dict[str, list[tuple[int, float]]] = {}
-    for key in _get_run(uri, run_id).data.metrics:
+    for key in _get_run(store, run_id).data.metrics:
         by_step: dict[int, tuple[int, float]] = {}
         for m in client.get_metric_history(run_id, key):
             # A resumed run can log a step twice; the later value is the run's.
@@ -152,49 +190,38 @@ def match(a: list[tuple[int, float]], b: list[tuple[int, float]] | None) -> str:
     return "different"
 
 
-def compare(uri: str, original: str, reproduced: str) -> dict[str, Any]:
-    """Compare the original run's metrics with the reproduction's, key by key, every logged step.
-
-    Returns:
-        ``identical`` (every repeatable metric of the original equal in the
-        reproduction, bit for bit or to float64 rounding), ``metrics`` (one row
-        per key: ``key``, ``original`` and ``reproduced`` last values, ``match``,
-        ``repeatable``), ``differ`` (repeatable keys that differ or are
-        missing), ``rounding`` (keys equal only to rounding), ``unrepeatable``
-        (wall-clock and registry keys, not compared) and ``extra`` (keys only
-        the reproduction logged, e.g. stages a sweep point skips).
-    """
-    a, b = metric_histories(uri, original), metric_histories(uri, reproduced)
-    rows = []
-    for key in sorted(a):
-        rows.append({
-            "key": key,
-            "original": a[key][-1][1] if a[key] else None,
-            "reproduced": b[key][-1][1] if b.get(key) else None,
-            "steps": len(a[key]),
-            "match": match(a[key], b.get(key)),
-            "repeatable": not key.startswith(UNREPEATABLE_PREFIXES),
-        })
-    compared = [r for r in rows if r["repeatable"]]
-    differ = [r["key"] for r in compared if r["match"] in ("different", "missing")]
-    return {
-        "original_run_id": original,
-        "reproduced_run_id": reproduced,
-        "identical": bool(compared) and not differ,
-        "differ": differ,
-        "rounding": [r["key"] for r in compared if r["match"] == "rounding"],
-        "compared": len(compared),
-        "unrepeatable": [r["key"] for r in rows if not r["repeatable"]],
-        "extra": sorted(set(b) - set(a)),
-        "metrics": rows,
-    }
+def compare(store: TrackingStore, original: str, reproduced: str) -> Comparison:
+    """Compare the original run's metrics with the reproduction's, key by key, every logged step (`Comparison`)."""
+    a, b = metric_histories(store, original), metric_histories(store, reproduced)
+    rows = [
+        MetricRow(
+            key=key,
+            original=a[key][-1][1] if a[key] else None,
+            reproduced=b[key][-1][1] if b.get(key) else None,
+            steps=len(a[key]),
+            match=match(a[key], b.get(key)),
+            repeatable=not key.startswith(UNREPEATABLE_PREFIXES),
+        )
+        for key in sorted(a)
+    ]
+    compared = [r for r in rows if r.repeatable]
+    differ = [r.key for r in compared if r.match in ("different", "missing")]
+    return Comparison(
+        original_run_id=original,
+        reproduced_run_id=reproduced,
+        identical=bool(compared) and not differ,
+        differ=differ,
+        rounding=[r.key for r in compared if r.match == "rounding"],
+        compared=len(compared),
+        unrepeatable=[r.key for r in rows if not r.repeatable],
+        extra=sorted(set(b) - set(a)),
+        metrics=rows,
+    )
 
 
-def mark_reproduction(uri: str, original: str, reproduced: str, identical: bool) -> None:
+def mark_reproduction(store: TrackingStore, original: str, reproduced: str, identical: bool) -> None:
     """Tag the new run with the run it reproduces and the outcome."""
-    from normlab import tracking
-
-    tracking.set_tags(uri, reproduced, {REPRODUCES_TAG: original,
+    tracking.set_tags(store, reproduced, {REPRODUCES_TAG: original,
                                         "normlab.reproduce.identical": str(identical).lower()})
 
 

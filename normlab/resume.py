@@ -24,8 +24,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from normlab import tracking
 from normlab.config import PipelineConfig
 from normlab.contracts import RunHandle
+from normlab.tracking import TrackingStore
 
 CONFIG_HASH_TAG = "normlab.config_hash"
 FINGERPRINT_TAG = "normlab.data.fingerprint"
@@ -71,15 +73,13 @@ def unlock_run_dir(run_dir: str | Path) -> None:
         os.close(held[0])  # closing the descriptor drops the flock
 
 
-def find_interrupted_runs(uri: str, experiment: str, cfg_hash: str, fingerprint: str) -> list[Any]:
+def find_interrupted_runs(store: TrackingStore, experiment: str, cfg_hash: str, fingerprint: str) -> list[Any]:
     """Runs of ``experiment`` with this config hash and data that did not finish, newest first.
 
     Runs the data gate blocked are left out: the same config on the same data
     would be blocked again, and the record of that block is kept as it is.
     """
-    from normlab import tracking
-
-    client = tracking.client_for(uri)
+    client = store.client
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
@@ -92,6 +92,7 @@ def find_interrupted_runs(uri: str, experiment: str, cfg_hash: str, fingerprint:
 
 def open_run(
     cfg: PipelineConfig,
+    store: TrackingStore,
     data_path: str | None,
     *,
     tags: dict[str, str],
@@ -102,7 +103,8 @@ def open_run(
     """Reopen the interrupted run with this config and data, or create a new one.
 
     Args:
-        cfg: The pipeline config.
+        cfg: The pipeline config (its hash finds the interrupted run).
+        store: The tracking store the run is in.
         data_path: The batch file given on the command line (None: the config's source).
         tags: Provenance tags for the run (set on new and reopened runs).
         params: Params for a new run (flattened, redacted config).
@@ -120,17 +122,16 @@ def open_run(
     Raises:
         DataSourceError: The input cannot be read or has no label column (no run is opened).
     """
-    from normlab import pipeline, tracking
+    from normlab import pipeline
     from normlab.data.fingerprint import fingerprint_frame
 
     owner = owner or uuid.uuid4().hex
-    uri = cfg.tracking_uri()
     cfg_hash = config_hash(cfg)
-    frame, source = pipeline.read_batch(cfg, data_path)
-    pipeline.check_label(cfg, frame, source)
+    frame, source = pipeline.read_batch(cfg.data, data_path)
+    pipeline.check_label(cfg.data, frame, source)
     fingerprint = fingerprint_frame(frame)
-    client = tracking.client_for(uri)
-    for old in find_interrupted_runs(uri, cfg.tracking.experiment, cfg_hash, fingerprint):
+    client = store.client
+    for old in find_interrupted_runs(store, cfg.tracking.experiment, cfg_hash, fingerprint):
         old_dir = cfg.workdir_path() / "runs" / old.info.run_id
         # Only a run whose folder is here (its checkpoint) and held by no live process.
         if not old_dir.is_dir() or not lock_run_dir(old_dir, owner):
@@ -141,28 +142,26 @@ def open_run(
             continue
         count = int(old.data.tags.get(RESUMED_TAG, "0")) + 1
         client.update_run(old.info.run_id, status="RUNNING")
-        tracking.set_tags(uri, old.info.run_id, {**tags, RESUMED_TAG: count})
+        tracking.set_tags(store, old.info.run_id, {**tags, RESUMED_TAG: count})
         return RunHandle(run_id=old.info.run_id, run_dir=str(old_dir), resumed=True,
                          config_hash=cfg_hash, fingerprint=fingerprint,
                          batch=pipeline.stage_batch(frame, source, old_dir, fingerprint))
 
     run_id = tracking.start_run(
-        uri, cfg.tracking.experiment, artifact_location=cfg.artifact_location(), run_name=cfg.tracking.run_name,
+        store, cfg.tracking.experiment, artifact_location=cfg.artifact_location(), run_name=cfg.tracking.run_name,
         tags={**tags, CONFIG_HASH_TAG: cfg_hash, FINGERPRINT_TAG: fingerprint},
     )
-    run_dir = pipeline.run_dir_for(cfg, run_id)
+    run_dir = pipeline.run_dir_for(cfg.workdir_path(), run_id)
     lock_run_dir(run_dir, owner)
-    tracking.log_params(uri, run_id, params)
+    tracking.log_params(store, run_id, params)
     return RunHandle(run_id=run_id, run_dir=str(run_dir), resumed=False,
                      config_hash=cfg_hash, fingerprint=fingerprint,
                      batch=pipeline.stage_batch(frame, source, run_dir, fingerprint))
 
 
-def close_run(cfg: PipelineConfig, run: RunHandle, status: str) -> None:
+def close_run(store: TrackingStore, run: RunHandle, status: str) -> None:
     """End the MLflow run with ``status`` and release its folder, even when the store is down."""
-    from normlab import tracking
-
     try:
-        tracking.end_run(cfg.tracking_uri(), run.run_id, status)
+        tracking.end_run(store, run.run_id, status)
     finally:
         unlock_run_dir(run.run_dir)

@@ -21,7 +21,7 @@ import json
 import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
 import numpy as np
@@ -31,6 +31,9 @@ import torch
 from normlab.data.encoding import FeatureEncoder, LabelEncoder
 from normlab.errors import DataSourceError
 from normlab.models import build_model
+
+if TYPE_CHECKING:  # the served model imports this module: it needs no tracking code
+    from normlab.tracking import TrackingStore
 
 # Artifact keys inside the logged model, and the files they come from in a run folder.
 ARTIFACT_FILES: dict[str, str] = {"encoder": "encoder.json", "spec": "model.json", "weights": "model.pt"}
@@ -125,7 +128,7 @@ def serving_example(frame: pd.DataFrame, features: list[str], rows: int = 5) -> 
 
 
 def log_serving_model(
-    uri: str,
+    store: TrackingStore,
     run_id: str,
     *,
     run_dir: str | Path,
@@ -136,7 +139,7 @@ def log_serving_model(
     """Log the pyfunc serving model of a run folder to its MLflow run.
 
     Args:
-        uri: Tracking URI.
+        store: The tracking store.
         run_id: The run to log into.
         run_dir: Folder holding ``encoder.json``, ``model.json`` and ``model.pt``.
         reference: Raw training rows; a few become the input example.
@@ -148,7 +151,7 @@ def log_serving_model(
     """
     from mlflow.models import infer_signature
 
-    from normlab.tracking import client_for, tracking_uri
+    from normlab.tracking import tracking_uri
 
     run_dir = Path(run_dir)
     artifacts = {key: str(run_dir / file) for key, file in ARTIFACT_FILES.items()}
@@ -163,7 +166,7 @@ def log_serving_model(
         # MLflow hints that integer columns cannot hold NaN: the training dtypes are the contract here.
         warnings.simplefilter("ignore", UserWarning)
         signature = infer_signature(example, local.predict(example))
-    with tracking_uri(uri), mlflow.start_run(run_id=run_id):
+    with tracking_uri(store), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=str(entry),
@@ -174,5 +177,5 @@ def log_serving_model(
             pip_requirements=requirements,
         )
     # Leaving the fluent run context marks the run FINISHED; the pipeline closes it itself.
-    client_for(uri).update_run(run_id, status="RUNNING")
+    store.client.update_run(run_id, status="RUNNING")
     return {"model_uri": info.model_uri, "model_id": info.model_id, "name": name}

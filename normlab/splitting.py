@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from normlab.config import PipelineConfig, TimeSplit
+from normlab.config import DataConfig, EvalConfig, SplitsConfig, TimeSplit
 from normlab.contracts import Batch, Splits
 from normlab.data.encoding import FeatureEncoder, LabelEncoder
 from normlab.data.ood import DeriveFromTest, SelectRows, ood_kind
@@ -28,27 +28,32 @@ from normlab.data.splits import assign_id_splits
 from normlab.errors import ConfigError, DataSourceError
 
 
-def feature_columns(cfg: PipelineConfig, columns: list[str]) -> list[str]:
+def feature_columns(data: DataConfig, splits: SplitsConfig, columns: list[str]) -> list[str]:
     """The configured features, or every column but the label and time-split columns."""
-    if cfg.data.features:
-        missing = [c for c in cfg.data.features if c not in columns]
+    if data.features:
+        missing = [c for c in data.features if c not in columns]
         if missing:
             raise ConfigError(f"data.features: columns not in the data: {', '.join(missing)}")
-        return list(cfg.data.features)
-    excluded = {cfg.data.label} | {s.column for s in cfg.splits.ood if isinstance(s, TimeSplit)}
+        return list(data.features)
+    excluded = {data.label} | {s.column for s in splits.ood if isinstance(s, TimeSplit)}
     return [c for c in columns if c not in excluded]
 
 
-def prepare_splits(cfg: PipelineConfig, batch: Batch, run_dir: str | Path) -> Splits:
+def prepare_splits(
+    data: DataConfig, splits: SplitsConfig, evaluation: EvalConfig, seed: int, batch: Batch, run_dir: str | Path,
+) -> Splits:
     """Split the batch into ID train/val/test and the OOD splits, and encode them.
 
     Row-selecting OOD kinds (column, quantile, time) are held out of the ID splits
     entirely; derived kinds (corruption) are transformed copies of the ID test split.
+    ``data`` names the columns and the scaling, ``splits`` the fractions, salt and
+    OOD splits, ``evaluation`` the slice columns the scored rows must have;
+    ``seed`` draws the corruptions.
     """
     run_dir = Path(run_dir)
     frame = pd.read_parquet(batch.path)
-    features = feature_columns(cfg, list(frame.columns))
-    kinds = [(split, ood_kind(split)) for split in cfg.splits.ood]
+    features = feature_columns(data, splits, list(frame.columns))
+    kinds = [(split, ood_kind(split)) for split in splits.ood]
     held_out = np.zeros(len(frame), dtype=bool)
     domain_masks: dict[str, np.ndarray] = {}
     thresholds: dict[str, float] = {}
@@ -65,15 +70,15 @@ def prepare_splits(cfg: PipelineConfig, batch: Batch, run_dir: str | Path) -> Sp
 
     id_frame = frame.loc[~held_out]
     id_split = assign_id_splits(
-        id_frame, val_fraction=cfg.splits.val_fraction, test_fraction=cfg.splits.test_fraction, salt=cfg.splits.salt
+        id_frame, val_fraction=splits.val_fraction, test_fraction=splits.test_fraction, salt=splits.salt
     )
     parts = {name: id_frame.loc[id_split == name] for name in ("train", "val", "test")}
     for name, part in parts.items():
         if name != "val" and len(part) == 0:
             raise DataSourceError(f"the ID {name} split is empty: the batch has too few rows ({len(id_frame)})")
 
-    labels = LabelEncoder.fit(frame[cfg.data.label])
-    encoder = FeatureEncoder.fit(parts["train"], features, scale=cfg.data.scale)
+    labels = LabelEncoder.fit(frame[data.label])
+    encoder = FeatureEncoder.fit(parts["train"], features, scale=data.scale)
     arrays: dict[str, np.ndarray] = {}
     scored: dict[str, pd.DataFrame] = {}  # raw rows of the scored splits, for slices and the champion
     # Derived splits are copies of the ID test rows: the bootstrap resamples them together.
@@ -84,7 +89,7 @@ def prepare_splits(cfg: PipelineConfig, batch: Batch, run_dir: str | Path) -> Sp
             part = part.copy()
             part[features] = raw_override
         arrays[f"{key}/x"] = encoder.transform(part)
-        arrays[f"{key}/y"] = labels.transform(part[cfg.data.label])
+        arrays[f"{key}/y"] = labels.transform(part[data.label])
         if key == "id/test" or key.startswith("ood/"):
             scored[key] = part
 
@@ -93,8 +98,8 @@ def prepare_splits(cfg: PipelineConfig, batch: Batch, run_dir: str | Path) -> Sp
     for split, kind in kinds:
         if isinstance(kind, DeriveFromTest):
             raw = parts["test"][features].to_numpy(dtype=np.float64)
-            for leaf, derived in kind.derive(raw, split, image_shape=cfg.data.image_shape, seed=cfg.seed,
-                                             value_range=cfg.data.value_range):
+            for leaf, derived in kind.derive(raw, split, image_shape=data.image_shape, seed=seed,
+                                             value_range=data.value_range):
                 add(f"ood/{leaf}", parts["test"], derived)
                 populations[f"ood/{leaf}"] = "id/test"
         else:
@@ -102,11 +107,11 @@ def prepare_splits(cfg: PipelineConfig, batch: Batch, run_dir: str | Path) -> Sp
 
     np.savez(run_dir / "prepared.npz", **arrays)
     (run_dir / "encoder.json").write_text(
-        json.dumps({"features": encoder.to_dict(), "labels": labels.to_dict(), "label_column": cfg.data.label})
+        json.dumps({"features": encoder.to_dict(), "labels": labels.to_dict(), "label_column": data.label})
     )
     parts["train"].to_parquet(run_dir / "reference.parquet", index=False)
     counts = {key[:-2]: len(v) for key, v in arrays.items() if key.endswith("/y")}
-    eval_frames = save_eval_frames(scored, run_dir / "eval_frames", slices=cfg.eval.slices)
+    eval_frames = save_eval_frames(scored, run_dir / "eval_frames", slices=evaluation.slices)
     return Splits(
         path=str(run_dir / "prepared.npz"),
         encoder=str(run_dir / "encoder.json"),

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from normlab import gate, pipeline, splitting, tracking
 from normlab.config import PipelineConfig
 from normlab.contracts import Batch, Fitted, Recorded, RunHandle, Splits, Trained
+from normlab.tracking import TrackingStore
 
 
 @dataclass(frozen=True)
@@ -24,17 +26,19 @@ class Stages:
     """What runs each stage of `fit`: one callable per stage, each given the run it writes into."""
 
     prepare_splits: Callable[[PipelineConfig, Batch, RunHandle], Splits]
-    check_splits: Callable[[PipelineConfig, Batch, Splits, RunHandle], object]
-    train: Callable[[PipelineConfig, Splits, RunHandle], Trained]
+    check_splits: Callable[[PipelineConfig, TrackingStore, Batch, Splits, RunHandle], object]
+    train: Callable[[PipelineConfig, TrackingStore, Splits, RunHandle], Trained]
     evaluate: Callable[[PipelineConfig, Splits, Trained, RunHandle], dict[str, float]]
-    record_run: Callable[[PipelineConfig, RunHandle, Batch, Splits, Trained, dict[str, float]], Recorded]
+    record_run: Callable[[PipelineConfig, TrackingStore, RunHandle, Batch, Splits, Trained, dict[str, float]], Recorded]
 
 
 STAGE_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Stages))
 
 
-def fit(stages: Stages, cfg: PipelineConfig, run: RunHandle, batch: Batch) -> Fitted:
+def fit(stages: Stages, cfg: PipelineConfig, store: TrackingStore, run: RunHandle, batch: Batch) -> Fitted:
     """Run the stages after the gate on the accepted ``batch``, in the one order every run and point uses.
+
+    ``store`` is the tracking store ``run`` is in: the stages that log reuse its client.
 
     Raises:
         DataValidationError: The split leaks training content into evaluation rows.
@@ -42,35 +46,45 @@ def fit(stages: Stages, cfg: PipelineConfig, run: RunHandle, batch: Batch) -> Fi
     # 1. Split ID train/val/test and OOD, encode
     prepared = stages.prepare_splits(cfg, batch, run)
     # 2. Stop if evaluation rows share their features with training rows; index them
-    stages.check_splits(cfg, batch, prepared, run)
+    stages.check_splits(cfg, store, batch, prepared, run)
     # 3. Train with the configured norm
-    trained = stages.train(cfg, prepared, run)
+    trained = stages.train(cfg, store, prepared, run)
     # 4. Score every split
     metrics = stages.evaluate(cfg, prepared, trained, run)
     # 5. Log metrics, dataset, model, plots
-    recorded = stages.record_run(cfg, run, batch, prepared, trained, metrics)
+    recorded = stages.record_run(cfg, store, run, batch, prepared, trained, metrics)
     return Fitted(prepared=prepared, trained=trained, metrics=metrics, recorded=recorded)
+
+
+def train_stage(cfg: PipelineConfig, prepared: Splits, run_dir: str | Path, *, on_epoch_end=None,
+                on_checkpoint=None) -> Trained:
+    """`normlab.pipeline.train` given the sections of ``cfg`` it reads (the wiring's one call of it)."""
+    return pipeline.train(cfg.model, cfg.train, prepared, run_dir, seed=cfg.seed, image_shape=cfg.data.image_shape,
+                          eval_batch_size=cfg.eval.batch_size, checkpoint=cfg.checkpoint,
+                          on_epoch_end=on_epoch_end, on_checkpoint=on_checkpoint)
 
 
 def library_stages(*, on_epoch_end: Callable[[object], None] | None = None) -> Stages:
     """The stages as plain library calls; epochs reach MLflow at each checkpoint, ``on_epoch_end`` each epoch."""
 
     def prepare_splits(cfg: PipelineConfig, batch: Batch, run: RunHandle) -> Splits:
-        return splitting.prepare_splits(cfg, batch, run.run_dir)
+        return splitting.prepare_splits(cfg.data, cfg.splits, cfg.eval, cfg.seed, batch, run.run_dir)
 
-    def check_splits(cfg: PipelineConfig, batch: Batch, prepared: Splits, run: RunHandle) -> object:
-        return gate.check_splits(cfg, batch, prepared, run.run_dir, run_id=run.run_id)
+    def check_splits(cfg: PipelineConfig, store: TrackingStore, batch: Batch, prepared: Splits,
+                     run: RunHandle) -> object:
+        return gate.check_splits(gate.GateScope.from_config(cfg), batch, prepared, run.run_dir, store=store,
+                                 run_id=run.run_id)
 
-    def train(cfg: PipelineConfig, prepared: Splits, run: RunHandle) -> Trained:
-        return pipeline.train(cfg, prepared, run.run_dir, on_epoch_end=on_epoch_end,
-                              on_checkpoint=tracking.epoch_logger(cfg.tracking_uri(), run.run_id))
+    def train(cfg: PipelineConfig, store: TrackingStore, prepared: Splits, run: RunHandle) -> Trained:
+        return train_stage(cfg, prepared, run.run_dir, on_epoch_end=on_epoch_end,
+                           on_checkpoint=tracking.epoch_logger(store, run.run_id))
 
     def evaluate(cfg: PipelineConfig, prepared: Splits, trained: Trained, run: RunHandle) -> dict[str, float]:
-        return pipeline.evaluate(cfg, prepared, trained, run.run_dir)
+        return pipeline.evaluate(cfg.eval, prepared, trained, run.run_dir, seed=cfg.seed)
 
-    def record_run(cfg: PipelineConfig, run: RunHandle, batch: Batch, prepared: Splits, trained: Trained,
-                   metrics: dict[str, float]) -> Recorded:
-        return pipeline.record_run(cfg, run.run_id, batch, prepared, trained, metrics, run.run_dir)
+    def record_run(cfg: PipelineConfig, store: TrackingStore, run: RunHandle, batch: Batch, prepared: Splits,
+                   trained: Trained, metrics: dict[str, float]) -> Recorded:
+        return pipeline.record_run(cfg, store, run.run_id, batch, prepared, trained, metrics, run.run_dir)
 
     return Stages(prepare_splits=prepare_splits, check_splits=check_splits, train=train, evaluate=evaluate,
                   record_run=record_run)

@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from normlab.config import PipelineConfig
+from normlab import tracking
+from normlab.config import ModelConfig, PipelineConfig, TrainConfig
 from normlab.intervals import mean_interval
 from normlab.sweep_contracts import Finding, MeanInterval, Measurement, PointOutcome, StudyResult, SweepSummary
+from normlab.tracking import TrackingStore
 
 if TYPE_CHECKING:
     from normlab.report import Section
@@ -292,18 +294,18 @@ def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
         return float((model.eval()(torch.as_tensor(x, dtype=torch.float32)).argmax(1).numpy() == y).mean())
 
 
-def check_findings(cfg: PipelineConfig, summary: SweepSummary) -> list[Finding]:
+def check_findings(summary: SweepSummary, *, threads: int | None) -> list[Finding]:
     """Run every finding's test on the study sweep's points.
 
     Args:
-        cfg: The study config (``study_config``).
         summary: The sweep summary; its points carry ``run_dir`` (models are read from there).
+        threads: ``train.threads`` of the study config (None: one, as the grid points trained).
     """
     import torch
 
     # Timings and adaptation run single-threaded, as the grid points did.
-    torch.set_num_threads(cfg.train.threads or 1)
-    small, reference = min(cfg.sweep.batch_sizes), max(cfg.sweep.batch_sizes)
+    torch.set_num_threads(threads or 1)
+    small, reference = min(summary.grid.batch_sizes), max(summary.grid.batch_sizes)
     points = summary.points
     return [
         bn_small_batch(points, small, reference),
@@ -398,7 +400,7 @@ def _fmt_stat(stat: MeanInterval) -> str:
     return fmt_interval(stat)
 
 
-def report_sections(cfg: PipelineConfig, summary: SweepSummary, findings: list[Finding],
+def report_sections(model: ModelConfig, train: TrainConfig, summary: SweepSummary, findings: list[Finding],
                     figure: Path, seconds: float | None) -> list[Section]:
     """The one-page study report."""
     from normlab.report import Section, Table
@@ -407,10 +409,10 @@ def report_sections(cfg: PipelineConfig, summary: SweepSummary, findings: list[F
     grid = summary.grid
     intro = Section("What was run", text=[
         f"{held} of {len(findings)} findings held on `{summary.data.source}` "
-        f"({summary.data.rows} rows) with the {cfg.model.family} model (widths "
-        f"{', '.join(map(str, cfg.model.hidden if cfg.model.family == 'mlp' else cfg.model.channels))}), "
-        f"{cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''} of {cfg.train.optimizer.upper()} "
-        f"at learning rate {cfg.train.lr:g} for batch "
+        f"({summary.data.rows} rows) with the {model.family} model (widths "
+        f"{', '.join(map(str, model.hidden if model.family == 'mlp' else model.channels))}), "
+        f"{train.epochs} epoch{'s' if train.epochs != 1 else ''} of {train.optimizer.upper()} "
+        f"at learning rate {train.lr:g} for batch "
         f"{max(grid.batch_sizes)} (scaled linearly for smaller batches).",
         f"Grid: {', '.join(grid.norms)} x batch {', '.join(map(str, grid.batch_sizes))} x "
         f"{len(grid.seeds)} seeds = {len(summary.points)} runs, nested under MLflow run "
@@ -440,25 +442,28 @@ def _sweep_report(summary: SweepSummary) -> tuple[str, Path]:
     return summary.report["html"], Path(summary.output)
 
 
-def finish(cfg: PipelineConfig, summary: SweepSummary, findings: list[Finding]) -> StudyResult:
+def finish(
+    model: ModelConfig, train: TrainConfig, store: TrackingStore, summary: SweepSummary, findings: list[Finding]
+) -> StudyResult:
     """Write the study page (Markdown, HTML, JSON, plot) next to the sweep report and log it.
 
     Args:
-        cfg: The study config.
+        model: The study config's model section (the page says what was trained).
+        train: Its training section.
+        store: The tracking store of the study's parent run.
         summary: The study sweep's summary.
         findings: `check_findings` output.
     """
-    from normlab import tracking
     from normlab.report import write_pages
 
-    uri, run_id = cfg.tracking_uri(), summary.parent_run_id
+    run_id = summary.parent_run_id
     out = _sweep_report(summary)[1] / "study"
     out.mkdir(parents=True, exist_ok=True)
     figure = plot_findings(summary, findings, out / "findings.png")
     # The page's run time: from the parent run's start, which opened the study.
-    seconds = time.time() - tracking.client_for(uri).get_run(run_id).info.start_time / 1000.0
+    seconds = time.time() - store.client.get_run(run_id).info.start_time / 1000.0
     files = write_pages("normlab study: which normalization findings held on this data",
-                        report_sections(cfg, summary, findings, figure, seconds), out, "study")
+                        report_sections(model, train, summary, findings, figure, seconds), out, "study")
     result = StudyResult(
         parent_run_id=summary.parent_run_id,
         tracking_uri=summary.tracking_uri,
@@ -469,7 +474,7 @@ def finish(cfg: PipelineConfig, summary: SweepSummary, findings: list[Finding]) 
     )
     (out / "study.json").write_text(json.dumps(result.record(), indent=1, default=str))
     for path in (*files.values(), figure, out / "study.json"):
-        tracking.log_artifact(uri, run_id, path, "study")
-    tracking.log_metrics(uri, run_id, {"study/held": float(result.held), "study/findings": float(len(findings))})
-    tracking.set_tags(uri, run_id, {f"normlab.study.{f.key}": "held" if f.held else "not held" for f in findings})
+        tracking.log_artifact(store, run_id, path, "study")
+    tracking.log_metrics(store, run_id, {"study/held": float(result.held), "study/findings": float(len(findings))})
+    tracking.set_tags(store, run_id, {f"normlab.study.{f.key}": "held" if f.held else "not held" for f in findings})
     return result

@@ -18,12 +18,14 @@ from typing import Any
 import pandas as pd
 
 from normlab import pipeline, tracking
-from normlab.config import PipelineConfig, flatten, to_yaml
+from normlab.config import DataConfig, PipelineConfig, SweepConfig, TrainConfig, flatten, to_yaml
 from normlab.contracts import Batch, RunHandle, SweepParent
+from normlab.credentials import redact_uri
 from normlab.errors import DataValidationError
 from normlab.intervals import mean_interval
 from normlab.stages import fit, library_stages
 from normlab.sweep_contracts import AggregateRow, DataSummary, GridPoint, PointOutcome, SweepGrid, SweepSummary
+from normlab.tracking import TrackingStore
 
 # Metrics summarised per (norm, batch size) in reports and the summary JSON.
 SUMMARY_METRICS: tuple[str, ...] = (
@@ -37,9 +39,8 @@ SUMMARY_METRICS: tuple[str, ...] = (
 )
 
 
-def expand_grid(cfg: PipelineConfig) -> list[GridPoint]:
-    """Every grid point of ``cfg.sweep``, norms outermost, seeds innermost."""
-    sweep = cfg.sweep
+def expand_grid(sweep: SweepConfig) -> list[GridPoint]:
+    """Every grid point of the ``sweep`` section, norms outermost, seeds innermost."""
     return [
         GridPoint(norm=norm, batch_size=batch_size, seed=seed)
         for norm in sweep.norms
@@ -48,14 +49,14 @@ def expand_grid(cfg: PipelineConfig) -> list[GridPoint]:
     ]
 
 
-def scaled_lr(cfg: PipelineConfig, batch_size: int) -> float:
+def scaled_lr(train: TrainConfig, sweep: SweepConfig, batch_size: int) -> float:
     """The learning rate of a point: ``train.lr`` scaled from ``train.batch_size`` by the sweep's rule."""
-    ratio = batch_size / cfg.train.batch_size
-    if cfg.sweep.lr_scaling == "linear":
-        return cfg.train.lr * ratio
-    if cfg.sweep.lr_scaling == "sqrt":
-        return cfg.train.lr * math.sqrt(ratio)
-    return cfg.train.lr
+    ratio = batch_size / train.batch_size
+    if sweep.lr_scaling == "linear":
+        return train.lr * ratio
+    if sweep.lr_scaling == "sqrt":
+        return train.lr * math.sqrt(ratio)
+    return train.lr
 
 
 def point_config(cfg: PipelineConfig, point: GridPoint) -> PipelineConfig:
@@ -68,7 +69,7 @@ def point_config(cfg: PipelineConfig, point: GridPoint) -> PipelineConfig:
     model = cfg.model.model_copy(update={"norm": point.norm})
     train = cfg.train.model_copy(update={
         "batch_size": point.batch_size,
-        "lr": scaled_lr(cfg, point.batch_size),
+        "lr": scaled_lr(cfg.train, cfg.sweep, point.batch_size),
         "threads": cfg.train.threads or 1,
     })
     run_name = f"{cfg.tracking.run_name or cfg.name}-{point.name}"
@@ -76,34 +77,36 @@ def point_config(cfg: PipelineConfig, point: GridPoint) -> PipelineConfig:
     return cfg.model_copy(update={"seed": point.seed, "model": model, "train": train, "tracking": track})
 
 
-def start_parent(cfg: PipelineConfig, *, kind: str = "sweep", flow_run_id: str | None = None) -> SweepParent:
-    """Open the sweep's parent run with the grid as params; returns its id and folder."""
-    uri = cfg.tracking_uri()
-    points = expand_grid(cfg)
+def start_parent(
+    cfg: PipelineConfig, store: TrackingStore, *, kind: str = "sweep", flow_run_id: str | None = None
+) -> SweepParent:
+    """Open the sweep's parent run with the grid and the config as params; returns its id and folder."""
+    points = expand_grid(cfg.sweep)
     tags = {**tracking.environment_tags(), "normlab.kind": kind, "normlab.model.family": cfg.model.family,
             "normlab.sweep.points": len(points), "prefect.flow_run_id": flow_run_id or ""}
-    run_id = tracking.start_run(uri, cfg.tracking.experiment, artifact_location=cfg.artifact_location(),
+    run_id = tracking.start_run(store, cfg.tracking.experiment, artifact_location=cfg.artifact_location(),
                                 run_name=cfg.tracking.run_name or f"{cfg.name}-{kind}", tags=tags)
-    tracking.log_params(uri, run_id, flatten(cfg.redacted()))
-    tracking.log_text(uri, run_id, to_yaml(cfg.redacted()), "config.yaml")
-    return SweepParent(run_id=run_id, run_dir=str(pipeline.run_dir_for(cfg, run_id)), points=points)
+    tracking.log_params(store, run_id, flatten(cfg.redacted()))
+    tracking.log_text(store, run_id, to_yaml(cfg.redacted()), "config.yaml")
+    return SweepParent(run_id=run_id, run_dir=str(pipeline.run_dir_for(cfg.workdir_path(), run_id)), points=points)
 
 
-def log_data(cfg: PipelineConfig, parent: SweepParent, batch: Batch) -> None:
+def log_data(store: TrackingStore, name: str, data: DataConfig, parent: SweepParent, batch: Batch) -> None:
     """Log the validated batch as the parent run's dataset input, before any grid point starts.
 
     Every point logs the same dataset. MLflow keeps one entry per name and digest
     in an experiment and does not guard its creation against concurrent writers
     (two workers inserting it at once fail on a unique constraint), so the parent
-    creates it first and the points only link to it.
+    creates it first and the points only link to it. ``name`` is the pipeline's name (the dataset's).
     """
-    tracking.log_dataset(cfg.tracking_uri(), parent.run_id, pd.read_parquet(batch.path), name=cfg.name,
+    tracking.log_dataset(store, parent.run_id, pd.read_parquet(batch.path), name=name,
                          source=str(Path(batch.path).resolve()), fingerprint=batch.fingerprint,
-                         targets=cfg.data.label, context="sweep")
+                         targets=data.label, context="sweep")
 
 
 def run_point(
     cfg: PipelineConfig,
+    store: TrackingStore,
     point: GridPoint,
     *,
     parent_run_id: str,
@@ -114,6 +117,7 @@ def run_point(
 
     Args:
         cfg: The sweep's config; the point's norm, batch size and seed override it.
+        store: The tracking store of the sweep.
         point: The grid point: its norm, batch size and seed.
         parent_run_id: The sweep's parent run (tag ``mlflow.parentRunId``).
         batch: The parent's validated batch (the gate's accepted `Batch`).
@@ -128,33 +132,32 @@ def run_point(
         DataValidationError: The snapshot no longer has the validated fingerprint.
     """
     pcfg = point_config(cfg, point)
-    uri = pcfg.tracking_uri()
     tags = {**tracking.environment_tags(), "mlflow.parentRunId": parent_run_id, "normlab.kind": "sweep-point",
             "normlab.model.norm": pcfg.model.norm, "normlab.model.family": pcfg.model.family,
             "normlab.sweep.batch_size": pcfg.train.batch_size, "normlab.sweep.seed": pcfg.seed}
-    run_id = tracking.start_run(uri, pcfg.tracking.experiment, artifact_location=pcfg.artifact_location(),
+    run_id = tracking.start_run(store, pcfg.tracking.experiment, artifact_location=pcfg.artifact_location(),
                                 run_name=pcfg.tracking.run_name, tags=tags)
     try:
-        tracking.log_params(uri, run_id, flatten(pcfg.redacted()))
-        run_dir = pipeline.run_dir_for(pcfg, run_id)
-        loaded = pipeline.load_batch(pcfg, run_dir, batch.path)
+        tracking.log_params(store, run_id, flatten(pcfg.redacted()))
+        run_dir = pipeline.run_dir_for(pcfg.workdir_path(), run_id)
+        loaded = pipeline.load_batch(pcfg.data, run_dir, batch.path)
         if loaded.fingerprint != batch.fingerprint:
             raise DataValidationError(
                 f"grid point {point.name}: the validated batch changed on disk "
                 f"(fingerprint {loaded.fingerprint[:12]}, validated {batch.fingerprint[:12]})"
             )
         # The parent validated this exact content; the child records which data it was.
-        tracking.set_tags(uri, run_id, {"normlab.data.fingerprint": loaded.fingerprint,
+        tracking.set_tags(store, run_id, {"normlab.data.fingerprint": loaded.fingerprint,
                                         "normlab.data.source": batch.source,
                                         "normlab.validation.success": True})
         # The same stages as a run, in the same order (normlab.stages.fit)
-        fitted = fit(library_stages(on_epoch_end=on_epoch_end), pcfg,
+        fitted = fit(library_stages(on_epoch_end=on_epoch_end), pcfg, store,
                      RunHandle(run_id=run_id, run_dir=str(run_dir)), loaded)
     except BaseException as exc:
-        tracking.end_run(uri, run_id, "FAILED")
+        tracking.end_run(store, run_id, "FAILED")
         exc.run_id = run_id  # lets the sweep name the failed child run
         raise
-    tracking.end_run(uri, run_id, "FINISHED")
+    tracking.end_run(store, run_id, "FINISHED")
     history = fitted.trained.result.history
     return PointOutcome(
         **point.model_dump(),
@@ -198,29 +201,38 @@ def aggregate(results: list[PointOutcome], metrics: tuple[str, ...] = SUMMARY_ME
     return rows
 
 
-def summarize(cfg: PipelineConfig, parent: SweepParent, batch: Batch, results: list[PointOutcome]) -> SweepSummary:
+def summarize(
+    sweep: SweepConfig, store: TrackingStore, parent: SweepParent, batch: Batch, results: list[PointOutcome]
+) -> SweepSummary:
     """The sweep's summary: every grid point with its run and metrics, plus the aggregate."""
     return SweepSummary(
         status="finished" if all(r.finished for r in results) else "partial",
         parent_run_id=parent.run_id,
-        tracking_uri=cfg.redacted().tracking_uri(),
+        tracking_uri=redact_uri(store.uri),
         data=DataSummary(**batch.data_summary()),
-        grid=SweepGrid(norms=list(cfg.sweep.norms), batch_sizes=list(cfg.sweep.batch_sizes),
-                       seeds=list(cfg.sweep.seeds), lr_scaling=cfg.sweep.lr_scaling),
+        grid=SweepGrid(norms=list(sweep.norms), batch_sizes=list(sweep.batch_sizes),
+                       seeds=list(sweep.seeds), lr_scaling=sweep.lr_scaling),
         points=results,
         aggregate=aggregate(results),
     )
 
 
-def output_dir(cfg: PipelineConfig, parent_run_id: str) -> Path:
-    """The sweep's report folder (created)."""
-    path = Path(cfg.sweep.output).expanduser().resolve() if cfg.sweep.output else (
-        cfg.workdir_path() / "sweeps" / parent_run_id)
+def output_dir(sweep: SweepConfig, workdir: Path, parent_run_id: str) -> Path:
+    """The sweep's report folder (created): ``sweep.output``, else ``<workdir>/sweeps/<parent run>``."""
+    path = Path(sweep.output).expanduser().resolve() if sweep.output else (
+        workdir / "sweeps" / parent_run_id)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def finish(cfg: PipelineConfig, parent: SweepParent, batch: Batch, results: list[PointOutcome]) -> SweepSummary:
+def finish(
+    sweep: SweepConfig,
+    workdir: Path,
+    store: TrackingStore,
+    parent: SweepParent,
+    batch: Batch,
+    results: list[PointOutcome],
+) -> SweepSummary:
     """Write the comparison report and log it, with the aggregate, to the parent run.
 
     Returns:
@@ -228,15 +240,14 @@ def finish(cfg: PipelineConfig, parent: SweepParent, batch: Batch, results: list
     """
     from normlab import report
 
-    summary = summarize(cfg, parent, batch, results)
-    out = output_dir(cfg, parent.run_id)
+    summary = summarize(sweep, store, parent, batch, results)
+    out = output_dir(sweep, workdir, parent.run_id)
     files = report.write_sweep_report(summary, results, out)
-    uri = cfg.tracking_uri()
     for path in files.values():
-        tracking.log_artifact(uri, parent.run_id, path, "report")
-    tracking.log_dict(uri, parent.run_id, summary.record(), "sweep_summary.json")
-    tracking.log_metrics(uri, parent.run_id, parent_metrics(summary))
-    tracking.set_tags(uri, parent.run_id, {"normlab.data.fingerprint": batch.fingerprint})
+        tracking.log_artifact(store, parent.run_id, path, "report")
+    tracking.log_dict(store, parent.run_id, summary.record(), "sweep_summary.json")
+    tracking.log_metrics(store, parent.run_id, parent_metrics(summary))
+    tracking.set_tags(store, parent.run_id, {"normlab.data.fingerprint": batch.fingerprint})
     return summary.model_copy(update={"report": {k: str(v) for k, v in files.items()}, "output": str(out)})
 
 

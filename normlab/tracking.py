@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from normlab.credentials import store_uri
+from normlab.credentials import redact_uri, store_uri
 from normlab.errors import TrackingError
 
 # MLflow limits a param value to 6000 characters and a batch to 100 params.
@@ -39,7 +39,7 @@ _OPENED_LOCK = threading.Lock()
 _CONFLICT_TRIES = 4
 
 
-def client_for(uri: str):
+def _open_client(uri: str):
     """An `MlflowClient` on ``uri`` (imported lazily: mlflow is slow to import).
 
     The first call for a SQLite store opens it under `store_lock` (see `_open_store`).
@@ -50,6 +50,51 @@ def client_for(uri: str):
         _open_store(uri)
     full = store_uri(uri)
     return MlflowClient(tracking_uri=full, registry_uri=full)
+
+
+class TrackingStore:
+    """One MLflow store: its URI and the one client every call given the store uses.
+
+    Stages take a store, not a URI: the wiring opens it once per run (or sweep,
+    or monitoring pass) and every helper reuses its client. It pickles as its
+    URI, so a task or a Dask worker in another process opens its own client on
+    first use. ``repr`` hides credentials in the URI.
+    """
+
+    __slots__ = ("_client", "uri")
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._client = None
+
+    @property
+    def client(self):
+        """The `MlflowClient` on this store, opened on first use (see `_open_client`)."""
+        if self._client is None:
+            self._client = _open_client(self.uri)
+        return self._client
+
+    @property
+    def is_server(self) -> bool:
+        """Whether the store is a tracking server (HTTP), not a local database or folder."""
+        return self.uri.startswith(("http://", "https://"))
+
+    def missing_database(self) -> Path | None:
+        """The SQLite file the URI names, when there is none yet (opening it would create an empty store)."""
+        path = sqlite_path(self.uri)
+        return path if path is not None and not path.is_file() else None
+
+    def __reduce__(self):
+        return (TrackingStore, (self.uri,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TrackingStore) and other.uri == self.uri
+
+    def __hash__(self) -> int:
+        return hash(self.uri)
+
+    def __repr__(self) -> str:
+        return f"TrackingStore({redact_uri(self.uri)!r})"
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -102,7 +147,7 @@ def _open_store(uri: str) -> None:
         _OPENED.add(uri)
 
 
-def _lost_race(uri: str, exc: Exception) -> bool:
+def _lost_race(store: TrackingStore, exc: Exception) -> bool:
     """True when the store refused a write, as it does when another process wrote the same row first.
 
     A server must have answered (`RestException`): one that cannot be reached
@@ -110,13 +155,13 @@ def _lost_race(uri: str, exc: Exception) -> bool:
     """
     from mlflow.exceptions import RestException
 
-    if uri.startswith(("http://", "https://")) and not isinstance(exc, RestException):
+    if store.is_server and not isinstance(exc, RestException):
         return False
     return getattr(exc, "error_code", "") in ("BAD_REQUEST", "INTERNAL_ERROR", "RESOURCE_ALREADY_EXISTS",
                                               "TEMPORARILY_UNAVAILABLE")
 
 
-def retry_lost_race(uri: str, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def retry_lost_race(store: TrackingStore, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call an idempotent store write, again when it lost a race to another process.
 
     For a get-or-create (or upsert) that MLflow implements as read, then
@@ -129,26 +174,26 @@ def retry_lost_race(uri: str, write: Callable[..., Any], *args: Any, **kwargs: A
         try:
             return write(*args, **kwargs)
         except MlflowException as exc:
-            if not _lost_race(uri, exc):
+            if not _lost_race(store, exc):
                 raise
             time.sleep(0.1 * attempt)
     return write(*args, **kwargs)  # the last try: its error, if any, is the caller's
 
 
 @contextmanager
-def tracking_uri(uri: str):
+def tracking_uri(store: TrackingStore):
     """Scope the fluent API's tracking URI to a block."""
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    with _use_tracking_uri(store_uri(uri)):
+    with _use_tracking_uri(store_uri(store.uri)):
         yield
 
 
-def ensure_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
+def ensure_experiment(store: TrackingStore, name: str, artifact_location: str | None = None) -> str:
     """The id of experiment ``name``, created when missing."""
     from mlflow.exceptions import MlflowException
 
-    client = client_for(uri)
+    client = store.client
     try:
         exp = client.get_experiment_by_name(name)
         if exp is not None:
@@ -161,25 +206,25 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
-        raise TrackingError(f"tracking store {uri}: {str(exc).splitlines()[0]}") from None
+        raise TrackingError(f"tracking store {redact_uri(store.uri)}: {str(exc).splitlines()[0]}") from None
 
 
 def start_run(
-    uri: str, experiment: str, *, artifact_location: str | None, run_name: str | None, tags: dict[str, str]
+    store: TrackingStore, experiment: str, *, artifact_location: str | None, run_name: str | None, tags: dict[str, str]
 ) -> str:
     """Create a run and return its id."""
-    client = client_for(uri)
-    exp_id = ensure_experiment(uri, experiment, artifact_location)
+    client = store.client
+    exp_id = ensure_experiment(store, experiment, artifact_location)
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
     return run.info.run_id
 
 
-def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+def end_run(store: TrackingStore, run_id: str, status: str = "FINISHED") -> None:
     """Close a run as FINISHED, FAILED or KILLED."""
-    client_for(uri).set_terminated(run_id, status=status)
+    store.client.set_terminated(run_id, status=status)
 
 
-def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
+def log_params(store: TrackingStore, run_id: str, params: dict[str, Any]) -> None:
     """Log params in batches; long values are truncated with a marker."""
     from mlflow.entities import Param
 
@@ -189,12 +234,12 @@ def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
         if len(text) > _PARAM_MAX:
             text = text[: _PARAM_MAX - 3] + "..."
         items.append(Param(key, text))
-    client = client_for(uri)
+    client = store.client
     for i in range(0, len(items), _BATCH):
         client.log_batch(run_id, params=items[i : i + _BATCH])
 
 
-def log_metrics(uri: str, run_id: str, metrics: dict[str, float], *, step: int = 0) -> None:
+def log_metrics(store: TrackingStore, run_id: str, metrics: dict[str, float], *, step: int = 0) -> None:
     """Log a flat metric dict in batches (NaN and None are skipped, not faked)."""
     from mlflow.entities import Metric
 
@@ -204,12 +249,12 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], *, step: int =
         for key, value in metrics.items()
         if value is not None and value == value  # NaN != NaN
     ]
-    client = client_for(uri)
+    client = store.client
     for i in range(0, len(items), 1000):
         client.log_batch(run_id, metrics=items[i : i + 1000])
 
 
-def log_history(uri: str, run_id: str, history: Iterable[dict[str, Any]]) -> None:
+def log_history(store: TrackingStore, run_id: str, history: Iterable[dict[str, Any]]) -> None:
     """Log per-epoch records as step metrics (``train/loss``, ``val/accuracy``...).
 
     All epochs go in one write (per 1000 values): a store write costs about as
@@ -224,7 +269,7 @@ def log_history(uri: str, run_id: str, history: Iterable[dict[str, Any]]) -> Non
         for key, value in epoch_metrics(record).items()
         if value is not None and value == value  # NaN != NaN
     ]
-    client = client_for(uri)
+    client = store.client
     for i in range(0, len(items), 1000):
         client.log_batch(run_id, metrics=items[i : i + 1000])
 
@@ -240,7 +285,7 @@ def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def epoch_logger(uri: str, run_id: str) -> Callable[[Any], None]:
+def epoch_logger(store: TrackingStore, run_id: str) -> Callable[[Any], None]:
     """A callback that logs a finished epoch, or a list of them in one write, so curves grow live in the UI.
 
     Live logging is best effort: once the store refuses or cannot be reached,
@@ -263,7 +308,7 @@ def epoch_logger(uri: str, run_id: str) -> Callable[[Any], None]:
         if not data:
             return
         try:
-            log_history(uri, run_id, data)
+            log_history(store, run_id, data)
         except MlflowException as exc:
             stopped = True
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -273,38 +318,38 @@ def epoch_logger(uri: str, run_id: str) -> Callable[[Any], None]:
     return _log
 
 
-def log_missing_history(uri: str, run_id: str, history: Iterable[dict[str, Any]]) -> None:
+def log_missing_history(store: TrackingStore, run_id: str, history: Iterable[dict[str, Any]]) -> None:
     """Log the epochs the run does not have yet (a resumed run may have stopped before logging one)."""
-    logged = {m.step for m in client_for(uri).get_metric_history(run_id, "val/accuracy")}
-    log_history(uri, run_id, [r for r in history if int(r["epoch"]) not in logged])
+    logged = {m.step for m in store.client.get_metric_history(run_id, "val/accuracy")}
+    log_history(store, run_id, [r for r in history if int(r["epoch"]) not in logged])
 
 
-def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
+def set_tags(store: TrackingStore, run_id: str, tags: dict[str, Any]) -> None:
     """Set run tags (values stringified)."""
     from mlflow.entities import RunTag
 
-    client_for(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    store.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
-def log_dict(uri: str, run_id: str, data: Any, artifact_file: str) -> None:
+def log_dict(store: TrackingStore, run_id: str, data: Any, artifact_file: str) -> None:
     """Log a dict as a JSON or YAML artifact."""
-    client_for(uri).log_dict(run_id, data, artifact_file)
+    store.client.log_dict(run_id, data, artifact_file)
 
 
-def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
-    client_for(uri).log_text(run_id, text, artifact_file)
+def log_text(store: TrackingStore, run_id: str, text: str, artifact_file: str) -> None:
+    store.client.log_text(run_id, text, artifact_file)
 
 
-def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-    client_for(uri).log_artifact(run_id, str(path), artifact_path)
+def log_artifact(store: TrackingStore, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    store.client.log_artifact(run_id, str(path), artifact_path)
 
 
-def log_figure(uri: str, run_id: str, figure: Any, artifact_file: str) -> None:
-    client_for(uri).log_figure(run_id, figure, artifact_file)
+def log_figure(store: TrackingStore, run_id: str, figure: Any, artifact_file: str) -> None:
+    store.client.log_figure(run_id, figure, artifact_file)
 
 
 def log_dataset(
-    uri: str,
+    store: TrackingStore,
     run_id: str,
     frame: Any,
     *,
@@ -334,11 +379,11 @@ def log_dataset(
     # first run that logs it: two runs logging the same new dataset at once both
     # insert it, and one fails on the unique constraint (datasets.experiment_id,
     # name, digest). Logging an input is idempotent: the loser logs again and finds the row.
-    retry_lost_race(uri, client_for(uri).log_inputs, run_id, datasets=[entity])
+    retry_lost_race(store, store.client.log_inputs, run_id, datasets=[entity])
 
 
 def log_torch_model(
-    uri: str,
+    store: TrackingStore,
     run_id: str,
     model: Any,
     *,
@@ -361,7 +406,7 @@ def log_torch_model(
     with torch.no_grad():
         output = model(torch.as_tensor(input_example)).numpy()
     signature = infer_signature(input_example, output)
-    with tracking_uri(uri), mlflow.start_run(run_id=run_id):
+    with tracking_uri(store), mlflow.start_run(run_id=run_id):
         mlflow.pytorch.log_model(
             model,
             name=name,
@@ -373,7 +418,7 @@ def log_torch_model(
             pip_requirements=[f"torch=={metadata.version('torch').split('+')[0]}"],
         )
     # Leaving start_run() ends the run as FINISHED; the flow is not done with it yet.
-    client_for(uri).update_run(run_id, status="RUNNING")
+    store.client.update_run(run_id, status="RUNNING")
     return f"runs:/{run_id}/{name}"
 
 

@@ -10,6 +10,7 @@ from normlab.config import PipelineConfig
 from normlab.contracts import Batch, RunHandle, Splits
 from normlab.gate.contracts import GateResult, LeakageAudit
 from normlab.tasks.policy import TRANSIENT
+from normlab.tracking import TrackingStore
 
 
 def publish_gate(result: GateResult) -> None:
@@ -25,7 +26,8 @@ def publish_gate(result: GateResult) -> None:
 
 @task(name="check-splits", **TRANSIENT)
 def check_splits(
-    cfg: PipelineConfig, batch: Batch, prepared: Splits, run: RunHandle
+    cfg: PipelineConfig, store: TrackingStore, batch: Batch, prepared: Splits, run: RunHandle
 ) -> LeakageAudit:
     """Stop when evaluation rows share their features with training rows; index them for later batches."""
-    return gate.check_splits(cfg, batch, prepared, run.run_dir, run_id=run.run_id)
+    return gate.check_splits(gate.GateScope.from_config(cfg), batch, prepared, run.run_dir, store=store,
+                             run_id=run.run_id)

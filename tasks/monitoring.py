@@ -2,8 +2,9 @@
 
 The tasks hold the `PipelineConfig`; each library call gets the sections it
 reads (``cfg.monitor``, ``cfg.alerts``, ...) and the values derived from the
-whole config: the work folder, the store URI (and its redacted form), the
-registered model's name.
+whole config: the work folder, the store URI's redacted form (for messages),
+the registered model's name. The tasks that talk to MLflow get the flow's
+`TrackingStore`.
 
 No task caches: a batch is processed exactly once through the monitoring
 state on disk, not through Prefect's result cache.
@@ -17,6 +18,7 @@ from prefect.events import emit_event
 
 from normlab import alerts, monitoring
 from normlab.config import PipelineConfig
+from normlab.gate.scope import GateScope
 from normlab.monitoring.contracts import (
     AlertOutcome,
     Analysis,
@@ -33,6 +35,7 @@ from normlab.monitoring.contracts import (
 )
 from normlab.registry import registry_name
 from normlab.tasks.policy import LOCAL, TRANSIENT
+from normlab.tracking import TrackingStore
 
 
 @task(name="check-alert-urls", **LOCAL)
@@ -52,9 +55,9 @@ def discover_batches(data: str) -> list[str]:
 
 
 @task(name="resolve-reference", **TRANSIENT)
-def resolve_reference(cfg: PipelineConfig) -> Reference:
+def resolve_reference(cfg: PipelineConfig, store: TrackingStore) -> Reference:
     """The champion's (else the latest run's) training data, model and encoders."""
-    reference = monitoring.resolve_reference(tracking_uri=cfg.tracking_uri(), experiment=cfg.tracking.experiment,
+    reference = monitoring.resolve_reference(store, experiment=cfg.tracking.experiment,
                                              model=registry_name(cfg), workdir=cfg.workdir_path())
     get_run_logger().info("reference: %s (%s) from run %s", reference.model,
                           f"v{reference.version}" if reference.version else reference.selected_by,
@@ -92,7 +95,7 @@ def skip_batch(opened: LandedBatch) -> BatchEntry:
 @task(name="gate-batch", **LOCAL)
 def gate_batch(cfg: PipelineConfig, batch: LandedBatch, reference: Reference) -> GateOutcome:
     """The data gate in its monitoring context: rejected rows to quarantine, every typed row on to the drift."""
-    gated = monitoring.gate_batch(cfg, batch, batch.batch_dir, reference)
+    gated = monitoring.gate_batch(GateScope.from_config(cfg), batch, batch.batch_dir, reference)
     get_run_logger().info("gate: %d in, %d accepted, %d quarantined, %d unreadable%s", gated.rows_in,
                           gated.rows_accepted, gated.rows_quarantined, gated.rows_untyped,
                           " (blocked)" if gated.blocked else "")
@@ -100,10 +103,10 @@ def gate_batch(cfg: PipelineConfig, batch: LandedBatch, reference: Reference) ->
 
 
 @task(name="analyze-drift", **LOCAL)
-def analyze_batch(cfg: PipelineConfig, reference: Reference, gated: GateOutcome,
+def analyze_batch(cfg: PipelineConfig, store: TrackingStore, reference: Reference, gated: GateOutcome,
                   batch: LandedBatch) -> Analysis:
     """Data drift, prediction drift and performance of the accepted rows."""
-    analysis = monitoring.analyze_batch(cfg.monitor, cfg.eval, cfg.data, cfg.seed, cfg.tracking_uri(),
+    analysis = monitoring.analyze_batch(cfg.monitor, cfg.eval, cfg.data, cfg.seed, store,
                                         reference, gated, batch)
     get_run_logger().info("drift: %d of %d columns (share %.2f), prediction drift %s",
                           analysis.drift.n_drifted, analysis.drift.n_columns,
@@ -132,12 +135,12 @@ def decide_batch(cfg: PipelineConfig, batch: LandedBatch, reference: Reference,
 
 
 @task(name="log-monitoring-run", **TRANSIENT)
-def log_monitoring_run(cfg: PipelineConfig, batch: LandedBatch, gated: GateOutcome,
+def log_monitoring_run(cfg: PipelineConfig, store: TrackingStore, batch: LandedBatch, gated: GateOutcome,
                        reference: Reference, analysis: Analysis | None,
                        report: EvidentlyReport | None, decision: Decision) -> str:
     """One MLflow run per batch with drift metrics and the reports."""
     return monitoring.log_monitoring_run(
-        cfg.monitor, batch, gated, reference, analysis, report, decision, tracking_uri=cfg.tracking_uri(),
+        cfg.monitor, batch, gated, reference, analysis, report, decision, store=store,
         experiment=monitoring.monitoring_experiment(cfg.monitor, cfg.tracking),
         artifact_location=cfg.artifact_location(),
     )
@@ -210,11 +213,12 @@ def emit_drift_event(reference: Reference, batch: LandedBatch, decision: Decisio
 
 
 @task(name="finish-batch", **TRANSIENT)
-def finish_batch(cfg: PipelineConfig, batch: LandedBatch, gated: GateOutcome, reference: Reference,
-                 analysis: Analysis | None, report: EvidentlyReport | None, decision: Decision,
-                 alert: AlertOutcome, quality_alert: AlertOutcome, monitor_run_id: str) -> BatchEntry:
+def finish_batch(cfg: PipelineConfig, store: TrackingStore, batch: LandedBatch, gated: GateOutcome,
+                 reference: Reference, analysis: Analysis | None, report: EvidentlyReport | None,
+                 decision: Decision, alert: AlertOutcome, quality_alert: AlertOutcome,
+                 monitor_run_id: str) -> BatchEntry:
     """Mark the batch done; settle its alerts in the model's history (the streak was committed by the decision)."""
-    return monitoring.finish_batch(cfg.tracking_uri(), cfg.workdir_path(), batch, gated, reference, analysis, report,
+    return monitoring.finish_batch(store, cfg.workdir_path(), batch, gated, reference, analysis, report,
                                    decision, alert, quality_alert, monitor_run_id)
 
 

@@ -68,8 +68,8 @@ def validate(
     out_dir = cfg.workdir_path() / "validations" / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        batch = load_batch(cfg, out_dir, data)
-        result = gate.run_gate(cfg, batch, out_dir)
+        batch = load_batch(cfg.data, out_dir, data)
+        result = gate.run_gate(gate.GateScope.from_config(cfg), batch, out_dir)
     except NormlabError as exc:
         if not any(out_dir.iterdir()):
             out_dir.rmdir()  # an unreadable file leaves nothing behind

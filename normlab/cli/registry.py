@@ -35,11 +35,12 @@ def promote(
     prepare_environment()
     cfg = load_or_fail(config, set_)
     from normlab import governance_record, registry
+    from normlab.tracking import TrackingStore
 
-    name, uri = registry.registry_name(cfg), cfg.tracking_uri()
+    name, store = registry.registry_name(cfg), TrackingStore(cfg.tracking_uri())
     who = by or getpass.getuser()
     try:
-        result = governance_record.promote(uri, name, run_id, reason=reason, by=who)
+        result = governance_record.promote(store, name, run_id, reason=reason, by=who)
     except Exception as exc:
         user_error = as_user_error(exc)
         if user_error is None:

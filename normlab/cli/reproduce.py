@@ -11,6 +11,7 @@ from rich.table import Table
 from normlab.cli.app import SetOpt, SummaryOpt, app, console
 from normlab.cli.common import as_user_error, fail, load_or_fail, prepare, run_flow, write_summary
 from normlab.errors import NormlabError
+from normlab.tracking import TrackingStore
 
 
 @app.command()
@@ -37,49 +38,50 @@ def reproduce(
         rep.check_run_id(run_id)
     except NormlabError as exc:
         raise fail(exc, exc.exit_code) from None
-    uri = tracking_uri or load_or_fail(config, set_).tracking_uri()
+    store = TrackingStore(tracking_uri or load_or_fail(config, set_).tracking_uri())
     try:
-        plan = rep.prepare(uri, run_id)
+        plan = rep.prepare(store, run_id)
     except Exception as exc:
         user_error = as_user_error(exc)
         if user_error is None:
             raise
         raise fail(user_error, user_error.exit_code) from None
-    cfg = plan["config"]
+    cfg = plan.config
     console.print(f"reproducing run {run_id}: {cfg.model.family} + [bold]{cfg.model.norm}[/] norm, seed {cfg.seed}, "
-                  f"data {plan['source']} (fingerprint {plan['fingerprint'][:12]}, unchanged)", soft_wrap=True)
+                  f"data {plan.source} (fingerprint {plan.fingerprint[:12]}, unchanged)", soft_wrap=True)
 
     from normlab.flows.training import training_flow
 
-    result = run_flow(lambda: training_flow(cfg, data_path=plan["data_path"], resume=False), summary)
-    comparison = rep.compare(uri, run_id, result["run_id"])
-    rep.mark_reproduction(uri, run_id, result["run_id"], comparison["identical"])
+    result = run_flow(lambda: training_flow(cfg, data_path=plan.data_path, resume=False), summary)
+    comparison = rep.compare(store, run_id, result["run_id"])
+    rep.mark_reproduction(store, run_id, result["run_id"], comparison.identical)
 
-    if comparison["differ"]:
+    if comparison.differ:
         table = Table(title="Metrics that differ (last logged value)")
         for head in ("metric", "original", "reproduced"):
             table.add_column(head, justify="left" if head == "metric" else "right")
-        for row in comparison["metrics"]:
-            if row["key"] in comparison["differ"]:
-                table.add_row(row["key"], _num(row["original"]), _num(row["reproduced"]))
+        for row in comparison.metrics:
+            if row.key in comparison.differ:
+                table.add_row(row.key, _num(row.original), _num(row.reproduced))
         console.print(table)
-    if comparison["unrepeatable"]:
+    if comparison.unrepeatable:
         console.print(f"not compared (wall-clock or registry state, not expected to repeat): "
-                      f"{', '.join(comparison['unrepeatable'])}", soft_wrap=True)
-    if comparison["extra"]:
+                      f"{', '.join(comparison.unrepeatable)}", soft_wrap=True)
+    if comparison.extra:
         console.print(f"only in the reproduction (stages the original did not run): "
-                      f"{', '.join(comparison['extra'])}", soft_wrap=True)
-    if comparison["rounding"]:
+                      f"{', '.join(comparison.extra)}", soft_wrap=True)
+    if comparison.rounding:
         console.print(f"equal to float64 rounding (relative difference <= {rep.ROUNDING_RTOL:g}), not bit for bit: "
-                      f"{', '.join(comparison['rounding'])}", soft_wrap=True)
-    same = comparison["compared"] - len(comparison["differ"])
-    verdict = "[green]identical[/]" if comparison["identical"] else "[red]different[/]"
-    console.print(f"{same} of {comparison['compared']} metrics equal at every step "
-                  f"({same - len(comparison['rounding'])} bit for bit): {verdict}  "
+                      f"{', '.join(comparison.rounding)}", soft_wrap=True)
+    same = comparison.compared - len(comparison.differ)
+    verdict = "[green]identical[/]" if comparison.identical else "[red]different[/]"
+    console.print(f"{same} of {comparison.compared} metrics equal at every step "
+                  f"({same - len(comparison.rounding)} bit for bit): {verdict}  "
                   f"(original {run_id}, reproduction {result['run_id']})", soft_wrap=True)
-    write_summary(summary, {"status": "identical" if comparison["identical"] else "different",
-                            "tracking_uri": cfg.redacted().tracking_uri(), "data": result["data"], **comparison})
-    if not comparison["identical"]:
+    write_summary(summary, {"status": "identical" if comparison.identical else "different",
+                            "tracking_uri": cfg.redacted().tracking_uri(), "data": result["data"],
+                            **comparison.model_dump()})
+    if not comparison.identical:
         raise typer.Exit(6)
 
 

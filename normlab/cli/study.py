@@ -42,7 +42,7 @@ def study(
     from normlab.flows.sweep import study_flow
     from normlab.sweep import expand_grid
 
-    console.print(f"normlab study: {len(expand_grid(scfg))} runs ({', '.join(scfg.sweep.norms)} x batch "
+    console.print(f"normlab study: {len(expand_grid(scfg.sweep))} runs ({', '.join(scfg.sweep.norms)} x batch "
                   f"{' and '.join(map(str, scfg.sweep.batch_sizes))} x {len(scfg.sweep.seeds)} seeds, "
                   f"{scfg.train.epochs} epochs) on {scfg.sweep.workers} worker(s), "
                   f"store {scfg.redacted().tracking_uri()}", soft_wrap=True)

@@ -93,7 +93,7 @@ def sweep(
     from normlab.sweep import expand_grid
 
     where = cfg.sweep.address or f"a local Dask cluster of {cfg.sweep.workers} worker(s)"
-    console.print(f"normlab sweep: {len(expand_grid(cfg))} grid points ({len(cfg.sweep.norms)} norms x "
+    console.print(f"normlab sweep: {len(expand_grid(cfg.sweep))} grid points ({len(cfg.sweep.norms)} norms x "
                   f"{len(cfg.sweep.batch_sizes)} batch sizes x {len(cfg.sweep.seeds)} seeds) on {where}, "
                   f"store {cfg.redacted().tracking_uri()}", soft_wrap=True)
     result = run_flow(lambda: sweep_flow(cfg, data_path=data), summary)

@@ -19,6 +19,7 @@ The modules, by role:
 ``quarantine``      the rejected rows with their reasons, and the row accounting
 ``reports``         the per-check table, HTML page, summary JSON, MLflow and Prefect views
 ``split_audit``     the leakage check after the split, and the index of evaluation rows
+``scope``           `GateScope`: what the gate reads of a pipeline config, built once by the wiring
 
 The label-noise check itself is `normlab.label_noise`.
 """
@@ -38,7 +39,8 @@ from normlab.gate.contracts import (
     Suite,
 )
 from normlab.gate.reports import check_table, log_gate, markdown_summary, render_html, summary
-from normlab.gate.split_audit import check_splits, evaluation_index_dir, read_evaluation_index
+from normlab.gate.scope import GateScope, evaluation_index_dir
+from normlab.gate.split_audit import check_splits, read_evaluation_index
 
 __all__ = [
     "CHECKS",
@@ -50,6 +52,7 @@ __all__ = [
     "Expectation",
     "GateReport",
     "GateResult",
+    "GateScope",
     "GateSummary",
     "LeakageAudit",
     "Suite",

@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 
 import normlab.gate.checks as ck
-from normlab.config import PipelineConfig
 from normlab.contracts import Batch, as_batch
 from normlab.data.fingerprint import fingerprint_frame
 from normlab.errors import DataValidationError
@@ -42,7 +41,8 @@ from normlab.gate.expectations import evaluate_suite, load_suite, unlabelled_sui
 from normlab.gate.quarantine import Rejection, annotate, verify_accounting, write_parquet
 from normlab.gate.reports import check_table, render_html
 from normlab.gate.results import CheckResult, Evaluated, ValidationReport, positional, take_rows
-from normlab.gate.split_audit import evaluation_index_dir, read_evaluation_index
+from normlab.gate.scope import GateScope
+from normlab.gate.split_audit import read_evaluation_index
 
 OUTCOMES = ("passed", "warned", "quarantined", "blocked", "off")
 
@@ -73,7 +73,7 @@ class Assessment:
 
 def assess(
     frame: pd.DataFrame,
-    cfg: PipelineConfig,
+    scope: GateScope,
     suite: Suite | None,
     *,
     evaluation_index: pd.DataFrame | None = None,
@@ -88,7 +88,7 @@ def assess(
 
     Args:
         frame: The batch as it arrived.
-        cfg: The pipeline config (``gate`` section, label, features, split salt).
+        scope: The config the gate reads (`GateScope`: ``gate`` section, label, features, split salt, seed).
         suite: The expectation suite, or None.
         evaluation_index: Earlier runs' evaluation rows, for the contamination check.
         context: ``train`` (protect a training set) or ``monitor`` (watch production
@@ -99,18 +99,18 @@ def assess(
     Returns:
         The checks in stage order, with outcomes, and the accepted rows.
     """
-    gate = cfg.gate
+    gate = scope.gate
     severity = {entry.name: severity_of(gate, entry.name, context)
                 for stage in BATCH_STAGES for entry in checks_in(stage)}
     frame = positional(frame)
     n = len(frame)
-    if cfg.data.label not in [str(c) for c in frame.columns]:
-        suite = unlabelled_suite(suite, cfg.data.label)
+    if scope.label not in [str(c) for c in frame.columns]:
+        suite = unlabelled_suite(suite, scope.label)
     # Typing runs whatever the types check's severity: monitoring measures drift on the typed rows.
     typed, numbers = ck.check_types(frame, ck.numeric_columns_of_suite(suite))
     typed_rows = np.setdiff1d(np.arange(n), typed.rows if typed.rows is not None else [])
     typed_frame = frame.assign(**numbers) if numbers else frame
-    ctx = CheckContext(frame=frame, work=frame, cfg=cfg, suite=suite, types_result=typed, keep=np.arange(n),
+    ctx = CheckContext(frame=frame, work=frame, scope=scope, suite=suite, types_result=typed, keep=np.arange(n),
                        evaluation_index=evaluation_index, reference=reference)
     converted: list[str] = []
     results: list[tuple[Evaluated, str]] = []
@@ -155,7 +155,7 @@ def _run(entry: CheckEntry, ctx: CheckContext, severity: str) -> tuple[Evaluated
         return ck.skipped(entry.name, reason), severity
     if severity == "off":
         return ck.off_result(entry.name), "off"
-    return entry.evaluate(ctx, entry.settings(ctx.cfg.gate)), severity
+    return entry.evaluate(ctx, entry.settings(ctx.scope.gate)), severity
 
 
 def _remaining(n: int, results: list[tuple[Evaluated, str]]) -> np.ndarray:
@@ -182,7 +182,7 @@ def _map_back(evaluated: Evaluated, keep: np.ndarray, n: int) -> Evaluated:
 
 
 def run_gate(
-    cfg: PipelineConfig,
+    scope: GateScope,
     batch: Batch | Mapping[str, Any],
     out_dir: str | Path,
     *,
@@ -196,7 +196,7 @@ def run_gate(
     measured on them, quarantined rows included.
 
     Args:
-        cfg: The pipeline config.
+        scope: The config the gate reads (`GateScope.from_config`): checks, suite, folders.
         batch: What `normlab.pipeline.load_batch` returns (a `Batch`), or a
             mapping with its keys (``path``, ``source``, ``fingerprint``,
             ``rows``, ``columns``).
@@ -216,13 +216,13 @@ def run_gate(
     out_dir.mkdir(parents=True, exist_ok=True)
     batch = as_batch(batch)
     frame = pd.read_parquet(batch.path)
-    suite = load_suite(cfg.data.expectations) if cfg.data.expectations else None
-    contamination = severity_of(cfg.gate, "contamination", context) != "off"
-    index = read_evaluation_index(evaluation_index_dir(cfg)) if contamination else None
+    suite = load_suite(scope.expectations) if scope.expectations else None
+    contamination = severity_of(scope.gate, "contamination", context) != "off"
+    index = read_evaluation_index(scope.evaluation_index) if contamination else None
     reference = pd.read_parquet(reference_path) if reference_path is not None else None
-    assessment = assess(frame, cfg, suite, evaluation_index=index, context=context, reference=reference)
-    settled = settle(cfg, batch, frame, assessment, out_dir, suite_name=suite.name if suite else None,
-                     context=context)
+    assessment = assess(frame, scope, suite, evaluation_index=index, context=context, reference=reference)
+    settled = settle(scope.quarantine_dir, batch, frame, assessment, out_dir,
+                     suite_name=suite.name if suite else None, context=context)
     if context != "monitor":
         return settled
     typed = assessment.typed if assessment.typed is not None else np.arange(len(frame))
@@ -232,7 +232,7 @@ def run_gate(
 
 
 def settle(
-    cfg: PipelineConfig,
+    quarantine_root: Path,
     batch: Batch,
     frame: pd.DataFrame,
     assessment: Assessment,
@@ -241,12 +241,16 @@ def settle(
     suite_name: str | None,
     context: str = "train",
 ) -> GateResult:
-    """Write what an assessment decided and prove that every row is accounted for."""
+    """Write what an assessment decided and prove that every row is accounted for.
+
+    Rejected rows go to ``quarantine_root / out_dir.name`` (``quarantine_root``:
+    the pipeline's quarantine folder, `GateScope.quarantine_dir`).
+    """
     n = len(frame)
     rejected = np.ones(n, dtype=bool)
     rejected[assessment.accepted] = False
     rows_quarantined = int(rejected.sum())
-    quarantine_dir = cfg.gate.quarantine_path(cfg.workdir_path()) / cfg.name / out_dir.name
+    quarantine_dir = quarantine_root / out_dir.name
     quarantine_path: str | None = None
     if rows_quarantined:
         rows = annotate(frame, np.flatnonzero(rejected), assessment.rejections, blocked_by=assessment.blocked_by,

@@ -37,15 +37,14 @@ from normlab.config import (
     GateConfig,
     LabelNoiseCheck,
     LeakageCheck,
-    PipelineConfig,
     RejectedShareCheck,
     RowCountCheck,
     TableGateCheck,
-    TimeSplit,
 )
 from normlab.gate.contracts import Suite
 from normlab.gate.expectations import known_labels, suite_columns
 from normlab.gate.results import Evaluated, take_rows
+from normlab.gate.scope import GateScope
 
 STAGES = ("structure", "rows", "labels", "batch", "split")
 BATCH_STAGES = STAGES[:4]  # what `assess` runs on a batch; ``split`` runs once the batch is split
@@ -138,11 +137,11 @@ def severity_of(gate: GateConfig, name: str, context: str) -> str:
     return min(default, check.severity, key=_STRICTNESS.index)
 
 
-def feature_names(cfg: PipelineConfig, columns: list[str]) -> list[str]:
+def feature_names(scope: GateScope, columns: list[str]) -> list[str]:
     """The configured features as named (present or not), else every column but the label and time columns."""
-    if cfg.data.features:
-        return list(cfg.data.features)
-    excluded = {cfg.data.label} | {s.column for s in cfg.splits.ood if isinstance(s, TimeSplit)}
+    if scope.features:
+        return list(scope.features)
+    excluded = {scope.label} | set(scope.time_columns)
     return [c for c in columns if c not in excluded]
 
 
@@ -156,7 +155,7 @@ class CheckContext:
 
     frame: pd.DataFrame  # the batch as it arrived, positional
     work: pd.DataFrame  # the batch as the stages read it (text-in-numeric columns repaired once `types` acts)
-    cfg: PipelineConfig
+    scope: GateScope  # the config the checks read: gate section, label, features, salt, seed
     suite: Suite | None  # the suite as it applies to this batch (without the label's when unlabelled)
     types_result: Evaluated  # `check_types` on the whole batch: it runs whatever its severity
     keep: np.ndarray  # sorted positions of the rows this stage sees
@@ -170,7 +169,7 @@ class CheckContext:
 
     @property
     def label(self) -> str:
-        return self.cfg.data.label
+        return self.scope.label
 
     @property
     def labelled(self) -> bool:
@@ -179,7 +178,7 @@ class CheckContext:
 
     @cached_property
     def features(self) -> list[str]:
-        return feature_names(self.cfg, [str(c) for c in self.frame.columns])
+        return feature_names(self.scope, [str(c) for c in self.frame.columns])
 
     @cached_property
     def view(self) -> pd.DataFrame:
@@ -212,7 +211,7 @@ class SplitHashes:
 def _columns(ctx: CheckContext, settings: TableGateCheck) -> Evaluated:
     referenced, declared = suite_columns(ctx.suite)
     label = [ctx.label] if ctx.labelled else []
-    required = list(dict.fromkeys([*label, *(ctx.cfg.data.features or []), *referenced]))
+    required = list(dict.fromkeys([*label, *(ctx.scope.features or ()), *referenced]))
     return ck.check_columns(ctx.view, required=required, expected=declared)
 
 
@@ -239,7 +238,7 @@ def _duplicates(ctx: CheckContext, settings: GateCheck) -> Evaluated:
 def _contamination(ctx: CheckContext, settings: GateCheck) -> Evaluated:
     index = ctx.evaluation_index
     hashes = ctx.feature_hashes if index is not None else None  # nothing to compare with: no hashing
-    return ck.check_contamination(ctx.view, hashes, index, salt=ctx.cfg.splits.salt)
+    return ck.check_contamination(ctx.view, hashes, index, salt=ctx.scope.salt)
 
 
 # Labels ---------------------------------------------------------------------------------
@@ -252,7 +251,7 @@ def _label_noise(ctx: CheckContext, settings: LabelNoiseCheck) -> Evaluated:
 
     return check_label_noise(
         ctx.view, ctx.present, ctx.label, k=settings.k, max_share=settings.max_share,
-        sample_rows=settings.sample_rows, seed=ctx.cfg.seed, confidence=settings.confidence, reference=ctx.reference,
+        sample_rows=settings.sample_rows, seed=ctx.scope.seed, confidence=settings.confidence, reference=ctx.reference,
     )
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import html
 import json
 
-from normlab.config import PipelineConfig
+from normlab import tracking
 from normlab.gate.contracts import CheckRecord, CheckRow, GateReport, GateResult, GateSummary, SummaryCheck
+from normlab.tracking import TrackingStore
 
 
 def check_table(report: GateReport) -> list[CheckRow]:
@@ -106,14 +107,11 @@ def render_html(report: GateReport) -> str:
             f"<style>{style}</style></head><body>{head}<table>{''.join(lines)}</table></body></html>\n")
 
 
-def log_gate(cfg: PipelineConfig, run_id: str, gate: GateResult) -> None:
+def log_gate(store: TrackingStore, run_id: str, gate: GateResult) -> None:
     """Record the gate in the MLflow run: accounting metrics, the report, the per-check table, the quarantine."""
-    from normlab import tracking
-
-    uri = cfg.tracking_uri()
     report = gate.report
     failed = [c for c in report.checks if c.outcome in ("warned", "quarantined", "blocked")]
-    tracking.log_metrics(uri, run_id, {
+    tracking.log_metrics(store, run_id, {
         "data/rows": gate.rows_in,
         "gate/rows_in": gate.rows_in,
         "gate/rows_accepted": gate.rows_accepted,
@@ -121,16 +119,16 @@ def log_gate(cfg: PipelineConfig, run_id: str, gate: GateResult) -> None:
         "gate/blocked": float(gate.blocked),
         "validation/failed": len(failed),
     })
-    tracking.set_tags(uri, run_id, {
+    tracking.set_tags(store, run_id, {
         "normlab.data.fingerprint": report.fingerprint,
         "normlab.validation.success": not gate.blocked,
         "normlab.gate.quarantine": gate.quarantine_path or "",
     })
-    tracking.log_dict(uri, run_id, report.model_dump(), "validation/result.json")
-    tracking.log_dict(uri, run_id, [row.model_dump() for row in check_table(report)], "validation/checks.json")
-    tracking.log_artifact(uri, run_id, gate.html_path, "validation")
+    tracking.log_dict(store, run_id, report.model_dump(), "validation/result.json")
+    tracking.log_dict(store, run_id, [row.model_dump() for row in check_table(report)], "validation/checks.json")
+    tracking.log_artifact(store, run_id, gate.html_path, "validation")
     if gate.quarantine_path:
-        tracking.log_artifact(uri, run_id, gate.quarantine_path, "validation/quarantine")
+        tracking.log_artifact(store, run_id, gate.quarantine_path, "validation/quarantine")
 
 
 def markdown_summary(gate: GateResult) -> str:

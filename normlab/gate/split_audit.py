@@ -15,17 +15,14 @@ import numpy as np
 import pandas as pd
 
 import normlab.gate.checks as ck
-from normlab.config import PipelineConfig
+from normlab import tracking
 from normlab.contracts import Batch, Splits
 from normlab.errors import DataValidationError
 from normlab.gate.check_registry import CHECKS, SplitHashes
 from normlab.gate.contracts import LeakageAudit
 from normlab.gate.quarantine import write_parquet
-
-
-def evaluation_index_dir(cfg: PipelineConfig) -> Path:
-    """Where runs record the hashes of their evaluation rows (one Parquet file per distinct split)."""
-    return cfg.workdir_path() / "gate" / cfg.name / "evaluation"
+from normlab.gate.scope import GateScope
+from normlab.tracking import TrackingStore
 
 
 def read_evaluation_index(folder: Path) -> pd.DataFrame | None:
@@ -37,8 +34,8 @@ def read_evaluation_index(folder: Path) -> pd.DataFrame | None:
 
 
 def check_splits(
-    cfg: PipelineConfig, batch: Batch, prepared: Splits, run_dir: str | Path,
-    *, run_id: str | None = None,
+    scope: GateScope, batch: Batch, prepared: Splits, run_dir: str | Path,
+    *, store: TrackingStore | None = None, run_id: str | None = None,
 ) -> LeakageAudit:
     """After the split: block evaluation rows that leak training content, then index them.
 
@@ -46,24 +43,28 @@ def check_splits(
     whole rows, a batch row identical to a training row is a training row, so
     every other row is an evaluation row. Once the check passes, this run's
     evaluation rows are recorded for later batches' contamination check.
-    With ``run_id``, the result is logged to that MLflow run.
+    With ``store`` and ``run_id``, the result is logged to that MLflow run.
 
     Returns:
         The `LeakageAudit`: the leakage check's record and the number of evaluation rows recorded.
 
     Raises:
         DataValidationError: Leakage above ``gate.leakage.max_share`` with severity ``block``.
+        ValueError: One of ``store`` and ``run_id`` without the other.
     """
     from normlab.data.fingerprint import row_hashes
 
+    if (store is None) != (run_id is None):
+        raise ValueError("check_splits: logging to a run needs both its store and its run_id")
+
     run_dir = Path(run_dir)
     leakage = CHECKS["leakage"]  # the split stage's check
-    setting = leakage.settings(cfg.gate)
+    setting = leakage.settings(scope.gate)
     if setting.severity == "off":
         return LeakageAudit(leakage=ck.off_result("leakage").result.record(), evaluation_rows=0)
     frame = pd.read_parquet(batch.path)
     train = pd.read_parquet(prepared.reference)
-    salt = cfg.splits.salt
+    salt = scope.salt
     rows = row_hashes(frame, salt=salt)
     is_train = np.isin(rows, row_hashes(train, salt=salt))
     features = ck.content_hashes(frame, prepared.features)
@@ -73,13 +74,10 @@ def check_splits(
     result.outcome = ck.outcome_of(result, setting.severity)
     record = result.record()
     (run_dir / "leakage.json").write_text(json.dumps(record.model_dump(), indent=1, default=str), encoding="utf-8")
-    if run_id is not None:
-        from normlab import tracking
-
-        uri = cfg.tracking_uri()
-        tracking.log_metrics(uri, run_id, {"gate/leakage_share": float(result.observed),
-                                           "gate/leaked_rows": result.details["leaked_rows"]})
-        tracking.log_artifact(uri, run_id, run_dir / "leakage.json", "validation")
+    if store is not None:
+        tracking.log_metrics(store, run_id, {"gate/leakage_share": float(result.observed),
+                                             "gate/leaked_rows": result.details["leaked_rows"]})
+        tracking.log_artifact(store, run_id, run_dir / "leakage.json", "validation")
     if result.outcome == "blocked":
         raise DataValidationError(
             f"split leaks: {result.details['leaked_rows']} of {result.details['evaluation_rows']} evaluation rows "
@@ -89,7 +87,7 @@ def check_splits(
     index = pd.DataFrame({"feature_hash": features[~is_train], "row_hash": rows[~is_train], "salt": salt})
     # Named by content: the runs and sweep points that make the same split share one file.
     digest = hashlib.sha256(pd.util.hash_pandas_object(index, index=False).to_numpy().tobytes()).hexdigest()
-    path = evaluation_index_dir(cfg) / f"{digest[:20]}.parquet"
+    path = scope.evaluation_index / f"{digest[:20]}.parquet"
     if not path.exists():
         write_parquet(index, path)
     return LeakageAudit(leakage=record, evaluation_rows=len(index))

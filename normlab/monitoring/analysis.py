@@ -6,11 +6,12 @@ import json
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from normlab import drift
-from normlab.config import AlertsConfig, DataConfig, EvalConfig, MonitorConfig, PipelineConfig
+from normlab.config import AlertsConfig, DataConfig, EvalConfig, MonitorConfig
 from normlab.errors import DataSourceError
 from normlab.monitoring.contracts import (
     Analysis,
@@ -36,6 +37,10 @@ from normlab.monitoring.ledger import (
 )
 from normlab.monitoring.reference import load_reference_model
 from normlab.monitoring.state import BatchRecord, ModelHistory
+from normlab.tracking import TrackingStore
+
+if TYPE_CHECKING:
+    from normlab.gate.scope import GateScope
 
 _INFERENCE_ROWS = 8192
 # A batch's decision waits for earlier-landed batches of the same model that another monitor is
@@ -48,7 +53,7 @@ _STREAK_LEVELS = ("none", "suspected", "detected")
 # 3. The data gate ----------------------------------------------------------------------
 
 
-def gate_batch(cfg: PipelineConfig, batch: LandedBatch, out_dir: str | Path,
+def gate_batch(scope: GateScope, batch: LandedBatch, out_dir: str | Path,
                reference: Reference | None = None) -> GateOutcome:
     """The data gate in its monitoring context: report what changed, never hide the drift.
 
@@ -56,17 +61,18 @@ def gate_batch(cfg: PipelineConfig, batch: LandedBatch, out_dir: str | Path,
     balance, duplicates, row count) warn here (`normlab.gate.MONITOR_DEFAULTS`);
     rows quarantined for their values stay in the drift analysis
     (``typed_path``); only rows that cannot be read and typed are left out.
+    ``scope`` is what the gate reads of the config (`normlab.gate.GateScope`).
 
     Returns:
         The `GateOutcome`: counts, paths, failed checks (``problems``, with
         their columns and row counts) and the model features the batch lacks.
     """
-    from normlab.gate import run_gate  # the gate reads most of the config: data, gate, seed, the work folder
+    from normlab.gate import run_gate
 
     # The gate takes what a training run loads: the snapshot's path, source, fingerprint, rows and columns.
     landed = {"path": batch.path, "source": batch.source, "fingerprint": batch.fingerprint, "rows": batch.rows,
               "columns": list(batch.columns)}
-    gated = run_gate(cfg, landed, out_dir, context="monitor",
+    gated = run_gate(scope, landed, out_dir, context="monitor",
                      reference_path=reference.reference if reference is not None else None)
     problems = [GateProblem(check=c.name, column=c.column, outcome=c.outcome, rows=c.rows_flagged,
                             label=c.name + (f":{c.column}" if c.column else ""))
@@ -118,7 +124,7 @@ def quality_of(monitor: MonitorConfig, gated: GateOutcome) -> Quality:
 
 
 def analyze_batch(
-    monitor: MonitorConfig, evaluation: EvalConfig, data: DataConfig, seed: int, tracking_uri: str,
+    monitor: MonitorConfig, evaluation: EvalConfig, data: DataConfig, seed: int, store: TrackingStore,
     reference: Reference, gated: GateOutcome, batch: LandedBatch,
 ) -> Analysis:
     """Score data drift, prediction drift and (with labels) performance of every typed row.
@@ -126,7 +132,7 @@ def analyze_batch(
     The thresholds and samples are ``monitor``'s, the inference chunk and
     calibration bins ``evaluation``'s; ``seed`` draws the reference sample,
     ``data.label`` is the label column when the reference does not name its
-    own, and a model logged to MLflow only is loaded from ``tracking_uri``.
+    own, and a model logged to MLflow only is loaded from ``store``.
 
     Drift is measured on every row that could be read and typed, quarantined
     rows included (rows out of range are the drift); rows with unparseable
@@ -144,7 +150,7 @@ def analyze_batch(
     out = Path(batch.batch_dir)
     current = pd.read_parquet(gated.typed_path)
     ref = drift.sample_rows(pd.read_parquet(reference.reference), monitor.reference_rows, seed)
-    model, encoder, labels, label_column = load_reference_model(tracking_uri, data, reference)
+    model, encoder, labels, label_column = load_reference_model(store, data, reference)
     features = encoder.features
     missing = [c for c in features if c not in current.columns]
     if missing:

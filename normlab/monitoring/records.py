@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
+from normlab import tracking
 from normlab.config import MonitorConfig, flatten
 from normlab.monitoring.contracts import (
     NO_ALERT,
@@ -25,6 +26,7 @@ from normlab.monitoring.contracts import (
 )
 from normlab.monitoring.ledger import locked_state, model_history, now_utc
 from normlab.monitoring.state import BatchRecord, ModelHistory
+from normlab.tracking import TrackingStore
 
 _LEVEL_CODE = {"none": 0, "suspected": 1, "detected": 2}
 _QUALITY_CODE = {"ok": 0, "quarantined": 1, "blocked": 2}
@@ -41,19 +43,16 @@ def log_monitoring_run(
     report: EvidentlyReport | None,
     decision: Decision,
     *,
-    tracking_uri: str,
+    store: TrackingStore,
     experiment: str,
     artifact_location: str | None,
 ) -> str:
     """One MLflow run per batch in the monitoring experiment: drift metrics, the reports, the gate's result.
 
-    The run goes to ``experiment`` (`normlab.monitoring.ledger.monitoring_experiment`) in the store at
-    ``tracking_uri``, created with ``artifact_location`` when missing (`PipelineConfig.artifact_location`);
+    The run goes to ``experiment`` (`normlab.monitoring.ledger.monitoring_experiment`) in ``store``,
+    created with ``artifact_location`` when missing (`PipelineConfig.artifact_location`);
     its params are ``monitor``'s settings.
     """
-    from normlab import tracking
-
-    uri = tracking_uri
     tags = {
         "normlab.data.fingerprint": batch.fingerprint,
         "normlab.data.source": batch.source,
@@ -63,10 +62,10 @@ def log_monitoring_run(
         "normlab.drift.level": decision.level,
         "normlab.data.quality": decision.quality.level,
     }
-    run_id = tracking.start_run(uri, experiment, artifact_location=artifact_location,
+    run_id = tracking.start_run(store, experiment, artifact_location=artifact_location,
                                 run_name=f"batch-{batch.fingerprint[:12]}", tags=tags)
     try:
-        tracking.log_params(uri, run_id, {**flatten(monitor, "monitor."), "reference.selected_by":
+        tracking.log_params(store, run_id, {**flatten(monitor, "monitor."), "reference.selected_by":
                                           reference.selected_by, "data.fingerprint": batch.fingerprint})
         metrics: dict[str, float] = {
             "rows/in": gated.rows_in, "rows/accepted": gated.rows_accepted,
@@ -91,17 +90,17 @@ def log_monitoring_run(
             if analysis.performance is not None:
                 for key, value in analysis.performance.model_dump(exclude_none=True).items():
                     metrics[f"performance/{key}"] = value
-            tracking.log_artifact(uri, run_id, analysis.drift_json)
-        tracking.log_metrics(uri, run_id, metrics)
-        tracking.log_artifact(uri, run_id, gated.report_path, "gate")
-        tracking.log_dict(uri, run_id, decision.model_dump(), "decision.json")
+            tracking.log_artifact(store, run_id, analysis.drift_json)
+        tracking.log_metrics(store, run_id, metrics)
+        tracking.log_artifact(store, run_id, gated.report_path, "gate")
+        tracking.log_dict(store, run_id, decision.model_dump(), "decision.json")
         if report is not None:
-            tracking.log_artifact(uri, run_id, report.html, "evidently")
-            tracking.log_artifact(uri, run_id, report.json_, "evidently")
+            tracking.log_artifact(store, run_id, report.html, "evidently")
+            tracking.log_artifact(store, run_id, report.json_, "evidently")
     except BaseException:
-        tracking.end_run(uri, run_id, "FAILED")
+        tracking.end_run(store, run_id, "FAILED")
         raise
-    tracking.end_run(uri, run_id, "FINISHED")
+    tracking.end_run(store, run_id, "FINISHED")
     return run_id
 
 
@@ -109,7 +108,7 @@ def log_monitoring_run(
 
 
 def finish_batch(
-    tracking_uri: str,
+    store: TrackingStore,
     workdir: Path,
     batch: LandedBatch,
     gated: GateOutcome,
@@ -123,7 +122,7 @@ def finish_batch(
 ) -> BatchEntry:
     """Mark the batch done and settle its alerts in the model's history, in one atomic write.
 
-    The monitoring run's tags go to the store at ``tracking_uri`` first, then
+    The monitoring run's tags go to ``store`` first, then
     the state of ``workdir`` is committed.
 
     The streak and the alerts it made due were committed with the decision
@@ -135,10 +134,8 @@ def finish_batch(
     Returns:
         The batch's entry in the monitor summary.
     """
-    from normlab import tracking
-
     # The store first: a commit that follows it cannot be left half done by an unreachable server.
-    tracking.set_tags(tracking_uri, monitor_run_id, {
+    tracking.set_tags(store, monitor_run_id, {
         "normlab.alert.sent": alert.sent, "normlab.alert.delivered": alert.delivered,
         "normlab.quality_alert.sent": quality_alert.sent,
     })

@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from normlab import tracking
 from normlab.config import DataConfig
+from normlab.credentials import redact_uri
 from normlab.errors import NormlabError, TrackingError
 from normlab.monitoring.contracts import Reference
 from normlab.monitoring.ledger import monitor_dir
 from normlab.registry import CHAMPION
+from normlab.tracking import TrackingStore
 
 
 class NoReferenceError(NormlabError):
@@ -19,12 +22,12 @@ class NoReferenceError(NormlabError):
 # 4. The drift reference ----------------------------------------------------------------
 
 
-def resolve_reference(*, tracking_uri: str, experiment: str, model: str, workdir: Path) -> Reference:
+def resolve_reference(store: TrackingStore, *, experiment: str, model: str, workdir: Path) -> Reference:
     """The drift reference: the training data of the ``champion`` model, else of the latest run.
 
     Args:
-        tracking_uri: The store (`PipelineConfig.tracking_uri`); the client is built here, after a
-            missing SQLite store is refused (opening it would create an empty one).
+        store: The tracking store; a missing SQLite store is refused before its client is
+            opened (opening it would create an empty one).
         experiment: The training runs' experiment (``tracking.experiment``), searched without a champion.
         model: The registered model's name (`normlab.registry.registry_name`).
         workdir: The work folder (`PipelineConfig.workdir_path`): run folders and downloaded references.
@@ -39,14 +42,12 @@ def resolve_reference(*, tracking_uri: str, experiment: str, model: str, workdir
     """
     from mlflow.exceptions import MlflowException
 
-    from normlab import tracking
-
-    uri = tracking_uri
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    uri = redact_uri(store.uri)
+    if store.missing_database() is not None:
         # Opening a missing SQLite store would create an empty one; there is nothing to monitor against.
         raise NoReferenceError(f"no drift reference: no tracking store at {uri}; train a model first with "
                                "`normlab run` (same workdir or tracking.uri)")
-    client = tracking.client_for(uri)
+    client = store.client
     run_id, version, selected_by = None, None, "latest run"
     try:
         mv = client.get_model_version_by_alias(model, CHAMPION)
@@ -58,7 +59,7 @@ def resolve_reference(*, tracking_uri: str, experiment: str, model: str, workdir
     if run_id is None:
         run_id = _latest_run_with_reference(client, uri, experiment, model)
     run = client.get_run(run_id)
-    paths = _reference_files(uri, workdir, run_id)
+    paths = _reference_files(store, workdir, run_id)
     return Reference(run_id=run_id, model=model, version=version, selected_by=selected_by,
                      reference_accuracy=run.data.metrics.get("id/test/accuracy"), **paths)
 
@@ -79,7 +80,7 @@ def _latest_run_with_reference(client: Any, uri: str, experiment: str, model: st
     )
 
 
-def _reference_files(tracking_uri: str, workdir: Path, run_id: str) -> dict[str, str]:
+def _reference_files(store: TrackingStore, workdir: Path, run_id: str) -> dict[str, str]:
     """Reference, encoder and model files: from the run folder, else downloaded from MLflow."""
     run_dir = workdir / "runs" / run_id
     local = {k: run_dir / f for k, f in (("reference", "reference.parquet"), ("encoder", "encoder.json"),
@@ -92,7 +93,7 @@ def _reference_files(tracking_uri: str, workdir: Path, run_id: str) -> dict[str,
 
     dest = monitor_dir(workdir) / "references" / run_id
     dest.mkdir(parents=True, exist_ok=True)
-    uri = store_uri(tracking_uri)  # the full URI of a database store with a password
+    uri = store_uri(store.uri)  # the full URI of a database store with a password
     fetched = {}
     for key, artifact in (("reference", "drift/reference.parquet"), ("encoder", "model_inputs/encoder.json")):
         target = dest / artifact
@@ -103,10 +104,10 @@ def _reference_files(tracking_uri: str, workdir: Path, run_id: str) -> dict[str,
     return {**fetched, "model_uri": f"runs:/{run_id}/model"}
 
 
-def load_reference_model(tracking_uri: str, data: DataConfig, reference: Reference):
+def load_reference_model(store: TrackingStore, data: DataConfig, reference: Reference):
     """The reference run's model (eval mode), its feature and label encoders, and its label column.
 
-    ``tracking_uri`` is the store a model logged to MLflow only is loaded from; the label column
+    ``store`` is the tracking store a model logged to MLflow only is loaded from; the label column
     is the reference's own, else ``data.label``.
     """
     from normlab.data.encoding import FeatureEncoder, LabelEncoder
@@ -121,8 +122,6 @@ def load_reference_model(tracking_uri: str, data: DataConfig, reference: Referen
     else:
         import mlflow.pytorch
 
-        from normlab import tracking
-
-        with tracking.tracking_uri(tracking_uri):
+        with tracking.tracking_uri(store):
             model = mlflow.pytorch.load_model(reference.model_uri, map_location="cpu").eval()
     return model, features, labels, encoders.get("label_column", data.label)

@@ -34,8 +34,8 @@ def run_gate(tmp_path, tiny_config):
         before = csv.read_bytes()
         run_dir = tmp_path / f"run{n}"
         run_dir.mkdir()
-        batch = pipeline.load_batch(cfg, run_dir, str(csv))
-        result = gate.run_gate(cfg, batch, run_dir)
+        batch = pipeline.load_batch(cfg.data, run_dir, str(csv))
+        result = gate.run_gate(gate.GateScope.from_config(cfg), batch, run_dir)
         assert csv.read_bytes() == before  # the input is never touched
         assert_nothing_lost(result, pd.read_parquet(batch.path))
         return result
@@ -217,8 +217,8 @@ def test_great_expectations_engine_decides_the_same_rows(run_gate, digits):
 
 def _split_and_audit(cfg, result, run_dir):
     run_dir.mkdir()
-    prepared = splitting.prepare_splits(cfg, result.accepted, run_dir)
-    return gate.check_splits(cfg, result.accepted, prepared, run_dir)
+    prepared = splitting.prepare_splits(cfg.data, cfg.splits, cfg.eval, cfg.seed, result.accepted, run_dir)
+    return gate.check_splits(gate.GateScope.from_config(cfg), result.accepted, prepared, run_dir)
 
 
 def test_contamination_quarantines_earlier_evaluation_rows(tmp_path, tiny_config, run_gate, digits):
@@ -230,7 +230,7 @@ def test_contamination_quarantines_earlier_evaluation_rows(tmp_path, tiny_config
     again = run_gate(digits, cfg=cfg)
     assert check(again, "contamination").outcome == "passed" and again.rows_quarantined == 0
     # An evaluation row coming back with another label would be trained on: quarantined.
-    index = gate.read_evaluation_index(gate.evaluation_index_dir(cfg))
+    index = gate.read_evaluation_index(gate.evaluation_index_dir(cfg.workdir_path(), cfg.name))
     assert len(index) == audit.evaluation_rows
     from normlab.gate.checks import content_hashes
 
@@ -252,7 +252,7 @@ def test_leakage_after_the_split_blocks(tmp_path, tiny_config, run_gate, digits)
     assert not result.blocked
     with pytest.raises(DataValidationError, match=r"split leaks: \d+ of \d+ evaluation rows"):
         _split_and_audit(cfg, result, tmp_path / "split")
-    assert not gate.evaluation_index_dir(cfg).exists()  # a leaking split is not recorded
+    assert not gate.evaluation_index_dir(cfg.workdir_path(), cfg.name).exists()  # a leaking split is not recorded
 
 
 def test_an_unlabelled_batch_is_judged_without_its_label(tmp_path, tiny_config, digits):
@@ -263,7 +263,7 @@ def test_an_unlabelled_batch_is_judged_without_its_label(tmp_path, tiny_config, 
     frame.to_parquet(snapshot, index=False)
     batch = {"path": str(snapshot), "source": "new data", "fingerprint": "f" * 64, "rows": len(frame),
              "columns": list(frame.columns)}
-    result = gate.run_gate(cfg, batch, tmp_path / "run")
+    result = gate.run_gate(gate.GateScope.from_config(cfg), batch, tmp_path / "run")
     assert_nothing_lost(result, frame)
     assert not result.blocked and result.rows_quarantined == 1
     names = {(c.name, c.column) for c in result.report.checks}

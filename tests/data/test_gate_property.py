@@ -80,8 +80,8 @@ def test_rows_in_equals_accepted_plus_quarantined(tmp_path, frame, severities):
     frame.to_csv(csv, index=False)
     run_dir = tmp_path / f"run{n}"
     run_dir.mkdir()
-    batch = pipeline.load_batch(cfg, run_dir, str(csv))
-    result = gate.run_gate(cfg, batch, run_dir)
+    batch = pipeline.load_batch(cfg.data, run_dir, str(csv))
+    result = gate.run_gate(gate.GateScope.from_config(cfg), batch, run_dir)
     assert_nothing_lost(result, pd.read_parquet(batch.path))
     report = result.report
     assert report.rows_in == report.rows_accepted + report.rows_quarantined == len(frame)

@@ -15,6 +15,7 @@ from normlab import governance_record, promotion, registry
 from normlab.config import PipelineConfig
 from normlab.data.weather import weather_frame
 from normlab.flows.training import training_flow
+from normlab.tracking import TrackingStore
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 
@@ -32,7 +33,7 @@ def config(tmp_path, data, **train) -> PipelineConfig:
 
 
 def champion(cfg: PipelineConfig) -> dict | None:
-    return registry.alias_version(cfg.tracking_uri(), registry.registry_name(cfg), registry.CHAMPION)
+    return registry.alias_version(TrackingStore(cfg.tracking_uri()), registry.registry_name(cfg), registry.CHAMPION)
 
 
 def test_a_column_near_the_float64_limit_trains_a_finite_model(tmp_path):
@@ -60,8 +61,8 @@ def test_a_diverged_model_is_registered_but_never_champion(tmp_path):
     assert "not finite" in decision["reason"] and "train/final_loss" in decision["reason"]
     assert decision["aliases"] == ["challenger"]
     assert champion(cfg) is None
-    version = registry.version_for_run(cfg.tracking_uri(), registry.registry_name(cfg), result["run_id"])
-    record = governance_record.read_record(cfg.tracking_uri(), version).to_json()
+    version = registry.version_for_run(TrackingStore(cfg.tracking_uri()), registry.registry_name(cfg), result["run_id"])
+    record = governance_record.read_record(TrackingStore(cfg.tracking_uri()), version).to_json()
     assert "not finite" in record["decisions"][0]["reason"] and record["decisions"][0]["aliases"] == ["challenger"]
     health = [c for c in record["gate"]["checks"] if c["kind"] == "health"]
     assert [c["passed"] for c in health] == [False, True]

@@ -26,6 +26,7 @@ from normlab.data.shifts import corrupt_images
 from normlab.data.sources import load_builtin
 from normlab.flows.monitoring import monitoring_flow
 from normlab.registry import registry_name
+from normlab.tracking import TrackingStore
 from tests.conftest import REPO
 from tests.flows.conftest import SECRET
 
@@ -57,7 +58,7 @@ def _config(trained, name: str, *overrides: str):
 
 def _reference(cfg) -> monitoring.Reference:
     """The drift reference the resolve-reference task would find for ``cfg``."""
-    return monitoring.resolve_reference(tracking_uri=cfg.tracking_uri(), experiment=cfg.tracking.experiment,
+    return monitoring.resolve_reference(TrackingStore(cfg.tracking_uri()), experiment=cfg.tracking.experiment,
                                         model=registry_name(cfg), workdir=cfg.workdir_path())
 
 
@@ -222,7 +223,7 @@ def test_twenty_clean_batches_raise_at_most_one_detection(trained, tmp_path, rep
                                        rows_accepted=len(frame), rows_quarantined=0, rows_typed=len(frame),
                                        rows_untyped=0, blocked=False, failed=[], report_path="", problems=[],
                                        missing_features=[])
-        analysis = monitoring.analyze_batch(cfg.monitor, cfg.eval, cfg.data, cfg.seed, cfg.tracking_uri(),
+        analysis = monitoring.analyze_batch(cfg.monitor, cfg.eval, cfg.data, cfg.seed, TrackingStore(cfg.tracking_uri()),
                                             reference, gated, batch)
         decision = drift.decide(analysis.drifted, analysis.drifted_columns, 0, [],
                                 consecutive=1, cooldown_minutes=0, dedup_overlap=1.0, min_level="detected",

@@ -55,13 +55,14 @@ def test_a_sweep_point_runs_the_stages_of_a_run_in_the_same_order(calls, tmp_pat
     run_calls = _fit_segment(calls)
     calls.clear()
 
-    parent = tracking.start_run(cfg.tracking_uri(), cfg.tracking.experiment,
+    store = tracking.TrackingStore(cfg.tracking_uri())
+    parent = tracking.start_run(store, cfg.tracking.experiment,
                                 artifact_location=cfg.artifact_location(), run_name="parent",
                                 tags={"normlab.kind": "sweep"})
     (tmp_path / "parent").mkdir()
-    accepted = pipeline.load_batch(cfg, tmp_path / "parent", None)
+    accepted = pipeline.load_batch(cfg.data, tmp_path / "parent", None)
     point = GridPoint(norm=cfg.model.norm, batch_size=cfg.train.batch_size, seed=cfg.seed)
-    outcome = sweep.run_point(cfg, point, parent_run_id=parent, batch=accepted)
+    outcome = sweep.run_point(cfg, store, point, parent_run_id=parent, batch=accepted)
     point_calls = _fit_segment(calls)
 
     assert outcome.status == "finished" and result["run_id"] != outcome.run_id

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from normlab import governance_record, registry
 from normlab.data.sources import load_builtin
 from normlab.flows.training import training_flow
-from normlab.tracking import tracking_uri
+from normlab.tracking import TrackingStore, tracking_uri
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 
@@ -67,8 +67,8 @@ def test_the_gate_chooses_between_two_norms_and_says_why(three_runs):
     expected_champion = 2 if promotion["passed"] else 1
     assert client.get_registered_model("normlab-digits").aliases["champion"] in (expected_champion, 3)
 
-    version = registry.version_for_run(cfg.tracking_uri(), "normlab-digits", second["run_id"])
-    record = governance_record.read_record(cfg.tracking_uri(), version).to_json()
+    version = registry.version_for_run(TrackingStore(cfg.tracking_uri()), "normlab-digits", second["run_id"])
+    record = governance_record.read_record(TrackingStore(cfg.tracking_uri()), version).to_json()
     gate = record["gate"]
     assert gate["champion"]["version"] == "1"
     compared = [c for c in gate["checks"] if c["kind"] == "champion"]
@@ -105,7 +105,7 @@ def test_champion_serves_raw_rows_and_can_be_replaced_by_hand(three_runs, repo_r
 
     (cfg, _), _, (_, weak) = three_runs
     frame = load_builtin("digits")
-    with tracking_uri(cfg.tracking_uri()):
+    with tracking_uri(TrackingStore(cfg.tracking_uri())):
         champion = mlflow.pyfunc.load_model("models:/normlab-digits@champion")
     predictions = champion.predict(frame.drop(columns="label").head(50))
     assert (predictions["label"] == frame["label"].head(50)).mean() > 0.8
@@ -117,9 +117,9 @@ def test_champion_serves_raw_rows_and_can_be_replaced_by_hand(three_runs, repo_r
     assert "version 3 is now the champion" in result.output
     client = MlflowClient(tracking_uri=cfg.tracking_uri())
     assert client.get_registered_model("normlab-digits").aliases["champion"] == 3
-    weak_version = registry.version_for_run(cfg.tracking_uri(), "normlab-digits", weak["run_id"])
+    weak_version = registry.version_for_run(TrackingStore(cfg.tracking_uri()), "normlab-digits", weak["run_id"])
     assert weak_version.version == "3"
-    record = governance_record.read_record(cfg.tracking_uri(), weak_version).to_json()
+    record = governance_record.read_record(TrackingStore(cfg.tracking_uri()), weak_version).to_json()
     assert [d["kind"] for d in record["decisions"]] == ["gate", "manual"]
     assert record["decisions"][-1]["by"] == "ana" and record["decisions"][-1]["overrides_gate"]
 

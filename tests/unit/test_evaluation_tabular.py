@@ -11,6 +11,7 @@ import pytest
 from normlab import pipeline, splitting
 from normlab.config import validate_config
 from normlab.errors import ConfigError
+from normlab.stages import train_stage
 
 
 def _batch(n: int = 500) -> pd.DataFrame:
@@ -46,8 +47,8 @@ def prepared_run(tmp_path):
     cfg = _cfg(tmp_path, csv)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    batch = pipeline.load_batch(cfg, run_dir)
-    return cfg, run_dir, splitting.prepare_splits(cfg, batch, run_dir)
+    batch = pipeline.load_batch(cfg.data, run_dir)
+    return cfg, run_dir, splitting.prepare_splits(cfg.data, cfg.splits, cfg.eval, cfg.seed, batch, run_dir)
 
 
 def test_tabular_evaluation_has_domains_slices_classes_and_intervals(prepared_run):
@@ -58,8 +59,8 @@ def test_tabular_evaluation_has_domains_slices_classes_and_intervals(prepared_ru
     assert (pd.to_datetime(frames["ood/late"]["day"]) > "2024-04-01").all()
     assert set(frames["ood/pune"]["city"]) == {"pune"}
 
-    trained = pipeline.train(cfg, prepared, run_dir)
-    metrics = pipeline.evaluate(cfg, prepared, trained, run_dir)
+    trained = train_stage(cfg, prepared, run_dir)
+    metrics = pipeline.evaluate(cfg.eval, prepared, trained, run_dir, seed=cfg.seed)
     for key in ("ood/late/accuracy", "ood/late/accuracy_ci_low", "ood/pune/adapted/accuracy_gain",
                 "ood/mean/accuracy_ci_high", "id/test/class/yes/recall", "id/test/class/no/support",
                 "infer/folded/max_abs_diff", "time/infer/int8/p50_ms"):
@@ -81,6 +82,6 @@ def test_a_slice_column_missing_from_the_data_stops_before_training(tmp_path):
     cfg.eval.slices = ["town"]
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    batch = pipeline.load_batch(cfg, run_dir)
+    batch = pipeline.load_batch(cfg.data, run_dir)
     with pytest.raises(ConfigError, match=re.escape("eval.slices: columns not in the data: town")):
-        splitting.prepare_splits(cfg, batch, run_dir)
+        splitting.prepare_splits(cfg.data, cfg.splits, cfg.eval, cfg.seed, batch, run_dir)

@@ -10,7 +10,7 @@ from mlflow.exceptions import MlflowException
 from normlab.config import PipelineConfig
 from normlab.data.weather import weather_frame
 from normlab.errors import ConfigError, DataSourceError, DataValidationError, TrackingError, is_transient
-from normlab.gate import MONITOR_DEFAULTS, Suite, assess, severity_of
+from normlab.gate import MONITOR_DEFAULTS, GateScope, Suite, assess, severity_of
 
 
 def weather_config(**gate) -> PipelineConfig:
@@ -56,8 +56,8 @@ def test_monitoring_keeps_out_of_range_rows_for_the_drift_and_leaves_out_unparse
          "kwargs": {"column": "temp_c", "min_value": -30, "max_value": 45}, "meta": {"severity": "quarantine"}},
     ]})
     cfg = weather_config()
-    trained = assess(frame, cfg, suite, context="train")
-    watched = assess(frame, cfg, suite, context="monitor")
+    trained = assess(frame, GateScope.from_config(cfg), suite, context="train")
+    watched = assess(frame, GateScope.from_config(cfg), suite, context="monitor")
     for a in (trained, watched):
         assert not np.isin([3, 7, 10, 11, 12], a.accepted).any()
     # Typed rows: everything but the two unparseable ones, out-of-range rows included, converted to numbers.
@@ -69,8 +69,8 @@ def test_monitoring_keeps_out_of_range_rows_for_the_drift_and_leaves_out_unparse
 def test_label_noise_blocks_a_training_set_but_only_warns_on_production_rows():
     frame = weather_frame(400, seed=2)
     cfg = weather_config(label_noise={"max_share": 0.05})
-    train = {c.name: c.outcome for c in assess(frame, cfg, None, context="train").checks}
-    watch = {c.name: c.outcome for c in assess(frame, cfg, None, context="monitor",
+    train = {c.name: c.outcome for c in assess(frame, GateScope.from_config(cfg), None, context="train").checks}
+    watch = {c.name: c.outcome for c in assess(frame, GateScope.from_config(cfg), None, context="monitor",
                                                reference=weather_frame(800, seed=3)).checks}
     assert train["label_noise"] == "blocked"
     assert watch["label_noise"] == "warned"

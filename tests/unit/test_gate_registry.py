@@ -8,7 +8,7 @@ import pytest
 
 from normlab.config import GateConfig, PipelineConfig
 from normlab.data.fingerprint import row_hashes
-from normlab.gate import MONITOR_DEFAULTS, assess, check_registry, severity_of
+from normlab.gate import MONITOR_DEFAULTS, GateScope, assess, check_registry, severity_of
 from normlab.gate import checks as ck
 from normlab.gate.check_registry import (
     BATCH_STAGES,
@@ -45,8 +45,8 @@ def context_of(frame: pd.DataFrame, cfg: PipelineConfig) -> CheckContext:
     index = pd.DataFrame({"feature_hash": ck.content_hashes(earlier, ["x0", "x1"]),
                           "row_hash": row_hashes(earlier, salt=cfg.splits.salt), "salt": cfg.splits.salt})
     typed, _ = ck.check_types(frame, [])
-    return CheckContext(frame=frame, work=frame, cfg=cfg, suite=None, types_result=typed, keep=np.arange(len(frame)),
-                        evaluation_index=index)
+    return CheckContext(frame=frame, work=frame, scope=GateScope.from_config(cfg), suite=None, types_result=typed,
+                        keep=np.arange(len(frame)), evaluation_index=index)
 
 
 def test_the_registry_holds_exactly_the_config_check_sections():
@@ -76,7 +76,7 @@ def test_the_registry_is_in_stage_order():
 
 def test_assess_reports_the_batch_stage_checks_in_registry_order():
     cfg = PipelineConfig.model_validate({"data": {"path": "x.csv", "label": "label"}})
-    checks = assess(tiny_frame(), cfg, None).checks
+    checks = assess(tiny_frame(), GateScope.from_config(cfg), None).checks
     assert [c.name for c in checks] == [e.name for stage in BATCH_STAGES for e in checks_in(stage)]
     assert all(c.outcome == "passed" for c in checks)
 
@@ -105,7 +105,7 @@ def test_each_registered_check_runs_on_a_tiny_frame(name):
 def test_a_check_that_cannot_run_on_the_batch_is_skipped_whatever_its_severity():
     cfg = PipelineConfig.model_validate({"data": {"path": "x.csv", "label": "label"},
                                          "gate": {"class_balance": {"severity": "off"}}})
-    checks = {c.name: c for c in assess(tiny_frame().drop(columns=["label"]), cfg, None).checks}
+    checks = {c.name: c for c in assess(tiny_frame().drop(columns=["label"]), GateScope.from_config(cfg), None).checks}
     assert checks["class_balance"].outcome == "off"
     assert checks["class_balance"].observed == "skipped: unlabelled batch"
 
@@ -133,7 +133,7 @@ def test_adding_a_check_is_one_registry_entry(monkeypatch):
     cfg = PipelineConfig.model_validate({"data": {"path": "x.csv", "label": "label"},
                                          "gate": {"rejected_share": {"severity": "warn"}}})
     frame = tiny_frame()
-    assessment = assess(frame, cfg, None)
+    assessment = assess(frame, GateScope.from_config(cfg), None)
     names = [c.name for c in assessment.checks]
     assert names.index("contamination") < names.index("odd_x1") < names.index("label_noise")
     flagged = np.flatnonzero(frame["x1"].to_numpy() > 1.0)

@@ -11,6 +11,7 @@ import pytest
 from normlab import pipeline, splitting
 from normlab.config import validate_config
 from normlab.errors import ConfigError, DataSourceError
+from normlab.stages import train_stage
 
 
 def _tabular(n=600, seed=0) -> pd.DataFrame:
@@ -45,9 +46,9 @@ def test_csv_with_categorical_and_column_split(tmp_path):
     cfg = _cfg(tmp_path, csv)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    batch = pipeline.load_batch(cfg, run_dir)
+    batch = pipeline.load_batch(cfg.data, run_dir)
     assert batch.rows == len(frame)
-    prepared = splitting.prepare_splits(cfg, batch, run_dir)
+    prepared = splitting.prepare_splits(cfg.data, cfg.splits, cfg.eval, cfg.seed, batch, run_dir)
     splits = splitting.load_prepared(prepared)
 
     # Held-out domains never reach training.
@@ -64,8 +65,8 @@ def test_csv_with_categorical_and_column_split(tmp_path):
         frame[(frame["city"] != "lima") & (frame["x1"] <= prepared.ood_thresholds["high_x1"])]
     )
 
-    trained = pipeline.train(cfg, prepared, run_dir)
-    metrics = pipeline.evaluate(cfg, prepared, trained, run_dir)
+    trained = train_stage(cfg, prepared, run_dir)
+    metrics = pipeline.evaluate(cfg.eval, prepared, trained, run_dir, seed=cfg.seed)
     assert {"id/test/accuracy", "ood/lima/accuracy", "ood/high_x1/accuracy", "ood/mean/accuracy"} <= set(metrics)
 
 
@@ -78,8 +79,10 @@ def test_appending_rows_keeps_old_rows_in_their_split(tmp_path):
     # Only a column domain: a quantile threshold moves with the batch by design.
     cfg = _cfg(tmp_path, tmp_path / "one.csv")
     cfg.splits.ood = cfg.splits.ood[:1]
-    a = splitting.prepare_splits(cfg, pipeline.load_batch(cfg, run_a), run_a)
-    b = splitting.prepare_splits(cfg, pipeline.load_batch(cfg, run_b, str(tmp_path / "two.csv")), run_b)
+    a = splitting.prepare_splits(cfg.data, cfg.splits, cfg.eval, cfg.seed, pipeline.load_batch(cfg.data, run_a),
+                                 run_a)
+    b = splitting.prepare_splits(cfg.data, cfg.splits, cfg.eval, cfg.seed,
+                                 pipeline.load_batch(cfg.data, run_b, str(tmp_path / "two.csv")), run_b)
     ref_a = pd.read_parquet(a.reference)
     ref_b = pd.read_parquet(b.reference)
     merged = ref_a.merge(ref_b, how="left", indicator=True)
@@ -91,7 +94,7 @@ def test_missing_label_column_is_one_line(tmp_path):
     _tabular().drop(columns="target").to_csv(csv, index=False)
     cfg = _cfg(tmp_path, csv)
     with pytest.raises(DataSourceError, match="label column 'target' not found"):
-        pipeline.load_batch(cfg, tmp_path)
+        pipeline.load_batch(cfg.data, tmp_path)
 
 
 def test_ood_split_selecting_nothing_is_refused(tmp_path):
@@ -99,6 +102,6 @@ def test_ood_split_selecting_nothing_is_refused(tmp_path):
     _tabular().to_csv(csv, index=False)
     cfg = _cfg(tmp_path, csv)
     cfg.splits.ood[0].values = ["atlantis"]
-    batch = pipeline.load_batch(cfg, tmp_path)
+    batch = pipeline.load_batch(cfg.data, tmp_path)
     with pytest.raises(ConfigError, match="'lima': selects no rows"):
-        splitting.prepare_splits(cfg, batch, tmp_path)
+        splitting.prepare_splits(cfg.data, cfg.splits, cfg.eval, cfg.seed, batch, tmp_path)

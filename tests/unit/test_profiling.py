@@ -68,7 +68,7 @@ def test_the_profiled_file_passes_and_a_corrupted_copy_does_not(tmp_path):
     assert made.name == "trusted" and made.own_rows_rejected == 0 and made.own_failures == []
     cfg = load_config(made.config_path, [f"workdir={tmp_path / 'work'}"])
     suite = load_suite(tmp_path / cfg.data.expectations)
-    clean = gate.assess(frame, cfg, suite)
+    clean = gate.assess(frame, gate.GateScope.from_config(cfg), suite)
     assert clean.accepted.size == len(frame) and not clean.blocked
 
     broken = frame.copy()
@@ -76,9 +76,9 @@ def test_the_profiled_file_passes_and_a_corrupted_copy_does_not(tmp_path):
     broken.loc[1, "colour"] = "green"
     broken.loc[2, "label"] = "maybe"
     broken.loc[3, "ratio"] = np.nan
-    assessed = gate.assess(broken, cfg, suite)
+    assessed = gate.assess(broken, gate.GateScope.from_config(cfg), suite)
     assert not assessed.blocked and sorted(set(range(len(frame))) - set(assessed.accepted.tolist())) == [0, 1, 2, 3]
-    assert gate.assess(broken.drop(columns=["note"]), cfg, suite).blocked
+    assert gate.assess(broken.drop(columns=["note"]), gate.GateScope.from_config(cfg), suite).blocked
 
 
 def test_duplicates_in_the_trusted_file_are_reported(tmp_path):

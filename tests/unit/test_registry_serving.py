@@ -51,7 +51,7 @@ def _run_folder(path, frame: pd.DataFrame, seed: int = 0):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     # One store for the module (creating its tables costs seconds); each test registers its own model name.
-    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    return tracking.TrackingStore(f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}")
 
 
 def _new_run(uri, tmp_path) -> str:
@@ -70,7 +70,7 @@ def test_pyfunc_round_trip_on_raw_rows_with_categories(store, tmp_path):
     frame = _frame()
     run_id, folder, features, version = _logged_version(store, tmp_path, frame, name="round-trip")
     # Logging the model leaves the run open for the stages after it.
-    assert tracking.client_for(store).get_run(run_id).info.status == "RUNNING"
+    assert store.client.get_run(run_id).info.status == "RUNNING"
     assert version.version == "1" and not version.reused
 
     with tracking.tracking_uri(store):
@@ -89,7 +89,7 @@ def test_pyfunc_round_trip_on_raw_rows_with_categories(store, tmp_path):
     inputs = {c.name: c.type.name for c in loaded.metadata.get_input_schema().inputs}
     assert inputs == {"city": "string", "rooms": "long", "area": "double"}
     # No pickled Python: the wrapper comes from a code file, the weights from a state_dict.
-    local = mlflow.artifacts.download_artifacts(version.source, tracking_uri=store)
+    local = mlflow.artifacts.download_artifacts(version.source, tracking_uri=store.uri)
     files = {p.name for p in Path(local).rglob("*")}
     assert "python_model.pkl" not in files and {"serving_model.py", "model.pt", "encoder.json"} <= files
 
@@ -131,7 +131,7 @@ def test_record_first_then_aliases_and_promotion_by_hand(store, tmp_path):
     frame = _frame()
     _, _, _, v1 = _logged_version(store, tmp_path, frame)
     run2, _, _, v2 = _logged_version(store, tmp_path, frame, seed=1)
-    client = tracking.client_for(store)
+    client = store.client
 
     published = governance_record.publish(store, _record(v1, _decision(True)))
     assert published.aliases == ["challenger", "champion"]
@@ -176,7 +176,7 @@ def test_promotion_by_hand_refuses_what_it_cannot_do(store, tmp_path):
         governance_record.promote(store, "refusals", "0" * 32, reason="why", by="ana")
     with pytest.raises(governance_record.PromotionError, match="reason is empty"):
         governance_record.promote(store, "refusals", "0" * 32, reason="  ", by="ana")
-    missing = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    missing = tracking.TrackingStore(f"sqlite:///{tmp_path / 'elsewhere.db'}")
     with pytest.raises(governance_record.PromotionError, match="no tracking store"):
         governance_record.promote(missing, "normlab-test", "0" * 32, reason="why", by="ana")
     assert not (tmp_path / "elsewhere.db").exists()

@@ -16,14 +16,14 @@ from normlab.reproduce import RunNotFoundError, check_run_id, compare, match, pr
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
+def store(tmp_path_factory) -> tracking.TrackingStore:
     folder = tmp_path_factory.mktemp("reproduce-store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    tracking.ensure_experiment(uri, "normlab", (folder / "artifacts").as_uri())
-    return uri
+    store = tracking.TrackingStore(f"sqlite:///{folder / 'mlflow.db'}")
+    tracking.ensure_experiment(store, "normlab", (folder / "artifacts").as_uri())
+    return store
 
 
-def _run(uri: str, metrics: dict[str, list[tuple[int, float]]] | None = None) -> str:
+def _run(uri: tracking.TrackingStore, metrics: dict[str, list[tuple[int, float]]] | None = None) -> str:
     run_id = tracking.start_run(uri, "normlab", artifact_location=None, run_name=None, tags={})
     for key, history in (metrics or {}).items():
         for step, value in history:
@@ -34,7 +34,7 @@ def _run(uri: str, metrics: dict[str, list[tuple[int, float]]] | None = None) ->
 _BATCHES = itertools.count()
 
 
-def _logged_file_run(uri: str, tmp_path) -> tuple[str, object]:
+def _logged_file_run(uri: tracking.TrackingStore, tmp_path) -> tuple[str, object]:
     """A run trained on a CSV file, recorded the way `record_run` and the data gate record it.
 
     Each batch has its own content: MLflow keeps one dataset per name and digest in an
@@ -56,11 +56,11 @@ def _logged_file_run(uri: str, tmp_path) -> tuple[str, object]:
 def test_prepare_reads_config_and_data_back(store, tmp_path):
     run_id, csv = _logged_file_run(store, tmp_path)
     plan = prepare(store, run_id)
-    assert plan["data_path"] == str(csv)
-    assert plan["config"].data.path == str(csv)
-    assert plan["config"].tracking_uri() == store
+    assert plan.data_path == str(csv)
+    assert plan.config.data.path == str(csv)
+    assert plan.config.tracking_uri() == store.uri
     # A reproduction is a check: it never registers a model or moves an alias.
-    assert plan["config"].promotion.enabled is False
+    assert plan.config.promotion.enabled is False
 
 
 def test_prepare_refuses_changed_data(store, tmp_path):
@@ -104,20 +104,20 @@ def test_compare_metric_by_metric(store):
     same = _run(store, {**base, "time/train_seconds": [(0, 2.0)], "gate/passed": [(0, 0.0)],
                         "id/test/nll": [(0, 0.30000000000000004)], "data/rows": [(0, 10.0)]})
     result = compare(store, original, same)
-    assert result["identical"] is True
-    assert result["compared"] == 4
-    assert result["differ"] == []
-    assert result["rounding"] == ["id/test/nll"]  # one ulp apart
-    assert result["unrepeatable"] == ["gate/passed", "time/train_seconds"]
-    assert result["extra"] == ["data/rows"]
+    assert result.identical is True
+    assert result.compared == 4
+    assert result.differ == []
+    assert result.rounding == ["id/test/nll"]  # one ulp apart
+    assert result.unrepeatable == ["gate/passed", "time/train_seconds"]
+    assert result.extra == ["data/rows"]
 
     changed = _run(store, {**base, "val/accuracy": [(1, 0.5), (2, 0.71)]})
     del_key = {k: v for k, v in base.items() if k != "ood/mean/accuracy"}
     missing = _run(store, del_key)
-    assert compare(store, original, changed)["differ"] == ["val/accuracy"]
+    assert compare(store, original, changed).differ == ["val/accuracy"]
     result = compare(store, original, missing)
-    assert result["identical"] is False
-    assert {r["key"]: r["match"] for r in result["metrics"]}["ood/mean/accuracy"] == "missing"
+    assert result.identical is False
+    assert {r.key: r.match for r in result.metrics}["ood/mean/accuracy"] == "missing"
 
 
 @pytest.mark.parametrize(("a", "b", "expected"), [

@@ -8,6 +8,7 @@ import sys
 from mlflow.tracking import MlflowClient
 
 from normlab import resume
+from normlab.tracking import TrackingStore
 
 
 def _locked_elsewhere(run_dir) -> bool:
@@ -46,9 +47,9 @@ def test_config_hash_ignores_credentials_and_key_order(tiny_config):
 
 def test_interrupted_run_is_reopened_live_and_blocked_ones_are_not(tiny_config):
     cfg = tiny_config()
-    uri = cfg.tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
-    first = resume.open_run(cfg, None, tags={}, params={"p": 1}, owner="flow-1")
+    store = TrackingStore(cfg.tracking_uri())
+    client = MlflowClient(tracking_uri=store.uri)
+    first = resume.open_run(cfg, store, None, tags={}, params={"p": 1}, owner="flow-1")
     try:
         assert first.resumed is False
         tags = client.get_run(first.run_id).data.tags
@@ -56,30 +57,30 @@ def test_interrupted_run_is_reopened_live_and_blocked_ones_are_not(tiny_config):
         assert tags[resume.FINGERPRINT_TAG] == first.fingerprint
 
         # While the first is live, the same config and data get a run of their own.
-        second = resume.open_run(cfg, None, tags={}, params={"p": 1}, owner="flow-2")
+        second = resume.open_run(cfg, store, None, tags={}, params={"p": 1}, owner="flow-2")
         assert second.run_id != first.run_id and second.resumed is False
-        resume.close_run(cfg, second, "FINISHED")
+        resume.close_run(store, second, "FINISHED")
 
         # Once its owner is gone (lock released, run left RUNNING), the first is reopened.
         resume.unlock_run_dir(first.run_dir)
-        again = resume.open_run(cfg, None, tags={"t": "x"}, params={"p": 1}, owner="flow-3")
+        again = resume.open_run(cfg, store, None, tags={"t": "x"}, params={"p": 1}, owner="flow-3")
         assert (again.run_id, again.run_dir, again.resumed) == (first.run_id, first.run_dir, True)
         run = client.get_run(first.run_id)
         assert run.info.status == "RUNNING" and run.data.tags[resume.RESUMED_TAG] == "1"
-        resume.close_run(cfg, again, "FAILED")
+        resume.close_run(store, again, "FAILED")
     finally:
         resume.unlock_run_dir(first.run_dir)
 
     # A run the data gate blocked is a final outcome, not an interruption.
     client.set_tag(first.run_id, "normlab.validation.success", "False")
-    fresh = resume.open_run(cfg, None, tags={}, params={"p": 1}, owner="flow-4")
+    fresh = resume.open_run(cfg, store, None, tags={}, params={"p": 1}, owner="flow-4")
     assert fresh.run_id not in {first.run_id, second.run_id}
-    resume.close_run(cfg, fresh, "KILLED")
+    resume.close_run(store, fresh, "KILLED")
     client.set_tag(first.run_id, "normlab.validation.success", "True")
 
     # --no-resume: a new run, and the interrupted ones are closed as KILLED.
-    new = resume.open_run(cfg, None, tags={}, params={"p": 1}, resume=False, owner="flow-5")
-    resume.close_run(cfg, new, "FINISHED")
+    new = resume.open_run(cfg, store, None, tags={}, params={"p": 1}, resume=False, owner="flow-5")
+    resume.close_run(store, new, "FINISHED")
     assert new.run_id not in {first.run_id, fresh.run_id}
     assert client.get_run(first.run_id).info.status == "KILLED"
     assert client.get_run(fresh.run_id).info.status == "KILLED"
@@ -89,20 +90,22 @@ def test_a_different_batch_does_not_reopen_the_run(tiny_config, tmp_path):
     from normlab.data.sources import load_builtin
 
     cfg = tiny_config()
-    first = resume.open_run(cfg, None, tags={}, params={}, owner="flow-1")
+    store = TrackingStore(cfg.tracking_uri())
+    first = resume.open_run(cfg, store, None, tags={}, params={}, owner="flow-1")
     resume.unlock_run_dir(first.run_dir)
     data = tmp_path / "fewer.csv"
     load_builtin("digits").iloc[:1000].to_csv(data, index=False)
-    other = resume.open_run(cfg, str(data), tags={}, params={}, owner="flow-2")
-    resume.close_run(cfg, other, "FINISHED")
+    other = resume.open_run(cfg, store, str(data), tags={}, params={}, owner="flow-2")
+    resume.close_run(store, other, "FINISHED")
     assert other.run_id != first.run_id and other.fingerprint != first.fingerprint
 
 
 def test_closed_interrupted_runs_are_reopened(tiny_config):
     cfg = tiny_config()
+    store = TrackingStore(cfg.tracking_uri())
     for status in ("FAILED", "KILLED"):
-        first = resume.open_run(cfg, None, tags={}, params={}, owner=f"{status}-1")
-        resume.close_run(cfg, first, status)
-        again = resume.open_run(cfg, None, tags={}, params={}, owner=f"{status}-2")
-        resume.close_run(cfg, again, "FINISHED")
+        first = resume.open_run(cfg, store, None, tags={}, params={}, owner=f"{status}-1")
+        resume.close_run(store, first, status)
+        again = resume.open_run(cfg, store, None, tags={}, params={}, owner=f"{status}-2")
+        resume.close_run(store, again, "FINISHED")
         assert again.run_id == first.run_id and again.resumed, status

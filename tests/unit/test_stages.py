@@ -74,6 +74,6 @@ def test_fit_runs_every_stage_once_in_order():
     fake = stages.Stages(prepare_splits=stage("prepare_splits", prepared), check_splits=stage("check_splits"),
                          train=stage("train", trained), evaluate=stage("evaluate", {"id/test/accuracy": 1.0}),
                          record_run=stage("record_run", Recorded(model_uri="models:/m")))
-    fitted = stages.fit(fake, None, RunHandle(run_id="r", run_dir="d"), None)
+    fitted = stages.fit(fake, None, None, RunHandle(run_id="r", run_dir="d"), None)
     assert seen == list(stages.STAGE_NAMES)
     assert fitted.metrics == {"id/test/accuracy": 1.0} and fitted.recorded.model_uri == "models:/m"

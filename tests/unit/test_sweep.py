@@ -14,6 +14,7 @@ from normlab.intervals import mean_interval
 from normlab.report import fmt_interval, write_sweep_report
 from normlab.sweep import aggregate, collect, expand_grid, parent_metrics, point_config, summarize
 from normlab.sweep_contracts import GridPoint, MeanInterval, PointOutcome
+from normlab.tracking import TrackingStore
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def cfg(tmp_path):
 
 
 def test_grid_is_the_product_in_a_stable_order(cfg):
-    points = expand_grid(cfg)
+    points = expand_grid(cfg.sweep)
     assert len(points) == 2 * 2 * 3
     assert points[0] == GridPoint(norm="batch", batch_size=2, seed=0)
     assert points[-1] == GridPoint(norm="layer", batch_size=64, seed=2)
@@ -130,7 +131,7 @@ def test_report_files_tables_and_plots(tmp_path, cfg):
     results[0] = _result("batch", 2, 0, 0.0, "failed")
     parent = SweepParent(run_id="p" * 32, run_dir=str(tmp_path), points=[])
     batch = Batch(path=str(tmp_path / "batch.parquet"), source="builtin:x", fingerprint="f" * 64, rows=10, columns=[])
-    summary = summarize(cfg, parent, batch, results)
+    summary = summarize(cfg.sweep, TrackingStore(cfg.tracking_uri()), parent, batch, results)
     assert summary.status == "partial"
     record = summary.record()
     assert list(record) == ["status", "parent_run_id", "tracking_uri", "data", "grid", "points", "aggregate"]

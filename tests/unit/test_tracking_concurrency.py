@@ -31,22 +31,22 @@ def _racer(uri: str, artifacts: str, barrier, results, index: int) -> None:
         from normlab import registry, tracking
 
         frame = pd.DataFrame({"x": [0.5, 1.5, 2.5], "label": [0, 1, 0]})
+        store = tracking.TrackingStore(uri)
         barrier.wait(BARRIER_TIMEOUT)
-        tracking.client_for(uri)  # opens the fresh store: schema, default experiment
+        client = store.client  # opens the fresh store: schema, default experiment
         barrier.wait(BARRIER_TIMEOUT)
-        run_id = tracking.start_run(uri, "race", artifact_location=artifacts, run_name=f"racer-{index}", tags={})
-        client = tracking.client_for(uri)
+        run_id = tracking.start_run(store, "race", artifact_location=artifacts, run_name=f"racer-{index}", tags={})
         model = client.create_logged_model(client.get_run(run_id).info.experiment_id, name="model",
                                            source_run_id=run_id)
         for fingerprint in FINGERPRINTS:
             barrier.wait(BARRIER_TIMEOUT)
-            tracking.log_dataset(uri, run_id, frame, name="race-data", source="builtin:digits",
+            tracking.log_dataset(store, run_id, frame, name="race-data", source="builtin:digits",
                                  fingerprint=fingerprint, targets="label", context="training")
         barrier.wait(BARRIER_TIMEOUT)
-        version = registry.register_version(uri, "race-model", run_id, model.model_id)
+        version = registry.register_version(store, "race-model", run_id, model.model_id)
         for alias in ALIASES:
             barrier.wait(BARRIER_TIMEOUT)
-            registry.set_alias(uri, "race-model", alias, version.version)
+            registry.set_alias(store, "race-model", alias, version.version)
         results.put((index, "ok", run_id, version.version))
     except BaseException:  # noqa: BLE001 - reported to the test, which fails on it
         results.put((index, "error", traceback.format_exc(), None))
