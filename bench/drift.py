@@ -61,17 +61,17 @@ def _reference(cfg: Any, frame: pd.DataFrame, folder: Path):
     import torch
 
     from normlab.data.encoding import FeatureEncoder, LabelEncoder
-    from normlab.pipeline import build_from_spec
+    from normlab.model_spec import ModelSpec
 
     folder.mkdir(parents=True, exist_ok=True)
     features = [c for c in frame.columns if c != "label"]
     encoder = FeatureEncoder.fit(frame, features, scale=cfg.data.scale)
     labels = LabelEncoder.fit(frame["label"])
-    spec = {"family": "mlp", "in_features": encoder.n_outputs, "num_classes": labels.n_classes, "norm": "batch",
-            "image_shape": [8, 8], "hidden": [128, 128], "channels": [16, 32], "groups": 8, "dropout": 0.0}
+    spec = ModelSpec(family="mlp", in_features=encoder.n_outputs, num_classes=labels.n_classes, norm="batch",
+                     image_shape=(8, 8), hidden=(128, 128), channels=(16, 32), groups=8, dropout=0.0)
     torch.manual_seed(0)
-    torch.save(build_from_spec(spec).state_dict(), folder / "model.pt")
-    (folder / "model.json").write_text(json.dumps(spec))
+    torch.save(spec.build().state_dict(), folder / "model.pt")
+    (folder / "model.json").write_text(json.dumps(spec.to_json()))
     (folder / "encoder.json").write_text(json.dumps({"features": encoder.to_dict(), "labels": labels.to_dict(),
                                                      "label_column": "label"}))
     frame.to_parquet(folder / "reference.parquet", index=False)

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     splits = splitting.load_prepared(prepared)
     spec = pipeline.model_spec(cfg.model, prepared, cfg.data.image_shape)
     set_seeds(cfg.seed)
-    model = pipeline.build_from_spec(spec)
+    model = spec.build()
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay)
     data_ready = time.time()

@@ -97,7 +97,7 @@ def monitoring_flow(config: PipelineConfig | str, data: str, retrain: bool | Non
                     error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             else:
                 error = "no labelled new rows to train on"
-            trained = retrained_run(run) if run else None
+            trained = retrained_run(run) if run is not None else None
             record = m.record_retraining(config, reference, data_set, trained, error)
             if error is not None and data_set.path:
                 record = record.model_copy(update={"alert": m.retraining_failed_alert(config, reference, record)})

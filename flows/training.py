@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from normlab.config import PipelineConfig
+from normlab.contracts import RunSummary
 from normlab.deployments import resolve_config
 from normlab.stages import fit
 from normlab.tasks import registry as r
@@ -15,7 +14,7 @@ from normlab.tracking import TrackingStore
 
 
 @flow(name="normlab-train", log_prints=True)
-def training_flow(config: PipelineConfig | str, data_path: str | None = None, resume: bool = True) -> dict[str, Any]:
+def training_flow(config: PipelineConfig | str, data_path: str | None = None, resume: bool = True) -> RunSummary:
     """Validate a batch, train with the configured norm, evaluate ID and OOD, log everything.
 
     With ``resume`` (the default) an interrupted run with the same config and
@@ -48,14 +47,14 @@ def training_flow(config: PipelineConfig | str, data_path: str | None = None, re
         exc.run_id = run.run_id  # lets the CLI name the failed run
         raise
     t.end_run(store, run, "FINISHED")
-    return {
-        "run_id": run.run_id,
-        "resumed": run.resumed,
-        "tracking_uri": config.redacted().tracking_uri(),
-        "model_uri": fitted.recorded.model_uri,
-        "data": batch.data_summary(),
-        "validation": validation.entry().model_dump(),
-        "splits": dict(prepared.counts),
-        "metrics": metrics,
-        "registry": promotion.summary(),
-    }
+    return RunSummary(
+        run_id=run.run_id,
+        resumed=run.resumed,
+        tracking_uri=config.redacted().tracking_uri(),
+        model_uri=fitted.recorded.model_uri,
+        data=batch.data_summary(),
+        validation=validation.entry(),
+        splits=prepared.counts,
+        metrics=metrics,
+        registry=promotion,
+    )

@@ -5,8 +5,8 @@ returns one of these frozen models; the next stage reads its attributes.
 They hold only what is small and JSON-able (paths, fingerprints, ids, counts,
 numbers, short lists): frames, arrays and models stay on disk. Pydantic, so
 that Prefect can validate and serialize them as task inputs and flow
-parameters; where a JSON document is written (the run summary), it is built
-from them with ``model_dump()`` in the shape it always had.
+parameters; where a JSON document is written (the run summary:
+`RunSummary.record`), it is built from them in the shape it always had.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.dataclasses import dataclass
 
 from normlab.contract_base import Contract
-from normlab.sweep_contracts import GridPoint
+from normlab.model_spec import ModelSpec
+from normlab.sweep_contracts import DataSummary, GridPoint
 
 
 class _Contract(Contract, BaseModel):  # BaseModel for ruff's sake: see `normlab.contract_base`
@@ -34,9 +35,9 @@ class Batch(_Contract):
     rows: int
     columns: list[str]
 
-    def data_summary(self) -> dict[str, str | int]:
-        """The batch in run summaries: fingerprint, rows and source."""
-        return {"fingerprint": self.fingerprint, "rows": self.rows, "source": self.source}
+    def data_summary(self) -> DataSummary:
+        """The batch in run and sweep summaries: fingerprint, rows and source."""
+        return DataSummary(fingerprint=self.fingerprint, rows=self.rows, source=self.source)
 
 
 def as_batch(batch: Batch | BaseModel | Mapping[str, Any]) -> Batch:
@@ -117,7 +118,7 @@ class Trained(_Contract):
     """What `normlab.pipeline.train` wrote: the weights, the arguments that rebuild the model, the history."""
 
     model_path: str
-    spec: dict[str, Any]  # `normlab.pipeline.model_spec`: build_model's keyword arguments, as in model.json
+    spec: ModelSpec  # what rebuilds the network (`normlab.pipeline.model_spec`), as in model.json
     result: TrainingResult
 
 
@@ -250,6 +251,63 @@ class Publication(_Contract):
     def summary(self) -> dict[str, Any]:
         """The run summary's ``registry``: ``{"enabled": False}``, or every field."""
         return self.model_dump() if self.enabled else {"enabled": False}
+
+
+class CheckRow(_Contract):
+    """One row of the per-check table (`normlab.gate.check_table`): a failed check, or passed ones grouped."""
+
+    check: str
+    column: str
+    severity: str
+    outcome: str
+    rows: int
+    detail: str
+
+
+class ValidationEntry(_Contract):
+    """The ``validation`` entry of a training run's summary (`normlab.gate.GateResult.entry`)."""
+
+    success: bool
+    failed: list[str]
+    rows_in: int
+    rows_accepted: int
+    rows_quarantined: int
+    quarantine_path: str | None
+    checks: list[CheckRow]
+
+
+class RunSummary(_Contract):
+    """What a training run produced (`normlab.flows.training.training_flow`); `record` is its JSON.
+
+    ``tracking_uri``: the store, credentials redacted; ``data``: the batch
+    read; ``validation``: the data gate's outcome; ``splits``: rows per split
+    key; ``metrics``: every metric by key (``id/test/accuracy``...);
+    ``registry``: what was published (only ``enabled`` when promotion is off).
+    """
+
+    run_id: str
+    resumed: bool
+    tracking_uri: str
+    model_uri: str
+    data: DataSummary
+    validation: ValidationEntry
+    splits: dict[str, int]
+    metrics: dict[str, float]
+    registry: Publication
+
+    def record(self) -> dict[str, Any]:
+        """The JSON ``normlab run --summary`` writes after ``status``; ``registry`` as `Publication.summary` has it."""
+        return {
+            "run_id": self.run_id,
+            "resumed": self.resumed,
+            "tracking_uri": self.tracking_uri,
+            "model_uri": self.model_uri,
+            "data": self.data.model_dump(),
+            "validation": self.validation.model_dump(),
+            "splits": dict(self.splits),
+            "metrics": dict(self.metrics),
+            "registry": self.registry.summary(),
+        }
 
 
 class SweepParent(RunHandle):

@@ -268,7 +268,7 @@ def adapted_metrics(
     for name in METRICS:
         for key, value in aggregate({k: m[name] for k, m in leaves.items()}).items():
             out[f"{key}/adapted/{name}"] = float(value)
-    for key in {k.split("/adapted/")[0] for k in out}:
+    for key in sorted({k.split("/adapted/")[0] for k in out}):  # sorted: the same key order in every process
         if f"{key}/accuracy" in plain:
             out[f"{key}/adapted/accuracy_gain"] = out[f"{key}/adapted/accuracy"] - plain[f"{key}/accuracy"]
     return out

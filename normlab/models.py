@@ -21,6 +21,7 @@ from normlab.norms import NormSpec, get_norm_layer
 MODEL_FAMILIES: tuple[str, ...] = ("mlp", "cnn")
 
 
+
 class MLP(nn.Module):
     """Multi-layer perceptron with blocks ``Linear -> norm -> ReLU [-> Dropout]``.
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,7 +58,7 @@ from normlab.errors import DataSourceError, NormlabError
 from normlab.evaluation import confusion, evaluate_run
 from normlab.gate import GateResult, GateScope, enforce, run_gate
 from normlab.inference import profile_inference
-from normlab.models import build_model
+from normlab.model_spec import ModelSpec
 from normlab.splitting import load_eval_frames, load_prepared
 from normlab.tracking import TrackingStore
 from normlab.training import make_optimizer, set_seeds, train_model
@@ -140,27 +139,19 @@ def enforce_validation(gate: GateResult) -> None:
 # 4. Train ------------------------------------------------------------------------------
 
 
-def model_spec(model: ModelConfig, prepared: Splits, image_shape: tuple[int, ...] | None) -> dict[str, Any]:
-    """The keyword arguments that rebuild the model with `build_model` (``image_shape``: ``data.image_shape``)."""
-    return {
-        "family": model.family,
-        "in_features": prepared.n_features,
-        "num_classes": len(prepared.classes),
-        "norm": model.norm,
-        "image_shape": list(image_shape) if image_shape else None,
-        "hidden": list(model.hidden),
-        "channels": list(model.channels),
-        "groups": model.groups,
-        "dropout": model.dropout,
-    }
-
-
-def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
-    """Rebuild a model from `model_spec`'s output."""
-    spec = dict(spec)
-    if spec.get("image_shape") is not None:
-        spec["image_shape"] = tuple(spec["image_shape"])
-    return build_model(**spec)
+def model_spec(model: ModelConfig, prepared: Splits, image_shape: tuple[int, int] | None) -> ModelSpec:
+    """What builds the configured model for these splits (``image_shape``: ``data.image_shape``)."""
+    return ModelSpec(
+        family=model.family,
+        in_features=prepared.n_features,
+        num_classes=len(prepared.classes),
+        norm=model.norm,
+        image_shape=tuple(image_shape) if image_shape else None,
+        hidden=tuple(model.hidden),
+        channels=tuple(model.channels),
+        groups=model.groups,
+        dropout=model.dropout,
+    )
 
 
 def train(
@@ -170,7 +161,7 @@ def train(
     run_dir: str | Path,
     *,
     seed: int,
-    image_shape: tuple[int, ...] | None,
+    image_shape: tuple[int, int] | None,
     eval_batch_size: int,
     checkpoint: CheckpointConfig,
     on_epoch_end=None,
@@ -189,7 +180,7 @@ def train(
     splits = load_prepared(prepared)
     spec = model_spec(model_config, prepared, image_shape)
     set_seeds(seed)
-    model = build_from_spec(spec)
+    model = spec.build()
     optimizer = make_optimizer(
         model.parameters(), settings.optimizer, lr=settings.lr,
         momentum=settings.momentum, weight_decay=settings.weight_decay,
@@ -204,14 +195,14 @@ def train(
         checkpoint_every_seconds=checkpoint.every_seconds, on_checkpoint=on_checkpoint,
     )
     torch.save(model.state_dict(), run_dir / "model.pt")
-    (run_dir / "model.json").write_text(json.dumps(spec))
+    (run_dir / "model.json").write_text(json.dumps(spec.to_json()))
     return Trained(model_path=str(run_dir / "model.pt"), spec=spec,
                    result=TrainingResult.model_validate(result.to_dict()))
 
 
-def load_weights(spec: dict[str, Any], model_path: str | Path) -> torch.nn.Module:
+def load_weights(spec: ModelSpec, model_path: str | Path) -> torch.nn.Module:
     """The model ``spec`` builds, with the weights in ``model_path``, in eval mode (no code is unpickled)."""
-    model = build_from_spec(spec)
+    model = spec.build()
     model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
     return model.eval()
 

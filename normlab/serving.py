@@ -30,7 +30,7 @@ import torch
 
 from normlab.data.encoding import FeatureEncoder, LabelEncoder
 from normlab.errors import DataSourceError
-from normlab.models import build_model
+from normlab.model_spec import ModelSpec
 
 if TYPE_CHECKING:  # the served model imports this module: it needs no tracking code
     from normlab.tracking import TrackingStore
@@ -58,17 +58,14 @@ class LoadedClassifier:
 
     Args:
         encoder: The run's ``encoder.json`` content (features, labels).
-        spec: The keyword arguments of `normlab.models.build_model`.
+        spec: What rebuilds the network (the run's ``model.json``).
         state_dict: The trained weights.
     """
 
-    def __init__(self, encoder: dict[str, Any], spec: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> None:
+    def __init__(self, encoder: dict[str, Any], spec: ModelSpec, state_dict: dict[str, torch.Tensor]) -> None:
         self.features = FeatureEncoder.from_dict(encoder["features"])
         self.labels = LabelEncoder.from_dict(encoder["labels"])
-        args = dict(spec)
-        if args.get("image_shape") is not None:
-            args["image_shape"] = tuple(args["image_shape"])
-        self.model = build_model(**args)
+        self.model = spec.build()
         self.model.load_state_dict(state_dict)
         self.model.eval()
 
@@ -77,7 +74,7 @@ class LoadedClassifier:
         """Load from the three files (weights read as data only, never as code)."""
         return cls(
             json.loads(Path(encoder).read_text(encoding="utf-8")),
-            json.loads(Path(spec).read_text(encoding="utf-8")),
+            ModelSpec.read(spec),
             torch.load(weights, map_location="cpu", weights_only=True),
         )
 

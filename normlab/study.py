@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ import numpy as np
 from normlab import tracking
 from normlab.config import ModelConfig, PipelineConfig, TrainConfig
 from normlab.intervals import mean_interval
+from normlab.model_spec import ModelSpec
 from normlab.sweep_contracts import Finding, MeanInterval, Measurement, PointOutcome, StudyResult, SweepSummary
 from normlab.tracking import TrackingStore
 
@@ -114,12 +116,12 @@ def _stat(label: str, values: list[float]) -> Measurement:
     return Measurement(label=label, **mean_interval(values).model_dump())
 
 
-def _load_point(point: PointOutcome) -> tuple[Any, dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
+def _load_point(point: PointOutcome) -> tuple[Any, dict[str, tuple[np.ndarray, np.ndarray]], ModelSpec]:
     """The trained model of a finished grid point, its prepared splits and its model spec."""
     from normlab import pipeline, splitting
 
     run_dir = Path(str(point.run_dir))
-    spec = json.loads((run_dir / "model.json").read_text())
+    spec = ModelSpec.read(run_dir / "model.json")
     model = pipeline.load_weights(spec, run_dir / "model.pt")
     splits = splitting.load_prepared(run_dir / "prepared.npz")
     return model, splits, spec
@@ -170,7 +172,6 @@ def bn_folding(points: list[PointOutcome], reference: int) -> Finding:
     """Folded BatchNorm models give the same outputs and run like models without a norm."""
     import torch
 
-    from normlab import pipeline
     from normlab.inference import fold_batchnorm, latency_ms, max_abs_diff
 
     diffs, folded_ratio, eager_ratio = [], [], []
@@ -179,7 +180,7 @@ def bn_folding(points: list[PointOutcome], reference: int) -> Finding:
         x = splits["id/test"][0]
         folded = fold_batchnorm(model)
         diffs.append(max_abs_diff(model, folded, x))
-        plain = pipeline.build_from_spec({**spec, "norm": "none"}).eval()
+        plain = replace(spec, norm="none").build().eval()
         rows = torch.as_tensor(x, dtype=torch.float32)
         for _ in range(LATENCY_ROUNDS):
             times = {name: latency_ms(m, rows, iterations=LATENCY_CALLS)[0]

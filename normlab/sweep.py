@@ -24,7 +24,7 @@ from normlab.credentials import redact_uri
 from normlab.errors import DataValidationError
 from normlab.intervals import mean_interval
 from normlab.stages import fit, library_stages
-from normlab.sweep_contracts import AggregateRow, DataSummary, GridPoint, PointOutcome, SweepGrid, SweepSummary
+from normlab.sweep_contracts import AggregateRow, GridPoint, PointOutcome, SweepGrid, SweepSummary
 from normlab.tracking import TrackingStore
 
 # Metrics summarised per (norm, batch size) in reports and the summary JSON.
@@ -209,7 +209,7 @@ def summarize(
         status="finished" if all(r.finished for r in results) else "partial",
         parent_run_id=parent.run_id,
         tracking_uri=redact_uri(store.uri),
-        data=DataSummary(**batch.data_summary()),
+        data=batch.data_summary(),
         grid=SweepGrid(norms=list(sweep.norms), batch_sizes=list(sweep.batch_sizes),
                        seeds=list(sweep.seeds), lr_scaling=sweep.lr_scaling),
         points=results,

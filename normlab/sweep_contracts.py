@@ -108,7 +108,7 @@ class AggregateRow(_Contract):
 
 
 class DataSummary(_Contract):
-    """The batch every grid point trained on (`normlab.contracts.Batch.data_summary`)."""
+    """The batch a run or every grid point of a sweep trained on (`normlab.contracts.Batch.data_summary`)."""
 
     fingerprint: str
     rows: int

@@ -16,20 +16,19 @@ from normlab.cli.common import fail, load_or_fail, prepare_environment, write_su
 from normlab.errors import NormlabError
 
 if TYPE_CHECKING:
-    from normlab.gate.contracts import CheckRow, GateReport
+    from normlab.contracts import CheckRow
+    from normlab.gate.contracts import GateReport
 
 _STYLE = {"blocked": "bold red", "quarantined": "yellow", "warned": "yellow", "passed": "green", "off": "dim"}
 
 
-def gate_table(rows: Sequence[CheckRow | Mapping[str, Any]]) -> Table:
-    """The per-check table, as `normlab.gate.check_table` lays it out (rows as JSON too: a run summary's)."""
-    from normlab.gate.contracts import CheckRow
-
+def gate_table(rows: Sequence[CheckRow]) -> Table:
+    """The per-check table, as `normlab.gate.check_table` lays it out."""
     table = Table(title="Data gate")
     for name, justify in (("check", "left"), ("column", "left"), ("severity", "left"), ("outcome", "left"),
                           ("rows", "right"), ("detail", "left")):
         table.add_column(name, justify=justify, overflow="fold", no_wrap=name == "check")
-    for row in (r if isinstance(r, CheckRow) else CheckRow.model_validate(r) for r in rows):
+    for row in rows:
         style = _STYLE.get(row.outcome, "")
         table.add_row(row.check, row.column, row.severity, f"[{style}]{row.outcome}[/]", str(row.rows), row.detail)
     return table

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import getpass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from normlab.cli.app import ConfigArg, SetOpt, SummaryOpt, app, console
 from normlab.cli.common import as_user_error, fail, load_or_fail, prepare_environment, write_summary
 
+if TYPE_CHECKING:
+    from normlab.contracts import Publication
 
-def print_promotion(result: dict[str, Any]) -> None:
+
+def print_promotion(publication: Publication) -> None:
     """One line on what the run's model version became, and the gate's reason."""
-    if not result.get("enabled"):
+    if not publication.enabled:
         return
-    aliases = ", ".join(result["aliases"])
-    verdict = "[bold green]champion[/]" if "champion" in result["aliases"] else "[bold yellow]not promoted[/]"
-    console.print(f"model {result['name']} version {result['version']} ({aliases}): {verdict}")
-    console.print(f"  gate {result['reason']}", highlight=False, soft_wrap=True)
-    console.print(f"  governance record: {result['record']}", highlight=False, soft_wrap=True)
+    aliases = ", ".join(publication.aliases)
+    verdict = "[bold green]champion[/]" if "champion" in publication.aliases else "[bold yellow]not promoted[/]"
+    console.print(f"model {publication.name} version {publication.version} ({aliases}): {verdict}")
+    console.print(f"  gate {publication.reason}", highlight=False, soft_wrap=True)
+    console.print(f"  governance record: {publication.record}", highlight=False, soft_wrap=True)
 
 
 @app.command()

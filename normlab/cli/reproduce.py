@@ -53,8 +53,8 @@ def reproduce(
     from normlab.flows.training import training_flow
 
     result = run_flow(lambda: training_flow(cfg, data_path=plan.data_path, resume=False), summary)
-    comparison = rep.compare(store, run_id, result["run_id"])
-    rep.mark_reproduction(store, run_id, result["run_id"], comparison.identical)
+    comparison = rep.compare(store, run_id, result.run_id)
+    rep.mark_reproduction(store, run_id, result.run_id, comparison.identical)
 
     if comparison.differ:
         table = Table(title="Metrics that differ (last logged value)")
@@ -77,9 +77,9 @@ def reproduce(
     verdict = "[green]identical[/]" if comparison.identical else "[red]different[/]"
     console.print(f"{same} of {comparison.compared} metrics equal at every step "
                   f"({same - len(comparison.rounding)} bit for bit): {verdict}  "
-                  f"(original {run_id}, reproduction {result['run_id']})", soft_wrap=True)
+                  f"(original {run_id}, reproduction {result.run_id})", soft_wrap=True)
     write_summary(summary, {"status": "identical" if comparison.identical else "different",
-                            "tracking_uri": cfg.redacted().tracking_uri(), "data": result["data"],
+                            "tracking_uri": cfg.redacted().tracking_uri(), "data": result.data.model_dump(),
                             **comparison.model_dump()})
     if not comparison.identical:
         raise typer.Exit(6)

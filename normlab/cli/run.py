@@ -67,16 +67,15 @@ def run(
 
     from normlab.cli.gate import gate_table
 
-    console.print(gate_table(result["validation"]["checks"]))
-    console.print(metrics_table(result["metrics"]))
-    resumed = " (resumed after an interruption)" if result.get("resumed") else ""
-    console.print(f"run {result['run_id']}{resumed}  data {result['data']['fingerprint'][:12]}  "
-                  f"model {result['model_uri']}")
+    console.print(gate_table(result.validation.checks))
+    console.print(metrics_table(result.metrics))
+    resumed = " (resumed after an interruption)" if result.resumed else ""
+    console.print(f"run {result.run_id}{resumed}  data {result.data.fingerprint[:12]}  model {result.model_uri}")
     from normlab.cli.registry import print_promotion
 
-    print_promotion(result.get("registry") or {})
-    console.print(f"open the MLflow UI:  [bold]{ui_command(result['tracking_uri'])}[/]", soft_wrap=True)
-    write_summary(summary, {"status": "finished", **result})
+    print_promotion(result.registry)
+    console.print(f"open the MLflow UI:  [bold]{ui_command(result.tracking_uri)}[/]", soft_wrap=True)
+    write_summary(summary, {"status": "finished", **result.record()})
 
 
 @app.command()

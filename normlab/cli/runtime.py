@@ -34,7 +34,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -177,6 +177,34 @@ class ProcessLease:
             os.close(self.fd)
 
 
+@dataclass(frozen=True)
+class LeaseRecord:
+    """What a lease file says: the process, its host, the tag of its flow runs, the Prefect API it used.
+
+    Read leniently: a lease cut short or written by another version gives the fields it has (the
+    others None), so a dead process's lease is always removed.
+    """
+
+    pid: int | None = None
+    host: str | None = None
+    tag: str | None = None
+    target: str | None = None
+    started: str | None = None
+
+    @classmethod
+    def parse(cls, text: bytes) -> LeaseRecord:
+        """The record in a lease file's bytes (an empty one when they are not a JSON object)."""
+        try:
+            data = json.loads(text.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return cls()
+        if not isinstance(data, dict):
+            return cls()
+        pid = data.get("pid")
+        text_of = {k: data[k] if isinstance(data.get(k), str) else None for k in ("host", "tag", "target", "started")}
+        return cls(pid=pid if isinstance(pid, int) else None, **text_of)
+
+
 def api_target() -> str:
     """A short hash naming the Prefect API (its URL, or the database of the temporary server)."""
     from prefect.settings import get_current_settings
@@ -203,18 +231,18 @@ def take_lease(folder: Path, target: str) -> ProcessLease:
     partial = folder / f".{token}.partial"
     fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "tag": TAG_PREFIX + token, "target": target,
-              "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    os.write(fd, json.dumps(record).encode("utf-8"))
+    record = LeaseRecord(pid=os.getpid(), host=socket.gethostname(), tag=TAG_PREFIX + token, target=target,
+                         started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    os.write(fd, json.dumps(asdict(record)).encode("utf-8"))
     path = folder / f"{token}.json"
     os.replace(partial, path)
-    return ProcessLease(path=path, tag=record["tag"], fd=fd)
+    return ProcessLease(path=path, tag=TAG_PREFIX + token, fd=fd)
 
 
 @contextlib.contextmanager
-def dead_leases(folder: Path) -> Iterator[list[tuple[Path, dict[str, Any]]]]:
+def dead_leases(folder: Path) -> Iterator[list[tuple[Path, LeaseRecord]]]:
     """The leases whose process is gone, each locked (by this process) until the block ends."""
-    held: list[tuple[Path, dict[str, Any], int]] = []
+    held: list[tuple[Path, LeaseRecord, int]] = []
     try:
         for path in sorted(folder.glob("*.json")):
             fd = _try_lock(path)
@@ -257,7 +285,7 @@ def crash_flow_runs(client: Any, tag: str, message: str) -> list[str]:
     return [run.name for run in runs]
 
 
-def close_dead_runs(folder: Path, target: str, get_client: Callable[[], Any]) -> list[tuple[str, dict[str, Any]]]:
+def close_dead_runs(folder: Path, target: str, get_client: Callable[[], Any]) -> list[tuple[str, LeaseRecord]]:
     """Crash the open flow runs of dead processes on this API and remove their leases.
 
     ``get_client`` opens a Prefect client (a context manager); it is called
@@ -265,20 +293,20 @@ def close_dead_runs(folder: Path, target: str, get_client: Callable[[], Any]) ->
     later command on it, up to `KEEP_FOREIGN_LEASE_S`. Returns
     ``(flow run name, lease)`` for each run marked Crashed.
     """
-    crashed: list[tuple[str, dict[str, Any]]] = []
+    crashed: list[tuple[str, LeaseRecord]] = []
     with dead_leases(folder) as leases:
-        ours = [(path, record) for path, record in leases if record.get("target") == target]
+        ours = [(path, record) for path, record in leases if record.target == target]
         for path, record in leases:
-            if record.get("target") != target and time.time() - _mtime(path) > KEEP_FOREIGN_LEASE_S:
+            if record.target != target and time.time() - _mtime(path) > KEEP_FOREIGN_LEASE_S:
                 path.unlink(missing_ok=True)
         if not ours:
             return crashed
         with get_client() as client:
             for path, record in ours:
-                if record.get("tag"):
-                    message = (f"normlab process {record.get('pid')} on {record.get('host')} ended without "
+                if record.tag:
+                    message = (f"normlab process {record.pid} on {record.host} ended without "
                                f"finishing this run (killed?); marked Crashed by process {os.getpid()}")
-                    crashed += [(name, record) for name in crash_flow_runs(client, record["tag"], message)]
+                    crashed += [(name, record) for name in crash_flow_runs(client, record.tag, message)]
                 path.unlink(missing_ok=True)
     return crashed
 
@@ -329,7 +357,7 @@ def prepare_process(is_user_error: UserErrorTest) -> list[str]:
         notes.append(f"could not mark the flow runs of killed normlab processes Crashed yet ({type(exc).__name__})")
         crashed = []
     for name, record in crashed:
-        notes.append(f"flow run '{name}' marked Crashed: its normlab process {record.get('pid')} was killed")
+        notes.append(f"flow run '{name}' marked Crashed: its normlab process {record.pid} was killed")
     return notes
 
 
@@ -356,13 +384,9 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
-def _read_lease(fd: int) -> dict[str, Any]:
+def _read_lease(fd: int) -> LeaseRecord:
     os.lseek(fd, 0, os.SEEK_SET)
-    try:
-        record = json.loads(os.read(fd, 1 << 16).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+    return LeaseRecord.parse(os.read(fd, 1 << 16))
 
 
 def _mtime(path: Path) -> float:

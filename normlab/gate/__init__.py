@@ -26,11 +26,11 @@ The label-noise check itself is `normlab.label_noise`.
 
 from __future__ import annotations
 
+from normlab.contracts import CheckRow
 from normlab.gate.assessment import Assessment, assess, enforce, run_gate, settle
 from normlab.gate.check_registry import CHECKS, CONTEXTS, MONITOR_DEFAULTS, severity_of
 from normlab.gate.contracts import (
     CheckRecord,
-    CheckRow,
     Expectation,
     GateReport,
     GateResult,

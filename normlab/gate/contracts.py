@@ -8,7 +8,8 @@ monitoring flow and ``normlab validate``. They hold only what is small and
 JSON-able (paths, fingerprints, counts, short lists): the rows stay in their
 Parquet files. Where JSON is written (``validation.json``, the summaries, the
 MLflow artifacts), it is built from them with ``model_dump()``, in the shape
-it always had.
+it always had. The per-check table's `CheckRow` and `GateResult.entry`'s
+`ValidationEntry` are in `normlab.contracts`, with the run summary that holds them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from normlab.contract_base import Contract
-from normlab.contracts import Batch
+from normlab.contracts import Batch, CheckRow, ValidationEntry
 
 
 class _Contract(Contract, BaseModel):  # BaseModel for ruff's sake: see `normlab.contract_base`
@@ -120,29 +121,6 @@ class GateReport(_Contract):
     failed: list[str]
     checks: list[CheckRecord]
     quarantine_path: str | None = None
-
-
-class CheckRow(_Contract):
-    """One row of the per-check table (`normlab.gate.check_table`): a failed check, or passed ones grouped."""
-
-    check: str
-    column: str
-    severity: str
-    outcome: str
-    rows: int
-    detail: str
-
-
-class ValidationEntry(_Contract):
-    """The ``validation`` entry of a training run's summary (`GateResult.entry`)."""
-
-    success: bool
-    failed: list[str]
-    rows_in: int
-    rows_accepted: int
-    rows_quarantined: int
-    quarantine_path: str | None
-    checks: list[CheckRow]
 
 
 class GateResult(_Contract):

@@ -10,7 +10,8 @@ import html
 import json
 
 from normlab import tracking
-from normlab.gate.contracts import CheckRecord, CheckRow, GateReport, GateResult, GateSummary, SummaryCheck
+from normlab.contracts import CheckRow
+from normlab.gate.contracts import CheckRecord, GateReport, GateResult, GateSummary, SummaryCheck
 from normlab.tracking import TrackingStore
 
 

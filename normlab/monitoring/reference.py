@@ -10,6 +10,7 @@ from normlab import tracking
 from normlab.config import DataConfig
 from normlab.credentials import redact_uri
 from normlab.errors import NormlabError, TrackingError
+from normlab.model_spec import ModelSpec
 from normlab.monitoring.contracts import Reference
 from normlab.monitoring.ledger import monitor_dir
 from normlab.registry import CHAMPION
@@ -117,8 +118,7 @@ def load_reference_model(store: TrackingStore, data: DataConfig, reference: Refe
     if reference.model_spec:
         from normlab.pipeline import load_weights
 
-        spec = json.loads(Path(reference.model_spec).read_text(encoding="utf-8"))
-        model = load_weights(spec, reference.model_weights)
+        model = load_weights(ModelSpec.read(reference.model_spec), reference.model_weights)
     else:
         import mlflow.pytorch
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from normlab.config import DataConfig
-from normlab.contracts import Publication
+from normlab.contracts import RunSummary
 from normlab.monitoring.contracts import Reference, RetrainedRun, RetrainingData, RetrainingRecord
 from normlab.monitoring.ledger import (
     locked_state,
@@ -55,12 +53,10 @@ def retraining_data(data: DataConfig, workdir: Path, reference: Reference) -> Re
     return out.model_copy(update={"path": str(folder / "data.parquet")})
 
 
-def retrained_run(summary: Mapping[str, Any]) -> RetrainedRun:
+def retrained_run(summary: RunSummary) -> RetrainedRun:
     """What monitoring keeps of a retraining's run: ``summary`` is what `normlab.flows.training.training_flow` returns."""
-    registry = summary.get("registry")
-    return RetrainedRun(run_id=summary["run_id"], model_uri=summary["model_uri"], rows=summary["data"]["rows"],
-                        rows_accepted=summary["validation"]["rows_accepted"],
-                        registry=Publication.model_validate(registry) if registry is not None else None)
+    return RetrainedRun(run_id=summary.run_id, model_uri=summary.model_uri, rows=summary.data.rows,
+                        rows_accepted=summary.validation.rows_accepted, registry=summary.registry)
 
 
 def record_retraining(workdir: Path, reference: Reference, data: RetrainingData,

@@ -44,7 +44,7 @@ def test_dataset_model_and_artifacts_read_back_from_the_server(server_runs, tmp_
     import mlflow.pytorch
     import torch
 
-    from normlab.tracking import tracking_uri
+    from normlab.tracking import TrackingStore, tracking_uri
 
     client = MlflowClient(tracking_uri=server_runs.server.url)
     summary = server_runs.summaries[0]
@@ -65,7 +65,7 @@ def test_dataset_model_and_artifacts_read_back_from_the_server(server_runs, tmp_
 
     logged = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
     assert [m.name for m in logged].count("model") == 1
-    with tracking_uri(server_runs.server.url):
+    with tracking_uri(TrackingStore(server_runs.server.url)):
         model = mlflow.pytorch.load_model(summary["model_uri"])
     with np.load(server_runs.workdir / "runs" / run.info.run_id / "prepared.npz") as npz:
         x, y = npz["id/test/x"], npz["id/test/y"]

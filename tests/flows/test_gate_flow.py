@@ -47,16 +47,16 @@ def test_a_new_users_csv_trains_on_the_accepted_rows_only(tmp_path, monkeypatch)
 
     cfg = load_config("configs/customers.yaml", ["train.epochs=1"])
     result = training_flow(cfg, data_path="new.csv")
-    validation = result["validation"]
-    assert (validation["rows_in"], validation["rows_accepted"], validation["rows_quarantined"]) == (501, 496, 5)
-    assert sum(result["splits"][k] for k in ("id/train", "id/val", "id/test")) == 496  # nothing else was trained on
-    quarantined = pd.read_parquet(validation["quarantine_path"])
+    validation = result.validation
+    assert (validation.rows_in, validation.rows_accepted, validation.rows_quarantined) == (501, 496, 5)
+    assert sum(result.splits[k] for k in ("id/train", "id/val", "id/test")) == 496  # nothing else was trained on
+    quarantined = pd.read_parquet(validation.quarantine_path)
     assert sorted(quarantined["_normlab_row"]) == [3, 5, 7, 9, 500]
-    assert {r["check"] for r in validation["checks"] if r["outcome"] == "quarantined"} == {
+    assert {r.check for r in validation.checks if r.outcome == "quarantined"} == {
         "types", "expect_column_values_to_be_between", "expect_column_values_to_be_in_set", "non_finite", "duplicates"}
 
-    client = MlflowClient(tracking_uri=result["tracking_uri"])
-    run = client.get_run(result["run_id"])
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    run = client.get_run(result.run_id)
     metrics = run.data.metrics
     assert metrics["gate/rows_in"] == metrics["gate/rows_accepted"] + metrics["gate/rows_quarantined"] == 501
     assert metrics["gate/rows_quarantined"] == 5 and metrics["gate/leakage_share"] == 0.0

@@ -31,9 +31,9 @@ def test_the_input_file_is_parsed_once_per_run(tmp_path, monkeypatch):
     })
     result = training_flow(cfg)
     assert reads == [str(data)]
-    assert result["data"]["rows"] == 400
+    assert result.data.rows == 400
     # The snapshot every later stage read is the file's content, fingerprinted once.
-    snapshot = tmp_path / "work" / "runs" / result["run_id"] / "batch.parquet"
+    snapshot = tmp_path / "work" / "runs" / result.run_id / "batch.parquet"
     assert snapshot.is_file()
 
 

@@ -43,11 +43,11 @@ def test_a_column_near_the_float64_limit_trains_a_finite_model(tmp_path):
     frame.to_csv(data, index=False)
     cfg = config(tmp_path, data)
     result = training_flow(cfg)
-    metrics = result["metrics"]
+    metrics = result.metrics
     for key in promotion.HEALTH_METRICS:
         assert math.isfinite(metrics[key]), (key, metrics[key])
-    assert result["registry"]["passed"], result["registry"]["reason"]
-    assert champion(cfg).version == result["registry"]["version"]
+    assert result.registry.passed, result.registry.reason
+    assert champion(cfg).version == result.registry.version
 
 
 def test_a_diverged_model_is_registered_but_never_champion(tmp_path):
@@ -55,13 +55,13 @@ def test_a_diverged_model_is_registered_but_never_champion(tmp_path):
     weather_frame(600, seed=4).to_csv(data, index=False)
     cfg = config(tmp_path, data, lr=1e30, momentum=0.0)  # finite, so allowed; the loss is NaN after one step
     result = training_flow(cfg)
-    assert not math.isfinite(result["metrics"]["train/final_loss"])
-    decision = result["registry"]
-    assert not decision["passed"]
-    assert "not finite" in decision["reason"] and "train/final_loss" in decision["reason"]
-    assert decision["aliases"] == ["challenger"]
+    assert not math.isfinite(result.metrics["train/final_loss"])
+    decision = result.registry
+    assert not decision.passed
+    assert "not finite" in decision.reason and "train/final_loss" in decision.reason
+    assert decision.aliases == ["challenger"]
     assert champion(cfg) is None
-    version = registry.version_for_run(TrackingStore(cfg.tracking_uri()), registry.registry_name(cfg), result["run_id"])
+    version = registry.version_for_run(TrackingStore(cfg.tracking_uri()), registry.registry_name(cfg), result.run_id)
     record = governance_record.read_record(TrackingStore(cfg.tracking_uri()), version).to_json()
     assert "not finite" in record["decisions"][0]["reason"] and record["decisions"][0]["aliases"] == ["challenger"]
     health = [c for c in record["gate"]["checks"] if c["kind"] == "health"]
@@ -75,9 +75,9 @@ def test_a_one_class_label_trains_but_is_never_champion(tmp_path):
     frame.to_csv(data, index=False)
     cfg = config(tmp_path, data)
     result = training_flow(cfg)
-    assert result["metrics"]["train/classes"] == 1.0
-    assert np.isclose(result["metrics"]["id/test/accuracy"], 1.0)  # the trap: a perfect score on one class
-    decision = result["registry"]
-    assert not decision["passed"]
-    assert "trained on 1 class(es)" in decision["reason"]
+    assert result.metrics["train/classes"] == 1.0
+    assert np.isclose(result.metrics["id/test/accuracy"], 1.0)  # the trap: a perfect score on one class
+    decision = result.registry
+    assert not decision.passed
+    assert "trained on 1 class(es)" in decision.reason
     assert champion(cfg) is None

@@ -48,7 +48,7 @@ def trained(tmp_path_factory, prefect_harness):
         mp.chdir(REPO)
         cfg = load_config(REPO / "configs" / "digits.yaml", [f"workdir={root / 'work'}", "train.epochs=2"])
         result = training_flow(cfg, data_path=str(root / "train.parquet"))
-    return {"work": root / "work", "held": held, "run_id": result["run_id"], "train": root / "train.parquet"}
+    return {"work": root / "work", "held": held, "run_id": result.run_id, "train": root / "train.parquet"}
 
 
 def _config(trained, name: str, *overrides: str):
@@ -294,14 +294,14 @@ def test_detected_drift_retrains_through_the_gate(tiny_config, tmp_path):
     assert entry.drift.level == "detected"
     (retrained,) = result.retrained
     assert retrained.error is None
-    assert retrained.run_id not in (None, first["run_id"])
+    assert retrained.run_id not in (None, first.run_id)
     assert retrained.rows_new == 400
     assert retrained.rows == retrained.rows_reference + retrained.rows_new
     # The new model went through the registry's gate like any run: a new version with a recorded decision.
     registry = retrained.registry
-    assert int(registry.version) == int(first["registry"]["version"]) + 1
+    assert int(registry.version) == int(first.registry.version) + 1
     assert "challenger" in registry.aliases and registry.record
-    assert set(retrained.to_json()["registry"]) == set(first["registry"])  # the run summary's shape
+    assert set(retrained.to_json()["registry"]) == set(first.record()["registry"])  # the run summary's shape
     client = MlflowClient(tracking_uri=cfg.tracking_uri())
     assert client.get_run(retrained.run_id).info.status == "FINISHED"
     # Later batches compare against whatever the gate made the reference.

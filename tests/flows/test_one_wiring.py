@@ -65,8 +65,8 @@ def test_a_sweep_point_runs_the_stages_of_a_run_in_the_same_order(calls, tmp_pat
     outcome = sweep.run_point(cfg, store, point, parent_run_id=parent, batch=accepted)
     point_calls = _fit_segment(calls)
 
-    assert outcome.status == "finished" and result["run_id"] != outcome.run_id
+    assert outcome.status == "finished" and result.run_id != outcome.run_id
     assert "normlab.gate.check_splits" in run_calls and "normlab.pipeline.train" in run_calls
     assert point_calls == run_calls
     # Same data, same settings, same stages: the same model.
-    assert outcome.metrics["id/test/accuracy"] == result["metrics"]["id/test/accuracy"]
+    assert outcome.metrics["id/test/accuracy"] == result.metrics["id/test/accuracy"]

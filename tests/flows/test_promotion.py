@@ -45,11 +45,11 @@ def three_runs(tmp_path_factory, prefect_harness):
 
 def test_first_model_becomes_champion_on_thresholds_alone(three_runs):
     (_cfg, result), _, _ = three_runs
-    promotion = result["registry"]
-    assert promotion["version"] == "1" and promotion["passed"]
-    assert promotion["aliases"] == ["challenger", "champion"]
-    assert "no champion yet" in promotion["reason"]
-    metrics = result["metrics"]
+    promotion = result.registry
+    assert promotion.version == "1" and promotion.passed
+    assert promotion.aliases == ["challenger", "champion"]
+    assert "no champion yet" in promotion.reason
+    metrics = result.metrics
     # The suite: 10 corruptions x 3 severities, their means, intervals, adaptation and inference.
     assert sum(bool(re.fullmatch(r"ood/[a-z]+/s[123]/accuracy", k)) for k in metrics) == 30
     for key in ("ood/noise/accuracy", "ood/mean/accuracy_ci_low", "id/test/f1_macro_ci_high",
@@ -62,42 +62,42 @@ def test_first_model_becomes_champion_on_thresholds_alone(three_runs):
 def test_the_gate_chooses_between_two_norms_and_says_why(three_runs):
     (cfg, first), (_, second), _ = three_runs
     client = MlflowClient(tracking_uri=cfg.tracking_uri())
-    promotion = second["registry"]
-    assert promotion["version"] == "2"
-    expected_champion = 2 if promotion["passed"] else 1
+    promotion = second.registry
+    assert promotion.version == "2"
+    expected_champion = 2 if promotion.passed else 1
     assert client.get_registered_model("normlab-digits").aliases["champion"] in (expected_champion, 3)
 
-    version = registry.version_for_run(TrackingStore(cfg.tracking_uri()), "normlab-digits", second["run_id"])
+    version = registry.version_for_run(TrackingStore(cfg.tracking_uri()), "normlab-digits", second.run_id)
     record = governance_record.read_record(TrackingStore(cfg.tracking_uri()), version).to_json()
     gate = record["gate"]
     assert gate["champion"]["version"] == "1"
     compared = [c for c in gate["checks"] if c["kind"] == "champion"]
     assert {c["metric"] for c in compared} >= {"id/test/accuracy", "ood/mean/accuracy", "ood/noise/accuracy"}
     # The champion was re-scored on this run's rows: its ID test accuracy is the first run's.
-    assert gate["champion"]["metrics"]["id/test/accuracy"] == pytest.approx(first["metrics"]["id/test/accuracy"])
+    assert gate["champion"]["metrics"]["id/test/accuracy"] == pytest.approx(first.metrics["id/test/accuracy"])
     assert all(c["ci_low"] <= c["delta"] <= c["ci_high"] for c in compared)
-    assert record["decisions"][0]["reason"] == promotion["reason"] == gate["reason"]
-    assert record["data"]["fingerprint"] == second["data"]["fingerprint"]
+    assert record["decisions"][0]["reason"] == promotion.reason == gate["reason"]
+    assert record["data"]["fingerprint"] == second.data.fingerprint
     assert record["validation"]["rows_in"] == 1797
     assert record["metrics"]["id/test"]["accuracy_ci_low"] <= record["metrics"]["id/test"]["accuracy"]
-    assert record["drift_reference"]["artifact_uri"] == f"runs:/{second['run_id']}/drift/reference.parquet"
+    assert record["drift_reference"]["artifact_uri"] == f"runs:/{second.run_id}/drift/reference.parquet"
     assert record["prefect"]["flow_run_id"]
-    run = client.get_run(second["run_id"])
+    run = client.get_run(second.run_id)
     assert run.data.tags["normlab.registry.version"] == "2"
-    assert run.data.metrics["gate/passed"] == float(promotion["passed"])
+    assert run.data.metrics["gate/passed"] == float(promotion.passed)
 
 
 def test_a_weakened_run_is_refused_with_a_clear_reason(three_runs):
     (cfg, _), (_, second), (_, weak) = three_runs
-    promotion = weak["registry"]
-    assert not promotion["passed"]
-    assert promotion["aliases"] == ["challenger"]
-    assert promotion["reason"].startswith("refused: id/test/accuracy ")
-    assert "< 0.9" in promotion["reason"] and "vs champion v" in promotion["reason"]
+    promotion = weak.registry
+    assert not promotion.passed
+    assert promotion.aliases == ["challenger"]
+    assert promotion.reason.startswith("refused: id/test/accuracy ")
+    assert "< 0.9" in promotion.reason and "vs champion v" in promotion.reason
     client = MlflowClient(tracking_uri=cfg.tracking_uri())
     aliases = client.get_registered_model("normlab-digits").aliases
     assert aliases["challenger"] == 3
-    assert aliases["champion"] == (2 if second["registry"]["passed"] else 1)
+    assert aliases["champion"] == (2 if second.registry.passed else 1)
 
 
 def test_champion_serves_raw_rows_and_can_be_replaced_by_hand(three_runs, repo_root):
@@ -111,13 +111,13 @@ def test_champion_serves_raw_rows_and_can_be_replaced_by_hand(three_runs, repo_r
     assert (predictions["label"] == frame["label"].head(50)).mean() > 0.8
 
     runner = CliRunner()
-    result = runner.invoke(app, ["promote", weak["run_id"], "--reason", "pinned for a latency test", "--by", "ana",
+    result = runner.invoke(app, ["promote", weak.run_id, "--reason", "pinned for a latency test", "--by", "ana",
                                  "--set", f"workdir={cfg.workdir}"])
     assert result.exit_code == 0, result.output
     assert "version 3 is now the champion" in result.output
     client = MlflowClient(tracking_uri=cfg.tracking_uri())
     assert client.get_registered_model("normlab-digits").aliases["champion"] == 3
-    weak_version = registry.version_for_run(TrackingStore(cfg.tracking_uri()), "normlab-digits", weak["run_id"])
+    weak_version = registry.version_for_run(TrackingStore(cfg.tracking_uri()), "normlab-digits", weak.run_id)
     assert weak_version.version == "3"
     record = governance_record.read_record(TrackingStore(cfg.tracking_uri()), weak_version).to_json()
     assert [d["kind"] for d in record["decisions"]] == ["gate", "manual"]

@@ -37,8 +37,8 @@ def finished(tmp_path_factory, prefect_harness):
 
 def test_run_is_recorded_with_params_metrics_dataset_and_artifacts(finished):
     _cfg, result = finished
-    client = MlflowClient(tracking_uri=result["tracking_uri"])
-    run = client.get_run(result["run_id"])
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
 
     params = run.data.params
@@ -50,21 +50,21 @@ def test_run_is_recorded_with_params_metrics_dataset_and_artifacts(finished):
     for key in ("id/test/accuracy", "id/test/f1_macro", "id/test/ece", "id/test/nll",
                 "ood/noise/accuracy", "ood/noise/accuracy_drop", "ood/mean/accuracy"):
         assert key in metrics, key
-    assert metrics["id/test/accuracy"] == pytest.approx(result["metrics"]["id/test/accuracy"])
-    history = client.get_metric_history(result["run_id"], "val/accuracy")
+    assert metrics["id/test/accuracy"] == pytest.approx(result.metrics["id/test/accuracy"])
+    history = client.get_metric_history(result.run_id, "val/accuracy")
     assert sorted(m.step for m in history) == [1, 2, 3]
 
     (dataset_input,) = run.inputs.dataset_inputs
-    assert dataset_input.dataset.digest == result["data"]["fingerprint"][:32]
-    assert run.data.tags["normlab.data.fingerprint"] == result["data"]["fingerprint"]
+    assert dataset_input.dataset.digest == result.data.fingerprint[:32]
+    assert run.data.tags["normlab.data.fingerprint"] == result.data.fingerprint
     assert run.data.tags["normlab.validation.success"] == "True"
     assert "normlab.version.torch" in run.data.tags
 
-    paths = {a.path for a in client.list_artifacts(result["run_id"])}
+    paths = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "metrics.json", "validation", "plots", "drift", "model_inputs"} <= paths
-    plots = {a.path for a in client.list_artifacts(result["run_id"], "plots")}
+    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
     assert plots == {"plots/learning_curves.png", "plots/confusion_id_test.png"}
-    assert [a.path for a in client.list_artifacts(result["run_id"], "drift")] == ["drift/reference.parquet"]
+    assert [a.path for a in client.list_artifacts(result.run_id, "drift")] == ["drift/reference.parquet"]
 
 
 def test_logged_model_predicts(finished):
@@ -72,19 +72,19 @@ def test_logged_model_predicts(finished):
     import numpy as np
 
     _, result = finished
-    with np.load(f"{cfg_workdir(finished)}/runs/{result['run_id']}/prepared.npz") as npz:
+    with np.load(f"{cfg_workdir(finished)}/runs/{result.run_id}/prepared.npz") as npz:
         x, y = npz["id/test/x"], npz["id/test/y"]
-    from normlab.tracking import tracking_uri
+    from normlab.tracking import TrackingStore, tracking_uri
 
-    with tracking_uri(result["tracking_uri"]):
-        exported = mlflow.pytorch.load_model(result["model_uri"])
+    with tracking_uri(TrackingStore(result.tracking_uri)):
+        exported = mlflow.pytorch.load_model(result.model_uri)
     import torch
 
     # Logged with torch.export (no pickled code): a graph module traced in eval mode.
     model = exported
     with torch.no_grad():
         accuracy = (model(torch.as_tensor(x)).argmax(1).numpy() == y).mean()
-    assert accuracy == pytest.approx(result["metrics"]["id/test/accuracy"])
+    assert accuracy == pytest.approx(result.metrics["id/test/accuracy"])
 
 
 def cfg_workdir(finished) -> str:
@@ -94,9 +94,9 @@ def cfg_workdir(finished) -> str:
 def test_second_run_gives_identical_metrics(finished, repo_root):
     cfg, first = finished
     second = training_flow(cfg)
-    assert second["run_id"] != first["run_id"]
-    assert second["data"]["fingerprint"] == first["data"]["fingerprint"]
-    assert _non_timing(second["metrics"]) == _non_timing(first["metrics"])
+    assert second.run_id != first.run_id
+    assert second.data.fingerprint == first.data.fingerprint
+    assert _non_timing(second.metrics) == _non_timing(first.metrics)
 
 
 def test_broken_batch_stops_before_training(tmp_path, tiny_config):

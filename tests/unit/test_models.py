@@ -188,3 +188,37 @@ def test_models_are_fx_traceable(family: str, norm: str) -> None:
 def test_get_norm_layer_is_what_models_use() -> None:
     model = _build("mlp", "instance")
     assert type(model.blocks[0][1]) is type(get_norm_layer("instance", 12, spatial=False))
+
+
+def test_model_spec_round_trips_through_model_json(tmp_path) -> None:
+    import json
+
+    from normlab.model_spec import ModelSpec
+
+    spec = ModelSpec(family="cnn", in_features=64, num_classes=10, norm="group", image_shape=(8, 8),
+                     hidden=(128, 128), channels=(16, 32), groups=8, dropout=0.1)
+    # model.json keeps the shape it always had: build_model's keyword arguments, lists for sequences.
+    assert spec.to_json() == {"family": "cnn", "in_features": 64, "num_classes": 10, "norm": "group",
+                              "image_shape": [8, 8], "hidden": [128, 128], "channels": [16, 32], "groups": 8,
+                              "dropout": 0.1}
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(spec.to_json()))
+    assert ModelSpec.read(path) == spec
+    torch.manual_seed(0)
+    built = spec.build()
+    torch.manual_seed(0)
+    direct = build_model("cnn", in_features=64, num_classes=10, norm="group", image_shape=(8, 8),
+                         channels=(16, 32), groups=8, dropout=0.1)
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), direct.state_dict().values(),
+                                                 strict=True))
+
+
+def test_model_spec_refuses_missing_and_unknown_keys() -> None:
+    from normlab.model_spec import ModelSpec
+
+    good = ModelSpec(family="mlp", in_features=4, num_classes=2, norm="layer", image_shape=None, hidden=(8,),
+                     channels=(4,), groups=2, dropout=0.0).to_json()
+    with pytest.raises(ValueError, match=r"missing keys \['dropout'\], unknown keys \[\]"):
+        ModelSpec.from_json({k: v for k, v in good.items() if k != "dropout"})
+    with pytest.raises(ValueError, match=r"unknown keys \['depth'\]"):
+        ModelSpec.from_json({**good, "depth": 3})

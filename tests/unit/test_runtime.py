@@ -169,8 +169,8 @@ def test_a_lease_is_dead_only_once_its_process_is_gone(tmp_path):
         with runtime.dead_leases(folder) as leases:
             assert [str(path) for path, _ in leases] == [killed_lease["path"]]
             (_, record), = leases
-            assert record["tag"] == killed_lease["tag"] and record["target"] == "t1"
-            assert record["pid"] == killed.pid
+            assert record.tag == killed_lease["tag"] and record.target == "t1"
+            assert record.pid == killed.pid and record.host
         assert Path(living_lease["path"]).is_file() and own.path.is_file()
     finally:
         living.kill()
@@ -231,3 +231,11 @@ def test_flow_runs_of_a_dead_process_are_marked_crashed_and_nothing_else(tmp_pat
         assert runtime.close_dead_runs(folder, target, lambda: get_client(sync_client=True)) == []
     finally:
         own.release()
+
+
+def test_a_lease_cut_short_or_foreign_reads_as_what_it_has():
+    assert runtime.LeaseRecord.parse(b'{"pid": 12, "tag": "normlab-x"') == runtime.LeaseRecord()
+    assert runtime.LeaseRecord.parse(b"\xff\xfe") == runtime.LeaseRecord()
+    assert runtime.LeaseRecord.parse(b"[1, 2]") == runtime.LeaseRecord()
+    odd = runtime.LeaseRecord.parse(b'{"pid": "12", "tag": "normlab-x", "target": 3, "extra": true}')
+    assert odd == runtime.LeaseRecord(pid=None, tag="normlab-x")

@@ -119,10 +119,11 @@ def test_hostile_checkpoint_is_refused_without_running_its_code(tmp_path):
 
 
 def test_hostile_model_weights_are_refused_without_running_their_code(tmp_path):
+    from normlab.model_spec import ModelSpec
     from normlab.pipeline import load_weights
 
-    spec = {"family": "mlp", "in_features": 4, "num_classes": 2, "norm": "layer", "image_shape": None,
-            "hidden": [8], "channels": [4], "groups": 2, "dropout": 0.0}
+    spec = ModelSpec(family="mlp", in_features=4, num_classes=2, norm="layer", image_shape=None,
+                     hidden=(8,), channels=(4,), groups=2, dropout=0.0)
     marker = tmp_path / "pwned"
     weights = _hostile_file(tmp_path / "model.pt", marker, {})
     with pytest.raises(pickle.UnpicklingError):

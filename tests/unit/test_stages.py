@@ -67,10 +67,13 @@ def test_fit_runs_every_stage_once_in_order():
         return run
 
     from normlab.contracts import Recorded, RunHandle, Splits, Trained, TrainingResult
+    from normlab.model_spec import ModelSpec
 
     prepared = Splits(path="p", encoder="e", reference="r", features=["a"], n_features=1, classes=["0", "1"],
                       counts={}, ood_thresholds={}, eval_frames={}, populations={})
-    trained = Trained(model_path="m", spec={}, result=TrainingResult(history=[]))
+    spec = ModelSpec(family="mlp", in_features=1, num_classes=2, norm="none", image_shape=None, hidden=(2,),
+                     channels=(), groups=1, dropout=0.0)
+    trained = Trained(model_path="m", spec=spec, result=TrainingResult(history=[]))
     fake = stages.Stages(prepare_splits=stage("prepare_splits", prepared), check_splits=stage("check_splits"),
                          train=stage("train", trained), evaluate=stage("evaluate", {"id/test/accuracy": 1.0}),
                          record_run=stage("record_run", Recorded(model_uri="models:/m")))

@@ -17,7 +17,7 @@ MAX_LINES = 500
 # Mappings annotated as free-form (`dict[str, Any]` and the like). What remains
 # should be true free-form mappings (params, metrics, JSON documents); the
 # budget only goes down.
-FREE_FORM_BUDGET = 80
+FREE_FORM_BUDGET = 65
 FREE_FORM = re.compile(r"(?:dict|Dict|Mapping)\[str,\s*(?:Any|object)\]")
 # The Prefect layer: the CLI, the tasks and the flows. The library below it
 # imports neither Prefect nor the flows.

@@ -100,15 +100,15 @@ def test_study_config_grid_and_checks(tmp_path):
 
 
 def _trained_point(tmp_path, seed: int) -> PointOutcome:
-    from normlab.pipeline import build_from_spec
+    from normlab.model_spec import ModelSpec
 
     rng = np.random.default_rng(seed)
     x = np.concatenate([rng.normal(-1, 1, (200, 8)), rng.normal(1, 1, (200, 8))]).astype(np.float32)
     y = np.repeat([0, 1], 200)
-    spec = {"family": "mlp", "in_features": 8, "num_classes": 2, "norm": "batch", "image_shape": None,
-            "hidden": [16, 16], "channels": [4], "groups": 4, "dropout": 0.0}
+    spec = ModelSpec(family="mlp", in_features=8, num_classes=2, norm="batch", image_shape=None,
+                     hidden=(16, 16), channels=(4,), groups=4, dropout=0.0)
     torch.manual_seed(seed)
-    model = build_from_spec(spec)
+    model = spec.build()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
     for _ in range(100):
@@ -118,7 +118,7 @@ def _trained_point(tmp_path, seed: int) -> PointOutcome:
     run_dir = tmp_path / f"run{seed}"
     run_dir.mkdir()
     torch.save(model.state_dict(), run_dir / "model.pt")
-    (run_dir / "model.json").write_text(json.dumps(spec))
+    (run_dir / "model.json").write_text(json.dumps(spec.to_json()))
     # The shifted split: features rescaled and moved, as a gain and offset change would.
     np.savez(run_dir / "prepared.npz", **{"id/test/x": x, "id/test/y": y,
                                           "ood/shift/x": (x * 0.2 + 3.0).astype(np.float32), "ood/shift/y": y})
