@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
                       result=TrainingResult.model_validate({k: v for k, v in result.items() if k != "epoch_ends"}))
     trained_at = time.time()
 
-    metrics = pipeline.evaluate(cfg.eval, prepared, trained, folder, seed=cfg.seed)
+    metrics = pipeline.evaluate(cfg.eval, prepared, trained, folder, seed=cfg.seed).metrics
     done = time.time()
     timings = {
         "epochs": cfg.train.epochs,

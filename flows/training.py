@@ -39,7 +39,7 @@ def training_flow(config: PipelineConfig | str, data_path: str | None = None, re
         # 8. Register the serving model (raw rows in, labels out) as a new version
         registered = r.register_model(config, store, run, prepared)
         # 9. Promotion gate: thresholds, then the champion re-scored on this run's splits
-        decision = r.gate_model(config, store, run, prepared, registered, metrics)
+        decision = r.gate_model(config, store, run, prepared, registered, fitted.evaluation)
         # 10. Governance record first, then the aliases (challenger; champion on a pass)
         promotion = r.publish_decision(config, store, run, accepted, validation, prepared, metrics, registered, decision)
     except BaseException as exc:

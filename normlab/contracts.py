@@ -128,13 +128,27 @@ class Recorded(_Contract):
     model_uri: str
 
 
+class Evaluation(_Contract):
+    """What `normlab.pipeline.evaluate` scored, and the files the later stages read (paths in the run folder)."""
+
+    metrics: dict[str, float]  # every metric by key: id/test/accuracy, ood/<split>/..., train/..., time/...
+    predictions: str  # predictions.npz: the predicted class of each row of each scored split (the promotion gate)
+    confusion: str  # confusion_id_test.npy: the ID test confusion matrix (its plot)
+    inference: str | None = None  # inference.json: what the folded and int8 variants measured (eval.inference)
+
+
 class Fitted(_Contract):
-    """What `normlab.stages.fit` produced on an accepted batch: the splits, the model, its metrics, its MLflow model."""
+    """What `normlab.stages.fit` produced on an accepted batch: the splits, the model, its evaluation, its MLflow model."""
 
     prepared: Splits
     trained: Trained
-    metrics: dict[str, float]
+    evaluation: Evaluation
     recorded: Recorded
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The evaluation's metrics."""
+        return self.evaluation.metrics
 
 
 class ModelVersion(_Contract):

@@ -1,9 +1,10 @@
 """The pipeline's stages as plain functions over files (the split stage is `normlab.splitting`).
 
-Each stage reads what earlier stages wrote under the run folder and returns a
-small frozen contract (`normlab.contracts`: paths, fingerprints, ids, counts)
-or the metrics dict, which is what a Prefect task passes on. Frames, arrays
-and models stay on disk.
+Each stage takes the config sections it reads, reads what earlier stages
+wrote under the run folder and returns a small frozen contract
+(`normlab.contracts`: paths, fingerprints, ids, counts, metrics), which is
+what a Prefect task passes on. Frames, arrays and models stay on disk. The
+stages that log get the flow's `normlab.tracking.TrackingStore`.
 
 Run folder layout (``<workdir>/runs/<run_id>/``)::
 
@@ -45,6 +46,7 @@ from normlab.config import (
 from normlab.contracts import (
     Batch,
     Decision,
+    Evaluation,
     Publication,
     Recorded,
     Registration,
@@ -217,22 +219,25 @@ def load_trained(trained: Trained) -> torch.nn.Module:
 
 def evaluate(
     settings: EvalConfig, prepared: Splits, trained: Trained, run_dir: str | Path, *, seed: int
-) -> dict[str, float]:
-    """Metrics for the ID test split and every OOD split, plus training figures."""
+) -> Evaluation:
+    """Metrics for the ID test split and every OOD split, plus training figures (`Evaluation`)."""
+    run_dir = Path(run_dir)
     splits = load_prepared(prepared)
     model = load_trained(trained)
     scored = {k: v for k, v in splits.items() if k == "id/test" or k.startswith("ood/")}
     frames = load_eval_frames(prepared) if settings.slices else None
     metrics, predictions = evaluate_run(model, scored, classes=prepared.classes, settings=settings, seed=seed,
                                         populations=prepared.populations, frames=frames)
-    np.savez(Path(run_dir) / "predictions.npz", **predictions)
+    np.savez(run_dir / "predictions.npz", **predictions)
+    inference = None
     if settings.inference:
         timing, notes = profile_inference(
             model, *splits["id/test"], iterations=settings.latency_iterations,
             throughput_batch=settings.throughput_batch, fold_tolerance=settings.fold_tolerance,
         )
         metrics.update(timing)
-        (Path(run_dir) / "inference.json").write_text(json.dumps(notes, indent=1))
+        inference = run_dir / "inference.json"
+        inference.write_text(json.dumps(notes, indent=1))
     result = trained.result
     last = result.history[-1]
     metrics.update({
@@ -251,9 +256,11 @@ def evaluate(
         metrics["train/epochs_to_target"] = float(result.epochs_to_target)
         metrics["time/seconds_to_target"] = result.seconds_to_target
     matrix = confusion(model, *splits["id/test"], n_classes=len(prepared.classes))
-    np.save(Path(run_dir) / "confusion_id_test.npy", matrix)
-    (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    return metrics
+    np.save(run_dir / "confusion_id_test.npy", matrix)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return Evaluation(metrics=metrics, predictions=str(run_dir / "predictions.npz"),
+                      confusion=str(run_dir / "confusion_id_test.npy"),
+                      inference=str(inference) if inference is not None else None)
 
 
 # 6. Record -----------------------------------------------------------------------------
@@ -266,8 +273,7 @@ def record_run(
     batch: Batch,
     prepared: Splits,
     trained: Trained,
-    metrics: dict[str, float],
-    run_dir: str | Path,
+    evaluation: Evaluation,
 ) -> Recorded:
     """Log metrics, the dataset, the model, plots and files to the run.
 
@@ -279,7 +285,7 @@ def record_run(
     """
     from normlab import plots
 
-    run_dir = Path(run_dir)
+    metrics = evaluation.metrics
     tracking.log_metrics(store, run_id, metrics)
     result = trained.result.model_dump()
     tracking.log_missing_history(store, run_id, result["history"])
@@ -294,15 +300,15 @@ def record_run(
     tracking.log_text(store, run_id, to_yaml(cfg.redacted()), "config.yaml")
     tracking.log_dict(store, run_id, metrics, "metrics.json")
     tracking.log_dict(store, run_id, result, "training/history.json")
-    if (run_dir / "inference.json").is_file():
-        tracking.log_artifact(store, run_id, run_dir / "inference.json", "evaluation")
+    if evaluation.inference is not None:
+        tracking.log_artifact(store, run_id, evaluation.inference, "evaluation")
 
     history = result["history"]
     title = f"{cfg.model.family} + {cfg.model.norm} norm, batch {cfg.train.batch_size}"
     fig = plots.learning_curves(history, title=title, target=cfg.train.target_accuracy)
     tracking.log_figure(store, run_id, fig, "plots/learning_curves.png")
     plots.close(fig)
-    matrix = np.load(run_dir / "confusion_id_test.npy")
+    matrix = np.load(evaluation.confusion)
     fig = plots.confusion_matrix_figure(matrix, prepared.classes, title="ID test confusion matrix")
     tracking.log_figure(store, run_id, fig, "plots/confusion_id_test.png")
     plots.close(fig)
@@ -344,7 +350,7 @@ def gate_model(
     store: TrackingStore,
     prepared: Splits,
     registered: Registration,
-    metrics: dict[str, float],
+    evaluation: Evaluation,
     run_dir: str | Path,
     *,
     seed: int,
@@ -363,7 +369,7 @@ def gate_model(
     if not registered.enabled:
         return Decision(enabled=False)
     labels = {k: y for k, (_, y) in load_prepared(prepared).items() if k in prepared.eval_frames}
-    with np.load(Path(run_dir) / "predictions.npz") as npz:
+    with np.load(evaluation.predictions) as npz:
         challenger = {k: npz[k] for k in npz.files}
     champion = registry.alias_version(store, registered.name, registry.CHAMPION)
     champion_predictions, error = None, None
@@ -374,7 +380,7 @@ def gate_model(
         except (NormlabError, MlflowException, OSError, ValueError, KeyError) as exc:
             error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     decision = decide(
-        promotion, metrics, labels, challenger, n_classes=len(prepared.classes), seed=seed,
+        promotion, evaluation.metrics, labels, challenger, n_classes=len(prepared.classes), seed=seed,
         champion=champion, champion_predictions=champion_predictions, champion_error=error,
         populations=prepared.populations,
     )

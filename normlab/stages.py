@@ -17,7 +17,7 @@ from pathlib import Path
 
 from normlab import gate, pipeline, splitting, tracking
 from normlab.config import PipelineConfig
-from normlab.contracts import Batch, Fitted, Recorded, RunHandle, Splits, Trained
+from normlab.contracts import Batch, Evaluation, Fitted, Recorded, RunHandle, Splits, Trained
 from normlab.tracking import TrackingStore
 
 
@@ -28,8 +28,8 @@ class Stages:
     prepare_splits: Callable[[PipelineConfig, Batch, RunHandle], Splits]
     check_splits: Callable[[PipelineConfig, TrackingStore, Batch, Splits, RunHandle], object]
     train: Callable[[PipelineConfig, TrackingStore, Splits, RunHandle], Trained]
-    evaluate: Callable[[PipelineConfig, Splits, Trained, RunHandle], dict[str, float]]
-    record_run: Callable[[PipelineConfig, TrackingStore, RunHandle, Batch, Splits, Trained, dict[str, float]], Recorded]
+    evaluate: Callable[[PipelineConfig, Splits, Trained, RunHandle], Evaluation]
+    record_run: Callable[[PipelineConfig, TrackingStore, RunHandle, Batch, Splits, Trained, Evaluation], Recorded]
 
 
 STAGE_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Stages))
@@ -50,10 +50,10 @@ def fit(stages: Stages, cfg: PipelineConfig, store: TrackingStore, run: RunHandl
     # 3. Train with the configured norm
     trained = stages.train(cfg, store, prepared, run)
     # 4. Score every split
-    metrics = stages.evaluate(cfg, prepared, trained, run)
+    evaluation = stages.evaluate(cfg, prepared, trained, run)
     # 5. Log metrics, dataset, model, plots
-    recorded = stages.record_run(cfg, store, run, batch, prepared, trained, metrics)
-    return Fitted(prepared=prepared, trained=trained, metrics=metrics, recorded=recorded)
+    recorded = stages.record_run(cfg, store, run, batch, prepared, trained, evaluation)
+    return Fitted(prepared=prepared, trained=trained, evaluation=evaluation, recorded=recorded)
 
 
 def train_stage(cfg: PipelineConfig, prepared: Splits, run_dir: str | Path, *, on_epoch_end=None,
@@ -79,12 +79,12 @@ def library_stages(*, on_epoch_end: Callable[[object], None] | None = None) -> S
         return train_stage(cfg, prepared, run.run_dir, on_epoch_end=on_epoch_end,
                            on_checkpoint=tracking.epoch_logger(store, run.run_id))
 
-    def evaluate(cfg: PipelineConfig, prepared: Splits, trained: Trained, run: RunHandle) -> dict[str, float]:
+    def evaluate(cfg: PipelineConfig, prepared: Splits, trained: Trained, run: RunHandle) -> Evaluation:
         return pipeline.evaluate(cfg.eval, prepared, trained, run.run_dir, seed=cfg.seed)
 
     def record_run(cfg: PipelineConfig, store: TrackingStore, run: RunHandle, batch: Batch, prepared: Splits,
-                   trained: Trained, metrics: dict[str, float]) -> Recorded:
-        return pipeline.record_run(cfg, store, run.run_id, batch, prepared, trained, metrics, run.run_dir)
+                   trained: Trained, evaluation: Evaluation) -> Recorded:
+        return pipeline.record_run(cfg, store, run.run_id, batch, prepared, trained, evaluation)
 
     return Stages(prepare_splits=prepare_splits, check_splits=check_splits, train=train, evaluate=evaluate,
                   record_run=record_run)

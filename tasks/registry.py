@@ -7,7 +7,7 @@ from prefect.runtime import flow_run
 
 from normlab import pipeline
 from normlab.config import PipelineConfig
-from normlab.contracts import Batch, Decision, Publication, Registration, RunHandle, Splits
+from normlab.contracts import Batch, Decision, Evaluation, Publication, Registration, RunHandle, Splits
 from normlab.gate import GateResult
 from normlab.registry import registry_name
 from normlab.tasks.policy import TRANSIENT
@@ -25,9 +25,10 @@ def register_model(cfg: PipelineConfig, store: TrackingStore, run: RunHandle, pr
 
 @task(name="promotion-gate", **TRANSIENT)
 def gate_model(cfg: PipelineConfig, store: TrackingStore, run: RunHandle, prepared: Splits,
-               registered: Registration, metrics: dict[str, float]) -> Decision:
+               registered: Registration, evaluation: Evaluation) -> Decision:
     """Thresholds, then the champion re-scored on this run's splits."""
-    decision = pipeline.gate_model(cfg.promotion, store, prepared, registered, metrics, run.run_dir, seed=cfg.seed)
+    decision = pipeline.gate_model(cfg.promotion, store, prepared, registered, evaluation, run.run_dir,
+                                   seed=cfg.seed)
     if decision.enabled:
         get_run_logger().info("promotion gate %s", decision.reason)
     return decision

@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 from normlab import gate, pipeline, splitting, tracking
 from normlab import resume as resume_runs
 from normlab.config import PipelineConfig, flatten
-from normlab.contracts import Batch, Recorded, RunHandle, Splits, Trained
+from normlab.contracts import Batch, Evaluation, Recorded, RunHandle, Splits, Trained
 from normlab.gate.contracts import GateResult
 from normlab.gate.scope import GateScope
 from normlab.stages import Stages, train_stage
@@ -86,16 +86,16 @@ def train(cfg: PipelineConfig, store: TrackingStore, prepared: Splits, run: RunH
 
 
 @task(name="evaluate", **LOCAL)
-def evaluate(cfg: PipelineConfig, prepared: Splits, trained: Trained, run: RunHandle) -> dict[str, float]:
+def evaluate(cfg: PipelineConfig, prepared: Splits, trained: Trained, run: RunHandle) -> Evaluation:
     """Score every split."""
     return pipeline.evaluate(cfg.eval, prepared, trained, run.run_dir, seed=cfg.seed)
 
 
 @task(name="record-run", **TRANSIENT)
 def record_run(cfg: PipelineConfig, store: TrackingStore, run: RunHandle, batch: Batch, prepared: Splits,
-               trained: Trained, metrics: dict[str, float]) -> Recorded:
+               trained: Trained, evaluation: Evaluation) -> Recorded:
     """Log metrics, dataset, model, plots and files."""
-    return pipeline.record_run(cfg, store, run.run_id, batch, prepared, trained, metrics, run.run_dir)
+    return pipeline.record_run(cfg, store, run.run_id, batch, prepared, trained, evaluation)
 
 
 @task(name="end-run", **TRANSIENT)

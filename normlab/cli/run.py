@@ -56,7 +56,7 @@ def run(
         if isinstance(report, dict):
             write_summary(summary, {
                 "status": "blocked", "run_id": getattr(user_error, "run_id", None),
-                "tracking_uri": cfg.tracking_uri(),
+                "tracking_uri": cfg.redacted().tracking_uri(),
                 "data": {"fingerprint": report.get("fingerprint"), "rows": report.get("rows_in")},
                 "validation": {"success": False, "failed": report.get("failed", []),
                                **{k: report.get(k) for k in ("rows_in", "rows_accepted", "rows_quarantined",

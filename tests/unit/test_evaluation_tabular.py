@@ -60,7 +60,8 @@ def test_tabular_evaluation_has_domains_slices_classes_and_intervals(prepared_ru
     assert set(frames["ood/pune"]["city"]) == {"pune"}
 
     trained = train_stage(cfg, prepared, run_dir)
-    metrics = pipeline.evaluate(cfg.eval, prepared, trained, run_dir, seed=cfg.seed)
+    evaluation = pipeline.evaluate(cfg.eval, prepared, trained, run_dir, seed=cfg.seed)
+    metrics = evaluation.metrics
     for key in ("ood/late/accuracy", "ood/late/accuracy_ci_low", "ood/pune/adapted/accuracy_gain",
                 "ood/mean/accuracy_ci_high", "id/test/class/yes/recall", "id/test/class/no/support",
                 "infer/folded/max_abs_diff", "time/infer/int8/p50_ms"):
@@ -70,7 +71,9 @@ def test_tabular_evaluation_has_domains_slices_classes_and_intervals(prepared_ru
     assert slices == {"oslo", "lima"}
     rows = sum(metrics[f"id/test/slice/city/{c}/rows"] for c in slices)
     assert rows == metrics["id/test/rows"]
-    with np.load(run_dir / "predictions.npz") as npz:
+    assert evaluation.predictions == str(run_dir / "predictions.npz")
+    assert evaluation.inference == str(run_dir / "inference.json")  # eval.inference profiled the variants
+    with np.load(evaluation.predictions) as npz:
         assert set(npz.files) == {"id/test", "ood/late", "ood/pune"}
         assert len(npz["ood/late"]) == metrics["ood/late/rows"]
 

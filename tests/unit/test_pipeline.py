@@ -66,7 +66,7 @@ def test_csv_with_categorical_and_column_split(tmp_path):
     )
 
     trained = train_stage(cfg, prepared, run_dir)
-    metrics = pipeline.evaluate(cfg.eval, prepared, trained, run_dir, seed=cfg.seed)
+    metrics = pipeline.evaluate(cfg.eval, prepared, trained, run_dir, seed=cfg.seed).metrics
     assert {"id/test/accuracy", "ood/lima/accuracy", "ood/high_x1/accuracy", "ood/mean/accuracy"} <= set(metrics)
 
 

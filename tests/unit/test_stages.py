@@ -66,7 +66,7 @@ def test_fit_runs_every_stage_once_in_order():
             return value
         return run
 
-    from normlab.contracts import Recorded, RunHandle, Splits, Trained, TrainingResult
+    from normlab.contracts import Evaluation, Recorded, RunHandle, Splits, Trained, TrainingResult
     from normlab.model_spec import ModelSpec
 
     prepared = Splits(path="p", encoder="e", reference="r", features=["a"], n_features=1, classes=["0", "1"],
@@ -74,8 +74,10 @@ def test_fit_runs_every_stage_once_in_order():
     spec = ModelSpec(family="mlp", in_features=1, num_classes=2, norm="none", image_shape=None, hidden=(2,),
                      channels=(), groups=1, dropout=0.0)
     trained = Trained(model_path="m", spec=spec, result=TrainingResult(history=[]))
+    evaluation = Evaluation(metrics={"id/test/accuracy": 1.0}, predictions="d/predictions.npz",
+                            confusion="d/confusion_id_test.npy")
     fake = stages.Stages(prepare_splits=stage("prepare_splits", prepared), check_splits=stage("check_splits"),
-                         train=stage("train", trained), evaluate=stage("evaluate", {"id/test/accuracy": 1.0}),
+                         train=stage("train", trained), evaluate=stage("evaluate", evaluation),
                          record_run=stage("record_run", Recorded(model_uri="models:/m")))
     fitted = stages.fit(fake, None, None, RunHandle(run_id="r", run_dir="d"), None)
     assert seen == list(stages.STAGE_NAMES)
