@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,20 +29,34 @@ class ModelSpec:
     channels: tuple[int, ...]
     groups: int
     dropout: float
+    # The residual CNN's and the vision transformer's (defaults: a model.json written before they existed).
+    blocks: int = 2
+    patch_size: int = 4
+    width: int = 64
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: int = 2
+    norm_position: str = "pre"
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> ModelSpec:
-        """The spec ``model.json`` holds (lists become tuples); `ValueError` for missing or unknown keys."""
+        """The spec ``model.json`` holds (lists become tuples); `ValueError` for missing or unknown keys.
+
+        Keys with a default may be missing (a spec written before they existed).
+        """
         names = {f.name for f in fields(cls)}
-        if set(data) != names:
-            missing, unknown = sorted(names - set(data)), sorted(set(data) - names)
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        missing, unknown = sorted(required - set(data)), sorted(set(data) - names)
+        if missing or unknown:
             raise ValueError(f"model spec: missing keys {missing}, unknown keys {unknown}")
         shape = data["image_shape"]
+        optional = {f.name: f.type for f in fields(cls) if f.default is not MISSING and f.name in data}
         return cls(
             family=str(data["family"]), in_features=int(data["in_features"]), num_classes=int(data["num_classes"]),
             norm=str(data["norm"]), image_shape=tuple(shape) if shape is not None else None,
             hidden=tuple(data["hidden"]), channels=tuple(data["channels"]), groups=int(data["groups"]),
             dropout=float(data["dropout"]),
+            **{name: (str if kind == "str" else int)(data[name]) for name, kind in optional.items()},
         )
 
     @classmethod
@@ -61,4 +75,6 @@ class ModelSpec:
 
         return build_model(self.family, in_features=self.in_features, num_classes=self.num_classes, norm=self.norm,
                            image_shape=self.image_shape, hidden=self.hidden, channels=self.channels,
-                           groups=self.groups, dropout=self.dropout)
+                           groups=self.groups, dropout=self.dropout, blocks=self.blocks,
+                           patch_size=self.patch_size, width=self.width, depth=self.depth, heads=self.heads,
+                           mlp_ratio=self.mlp_ratio, norm_position=self.norm_position)

@@ -17,8 +17,12 @@ import torch
 from torch import nn
 
 from normlab.norms import NormSpec, get_norm_layer
+from normlab.resnet import ResNet
+from normlab.vit import ViT
 
-MODEL_FAMILIES: tuple[str, ...] = ("mlp", "cnn")
+MODEL_FAMILIES: tuple[str, ...] = ("mlp", "cnn", "resnet", "vit")
+# The families that read their flat input as images (they need image_shape).
+IMAGE_FAMILIES: tuple[str, ...] = ("cnn", "resnet", "vit")
 
 
 
@@ -139,6 +143,13 @@ def build_model(
     groups: int = 8,
     dropout: float = 0.0,
     in_channels: int = 1,
+    blocks: int = 2,
+    patch_size: int = 4,
+    width: int = 64,
+    depth: int = 2,
+    heads: int = 4,
+    mlp_ratio: int = 2,
+    norm_position: str = "pre",
 ) -> nn.Module:
     """Build a model of ``family`` for flat inputs of width ``in_features``.
 
@@ -147,12 +158,15 @@ def build_model(
         in_features: Width F of the flat input.
         num_classes: Number of output logits.
         norm: Norm name or factory, see :func:`normlab.norms.get_norm_layer`.
-        image_shape: ``(H, W)``; required for ``cnn``, ignored for ``mlp``.
+        image_shape: ``(H, W)``; required for the image families (``cnn``, ``resnet``, ``vit``).
         hidden: MLP hidden widths.
-        channels: CNN block channels.
+        channels: CNN block channels; ResNet stage widths.
         groups: Upper bound on the number of groups for ``group``.
         dropout: Dropout probability.
-        in_channels: CNN input channels.
+        in_channels: Input channels of the image families.
+        blocks: ResNet basic blocks per stage.
+        patch_size, width, depth, heads, mlp_ratio, norm_position: the ViT's
+            (see `normlab.vit.ViT`).
 
     Returns:
         The model, in training mode.
@@ -162,22 +176,24 @@ def build_model(
     """
     if family == "mlp":
         return MLP(in_features, num_classes, hidden=hidden, norm=norm, groups=groups, dropout=dropout)
-    if family == "cnn":
-        if image_shape is None:
-            raise ValueError("family 'cnn' needs image_shape=(H, W)")
-        height, width = image_shape
-        if in_features != in_channels * height * width:
-            raise ValueError(
-                f"family 'cnn': in_features={in_features} != in_channels*H*W = "
-                f"{in_channels}*{height}*{width} = {in_channels * height * width}"
-            )
-        return CNN(
-            (height, width),
-            num_classes,
-            channels=channels,
-            norm=norm,
-            groups=groups,
-            dropout=dropout,
-            in_channels=in_channels,
+    if family not in IMAGE_FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(MODEL_FAMILIES)}")
+    if image_shape is None:
+        raise ValueError(f"family {family!r} needs image_shape=(H, W)")
+    height, wide = image_shape
+    if in_features != in_channels * height * wide:
+        raise ValueError(
+            f"family {family!r}: in_features={in_features} != in_channels*H*W = "
+            f"{in_channels}*{height}*{wide} = {in_channels * height * wide}"
         )
+    if family == "cnn":
+        return CNN((height, wide), num_classes, channels=channels, norm=norm, groups=groups, dropout=dropout,
+                   in_channels=in_channels)
+    if family == "resnet":
+        return ResNet((height, wide), num_classes, channels=channels, blocks=blocks, norm=norm, groups=groups,
+                      dropout=dropout, in_channels=in_channels)
+    if family == "vit":
+        return ViT((height, wide), num_classes, patch_size=patch_size, width=width, depth=depth, heads=heads,
+                   mlp_ratio=mlp_ratio, norm=norm, norm_position=norm_position, groups=groups, dropout=dropout,
+                   in_channels=in_channels)
     raise ValueError(f"unknown model family {family!r}; known: {', '.join(MODEL_FAMILIES)}")

@@ -153,6 +153,13 @@ def model_spec(model: ModelConfig, prepared: Splits, image_shape: tuple[int, int
         channels=tuple(model.channels),
         groups=model.groups,
         dropout=model.dropout,
+        blocks=model.blocks,
+        patch_size=model.patch_size,
+        width=model.width,
+        depth=model.depth,
+        heads=model.heads,
+        mlp_ratio=model.mlp_ratio,
+        norm_position=model.norm_position,
     )
 
 

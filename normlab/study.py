@@ -401,6 +401,15 @@ def _fmt_stat(stat: MeanInterval) -> str:
     return fmt_interval(stat)
 
 
+def _model_size(model: ModelConfig) -> str:
+    """The model's size in words, for the study page."""
+    if model.family == "vit":
+        return (f"width {model.width}, {model.depth} blocks of {model.heads} heads, {model.patch_size}x"
+                f"{model.patch_size} patches, {model.norm_position}-norm")
+    widths = ", ".join(map(str, model.hidden if model.family == "mlp" else model.channels))
+    return f"widths {widths}" + (f", {model.blocks} blocks a stage" if model.family == "resnet" else "")
+
+
 def report_sections(model: ModelConfig, train: TrainConfig, summary: SweepSummary, findings: list[Finding],
                     figure: Path, seconds: float | None) -> list[Section]:
     """The one-page study report."""
@@ -410,8 +419,7 @@ def report_sections(model: ModelConfig, train: TrainConfig, summary: SweepSummar
     grid = summary.grid
     intro = Section("What was run", text=[
         f"{held} of {len(findings)} findings held on `{summary.data.source}` "
-        f"({summary.data.rows} rows) with the {model.family} model (widths "
-        f"{', '.join(map(str, model.hidden if model.family == 'mlp' else model.channels))}), "
+        f"({summary.data.rows} rows) with the {model.family} model ({_model_size(model)}), "
         f"{train.epochs} epoch{'s' if train.epochs != 1 else ''} of {train.optimizer.upper()} "
         f"at learning rate {train.lr:g} for batch "
         f"{max(grid.batch_sizes)} (scaled linearly for smaller batches).",

@@ -25,12 +25,13 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     key = ""
     for part in first["loc"]:
         key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
-    key = key or "<root>"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'"
-    shown = short_repr(first.get("input"))
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    if not key:  # a check across sections: its message names the keys, the whole config is no help
+        return f"{source}: {msg.removeprefix('Value error, ')}{more}"
+    shown = short_repr(first.get("input"))
     return f"{source}: {key}={shown}: {msg}{more}"
 
 

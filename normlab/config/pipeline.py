@@ -100,8 +100,14 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _cnn_needs_images(self) -> PipelineConfig:
-        if self.model.family == "cnn" and self.data.image_shape is None:
-            raise ValueError("model.family 'cnn' needs data.image_shape, e.g. [8, 8]")
+        model, shape = self.model, self.data.image_shape
+        if model.family != "mlp" and shape is None:
+            raise ValueError(f"model.family '{model.family}' needs data.image_shape, e.g. [8, 8]")
+        if model.family == "vit" and (shape[0] % model.patch_size or shape[1] % model.patch_size):
+            raise ValueError(f"model.patch_size {model.patch_size} does not divide data.image_shape "
+                             f"{list(shape)} (the vit cuts images into square patches)")
+        if model.family == "vit" and model.width % model.heads:
+            raise ValueError(f"model.width {model.width} is not divisible by model.heads {model.heads}")
         if any(s.kind == "corruption" for s in self.splits.ood) and self.data.image_shape is None:
             raise ValueError("corruption OOD splits need data.image_shape, e.g. [8, 8]")
         return self

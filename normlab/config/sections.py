@@ -224,12 +224,21 @@ class SplitsConfig(_Strict):
 class ModelConfig(_Strict):
     """The model family and the normalization layer it uses everywhere."""
 
-    family: Literal["mlp", "cnn"] = "mlp"
+    family: Literal["mlp", "cnn", "resnet", "vit"] = "mlp"
     norm: NormName = "batch"
     groups: int = Field(8, ge=1, description="group count for `group` norm")
     hidden: list[int] = Field(default_factory=lambda: [128, 128], description="MLP hidden widths")
-    channels: list[int] = Field(default_factory=lambda: [16, 32], description="CNN channels per block")
+    channels: list[int] = Field(default_factory=lambda: [16, 32],
+                                description="CNN channels per block; resnet: width of each stage")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    blocks: int = Field(2, ge=1, description="resnet: basic blocks per stage")
+    patch_size: int = Field(4, ge=1, description="vit: side of the square patches (divides data.image_shape)")
+    width: int = Field(64, ge=1, description="vit: token width (divisible by heads)")
+    depth: int = Field(2, ge=1, description="vit: encoder blocks")
+    heads: int = Field(4, ge=1, description="vit: attention heads")
+    mlp_ratio: int = Field(2, ge=1, description="vit: MLP hidden width, in multiples of width")
+    norm_position: Literal["pre", "post"] = Field(
+        "pre", description="vit: norm before attention and MLP (pre) or after each residual sum (post)")
     registry_name: str | None = Field(None, description="MLflow registered model; default: normlab-<name>")
 
 

@@ -12,7 +12,7 @@ A kind plays one of two roles:
 ``corruption_suite`` is no kind of its own here: `normlab.config` expands it into
 ``corruption`` entries when the config is loaded (`CONFIG_EXPANSIONS`).
 
-Adding a kind: its config class in the ``OODSplit`` union of normlab/config.py (with
+Adding a kind: its config class in the ``OODSplit`` union of normlab/config/sections.py (with
 ``kind: Literal["<name>"]``), a builder below and one `OOD_KINDS` entry;
 tests/unit/test_data_ood.py fails while the union's kinds and the registry differ.
 """

@@ -41,15 +41,28 @@ def _rows(n: int = 200, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).normal(1.0, 3.0, size=(n, 64)).astype(np.float32)
 
 
-# Every family is checked for BatchNorm: a family added later is covered or fails here.
-@pytest.mark.parametrize("family", MODEL_FAMILIES)
+# The families whose every BatchNorm directly follows a convolution or a Linear (the ViT's token
+# norms follow residual sums); a family added later is covered here or named below.
+UNFOLDABLE = ("vit",)
+
+
+def test_a_vit_keeps_its_token_batchnorms_and_its_outputs():
+    model = _bn_model("vit")
+    before = count_batchnorm(model)
+    folded = fold_batchnorm(model)
+    assert count_batchnorm(folded) == before > 0
+    assert max_abs_diff(model, folded, _rows()) <= 1e-5
+
+
+@pytest.mark.parametrize("family", [f for f in MODEL_FAMILIES if f not in UNFOLDABLE])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_folding_is_exact_for_every_family_with_batchnorm(family, dropout):
     model = _bn_model(family, dropout=dropout)
     assert has_batch_stats(model)
+    before = count_batchnorm(model)
     folded = fold_batchnorm(model)
     assert count_batchnorm(folded) == 0
-    assert count_batchnorm(model) == 2  # the original is left alone
+    assert count_batchnorm(model) == before >= 2  # the original is left alone
     assert max_abs_diff(model, folded, _rows()) <= 1e-5
 
 
