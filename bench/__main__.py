@@ -22,7 +22,7 @@ from typing import Any
 
 from bench import REPO, machine_info
 
-SECTIONS: tuple[str, ...] = ("training", "norms", "inference", "pipeline", "scaling")
+SECTIONS: tuple[str, ...] = ("training", "norms", "inference", "pipeline", "scaling", "streaming")
 RESULTS = REPO / "bench" / "results.json"
 README = REPO / "bench" / "README.md"
 BEGIN = "<!-- bench:results:begin (written by python -m bench; edits inside are lost) -->"

@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(cfg.train.threads)
     folder = args.workdir.resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    frame, source = pipeline.read_batch(cfg.data)
+    loaded = pipeline.read_batch(cfg.data)
+    frame, source = loaded.frame, loaded.source
     frame.to_parquet(folder / "batch.parquet", index=False)
     batch = Batch(path=str(folder / "batch.parquet"), source=source, fingerprint="",  # a plain script: no fingerprint
                   rows=len(frame), columns=[str(c) for c in frame.columns])

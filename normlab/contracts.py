@@ -26,6 +26,18 @@ class _Contract(Contract, BaseModel):  # BaseModel for ruff's sake: see `normlab
     """The base of this module's models: `normlab.contract_base.Contract`."""
 
 
+class ImageSource(_Contract):
+    """Where a batch of image files came from (`normlab.images`).
+
+    Before the gate, the batch's rows are the files found (`normlab.images.scan.Manifest`);
+    the gate's accepted batch holds their pixel rows, decoded in ``mode``.
+    """
+
+    root: str  # the folder the files' paths are relative to
+    empty_classes: list[str] = []  # class folders with no image file
+    mode: str | None = None  # L or RGB, once decoded
+
+
 class Batch(_Contract):
     """A batch snapshotted into a run folder (``batch.parquet``), or the gate's accepted rows."""
 
@@ -34,6 +46,7 @@ class Batch(_Contract):
     fingerprint: str
     rows: int
     columns: list[str]
+    images: ImageSource | None = None  # image files: what the scan found; None for a table of values
 
     def data_summary(self) -> DataSummary:
         """The batch in run and sweep summaries: fingerprint, rows and source."""
@@ -45,7 +58,7 @@ def as_batch(batch: Batch | BaseModel | Mapping[str, Any]) -> Batch:
     if isinstance(batch, Batch):
         return batch
     data = batch.model_dump() if isinstance(batch, BaseModel) else batch
-    return Batch(**{key: data[key] for key in Batch.model_fields})
+    return Batch(**{key: data[key] for key in Batch.model_fields if key in data})
 
 
 class RunHandle(_Contract):

@@ -48,12 +48,18 @@ _OOD_LEAF = re.compile(r"ood/(?P<name>[^/]+)(?:/s(?P<level>\d+))?")
 def predict_proba(model: nn.Module, x: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
     """Class probabilities of ``model`` in eval mode, as float64."""
     model.eval()
-    xt = torch.as_tensor(x, dtype=torch.float32)
+    # Chunk by chunk: a memory-mapped split (over data.memory_budget_mb) is read a batch at a time.
     # Softmax in float64 so probabilities sum to one within sklearn's tolerance.
-    chunks = [torch.softmax(model(xt[i : i + batch_size]).double(), dim=1) for i in range(0, len(xt), batch_size)]
+    chunks = [torch.softmax(model(_rows(x, i, batch_size)).double(), dim=1) for i in range(0, len(x), batch_size)]
     if not chunks:
         return np.zeros((0, 0))
     return torch.cat(chunks).numpy()
+
+
+def _rows(x: np.ndarray, start: int, size: int) -> torch.Tensor:
+    """Rows ``start:start+size`` as a float32 tensor (a view of an in-memory array; a copy of a memory map)."""
+    part = x[start : start + size]
+    return torch.as_tensor(np.array(part) if isinstance(part, np.memmap) else part, dtype=torch.float32)
 
 
 def expected_calibration_error(y: np.ndarray, proba: np.ndarray, *, n_bins: int = 15) -> float:

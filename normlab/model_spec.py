@@ -37,6 +37,7 @@ class ModelSpec:
     heads: int = 4
     mlp_ratio: int = 2
     norm_position: str = "pre"
+    in_channels: int = 1  # the image families' input channels: 1 (grayscale) or 3 (RGB)
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> ModelSpec:
@@ -77,4 +78,4 @@ class ModelSpec:
                            image_shape=self.image_shape, hidden=self.hidden, channels=self.channels,
                            groups=self.groups, dropout=self.dropout, blocks=self.blocks,
                            patch_size=self.patch_size, width=self.width, depth=self.depth, heads=self.heads,
-                           mlp_ratio=self.mlp_ratio, norm_position=self.norm_position)
+                           mlp_ratio=self.mlp_ratio, norm_position=self.norm_position, in_channels=self.in_channels)

@@ -12,7 +12,8 @@ Run folder layout (``<workdir>/runs/<run_id>/``)::
     validation.json      the data gate's report (validation.html: the same, for people)
     accepted.parquet     the rows the gate accepted, when it took rows out or repaired types
     leakage.json         the split audit: evaluation rows whose features sit in training
-    prepared.npz         encoded features and labels per split
+    prepared.npz         encoded features and labels per split (prepared/<split>/x.npy, y.npy over
+                         data.memory_budget_mb: memory-mapped, streamed by training)
     encoder.json         feature and label encoders (saved with the model)
     reference.parquet    raw training rows: the drift reference
     checkpoints/last.pt  the latest epoch, for resuming
@@ -26,6 +27,7 @@ Run folder layout (``<workdir>/runs/<run_id>/``)::
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,7 @@ from normlab.contracts import (
     Batch,
     Decision,
     Evaluation,
+    ImageSource,
     Publication,
     Recorded,
     Registration,
@@ -56,14 +59,17 @@ from normlab.contracts import (
 )
 from normlab.data.fingerprint import fingerprint_frame
 from normlab.data.sources import load_builtin, read_table
-from normlab.errors import DataSourceError, NormlabError
+from normlab.device import resolve_device
+from normlab.errors import ConfigError, DataSourceError, DataValidationError, NormlabError
 from normlab.evaluation import confusion, evaluate_run
 from normlab.gate import GateResult, GateScope, enforce, run_gate
+from normlab.images.source import is_image_source, read_images
 from normlab.inference import profile_inference
 from normlab.model_spec import ModelSpec
-from normlab.splitting import load_eval_frames, load_prepared
+from normlab.models import IMAGE_FAMILIES
+from normlab.splitting import load_eval_frames, load_prepared, load_split
 from normlab.tracking import TrackingStore
-from normlab.training import make_optimizer, set_seeds, train_model
+from normlab.training import cpu_state_dict, make_optimizer, set_seeds, train_model
 
 
 def run_dir_for(workdir: Path, run_id: str) -> Path:
@@ -76,17 +82,37 @@ def run_dir_for(workdir: Path, run_id: str) -> Path:
 # 1. Load -------------------------------------------------------------------------------
 
 
-def read_batch(data: DataConfig, data_path: str | None = None) -> tuple[pd.DataFrame, str]:
-    """The batch (``data_path``, the configured file, or the built-in dataset) and a description of its source."""
+@dataclass(frozen=True)
+class SourceBatch:
+    """A batch as read from its source, before the snapshot: its rows, where they came from, their fingerprint.
+
+    For image files the rows are the files found (`normlab.images.scan.Manifest`),
+    ``images`` says where, and the fingerprint covers every file's bytes and label.
+    """
+
+    frame: pd.DataFrame
+    source: str
+    fingerprint: str
+    images: ImageSource | None = None
+
+
+def read_batch(data: DataConfig, data_path: str | None = None) -> SourceBatch:
+    """The batch: ``data_path``, the configured file or image folder, or the built-in dataset."""
     path = data_path or data.path
+    if path and is_image_source(data, path):
+        manifest = read_images(data, path)
+        images = ImageSource(root=str(manifest.root.resolve()), empty_classes=list(manifest.empty_classes))
+        return SourceBatch(manifest.entries, str(Path(path).resolve()), manifest.fingerprint(), images)
     if path:
-        return read_table(path), str(Path(path).resolve())
-    return load_builtin(data.source or ""), f"builtin:{data.source}"
+        frame, source = read_table(path), str(Path(path).resolve())
+    else:
+        frame, source = load_builtin(data.source or ""), f"builtin:{data.source}"
+    return SourceBatch(frame, source, fingerprint_frame(frame))
 
 
 def batch_fingerprint(data: DataConfig, data_path: str | None = None) -> str:
     """The fingerprint the batch has once loaded (what a reproduction is checked against)."""
-    return fingerprint_frame(read_batch(data, data_path)[0])
+    return read_batch(data, data_path).fingerprint
 
 
 def check_label(data: DataConfig, frame: pd.DataFrame, source: str) -> None:
@@ -97,24 +123,41 @@ def check_label(data: DataConfig, frame: pd.DataFrame, source: str) -> None:
         )
 
 
-def stage_batch(frame: pd.DataFrame, source: str, run_dir: str | Path, fingerprint: str | None = None) -> Batch:
+def stage_batch(loaded: SourceBatch, run_dir: str | Path) -> Batch:
     """Snapshot a loaded batch into the run folder (``batch.parquet``, what every later stage reads)."""
     snapshot = Path(run_dir) / "batch.parquet"
-    frame.to_parquet(snapshot, index=False)
+    loaded.frame.to_parquet(snapshot, index=False)
     return Batch(
         path=str(snapshot),
-        source=source,
-        fingerprint=fingerprint or fingerprint_frame(frame),
-        rows=len(frame),
-        columns=[str(c) for c in frame.columns],
+        source=loaded.source,
+        fingerprint=loaded.fingerprint,
+        rows=len(loaded.frame),
+        columns=[str(c) for c in loaded.frame.columns],
+        images=loaded.images,
     )
 
 
 def load_batch(data: DataConfig, run_dir: str | Path, data_path: str | None = None) -> Batch:
-    """Load the batch (a file, or the built-in dataset), snapshot and fingerprint it."""
-    frame, source = read_batch(data, data_path)
-    check_label(data, frame, source)
-    return stage_batch(frame, source, run_dir)
+    """Load the batch (a file, an image folder, or the built-in dataset), snapshot and fingerprint it."""
+    loaded = read_batch(data, data_path)
+    check_label(data, loaded.frame, loaded.source)
+    return stage_batch(loaded, run_dir)
+
+
+def load_snapshot(batch: Batch, run_dir: str | Path) -> Batch:
+    """Copy a validated batch (the gate's accepted rows) into another run folder, checking its fingerprint.
+
+    Raises:
+        DataValidationError: The file no longer has the validated content.
+    """
+    frame = pd.read_parquet(batch.path)
+    staged = stage_batch(SourceBatch(frame, batch.source, fingerprint_frame(frame), batch.images), run_dir)
+    if staged.fingerprint != batch.fingerprint:
+        raise DataValidationError(
+            f"the validated batch {batch.path!r} changed on disk "
+            f"(fingerprint {staged.fingerprint[:12]}, validated {batch.fingerprint[:12]})"
+        )
+    return staged
 
 
 # 2. Validate ---------------------------------------------------------------------------
@@ -142,7 +185,22 @@ def enforce_validation(gate: GateResult) -> None:
 
 
 def model_spec(model: ModelConfig, prepared: Splits, image_shape: tuple[int, int] | None) -> ModelSpec:
-    """What builds the configured model for these splits (``image_shape``: ``data.image_shape``)."""
+    """What builds the configured model for these splits (``image_shape``: ``data.image_shape``).
+
+    The image families read ``in_features / (H * W)`` channels: rows of C*H*W values in (C, H, W) order.
+
+    Raises:
+        ConfigError: An image family's features are not a whole number of H x W channels.
+    """
+    in_channels = 1
+    if model.family in IMAGE_FAMILIES and image_shape:
+        pixels = image_shape[0] * image_shape[1]
+        in_channels, rest = divmod(prepared.n_features, pixels)
+        if rest or not in_channels:
+            raise ConfigError(
+                f"model.family '{model.family}' reads images of data.image_shape {list(image_shape)}, but the data "
+                f"have {prepared.n_features} features, not a multiple of {pixels}; fix data.image_shape or data.features"
+            )
     return ModelSpec(
         family=model.family,
         in_features=prepared.n_features,
@@ -160,6 +218,7 @@ def model_spec(model: ModelConfig, prepared: Splits, image_shape: tuple[int, int
         heads=model.heads,
         mlp_ratio=model.mlp_ratio,
         norm_position=model.norm_position,
+        in_channels=in_channels,
     )
 
 
@@ -181,9 +240,14 @@ def train(
     ``on_epoch_end`` gets each epoch's record; ``on_checkpoint`` the records since
     the previous checkpoint, at most every ``checkpoint.every_seconds`` (see
     `normlab.training.train_model`). ``eval_batch_size`` (``eval.batch_size``)
-    scores the validation split after each epoch.
+    scores the validation split after each epoch. Training runs on
+    ``settings.device`` in ``settings.precision`` (`normlab.device`);
+    ``model.pt`` holds CPU tensors with plain parameter names either way, and
+    the later stages load it on the CPU. Splits written over ``data.memory_budget_mb``
+    arrive memory-mapped and stream from disk (`normlab.streaming`).
     """
     run_dir = Path(run_dir)
+    device = resolve_device(settings.device)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     splits = load_prepared(prepared)
@@ -202,8 +266,9 @@ def train(
         target_accuracy=settings.target_accuracy, checkpoint_dir=run_dir / "checkpoints",
         on_epoch_end=on_epoch_end, eval_batch_size=eval_batch_size,
         checkpoint_every_seconds=checkpoint.every_seconds, on_checkpoint=on_checkpoint,
+        device=device, precision=settings.precision, compile=settings.compile,
     )
-    torch.save(model.state_dict(), run_dir / "model.pt")
+    torch.save(cpu_state_dict(model), run_dir / "model.pt")
     (run_dir / "model.json").write_text(json.dumps(spec.to_json()))
     return Trained(model_path=str(run_dir / "model.pt"), spec=spec,
                    result=TrainingResult.model_validate(result.to_dict()))
@@ -321,8 +386,7 @@ def record_run(
     plots.close(fig)
 
     model = load_trained(trained)
-    with np.load(prepared.path) as npz:
-        example = npz["id/test/x"][:5]
+    example = np.array(load_split(prepared, "id/test")[0][:5])
     model_uri = tracking.log_torch_model(store, run_id, model, input_example=example,
                                          extra_files=[prepared.encoder])
     tracking.set_tags(store, run_id, {"normlab.model_uri": model_uri})

@@ -1,4 +1,4 @@
-"""Checks a command makes before it starts any flow: the work folder and the tracking store are usable.
+"""Checks a command makes before it starts any flow: the work folder, the tracking store and the device are usable.
 
 Each failure is a `ConfigError` (one line, exit 2) raised within
 milliseconds, where the first write into an unwritable folder would
@@ -51,10 +51,23 @@ def check_store(uri: str) -> None:
         _check_driver(store_uri(uri), shown)
 
 
+def check_device(device: str, precision: str) -> None:
+    """``train.device`` is there and ``train.precision`` runs on it (`normlab.device`).
+
+    The default (auto or cpu, fp32) cannot fail, so it is passed without importing torch (about 2 s).
+    """
+    if device in ("auto", "cpu") and precision == "fp32":
+        return
+    from normlab.device import resolve_device, resolve_precision
+
+    resolve_precision(precision, resolve_device(device))
+
+
 def check_all(cfg: PipelineConfig) -> None:
     """Every check of this module, in the order a run needs them."""
     check_workdir(cfg.workdir_path())
     check_store(cfg.tracking_uri())
+    check_device(cfg.train.device, cfg.train.precision)
 
 
 def _writable_folder(folder: Path, what: str) -> None:

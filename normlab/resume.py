@@ -123,13 +123,11 @@ def open_run(
         DataSourceError: The input cannot be read or has no label column (no run is opened).
     """
     from normlab import pipeline
-    from normlab.data.fingerprint import fingerprint_frame
-
     owner = owner or uuid.uuid4().hex
     cfg_hash = config_hash(cfg)
-    frame, source = pipeline.read_batch(cfg.data, data_path)
-    pipeline.check_label(cfg.data, frame, source)
-    fingerprint = fingerprint_frame(frame)
+    loaded = pipeline.read_batch(cfg.data, data_path)
+    pipeline.check_label(cfg.data, loaded.frame, loaded.source)
+    fingerprint = loaded.fingerprint
     client = store.client
     for old in find_interrupted_runs(store, cfg.tracking.experiment, cfg_hash, fingerprint):
         old_dir = cfg.workdir_path() / "runs" / old.info.run_id
@@ -145,7 +143,7 @@ def open_run(
         tracking.set_tags(store, old.info.run_id, {**tags, RESUMED_TAG: count})
         return RunHandle(run_id=old.info.run_id, run_dir=str(old_dir), resumed=True,
                          config_hash=cfg_hash, fingerprint=fingerprint,
-                         batch=pipeline.stage_batch(frame, source, old_dir, fingerprint))
+                         batch=pipeline.stage_batch(loaded, old_dir))
 
     run_id = tracking.start_run(
         store, cfg.tracking.experiment, artifact_location=cfg.artifact_location(), run_name=cfg.tracking.run_name,
@@ -156,7 +154,7 @@ def open_run(
     tracking.log_params(store, run_id, params)
     return RunHandle(run_id=run_id, run_dir=str(run_dir), resumed=False,
                      config_hash=cfg_hash, fingerprint=fingerprint,
-                     batch=pipeline.stage_batch(frame, source, run_dir, fingerprint))
+                     batch=pipeline.stage_batch(loaded, run_dir))
 
 
 def close_run(store: TrackingStore, run: RunHandle, status: str) -> None:

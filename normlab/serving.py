@@ -9,6 +9,13 @@ and returns one row per input row: ``label`` (the predicted class, as in the
 training data) and ``proba_<class>`` for every class. The same model answers
 ``mlflow models serve``.
 
+An image model (an image family reading pixel columns) also takes images:
+a DataFrame with an ``image`` column of file paths, or an array of shape
+(n, H, W) or (n, H, W, C). Files and arrays of another size are read as in
+training (`normlab.images.decode`: upright, converted, resized to the model's
+(H, W)); an array already at the model's size and channels is used as it is.
+Such a model is logged without a column signature, which would refuse them.
+
 The pickled wrapper holds no state and no code: cloudpickle records the class
 by reference (``normlab.serving.NormlabClassifier``), and the normlab sources
 travel with the model as MLflow ``code_paths`` so it loads where normlab is not
@@ -30,6 +37,7 @@ import torch
 
 from normlab.data.encoding import FeatureEncoder, LabelEncoder
 from normlab.errors import DataSourceError
+from normlab.images.decode import pixel_columns, pixel_rows
 from normlab.model_spec import ModelSpec
 
 if TYPE_CHECKING:  # the served model imports this module: it needs no tracking code
@@ -50,7 +58,9 @@ set_model(NormlabClassifier())
 # Rows scored per forward pass: bounds memory on large requests.
 _CHUNK = 4096
 # What the bundled normlab sources import, pinned to this environment's versions.
-_REQUIREMENTS = ("torch", "numpy", "pandas", "scipy")
+_REQUIREMENTS = ("torch", "numpy", "pandas", "scipy", "pillow")
+# The column of image file paths an image model takes.
+IMAGE_INPUT = "image"
 
 
 class LoadedClassifier:
@@ -65,9 +75,29 @@ class LoadedClassifier:
     def __init__(self, encoder: dict[str, Any], spec: ModelSpec, state_dict: dict[str, torch.Tensor]) -> None:
         self.features = FeatureEncoder.from_dict(encoder["features"])
         self.labels = LabelEncoder.from_dict(encoder["labels"])
+        self.spec = spec
         self.model = spec.build()
         self.model.load_state_dict(state_dict)
         self.model.eval()
+
+    @property
+    def reads_images(self) -> bool:
+        """Whether the model reads pixel rows of images (so it takes image files and arrays too)."""
+        shape = self.spec.image_shape
+        return (self.spec.family != "mlp" and shape is not None
+                and list(self.features.features) == pixel_columns(self.spec.in_channels, tuple(shape)))
+
+    def image_rows(self, images: np.ndarray | pd.Series | list) -> pd.DataFrame:
+        """Pixel rows, as the model was trained on, of image files (paths) or arrays (n, H, W[, C]).
+
+        Raises:
+            DataSourceError: The model does not read images, or an input is not an image it can read.
+        """
+        if not self.reads_images:
+            raise DataSourceError("this model reads table rows, not images; send its feature columns")
+        shape = tuple(self.spec.image_shape)
+        rows = pixel_rows(images, shape, "L" if self.spec.in_channels == 1 else "RGB")
+        return pd.DataFrame(rows, columns=pixel_columns(self.spec.in_channels, shape))
 
     @classmethod
     def from_files(cls, encoder: str | Path, spec: str | Path, weights: str | Path) -> LoadedClassifier:
@@ -87,8 +117,13 @@ class LoadedClassifier:
             return np.zeros((0, self.labels.n_classes))
         return torch.cat(chunks).numpy()
 
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """``label`` and ``proba_<class>`` columns for every row of ``frame``."""
+    def predict(self, frame: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+        """``label`` and ``proba_<class>`` columns for every row of ``frame`` (an image model: or every image)."""
+        if isinstance(frame, np.ndarray):
+            frame = self.image_rows(frame)
+        elif IMAGE_INPUT in frame.columns and self.reads_images and self.features.features[0] not in frame.columns:
+            index = frame.index
+            frame = self.image_rows(frame[IMAGE_INPUT]).set_axis(index)
         missing = [c for c in self.features.features if c not in frame.columns]
         if missing:
             raise DataSourceError(
@@ -114,8 +149,12 @@ class NormlabClassifier(mlflow.pyfunc.PythonModel):
         """The loaded network and encoders (scores frames without MLflow's schema enforcement)."""
         return self._classifier
 
+    # Annotated as a DataFrame, the one input hint MLflow's type-hint validation accepts without a warning;
+    # it passes an array through unchanged, and an image model takes one.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Predict labels and class probabilities for a DataFrame of raw rows."""
+        """Predict labels and class probabilities for a DataFrame of raw rows (an image model: or an image array)."""
+        if isinstance(model_input, np.ndarray) and model_input.ndim >= 3:
+            return self._classifier.predict(model_input)
         return self._classifier.predict(pd.DataFrame(model_input))
 
 
@@ -159,10 +198,14 @@ def log_serving_model(
     # Models from code: MLflow runs this file to get the wrapper, so nothing is unpickled.
     entry = run_dir / "serving_model.py"
     entry.write_text(_ENTRY_POINT, encoding="utf-8")
-    with warnings.catch_warnings():
-        # MLflow hints that integer columns cannot hold NaN: the training dtypes are the contract here.
-        warnings.simplefilter("ignore", UserWarning)
-        signature = infer_signature(example, local.predict(example))
+    signature = None
+    if local.reads_images:
+        example = None  # paths, arrays and pixel rows are all inputs: no column signature refuses the first two
+    else:
+        with warnings.catch_warnings():
+            # MLflow hints that integer columns cannot hold NaN: the training dtypes are the contract here.
+            warnings.simplefilter("ignore", UserWarning)
+            signature = infer_signature(example, local.predict(example))
     with tracking_uri(store), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=name,

@@ -15,6 +15,7 @@ and `load_eval_frames` read the files back. How each OOD ``kind`` is built is
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +27,22 @@ from normlab.data.encoding import FeatureEncoder, LabelEncoder
 from normlab.data.ood import DeriveFromTest, SelectRows, ood_kind
 from normlab.data.splits import assign_id_splits
 from normlab.errors import ConfigError, DataSourceError
+from normlab.images.decode import PIXEL_PREFIX, VALUE_RANGE
 
 
-def feature_columns(data: DataConfig, splits: SplitsConfig, columns: list[str]) -> list[str]:
-    """The configured features, or every column but the label and time-split columns."""
+def feature_columns(data: DataConfig, splits: SplitsConfig, columns: list[str], *, images: bool = False) -> list[str]:
+    """The configured features, or every column but the label and time-split columns.
+
+    For decoded image files (``images``) the default is the pixel columns: a
+    table's other columns are for slices and OOD splits, not inputs.
+    """
     if data.features:
         missing = [c for c in data.features if c not in columns]
         if missing:
             raise ConfigError(f"data.features: columns not in the data: {', '.join(missing)}")
         return list(data.features)
+    if images:
+        return [c for c in columns if c.startswith(PIXEL_PREFIX)]
     excluded = {data.label} | {s.column for s in splits.ood if isinstance(s, TimeSplit)}
     return [c for c in columns if c not in excluded]
 
@@ -52,7 +60,9 @@ def prepare_splits(
     """
     run_dir = Path(run_dir)
     frame = pd.read_parquet(batch.path)
-    features = feature_columns(data, splits, list(frame.columns))
+    features = feature_columns(data, splits, list(frame.columns), images=batch.images is not None)
+    # Decoded image files hold 0..255 pixels whatever the batch's extremes.
+    value_range = data.value_range or (VALUE_RANGE if batch.images is not None else None)
     kinds = [(split, ood_kind(split)) for split in splits.ood]
     held_out = np.zeros(len(frame), dtype=bool)
     domain_masks: dict[str, np.ndarray] = {}
@@ -99,13 +109,23 @@ def prepare_splits(
         if isinstance(kind, DeriveFromTest):
             raw = parts["test"][features].to_numpy(dtype=np.float64)
             for leaf, derived in kind.derive(raw, split, image_shape=data.image_shape, seed=seed,
-                                             value_range=data.value_range):
+                                             value_range=value_range):
                 add(f"ood/{leaf}", parts["test"], derived)
                 populations[f"ood/{leaf}"] = "id/test"
         else:
             add(f"ood/{split.name}", frame.loc[domain_masks[split.name]])
 
-    np.savez(run_dir / "prepared.npz", **arrays)
+    # Over the memory budget, one .npy file per array (prepared/<split>/x.npy): training maps them and
+    # streams batches from disk (normlab.streaming). The arrays are still built here in memory first.
+    if sum(a.nbytes for a in arrays.values()) > data.memory_budget_mb * 2**20:
+        prepared_path = run_dir / "prepared"
+        shutil.rmtree(prepared_path, ignore_errors=True)  # a retried stage leaves no stale split behind
+        for key, array in arrays.items():
+            (prepared_path / key).parent.mkdir(parents=True, exist_ok=True)
+            np.save(prepared_path / f"{key}.npy", array)
+    else:
+        prepared_path = run_dir / "prepared.npz"
+        np.savez(prepared_path, **arrays)
     (run_dir / "encoder.json").write_text(
         json.dumps({"features": encoder.to_dict(), "labels": labels.to_dict(), "label_column": data.label})
     )
@@ -113,7 +133,7 @@ def prepare_splits(
     counts = {key[:-2]: len(v) for key, v in arrays.items() if key.endswith("/y")}
     eval_frames = save_eval_frames(scored, run_dir / "eval_frames", slices=evaluation.slices)
     return Splits(
-        path=str(run_dir / "prepared.npz"),
+        path=str(prepared_path),
         encoder=str(run_dir / "encoder.json"),
         reference=str(run_dir / "reference.parquet"),
         features=features,
@@ -152,7 +172,32 @@ def load_eval_frames(prepared: Splits) -> dict[str, pd.DataFrame]:
 
 
 def load_prepared(prepared: Splits | str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Split key (``id/train``, ``ood/noise``...) to (features, labels); ``prepared`` or its ``prepared.npz``."""
-    with np.load(prepared.path if isinstance(prepared, Splits) else prepared) as npz:
+    """Split key (``id/train``, ``ood/noise``...) to (features, labels); ``prepared`` or its path.
+
+    A ``prepared.npz`` is read into memory; a ``prepared/`` folder (splits over
+    ``data.memory_budget_mb``) gives read-only ``np.memmap`` arrays, which
+    `normlab.training.train_model` streams from.
+    """
+    path = Path(prepared.path if isinstance(prepared, Splits) else prepared)
+    if path.is_dir():
+        keys = sorted({f.relative_to(path).with_suffix("").parent.as_posix() for f in path.rglob("*.npy")})
+        return {k: (np.load(path / k / "x.npy", mmap_mode="r"), np.load(path / k / "y.npy", mmap_mode="r"))
+                for k in keys}
+    with np.load(path) as npz:
         keys = sorted({k[:-2] for k in npz.files})
         return {k: (npz[f"{k}/x"], npz[f"{k}/y"]) for k in keys}
+
+
+def load_split(prepared: Splits | str | Path, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split's (features, labels), ``key`` e.g. ``id/test``, read alone from either form of `load_prepared`."""
+    path = Path(prepared.path if isinstance(prepared, Splits) else prepared)
+    if path.is_dir():
+        return np.load(path / key / "x.npy", mmap_mode="r"), np.load(path / key / "y.npy", mmap_mode="r")
+    with np.load(path) as npz:
+        return npz[f"{key}/x"], npz[f"{key}/y"]
+
+
+def prepared_path(run_dir: str | Path) -> Path:
+    """Where a run folder's encoded splits are: ``prepared/`` (streamed) or ``prepared.npz``."""
+    folder = Path(run_dir) / "prepared"
+    return folder if folder.is_dir() else Path(run_dir) / "prepared.npz"

@@ -123,7 +123,7 @@ def _load_point(point: PointOutcome) -> tuple[Any, dict[str, tuple[np.ndarray, n
     run_dir = Path(str(point.run_dir))
     spec = ModelSpec.read(run_dir / "model.json")
     model = pipeline.load_weights(spec, run_dir / "model.pt")
-    splits = splitting.load_prepared(run_dir / "prepared.npz")
+    splits = splitting.load_prepared(splitting.prepared_path(run_dir))
     return model, splits, spec
 
 

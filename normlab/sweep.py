@@ -140,12 +140,10 @@ def run_point(
     try:
         tracking.log_params(store, run_id, flatten(pcfg.redacted()))
         run_dir = pipeline.run_dir_for(pcfg.workdir_path(), run_id)
-        loaded = pipeline.load_batch(pcfg.data, run_dir, batch.path)
-        if loaded.fingerprint != batch.fingerprint:
-            raise DataValidationError(
-                f"grid point {point.name}: the validated batch changed on disk "
-                f"(fingerprint {loaded.fingerprint[:12]}, validated {batch.fingerprint[:12]})"
-            )
+        try:
+            loaded = pipeline.load_snapshot(batch, run_dir)
+        except DataValidationError as exc:
+            raise DataValidationError(f"grid point {point.name}: {exc}") from None
         # The parent validated this exact content; the child records which data it was.
         tracking.set_tags(store, run_id, {"normlab.data.fingerprint": loaded.fingerprint,
                                         "normlab.data.source": batch.source,

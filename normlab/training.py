@@ -11,6 +11,23 @@ a hand-written loop does (``bench/training.py`` holds it to 95% of one's
 speed): train loss and accuracy are summed over chunks of batches, not batch
 by batch, and checkpoints are written at most every ``checkpoint_every_seconds``
 (and after the last epoch) rather than after every epoch of a small model.
+
+Device and precision (``train.device``, ``train.precision``, ``train.compile``;
+`normlab.device`): the model and, when they fit, the whole arrays are moved to
+the device once; the forward pass and loss run under autocast for bf16 and
+fp16, fp16 with a gradient scaler; a compiled model trains through its wrapper
+while weights and checkpoints are saved from the module itself (plain
+parameter names). Checkpoints hold CPU tensors, so a run checkpointed on one
+device resumes on another. The default (cpu, fp32, not compiled) runs exactly
+the arithmetic it always did.
+
+Streaming (`normlab.streaming`): training or validation arrays that are
+``np.memmap`` (splits over ``data.memory_budget_mb``, memory-mapped by
+`normlab.splitting.load_prepared`) are not made tensors: each batch is read
+from the file through a DataLoader, in the order the in-memory loop draws (the
+same generator, permutation and skipped singleton), and the validation pass
+reads consecutive chunks. On the same data a streamed run computes exactly what
+an in-memory one does, and resumes from the same checkpoints.
 """
 
 from __future__ import annotations
@@ -18,7 +35,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +43,9 @@ import torch
 from torch import nn
 
 from normlab.contracts import Epoch, TrainingResult
+from normlab.device import Precision, resolve_device, resolve_precision
 from normlab.norms import has_batch_stats
+from normlab.streaming import EpochBatches, MemmapRows, batch_loader, chunks
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -37,6 +56,10 @@ PROGRESS_EVERY_SECONDS = 1.0
 # few tensor ops per chunk instead of per step (about 5% of a small model's step
 # time), and no host-device sync per step; memory stays bounded by the chunk.
 _METRIC_CHUNK = 64
+
+# Share of a CUDA device's free memory the training and validation arrays may
+# take to be moved there whole; larger arrays stay on the host, batch by batch.
+_DEVICE_DATA_SHARE = 0.5
 
 
 def set_seeds(seed: int) -> None:
@@ -113,16 +136,68 @@ class _EpochTotals:
         self._losses, self._logits, self._labels = [], [], []
 
 
+def cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module.state_dict()`` with every tensor on the CPU (CPU tensors, and the dict's metadata, unchanged)."""
+    state = module.state_dict()
+    for key in list(state):
+        state[key] = state[key].cpu()
+    return state
+
+
+def _to_cpu(value):
+    """``value`` (an optimizer state: dicts, lists, tuples of tensors and numbers) with every tensor on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+def _data_device(tensors: list[torch.Tensor], device: torch.device) -> torch.device:
+    """Where the arrays live: ``device`` when they fit there (always off CUDA), else the host."""
+    if device.type != "cuda":
+        return device
+    free, _total = torch.cuda.mem_get_info(device)
+    return device if sum(t.nbytes for t in tensors) <= free * _DEVICE_DATA_SHARE else torch.device("cpu")
+
+
+def _tensors(split: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``split`` as float32 features and int64 labels, or None when it streams (memory-mapped features)."""
+    if isinstance(split[0], np.memmap):
+        return None
+    return torch.as_tensor(split[0], dtype=torch.float32), torch.as_tensor(split[1], dtype=torch.long)
+
+
+def _chunks_of(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(x), batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
+
+
 @torch.no_grad()
-def _evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+def _evaluate_loss(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    n: int,
+    *,
+    device: torch.device,
+    precision: Precision | None = None,
+) -> tuple[float, float]:
+    """Mean loss and accuracy over the ``n`` rows of ``batches`` (consecutive chunks of the validation split)."""
     model.eval()
     total_loss, correct = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        logits = model(x[start : start + batch_size])
-        yb = y[start : start + batch_size]
+    for xb, yb in batches:
+        if xb.device != device:
+            xb, yb = xb.to(device, non_blocking=xb.is_pinned()), yb.to(device, non_blocking=yb.is_pinned())
+        if precision is None:
+            logits = model(xb)
+        else:
+            with precision.autocast(device):
+                logits = model(xb).float()
         total_loss += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()
-    n = max(len(x), 1)
+    n = max(n, 1)
     return total_loss / n, correct / n
 
 
@@ -141,6 +216,10 @@ def train_model(
     eval_batch_size: int = 512,
     checkpoint_every_seconds: float = 0.0,
     on_checkpoint: Callable[[list[Epoch]], None] | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    compile: bool = False,
+    num_workers: int | None = None,
 ) -> TrainingResult:
     """Train ``model`` in place and return its history (`normlab.contracts.TrainingResult`).
 
@@ -164,21 +243,46 @@ def train_model(
             records (e.g. metrics in a tracking store) never runs ahead of the
             epoch a resumed run starts from. Called at the same points when
             there is no ``checkpoint_dir``.
+        device: Where to train: a `torch.device`, or a ``train.device`` name
+            (`normlab.device.resolve_device`). The model stays there afterwards.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast; fp16 with a
+            gradient scaler), refused where torch cannot run it
+            (`normlab.device.resolve_precision`).
+        compile: Train through ``torch.compile(model)``; ``model`` itself keeps
+            the weights (its ``state_dict`` has the plain parameter names).
+        num_workers: Loader processes of a streamed split (memory-mapped
+            arrays); default `normlab.streaming.loader_workers` (0 on the CPU).
     """
-    x_train = torch.as_tensor(train[0], dtype=torch.float32)
-    y_train = torch.as_tensor(train[1], dtype=torch.long)
-    x_val = torch.as_tensor(val[0], dtype=torch.float32)
-    y_val = torch.as_tensor(val[1], dtype=torch.long)
-    n = len(x_train)
+    device = resolve_device(device) if isinstance(device, str) else device
+    mixed = resolve_precision(precision, device)
+    model.to(device)
+    # None: the split streams from its memory map instead (`normlab.streaming`).
+    train_t, val_t = _tensors(train), _tensors(val)
+    data_device = _data_device([t for pair in (train_t, val_t) if pair is not None for t in pair], device)
+    train_t, val_t = (None if p is None else (p[0].to(data_device), p[1].to(data_device)) for p in (train_t, val_t))
+    n, n_val = len(train[1]), len(val[1])
     # BatchNorm cannot normalise a batch of one sample in training mode; a
     # trailing singleton batch is skipped rather than crashing the epoch.
     min_batch = 2 if has_batch_stats(model) else 1
 
+    # The shuffling generator stays on the CPU: the same order on every device, and a resumable state.
     generator = torch.Generator().manual_seed(seed)
+    # A streamed split's batches are read on the host (pinned on CUDA), in the same order.
+    streamed = train_t is None
+    sampler = EpochBatches(n, batch_size, generator, min_batch=min_batch, device=None if streamed else data_device)
+    train_loader = (batch_loader(MemmapRows(*train), sampler, device=device, seed=seed, num_workers=num_workers)
+                    if streamed else None)
+    val_loader = (batch_loader(MemmapRows(*val), chunks(n_val, eval_batch_size), device=device, seed=seed,
+                               num_workers=num_workers) if val_t is None else None)
+    on_host = (torch.device("cpu") if streamed else data_device) != device
+    pinned = streamed and device.type == "cuda"
+    scaler = mixed.scaler(device)
     result = TrainingResult(history=[])
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
     if ckpt_path is not None and ckpt_path.is_file():
-        result = _load_checkpoint(ckpt_path, model, optimizer, generator)
+        result = _load_checkpoint(ckpt_path, model, optimizer, generator, scaler=scaler, device=device)
+    step_model = torch.compile(model) if compile else model
+    autocast_eval = mixed if mixed.dtype is not None else None
     start_epoch = result.resumed_from_epoch
     # The result is frozen: what the epochs add is kept here, and a result made of it when one is saved or returned.
     history = list(result.history)
@@ -195,23 +299,28 @@ def train_model(
     for epoch in range(start_epoch + 1, epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        order = torch.randperm(n, generator=generator)
         totals = _EpochTotals()
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            if len(idx) < min_batch:
-                continue
-            xb, yb = x_train[idx], y_train[idx]
+        batches = train_loader if streamed else ((train_t[0][idx], train_t[1][idx]) for idx in sampler)
+        for xb, yb in batches:
+            if on_host:
+                xb, yb = xb.to(device, non_blocking=pinned), yb.to(device, non_blocking=pinned)
             optimizer.zero_grad(set_to_none=True)
-            logits = model(xb)
-            loss = nn.functional.cross_entropy(logits, yb)
-            loss.backward()
-            optimizer.step()
+            with mixed.autocast(device):
+                logits = step_model(xb)
+                loss = nn.functional.cross_entropy(logits, yb)
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             totals.add(loss, logits, yb)
         totals.flush()
         seen = totals.seen
         train_seconds = time.perf_counter() - t0
-        val_loss, val_acc = _evaluate_loss(model, x_val, y_val, eval_batch_size)
+        val_batches = val_loader if val_t is None else _chunks_of(*val_t, eval_batch_size)
+        val_loss, val_acc = _evaluate_loss(step_model, val_batches, n_val, device=device, precision=autocast_eval)
         seconds = time.perf_counter() - t0
         record = Epoch(
             epoch=epoch,
@@ -230,7 +339,8 @@ def train_model(
             seconds_to_target = sum(r.seconds for r in history)
         if epoch == epochs or time.perf_counter() - last_checkpoint >= checkpoint_every_seconds:
             if ckpt_path is not None:
-                _save_checkpoint(ckpt_path, model, optimizer, generator, current(), epoch)
+                _save_checkpoint(ckpt_path, model, optimizer, generator, current(), epoch, scaler=scaler,
+                                 device=device)
             if on_checkpoint is not None:
                 on_checkpoint(unsaved)
             unsaved = []
@@ -250,15 +360,24 @@ def _save_checkpoint(
     generator: torch.Generator,
     result: TrainingResult,
     epoch: int,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    device: torch.device | None = None,
 ) -> None:
+    """Write ``last.pt``: CPU tensors only, so that any device can resume from it."""
     state = {
         "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": cpu_state_dict(model),
+        "optimizer": _to_cpu(optimizer.state_dict()),
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "result": result.to_dict(),
     }
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    if device is not None and device.type == "cuda":
+        # Dropout on CUDA draws from the device's generator.
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename: a crash mid-write never leaves a torn checkpoint.
     tmp = path.with_suffix(".tmp")
@@ -271,10 +390,16 @@ def _load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    device: torch.device | None = None,
 ) -> TrainingResult:
-    """Restore the model, optimizer and RNG states; the result so far, resumed from the checkpoint's epoch.
+    """Restore the model, optimizer, scaler and RNG states; the result so far, resumed from the checkpoint's epoch.
 
-    Its ``samples_per_second`` starts again at 0 (the next epoch sets it).
+    The weights are copied into ``model`` where it is, and the optimizer's
+    state follows its parameters there. A checkpoint written without a
+    scaler (fp32, bf16) gives an fp16 run a fresh one. Its
+    ``samples_per_second`` starts again at 0 (the next epoch sets it).
     """
     # weights_only: a checkpoint is data, never code.
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -282,6 +407,10 @@ def _load_checkpoint(
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    if device is not None and device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
     saved = state["result"]
     return TrainingResult(
         history=[Epoch(**r) for r in saved["history"]],

@@ -27,5 +27,7 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a setting, e.g. --set model.norm=group (repeatable)."),
 ]
-DataOpt = Annotated[str | None, typer.Option("--data", help="CSV or Parquet file to use instead of data.path.")]
+DataOpt = Annotated[str | None, typer.Option(
+    "--data", help="CSV or Parquet file, or a folder of images, to use instead of data.path."
+)]
 SummaryOpt = Annotated[Path | None, typer.Option("--summary", help="Write a JSON summary of the run here.")]

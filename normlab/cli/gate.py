@@ -13,7 +13,7 @@ from rich.table import Table
 
 from normlab.cli.app import ConfigArg, DataOpt, SetOpt, SummaryOpt, app, console
 from normlab.cli.common import fail, load_or_fail, prepare_environment, write_summary
-from normlab.errors import NormlabError
+from normlab.errors import ConfigError, NormlabError
 
 if TYPE_CHECKING:
     from normlab.contracts import CheckRow
@@ -86,18 +86,29 @@ def validate(
 
 @app.command()
 def init(
-    data: Annotated[Path, typer.Option("--data", help="A trusted CSV or Parquet file to profile (read only).")],
-    label: Annotated[str, typer.Option("--label", help="Its label column.")],
+    data: Annotated[Path, typer.Option(
+        "--data", help="A trusted CSV or Parquet file, or a folder of images in class subfolders (read only)."
+    )],
+    label: Annotated[str | None, typer.Option("--label", help="Its label column (a table: required).")] = None,
     name: Annotated[
         str | None, typer.Option("--name", help="Name of the suite and config (default: from the file).")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing suite or config of that name.")] = False,
 ) -> None:
-    """Profile a trusted file into expectations/NAME.json and configs/NAME.yaml, ready for `normlab run`."""
+    """Profile a trusted file into expectations/NAME.json and configs/NAME.yaml, ready for `normlab run`.
+
+    A folder of images gets profiles/NAME.json (classes, sizes, modes, channel
+    statistics) and configs/NAME.yaml instead.
+    """
     prepare_environment()
     from normlab.data.types import type_summary
     from normlab.profiling import init_project
 
+    if data.is_dir():
+        _init_images(data, label, name, force)
+        return
+    if label is None:
+        raise fail(ConfigError(f"{data}: pass --label, the label column of the table"), 2)
     try:
         made = init_project(data, label, name=name, force=force)
     except NormlabError as exc:
@@ -118,3 +129,25 @@ def init(
                       f"({', '.join(made.own_failures)}); see normlab validate {config}", highlight=False)
     console.print(f"next: [bold]normlab run {config}[/]   then check new batches with "
                   f"[bold]normlab validate {config} --data NEW.csv[/]", soft_wrap=True, highlight=False)
+
+
+def _init_images(data: Path, label: str | None, name: str | None, force: bool) -> None:
+    """`init` for a folder of images: the profile and a config, and what they found."""
+    from normlab.images.profile import init_image_project
+    from normlab.profiling import name_from_path, safe_name
+
+    try:
+        chosen = safe_name(name) if name is not None else name_from_path(data.resolve())
+        made = init_image_project(data, name=chosen, force=force, label=label or "label")
+    except NormlabError as exc:
+        raise fail(exc, exc.exit_code) from None
+    here = Path.cwd()
+    profile = made.profile
+    console.print(f"profiled {profile.images} images of {profile.files} files: "
+                  f"{Path(made.profile_path).relative_to(here)} and {Path(made.config_path).relative_to(here)}",
+                  highlight=False)
+    for line in profile.lines():
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+    config = Path(made.config_path).relative_to(here)
+    console.print(f"next: [bold]normlab run {config}[/]   then check new folders with "
+                  f"[bold]normlab validate {config} --data NEW_FOLDER[/]", soft_wrap=True, highlight=False)

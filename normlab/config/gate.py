@@ -88,6 +88,56 @@ class LeakageCheck(_Strict):
     max_share: float = Field(0.0, ge=0.0, le=1.0, description="largest share of leaking evaluation rows that passes")
 
 
+class ImageFileCheck(_Strict):
+    """An image entry that cannot be trained on (unreadable, or outside the class layout): never accepted."""
+
+    severity: Annotated[Literal["block", "quarantine"], BeforeValidator(_yaml_off)] = Field(
+        "quarantine", description="quarantine: list the file with its reason and go on; block: stop the batch"
+    )
+    monitor_severity: Annotated[Literal["block", "quarantine"] | None, BeforeValidator(_yaml_off)] = Field(
+        None, description=_MONITOR_HELP
+    )
+
+
+class ImageModeCheck(_Strict):
+    """An image whose Pillow mode is not in `allowed` (e.g. CMYK, 16-bit or float images)."""
+
+    severity: Severity = Field("quarantine", description=_SEVERITY_HELP)
+    monitor_severity: MonitorSeverity = Field(None, description=_MONITOR_HELP)
+    allowed: list[str] = Field(
+        default_factory=lambda: ["1", "L", "LA", "P", "RGB", "RGBA"], min_length=1,
+        description="Pillow modes that are read (converted to data.image_mode)",
+    )
+
+
+class ImageSizeCheck(_Strict):
+    """An image smaller or larger than the config allows, before it is resized."""
+
+    severity: Severity = Field("quarantine", description=_SEVERITY_HELP)
+    monitor_severity: MonitorSeverity = Field(None, description=_MONITOR_HELP)
+    min_side: int = Field(8, ge=1, description="shortest side, in pixels, an image may have")
+    max_side: int = Field(8192, ge=1, description="longest side, in pixels, an image may have")
+
+    @field_validator("max_side")
+    @classmethod
+    def _ordered(cls, v: int, info: Any) -> int:
+        low = info.data.get("min_side")
+        if low is not None and v < low:
+            raise ValueError(f"max_side {v} is below min_side {low}")
+        return v
+
+
+class EmptyClassCheck(_Strict):
+    """A class folder that holds no image: the class would silently vanish from the model."""
+
+    severity: Annotated[Literal["block", "warn", "off"], BeforeValidator(_yaml_off)] = Field(
+        "warn", description="the folder has no rows to quarantine: block the batch, or report it"
+    )
+    monitor_severity: Annotated[Literal["block", "warn", "off"] | None, BeforeValidator(_yaml_off)] = Field(
+        None, description=_MONITOR_HELP
+    )
+
+
 class GateConfig(_Strict):
     """The data gate: per-check severities and thresholds, and where rejected rows are kept."""
 
@@ -113,6 +163,18 @@ class GateConfig(_Strict):
     row_count: RowCountCheck = Field(default_factory=RowCountCheck)
     rejected_share: RejectedShareCheck = Field(default_factory=RejectedShareCheck)
     leakage: LeakageCheck = Field(default_factory=LeakageCheck)
+    image_readable: ImageFileCheck = Field(
+        default_factory=ImageFileCheck, description="image files Pillow cannot open and decode"
+    )
+    image_layout: ImageFileCheck = Field(
+        default_factory=ImageFileCheck, description="files outside root/<label>/<image>, or not images"
+    )
+    image_mode: ImageModeCheck = Field(default_factory=ImageModeCheck)
+    image_size: ImageSizeCheck = Field(default_factory=ImageSizeCheck)
+    image_duplicates: GateCheck = Field(
+        default_factory=GateCheck, description="images whose bytes equal an earlier image's, whatever their names"
+    )
+    empty_class: EmptyClassCheck = Field(default_factory=EmptyClassCheck)
 
     @field_validator("expectations")
     @classmethod

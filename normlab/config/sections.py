@@ -64,16 +64,30 @@ class DataConfig(_Strict):
     """Where the batch comes from and which columns mean what."""
 
     source: str | None = Field("digits", description="built-in dataset name; ignored when `path` is set")
-    path: str | None = Field(None, description="CSV or Parquet file; overrides `source`")
+    path: str | None = Field(
+        None, description="CSV or Parquet file, or a folder of images in class subfolders; overrides `source`"
+    )
     label: str = Field("label", description="the label column")
     features: list[str] | None = Field(None, description="feature columns; default: all but the label")
-    image_shape: tuple[int, int] | None = Field(None, description="(H, W) of image rows, for the CNN and corruptions")
+    image_shape: tuple[int, int] | None = Field(
+        None, description="(H, W) of image rows, for the image models and corruptions; image files are resized to it"
+    )
+    image_mode: Literal["L", "RGB"] | None = Field(
+        None, description="image files: read as grayscale (L) or colour (RGB); default: RGB when any image has colour"
+    )
+    image_column: str | None = Field(
+        None, description="a table whose rows name image files: the column of their paths (relative to the table)"
+    )
     value_range: tuple[float, float] | None = Field(None, description="pixel range for corruptions; default from data")
     expectations: str | None = Field(None, description="Great Expectations suite (JSON); none: no suite")
     scale: bool | Literal["global"] = Field(
         True,
         description="standardize numeric features with the training split's mean and std per column; "
         "'global': one mean and std pooled over all numeric columns (images)",
+    )
+    memory_budget_mb: float = Field(
+        1024, gt=0, description="encoded splits larger than this (MiB, all splits together) are written as .npy "
+        "files and stream from disk during training; smaller ones are held in memory"
     )
 
     @model_validator(mode="after")
@@ -253,6 +267,13 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     target_accuracy: float = Field(0.95, gt=0.0, le=1.0, description="val accuracy that counts as converged")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's choice")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="where to train and evaluate; auto: cuda when present, else cpu"
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="bf16, fp16: mixed precision (autocast; fp16 with gradient scaling)"
+    )
+    compile: bool = Field(False, description="torch.compile the model before training")
 
 
 class EvalConfig(_Strict):

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from normlab.data.shifts import corrupt_images
+from normlab.data.shifts import CHANNELS, corrupt_images
 from normlab.data.splits import ood_mask_column, ood_mask_quantile, ood_mask_time
 from normlab.errors import ConfigError
 
@@ -55,7 +55,8 @@ class DeriveFromTest:
     """A kind whose splits are copies of the ID test features.
 
     ``derive(raw, split, *, image_shape, seed, value_range)`` gets the ID test
-    split's raw features (float64, one row per test row) and the data settings
+    split's raw features (float64, one row per test row; image rows are (C, H, W)
+    flattened, C = 1 or 3) and the data settings
     (``value_range`` may be None: the builder picks its default), and yields
     ``(leaf name, features)`` per split it makes, lazily, in the entry's order.
     """
@@ -87,10 +88,28 @@ def _derive_corruption(
     seed: int,
     value_range: tuple[float, float] | None,
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """One corrupted copy per severity of the entry; the pixel range defaults to the data's."""
+    """One corrupted copy per severity of the entry; the pixel range defaults to the data's.
+
+    The channel count (1 grayscale, 3 RGB) is the row length over H*W: rows are (C, H, W) images.
+    """
+    channels = _image_channels(raw, image_shape, split.name)
     lo, hi = value_range or (float(np.nanmin(raw)), float(np.nanmax(raw)))
     for leaf, level in split.leaves():
-        yield leaf, corrupt_images(raw, image_shape, split.corruption, level, seed=seed, value_range=(lo, hi))
+        yield leaf, corrupt_images(raw, image_shape, split.corruption, level, seed=seed, value_range=(lo, hi),
+                                   channels=channels)
+
+
+def _image_channels(raw: np.ndarray, image_shape: tuple[int, int], name: str) -> int:
+    """C of (n, C*H*W) rows, or a ConfigError unless it is a whole 1 or 3."""
+    height, width = (int(v) for v in image_shape)
+    values = np.shape(raw)[1] if np.ndim(raw) == 2 else 0
+    pixels = height * width
+    if pixels < 1 or values % pixels or values // pixels not in CHANNELS:
+        raise ConfigError(
+            f"splits.ood '{name}': feature rows of {values} values are not 1 (grayscale) or 3 (RGB) channels "
+            f"of data.image_shape {height}x{width} ({pixels} pixels); check data.image_shape and data.features"
+        )
+    return values // pixels
 
 
 # Kind name -> builder, read-only. Every key is the ``kind`` Literal of one class of

@@ -25,10 +25,12 @@ from normlab.errors import ConfigError, DataSourceError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-BUILTIN_DATASETS: tuple[str, ...] = ("digits",)
+BUILTIN_DATASETS: tuple[str, ...] = ("digits", "shapes")
 
 # Image geometry of the built-ins whose rows are flattened images.
-_IMAGE_SHAPES: dict[str, tuple[int, int]] = {"digits": (8, 8)}
+_IMAGE_SHAPES: dict[str, tuple[int, int]] = {"digits": (8, 8), "shapes": (32, 32)}
+# Images in the built-in shapes (generated, 600 per class; `normlab.data.shapes`).
+SHAPES_ROWS = 6000
 
 _CSV_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz")
 _PARQUET_SUFFIXES: tuple[str, ...] = (".parquet", ".pq")
@@ -49,7 +51,10 @@ def load_builtin(name: str) -> pd.DataFrame:
 
     Returns:
         For "digits": 1797 rows, int columns ``pixel_0``..``pixel_63`` (0..16)
-        and ``label`` (0..9).
+        and ``label`` (0..9). For "shapes": `SHAPES_ROWS` generated 32x32 RGB
+        images of ten shapes, uint8 columns ``pixel_0``..``pixel_3071`` (0..255,
+        (C, H, W) order) and ``label`` (the shape's name); the same rows on
+        every machine.
 
     Raises:
         ConfigError: ``name`` is not a built-in data set.
@@ -63,6 +68,10 @@ def load_builtin(name: str) -> pd.DataFrame:
         frame = pd.DataFrame(pixels, columns=[f"pixel_{i}" for i in range(pixels.shape[1])])
         frame["label"] = bunch.target.astype(np.int64)
         return frame
+    if name == "shapes":
+        from normlab.data.shapes import shapes_frame
+
+        return shapes_frame(n=SHAPES_ROWS, size=32, seed=0)
     raise ConfigError(f"unknown built-in data set {name!r}; known data sets: {', '.join(BUILTIN_DATASETS)}")
 
 
@@ -121,19 +130,18 @@ def check_readable(path: str | Path) -> Path:
 
     The checks `read_table` would fail on first (exists, is a file, a known
     extension, not empty, can be opened), so that a command stops on a wrong
-    path before it starts any orchestration.
+    path before it starts any orchestration. A folder passes: it is a folder
+    of images (`normlab.images.scan`).
 
     Raises:
-        DataSourceError: The path is missing, a directory, of an unsupported
+        DataSourceError: The path is missing, or a file of an unsupported
             type, empty or not readable.
     """
     p = Path(path).expanduser()
     if not p.exists():
         raise DataSourceError(f"data file {str(p)!r} does not exist; check the path in the config or --data")
     if p.is_dir():
-        raise DataSourceError(
-            f"data path {str(p)!r} is a directory; point it at a .csv, .csv.gz, .parquet or .pq file"
-        )
+        return p  # a folder of images in class subfolders: scanned file by file by the gate (normlab.images)
     _table_kind(p)
     try:
         with p.open("rb") as handle:

@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 
 import normlab.gate.checks as ck
-from normlab.contracts import Batch, as_batch
+from normlab.contracts import Batch, ImageSource, as_batch
 from normlab.data.fingerprint import fingerprint_frame
-from normlab.errors import DataValidationError
+from normlab.errors import ConfigError, DataValidationError
 from normlab.gate.check_registry import BATCH_STAGES, CheckContext, CheckEntry, checks_in, severity_of
 from normlab.gate.contracts import GateResult, Suite
 from normlab.gate.expectations import evaluate_suite, load_suite, unlabelled_suite
@@ -43,6 +43,7 @@ from normlab.gate.reports import check_table, render_html
 from normlab.gate.results import CheckResult, Evaluated, ValidationReport, positional, take_rows
 from normlab.gate.scope import GateScope
 from normlab.gate.split_audit import read_evaluation_index
+from normlab.images.decode import pixel_frame
 
 OUTCOMES = ("passed", "warned", "quarantined", "blocked", "off")
 
@@ -79,6 +80,7 @@ def assess(
     evaluation_index: pd.DataFrame | None = None,
     context: str = "train",
     reference: pd.DataFrame | None = None,
+    images: ImageSource | None = None,
 ) -> Assessment:
     """Run every check on a batch and decide, row by row, what is accepted.
 
@@ -95,6 +97,9 @@ def assess(
             data); it picks each check's severity (`severity_of`).
         reference: The model's training rows; in monitoring the label-noise check
             scores the batch's rows against them.
+        images: For a batch of image files (its rows are the files found), what
+            the scan found; the checks that apply to image files run instead of
+            those for tables of values.
 
     Returns:
         The checks in stage order, with outcomes, and the accepted rows.
@@ -111,7 +116,7 @@ def assess(
     typed_rows = np.setdiff1d(np.arange(n), typed.rows if typed.rows is not None else [])
     typed_frame = frame.assign(**numbers) if numbers else frame
     ctx = CheckContext(frame=frame, work=frame, scope=scope, suite=suite, types_result=typed, keep=np.arange(n),
-                       evaluation_index=evaluation_index, reference=reference)
+                       evaluation_index=evaluation_index, reference=reference, images=images)
     converted: list[str] = []
     results: list[tuple[Evaluated, str]] = []
     for stage in BATCH_STAGES:
@@ -121,7 +126,7 @@ def assess(
             # The suite's expectations open the rows stage, each at its own severity.
             evaluated = evaluate_suite(ctx.view, suite, engine=gate.engine, overrides=gate.expectations)
             done += [(e, e.result.severity) for e in evaluated]
-        done += [_run(entry, ctx, severity[entry.name]) for entry in checks_in(stage)]
+        done += [_run(entry, ctx, severity[entry.name]) for entry in checks_in(stage, images=images is not None)]
         results += [(_map_back(e, ctx.keep, n), s) for e, s in done]
         if stage == "structure" and numbers and severity["types"] not in ("off", "warn"):
             # Repair the columns for the rows that stay; the rejected rows keep their text in quarantine.
@@ -220,15 +225,37 @@ def run_gate(
     contamination = severity_of(scope.gate, "contamination", context) != "off"
     index = read_evaluation_index(scope.evaluation_index) if contamination else None
     reference = pd.read_parquet(reference_path) if reference_path is not None else None
-    assessment = assess(frame, scope, suite, evaluation_index=index, context=context, reference=reference)
+    assessment = assess(frame, scope, suite, evaluation_index=index, context=context, reference=reference,
+                        images=batch.images)
     settled = settle(scope.quarantine_dir, batch, frame, assessment, out_dir,
                      suite_name=suite.name if suite else None, context=context)
+    if batch.images is not None and settled.accepted is not None:
+        pixels = decoded(scope, settled.accepted, out_dir)
+        settled = settled.model_copy(update={"accepted": pixels, "accepted_path": pixels.path})
     if context != "monitor":
         return settled
     typed = assessment.typed if assessment.typed is not None else np.arange(len(frame))
     path = write_parquet(take_rows(assessment.typed_frame, typed), out_dir / "typed.parquet")
     return settled.model_copy(update={"typed_path": str(path), "rows_typed": int(typed.size),
                                       "rows_untyped": int(len(frame) - typed.size)})
+
+
+def decoded(scope: GateScope, accepted: Batch, out_dir: Path) -> Batch:
+    """The accepted image files decoded into pixel rows (``pixels.parquet``): the batch every later stage reads.
+
+    The returned `Batch` is fingerprinted as a table and records the mode the
+    images were read in. The row accounting stands: one pixel row per accepted file.
+    """
+    if scope.image_shape is None:
+        raise ConfigError("image files need data.image_shape, the (H, W) they are resized to, e.g. [32, 32]")
+    images = accepted.images
+    entries = pd.read_parquet(accepted.path)
+    frame, mode = pixel_frame(entries, Path(images.root), label=scope.label, image_shape=scope.image_shape,
+                              mode=scope.image_mode)
+    path = write_parquet(frame, out_dir / "pixels.parquet")
+    batch = Batch(path=str(path), source=accepted.source, fingerprint=fingerprint_frame(frame), rows=len(frame),
+                  columns=[str(c) for c in frame.columns], images=images.model_copy(update={"mode": mode}))
+    return batch
 
 
 def settle(
@@ -265,7 +292,7 @@ def settle(
             kept = take_rows(assessment.repaired, assessment.accepted)
             path = write_parquet(kept, out_dir / "accepted.parquet")
             accepted = Batch(path=str(path), source=batch.source, fingerprint=fingerprint_frame(kept),
-                             rows=len(kept), columns=[str(c) for c in kept.columns])
+                             rows=len(kept), columns=[str(c) for c in kept.columns], images=batch.images)
     counts = verify_accounting(n, accepted.path if accepted else None, quarantine_path)
 
     report = ValidationReport(

@@ -9,11 +9,16 @@ stage, in `STAGES` order and, within a stage, in registration order; a stage
 sees only the rows the earlier stages kept (a text value coerced away must not
 also count as a missing value)::
 
-    structure  columns (table), types (rows)
-    rows       the suite's expectations (first), non_finite, duplicates, contamination
+    structure  columns (table), types (rows); image files: image_layout, image_readable
+    rows       the suite's expectations (first), non_finite, duplicates, contamination;
+               image files: image_mode, image_size, image_duplicates
     labels     label_noise, on the rows still accepted
-    batch      class_balance, row_count, rejected_share, on the accepted rows
+    batch      empty_class (image files), class_balance, row_count, rejected_share, on the accepted rows
     split      leakage, after the split (`normlab.gate.split_audit`)
+
+A check runs on the batches its entry ``applies_to``: tables of values, image
+files (whose rows are the files a scan found, `normlab.images.scan`), or both.
+It is not reported at all on the other kind.
 
 Adding a check is one registered function here (with its ``gate.<name>``
 section in the config) and its test; ``tests/unit/test_gate_registry.py``
@@ -31,16 +36,22 @@ import numpy as np
 import pandas as pd
 
 import normlab.gate.checks as ck
+import normlab.gate.image_checks as ick
 from normlab.config import (
     ClassBalanceCheck,
+    EmptyClassCheck,
     GateCheck,
     GateConfig,
+    ImageFileCheck,
+    ImageModeCheck,
+    ImageSizeCheck,
     LabelNoiseCheck,
     LeakageCheck,
     RejectedShareCheck,
     RowCountCheck,
     TableGateCheck,
 )
+from normlab.contracts import ImageSource
 from normlab.gate.contracts import Suite
 from normlab.gate.expectations import known_labels, suite_columns
 from normlab.gate.results import Evaluated, take_rows
@@ -50,6 +61,7 @@ STAGES = ("structure", "rows", "labels", "batch", "split")
 BATCH_STAGES = STAGES[:4]  # what `assess` runs on a batch; ``split`` runs once the batch is split
 CONTEXTS = ("train", "monitor")
 _STRICTNESS = ("off", "warn", "quarantine", "block")
+BATCH_KINDS = ("tables", "images", "both")
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,11 @@ class CheckEntry:
     monitor_default: str | None = None
     unavailable: Callable[[CheckContext], str | None] | None = None
     config: Callable[[GateConfig], Any] | None = None  # reads its config section; default ``gate.<name>``
+    applies_to: str = "both"  # `BATCH_KINDS`: tables of values, image files, or both
+
+    def applies(self, images: bool) -> bool:
+        """Whether the check runs on (and is reported for) a batch of image files (``images``) or of values."""
+        return self.applies_to == "both" or self.applies_to == ("images" if images else "tables")
 
     def settings(self, gate: GateConfig) -> Any:
         """The check's config section: severity, monitoring severity and thresholds."""
@@ -92,15 +109,18 @@ def register_check(
     monitor_default: str | None = None,
     unavailable: Callable[[CheckContext], str | None] | None = None,
     config: Callable[[GateConfig], Any] | None = None,
+    applies_to: str = "both",
 ) -> Callable[[Callable[..., Evaluated]], Callable[..., Evaluated]]:
     """Register the decorated function as the evaluator of check ``name`` (see `CheckEntry`)."""
     if stage not in STAGES:
         raise ValueError(f"a check's stage is one of {STAGES}; got {stage!r}")
+    if applies_to not in BATCH_KINDS:
+        raise ValueError(f"a check applies to one of {BATCH_KINDS}; got {applies_to!r}")
 
     def register(evaluate: Callable[..., Evaluated]) -> Callable[..., Evaluated]:
         if name in CHECKS:
             raise ValueError(f"check {name!r} is already registered")
-        CHECKS[name] = CheckEntry(name, stage, evaluate, monitor_default, unavailable, config)
+        CHECKS[name] = CheckEntry(name, stage, evaluate, monitor_default, unavailable, config, applies_to)
         if monitor_default is not None:
             MONITOR_DEFAULTS[name] = monitor_default
         return evaluate
@@ -108,9 +128,10 @@ def register_check(
     return register
 
 
-def checks_in(stage: str) -> list[CheckEntry]:
-    """The checks of one stage, in the order they run."""
-    return [entry for entry in CHECKS.values() if entry.stage == stage]
+def checks_in(stage: str, *, images: bool | None = None) -> list[CheckEntry]:
+    """The checks of one stage, in the order they run; with ``images``, those that apply to that kind of batch."""
+    return [entry for entry in CHECKS.values()
+            if entry.stage == stage and (images is None or entry.applies(images))]
 
 
 def ordered() -> list[CheckEntry]:
@@ -161,6 +182,7 @@ class CheckContext:
     keep: np.ndarray  # sorted positions of the rows this stage sees
     evaluation_index: pd.DataFrame | None = None  # earlier runs' evaluation rows (contamination)
     reference: pd.DataFrame | None = None  # the model's training rows (label noise, in monitoring)
+    images: ImageSource | None = None  # image files: where they are and what the scan found; None for values
 
     @property
     def n(self) -> int:
@@ -220,31 +242,56 @@ def _types(ctx: CheckContext, settings: GateCheck) -> Evaluated:
     return ctx.types_result
 
 
+@register_check("image_layout", stage="structure", monitor_default="quarantine", applies_to="images")
+def _image_layout(ctx: CheckContext, settings: ImageFileCheck) -> Evaluated:
+    return ick.check_layout(ctx.view)
+
+
+@register_check("image_readable", stage="structure", monitor_default="quarantine", applies_to="images")
+def _image_readable(ctx: CheckContext, settings: ImageFileCheck) -> Evaluated:
+    return ick.check_readable(ctx.view)
+
+
 # Rows -----------------------------------------------------------------------------------
 
 
-@register_check("non_finite", stage="rows", monitor_default="quarantine")
+@register_check("non_finite", stage="rows", monitor_default="quarantine", applies_to="tables")
 def _non_finite(ctx: CheckContext, settings: GateCheck) -> Evaluated:
     numeric = [c for c in [*ctx.features, ctx.label] if c in ctx.view.columns]
     return ck.check_non_finite(ctx.view, numeric, nullable=ck.nullable_columns_of_suite(ctx.suite))
 
 
-@register_check("duplicates", stage="rows", monitor_default="warn")
+@register_check("duplicates", stage="rows", monitor_default="warn", applies_to="tables")
 def _duplicates(ctx: CheckContext, settings: GateCheck) -> Evaluated:
     return ck.check_duplicates(ctx.view, features=ctx.present, feature_hashes=ctx.feature_hashes)
 
 
-@register_check("contamination", stage="rows", monitor_default="warn")
+@register_check("contamination", stage="rows", monitor_default="warn", applies_to="tables")
 def _contamination(ctx: CheckContext, settings: GateCheck) -> Evaluated:
     index = ctx.evaluation_index
     hashes = ctx.feature_hashes if index is not None else None  # nothing to compare with: no hashing
     return ck.check_contamination(ctx.view, hashes, index, salt=ctx.scope.salt)
 
 
+@register_check("image_mode", stage="rows", monitor_default="quarantine", applies_to="images")
+def _image_mode(ctx: CheckContext, settings: ImageModeCheck) -> Evaluated:
+    return ick.check_mode(ctx.view, allowed=settings.allowed)
+
+
+@register_check("image_size", stage="rows", monitor_default="quarantine", applies_to="images")
+def _image_size(ctx: CheckContext, settings: ImageSizeCheck) -> Evaluated:
+    return ick.check_size(ctx.view, min_side=settings.min_side, max_side=settings.max_side)
+
+
+@register_check("image_duplicates", stage="rows", monitor_default="warn", applies_to="images")
+def _image_duplicates(ctx: CheckContext, settings: GateCheck) -> Evaluated:
+    return ick.check_duplicates(ctx.view)
+
+
 # Labels ---------------------------------------------------------------------------------
 
 
-@register_check("label_noise", stage="labels", monitor_default="warn")
+@register_check("label_noise", stage="labels", monitor_default="warn", applies_to="tables")
 def _label_noise(ctx: CheckContext, settings: LabelNoiseCheck) -> Evaluated:
     # Deferred: normlab.label_noise builds on normlab.gate.checks, whose package imports this module.
     from normlab.label_noise import check_label_noise
@@ -256,6 +303,11 @@ def _label_noise(ctx: CheckContext, settings: LabelNoiseCheck) -> Evaluated:
 
 
 # Batch ----------------------------------------------------------------------------------
+
+
+@register_check("empty_class", stage="batch", monitor_default="warn", applies_to="images")
+def _empty_class(ctx: CheckContext, settings: EmptyClassCheck) -> Evaluated:
+    return ick.check_empty_classes(ctx.images.empty_classes if ctx.images else [])
 
 
 @register_check("class_balance", stage="batch", monitor_default="warn",

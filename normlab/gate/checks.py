@@ -35,6 +35,12 @@ WHY = {
     "row_count": "too few rows to train and evaluate, or far more than expected",
     "rejected_share": "a batch that loses this many rows is broken as a whole",
     "leakage": "an evaluation row also seen in training inflates every metric",
+    "image_layout": "a file outside root/<label>/<image> has no label, or is not an image",
+    "image_readable": "a file Pillow cannot decode cannot be trained on",
+    "image_mode": "an unexpected mode (CMYK, 16-bit, float) is a different kind of image",
+    "image_size": "an image far smaller or larger than allowed is a thumbnail, a scan or a mistake",
+    "image_duplicates": "copies over-weight images and inflate evaluation when they straddle splits",
+    "empty_class": "an empty class folder silently drops a class from the model",
 }
 # Rows hashed per chunk (each column's chunk stays in cache) and threads hashing chunks
 # (numpy releases the GIL).

@@ -33,6 +33,8 @@ class GateScope:
     seed: int  # label-noise sampling
     quarantine_dir: Path  # this pipeline's quarantine folder; each gated batch gets a subfolder
     evaluation_index: Path  # `evaluation_index_dir`: earlier splits' evaluation rows (contamination)
+    image_shape: tuple[int, int] | None = None  # data.image_shape: what accepted image files are resized to
+    image_mode: str | None = None  # data.image_mode: L, RGB, or None (RGB when any image has colour)
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> GateScope:
@@ -48,4 +50,6 @@ class GateScope:
             seed=cfg.seed,
             quarantine_dir=cfg.gate.quarantine_path(workdir) / cfg.name,
             evaluation_index=evaluation_index_dir(workdir, cfg.name),
+            image_shape=tuple(cfg.data.image_shape) if cfg.data.image_shape else None,
+            image_mode=cfg.data.image_mode,
         )

@@ -199,11 +199,11 @@ def normlab_env(prefect_api: str, **extra: str) -> dict[str, str]:
     return {**base_env(), "PREFECT_API_URL": prefect_api, **extra}
 
 
-def start_normlab(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """Start ``normlab ARGS`` from the repository root, its output going to ``log``."""
+def start_normlab(args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> subprocess.Popen:
+    """Start ``normlab ARGS`` in ``cwd`` (default: the repository root), its output going to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as handle:
-        return subprocess.Popen([executable("normlab"), *args], cwd=REPO, env=env,
+        return subprocess.Popen([executable("normlab"), *args], cwd=cwd, env=env,
                                 stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -220,9 +220,10 @@ def finish(process: subprocess.Popen, log: Path, timeout: float = 240) -> str:
     return log.read_text(errors="replace")
 
 
-def run_normlab(args: list[str], env: dict[str, str], log: Path, timeout: float = 240) -> tuple[int, str]:
+def run_normlab(args: list[str], env: dict[str, str], log: Path, timeout: float = 240,
+                cwd: Path = REPO) -> tuple[int, str]:
     """Run ``normlab ARGS`` to the end: (exit code, output)."""
-    process = start_normlab(args, env, log)
+    process = start_normlab(args, env, log, cwd)
     output = finish(process, log, timeout)
     return process.returncode, output
 

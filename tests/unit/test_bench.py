@@ -31,7 +31,7 @@ def test_smoke_run_writes_results_and_readme_block(tmp_path):
         assert section["rows"] and section["table"] and section["targets"]
         assert section["machine"]["torch"] and section["machine"]["usable_cores"] >= 1
     training = results["sections"]["training"]["rows"]
-    assert {r["case"] for r in training} == {"mlp", "cnn", "mlp + checkpoints"}
+    assert {r["case"] for r in training} >= {"mlp", "cnn", "mlp + checkpoints", "resnet", "vit"}
     for row in training:
         assert row["ratio"] == pytest.approx(row["normlab_samples_per_second"] / row["baseline_samples_per_second"])
     inference = results["sections"]["inference"]["rows"]
@@ -45,6 +45,52 @@ def test_smoke_run_writes_results_and_readme_block(tmp_path):
     assert "hand-written intro" in text and "hand-written outro" in text and "old numbers" not in text
     assert text.count(BEGIN) == 1 and text.count(END) == 1
     assert "### training" in text and "### inference" in text and "| case |" in text
+
+
+def test_training_smoke_covers_resnet_and_vit_on_every_device(monkeypatch):
+    import torch
+
+    from bench import training
+
+    # Only the image families: the digits cases are covered by the suite's smoke run above.
+    monkeypatch.setattr(training, "_cases", lambda cases=training._cases: [
+        c for c in cases() if c["family"] in ("resnet", "vit")])
+    result = training.run("smoke", threads=1)
+
+    rows = {(r["case"], r["device"]): r for r in result["rows"]}
+    cuda = torch.cuda.is_available()
+    assert set(rows) == {(c, d) for c in ("resnet", "vit") for d in (("cpu", "cuda") if cuda else ("cpu",))}
+    for row in rows.values():
+        assert row["in_features"] == 3 * 32 * 32 and row["train_rows"] == 128 and row["val_rows"] == 64
+        assert row["baseline_samples_per_second"] > 0 and row["normlab_samples_per_second"] > 0
+        assert row["ratio"] == pytest.approx(row["normlab_samples_per_second"] / row["baseline_samples_per_second"])
+        if row["device"] == "cpu":
+            # Same data, init, optimizer and shuffling: the same arithmetic, so the same accuracy.
+            assert row["normlab_val_accuracy"] == pytest.approx(row["baseline_val_accuracy"])
+    assert rows[("resnet", "cpu")]["norm"] == "batch" and rows[("vit", "cpu")]["norm"] == "layer"
+    names = [t["name"] for t in result["targets"]]
+    assert "training loop, resnet: samples/s vs plain loop" in names
+    assert "training loop, vit (cuda): samples/s vs plain loop" in names
+    if not cuda:
+        # Said, not silently left out.
+        missing = [t for t in result["targets"] if "(cuda)" in t["name"]]
+        assert len(missing) == 2 and all(t["value"] is None and t["met"] is None for t in missing)
+        assert all(t["why_not"].startswith("cuda: not available") for t in missing)
+        assert [r["ratio"] for r in result["table"] if r["device"] == "cuda"] == ["cuda: not available"] * 2
+        assert any(n.startswith("cuda: not available") for n in result["notes"])
+
+
+def test_shapes_arrays_are_standardized_flat_chw():
+    from bench.training import shapes_arrays
+
+    data, source = shapes_arrays(40, 10)
+    x, y = data["train"]
+    assert x.shape == (40, 3 * 32 * 32) and x.dtype.name == "float32" and y.dtype.name == "int64"
+    assert data["val"][0].shape == (10, 3 * 32 * 32)
+    per_channel = x.reshape(40, 3, -1)
+    assert per_channel.mean(axis=(0, 2)) == pytest.approx([0, 0, 0], abs=1e-4)
+    assert per_channel.std(axis=(0, 2)) == pytest.approx([1, 1, 1], abs=1e-3)
+    assert source
 
 
 def test_only_keeps_the_other_sections(tmp_path):

@@ -143,3 +143,22 @@ def test_corruption_defaults_to_the_data_range() -> None:
     ((leaf, features),) = ood_kind(split).derive(raw, split, image_shape=(8, 8), seed=0, value_range=None)
     assert leaf == "b"
     assert np.array_equal(features, corrupt_images(raw, (8, 8), "brightness", 5, value_range=(2.0, 10.0)))
+
+
+@pytest.mark.parametrize(("shape", "channels"), [((8, 8), 3), ((32, 32), 3), ((32, 32), 1)])
+def test_corruption_infers_the_channels_from_the_row_length(shape: tuple[int, int], channels: int) -> None:
+    # splitting.py passes raw (n, C*H*W) rows and no channel count: rows are (C, H, W) images.
+    split = CorruptionSplit(name="n", kind="corruption", corruption="gaussian_noise", severity=2)
+    raw = np.random.default_rng(1).uniform(0, 255, size=(5, channels * shape[0] * shape[1]))
+    ((_, features),) = ood_kind(split).derive(raw, split, image_shape=shape, seed=4, value_range=(0.0, 255.0))
+    expected = corrupt_images(raw, shape, "gaussian_noise", 2, seed=4, value_range=(0.0, 255.0), channels=channels)
+    assert np.array_equal(features, expected)
+
+
+@pytest.mark.parametrize("values", [100, 2 * 64, 4 * 64])  # not a multiple of H*W; 2 or 4 channels
+def test_rows_that_are_not_1_or_3_channels_are_a_one_line_config_error(values: int) -> None:
+    split = CorruptionSplit(name="odd", kind="corruption", corruption="blur", severity=1)
+    raw = np.zeros((3, values))
+    with pytest.raises(ConfigError, match=rf"'odd': feature rows of {values} values are not 1 \(grayscale\) or 3") as info:
+        list(ood_kind(split).derive(raw, split, image_shape=(8, 8), seed=0, value_range=(0.0, 16.0)))
+    assert "\n" not in str(info.value)

@@ -23,8 +23,12 @@ from normlab.gate.check_registry import (
 from normlab.gate.results import CheckResult, Evaluated
 
 # The order users see the checks in, in every report.
-REPORT_ORDER = ["columns", "types", "non_finite", "duplicates", "contamination", "label_noise", "class_balance",
+REPORT_ORDER = ["columns", "types", "image_layout", "image_readable", "non_finite", "duplicates", "contamination",
+                "image_mode", "image_size", "image_duplicates", "label_noise", "empty_class", "class_balance",
                 "row_count", "rejected_share", "leakage"]
+# The checks of image files: a batch of values never reports them, a batch of image files only them and the shared ones.
+IMAGE_CHECKS = ["image_layout", "image_readable", "image_mode", "image_size", "image_duplicates", "empty_class"]
+TABLE_ONLY = ["non_finite", "duplicates", "contamination", "label_noise"]
 
 
 def config_sections() -> set[str]:
@@ -70,18 +74,27 @@ def test_monitoring_defaults_come_from_the_registry():
 
 def test_the_registry_is_in_stage_order():
     assert list(CHECKS) == [entry.name for entry in ordered()] == REPORT_ORDER
-    assert [e.name for e in checks_in("structure")] == ["columns", "types"]
+    assert [e.name for e in checks_in("structure")] == ["columns", "types", "image_layout", "image_readable"]
+    assert [e.name for e in checks_in("structure", images=False)] == ["columns", "types"]
     assert [e.name for e in checks_in("split")] == ["leakage"]
+
+
+def test_each_check_applies_to_tables_images_or_both():
+    assert [n for n in CHECKS if CHECKS[n].applies_to == "images"] == IMAGE_CHECKS
+    assert [n for n in CHECKS if CHECKS[n].applies_to == "tables"] == TABLE_ONLY
+    with pytest.raises(ValueError, match="applies to"):
+        register_check("spare", stage="rows", applies_to="videos")
 
 
 def test_assess_reports_the_batch_stage_checks_in_registry_order():
     cfg = PipelineConfig.model_validate({"data": {"path": "x.csv", "label": "label"}})
     checks = assess(tiny_frame(), GateScope.from_config(cfg), None).checks
-    assert [c.name for c in checks] == [e.name for stage in BATCH_STAGES for e in checks_in(stage)]
+    assert [c.name for c in checks] == [e.name for stage in BATCH_STAGES for e in checks_in(stage, images=False)]
+    assert not set(IMAGE_CHECKS) & {c.name for c in checks}
     assert all(c.outcome == "passed" for c in checks)
 
 
-@pytest.mark.parametrize("name", list(CHECKS))
+@pytest.mark.parametrize("name", [n for n in CHECKS if n not in IMAGE_CHECKS])
 def test_each_registered_check_runs_on_a_tiny_frame(name):
     entry = CHECKS[name]
     cfg = PipelineConfig.model_validate({"data": {"path": "x.csv", "label": "label"}})

@@ -203,7 +203,7 @@ def test_model_spec_round_trips_through_model_json(tmp_path) -> None:
     assert spec.to_json() == {"family": "cnn", "in_features": 64, "num_classes": 10, "norm": "group",
                               "image_shape": [8, 8], "hidden": [128, 128], "channels": [16, 32], "groups": 8,
                               "dropout": 0.1, "blocks": 2, "patch_size": 4, "width": 64, "depth": 2, "heads": 4,
-                              "mlp_ratio": 2, "norm_position": "pre"}
+                              "mlp_ratio": 2, "norm_position": "pre", "in_channels": 1}
     path = tmp_path / "model.json"
     path.write_text(json.dumps(spec.to_json()))
     assert ModelSpec.read(path) == spec

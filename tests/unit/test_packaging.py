@@ -75,9 +75,9 @@ def test_the_wheel_ships_the_default_config_and_its_suite(wheel):
 
 
 def test_the_wheel_ships_no_other_configs_or_suites(wheel):
-    """Only the default's files: a config `normlab init` wrote into a checkout's configs/ is not packaged."""
+    """Only the built-in pipelines' files: a config `normlab init` wrote into a checkout's configs/ is not packaged."""
     data = {n for n in wheel.namelist() if n.startswith(("normlab/configs/", "normlab/expectations/"))}
-    assert data == {"normlab/configs/__init__.py", "normlab/configs/digits.yaml",
+    assert data == {"normlab/configs/__init__.py", "normlab/configs/digits.yaml", "normlab/configs/images.yaml",
                     "normlab/expectations/__init__.py", "normlab/expectations/digits.json"}
 
 
