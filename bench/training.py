@@ -6,9 +6,10 @@ optimizer, shuffling generator and thread count, so they do the same
 arithmetic; only the loop around it differs. The hand-written loop shuffles,
 steps, and scores the validation split once per epoch (``train_model`` does
 that too, and also records train loss and accuracy, wall times and, in the
-pipeline, checkpoints). A round times one whole training call of each side
-from tensor conversion to the last validation pass; model construction is
-outside the timing. In the "checkpoints" case normlab writes checkpoints as the
+pipeline, checkpoints). Each call is timed from tensor conversion to the last
+validation pass; model construction is outside the timing. A round of the
+digits cases is several whole training calls of each side, the sides taking
+turns call by call (`interleaved_rounds`); a round of the image cases is one. In the "checkpoints" case normlab writes checkpoints as the
 pipeline does (``checkpoint.every_seconds``) and the plain side saves its
 weights once at the end, as a user's script would.
 
@@ -32,15 +33,20 @@ from typing import Any
 
 import numpy as np
 
-from bench import Size, fmt, target, time_rounds, torch_threads
+from bench import Size, Timing, fmt, target, torch_threads
 
 TARGET_RATIO = 0.95
 
-# (epochs per round, timed rounds, training rows used: None = all).
-_PLAN: dict[str, tuple[int, int, int | None]] = {
-    "smoke": (1, 1, 128),
-    "quick": (5, 7, None),
-    "full": (10, 15, None),
+# The digits cases: (epochs per call, calls per side per round, timed rounds, training rows used: None = all).
+# A 5-epoch call of the MLP takes about 70 ms, and on a shared 2-core machine the speed changes faster than
+# that: with one call per side per round and 7 rounds, the same code gave ratios from 0.55 to 1.43 in
+# back-to-back repetitions. Five calls per side per round, the sides taking turns call by call, put each
+# slow phase on both sides; with 15 rounds ten repetitions stayed within 0.92-1.00 (about 10 s for the MLP,
+# 40 s for the CNN in the quick plan).
+_PLAN: dict[str, tuple[int, int, int, int | None]] = {
+    "smoke": (1, 1, 1, 128),
+    "quick": (5, 5, 15, None),
+    "full": (10, 5, 21, None),
 }
 
 # The image families: (epochs per round, timed rounds, training rows, validation rows). One epoch
@@ -212,6 +218,31 @@ def _contestants(case: dict[str, Any], data: dict[str, tuple[np.ndarray, np.ndar
     return {"baseline": baseline, "normlab": normlab}
 
 
+def interleaved_rounds(candidates: dict[str, Callable[[], float]], *, rounds: int, calls: int = 1,
+                       warmup: int = 1) -> dict[str, Timing]:
+    """`bench.time_rounds` with ``calls`` self-timed calls of each candidate per round, summed.
+
+    The candidates take turns call by call (A B, B A, A B, ...), so a slow phase
+    of a shared machine shorter than a round falls on every candidate of that
+    round alike instead of on whichever ran then. ``calls=1`` is `bench.time_rounds`.
+    """
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    names = list(candidates)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    turn = 0
+    for _ in range(rounds):
+        spent = dict.fromkeys(names, 0.0)
+        for _ in range(calls):
+            for name in names if turn % 2 == 0 else reversed(names):
+                spent[name] += float(candidates[name]())
+            turn += 1
+        for name in names:
+            times[name].append(spent[name])
+    return {name: Timing(tuple(values)) for name, values in times.items()}
+
+
 def cuda_unavailable_reason() -> str | None:
     """None when torch sees a CUDA device; else why not, starting with 'cuda: not available'."""
     import torch
@@ -229,29 +260,32 @@ def _target_name(case: str, device: str) -> str:
 
 def run(size: Size = "quick", threads: int | None = None) -> dict[str, Any]:
     """Samples per second of both loops on each case and device, and their ratio (target >= 0.95)."""
-    epochs, rounds, rows = _PLAN[size]
+    epochs, calls, rounds, rows = _PLAN[size]
     img_epochs, img_rounds, img_train, img_val = _IMAGE_PLAN[size]
     shapes, shapes_source = shapes_arrays(img_train, img_val)
-    datasets = {"digits": (digits_arrays(rows), epochs, rounds), "shapes": (shapes, img_epochs, img_rounds)}
+    datasets = {"digits": (digits_arrays(rows), epochs, calls, rounds),
+                "shapes": (shapes, img_epochs, 1, img_rounds)}
     no_cuda = cuda_unavailable_reason()
     devices = ["cpu"] if no_cuda else ["cpu", "cuda"]
     result_rows: list[dict[str, Any]] = []
     with torch_threads(threads) as used, tempfile.TemporaryDirectory(prefix="normlab-bench-") as tmp:
         for device in devices:
             for case in _cases():
-                data, n_epochs, n_rounds = datasets[case["data"]]
+                data, n_epochs, n_calls, n_rounds = datasets[case["data"]]
                 n_train = len(data["train"][1])
                 accuracies: dict[str, float] = {}
                 contestants = _contestants(case, data, epochs=n_epochs, scratch=Path(tmp), device=device,
                                            accuracies=accuracies)
-                timings = time_rounds(contestants, rounds=n_rounds)
-                base_sps = n_epochs * n_train / timings["baseline"].median
-                ours_sps = n_epochs * n_train / timings["normlab"].median
+                timings = interleaved_rounds(contestants, rounds=n_rounds, calls=n_calls)
+                # A round is n_calls whole training calls of n_epochs each.
+                base_sps = n_calls * n_epochs * n_train / timings["baseline"].median
+                ours_sps = n_calls * n_epochs * n_train / timings["normlab"].median
                 result_rows.append({
                     "case": case["case"], "device": device, "family": case["family"], "norm": case["norm"],
                     "model": {k: list(v) if isinstance(v, tuple) else v for k, v in case["model"].items()},
                     "data": case["data"], "in_features": case["in_features"],
-                    "batch_size": case["batch_size"], "epochs": n_epochs, "train_rows": n_train,
+                    "batch_size": case["batch_size"], "epochs": n_epochs, "calls_per_round": n_calls,
+                    "train_rows": n_train,
                     "val_rows": len(data["val"][1]), "threads": used, "rounds": n_rounds,
                     "baseline_seconds": timings["baseline"].median, "normlab_seconds": timings["normlab"].median,
                     "baseline_samples_per_second": base_sps, "normlab_samples_per_second": ours_sps,
@@ -275,7 +309,8 @@ def run(size: Size = "quick", threads: int | None = None) -> dict[str, Any]:
                     for case in cases]
     n_digits = len(datasets["digits"][0]["train"][1])
     notes = [
-        f"mlp, cnn: {epochs} epochs of {n_digits} digits rows per round, {rounds} interleaved rounds, medians; "
+        f"mlp, cnn: per round, {calls} training calls of {epochs} epochs of {n_digits} digits rows on each side, "
+        f"the sides taking turns call by call; {rounds} rounds, medians; "
         "ratio = normlab samples/s / plain-loop samples/s.",
         f"resnet (channels 16, 32, 64; 1 block per stage; BatchNorm), vit (patch 4, width 64, depth 2, 4 heads, "
         f"LayerNorm, pre-norm): {img_epochs} epoch(s) of {img_train} 32x32 RGB images ({shapes_source}) per round, "

@@ -17,6 +17,7 @@ from normlab.deployments import resolve_config
 from normlab.errors import RetrainingError
 from normlab.flows.training import training_flow
 from normlab.monitoring.contracts import BatchEntry, BatchOutcome, MonitorSummary, Reference, RetrainingRecord
+from normlab.monitoring.landing import image_layout
 from normlab.monitoring.retraining import retrained_run
 from normlab.tasks import monitoring as m
 from normlab.tracking import TrackingStore
@@ -77,9 +78,12 @@ def monitoring_flow(config: PipelineConfig | str, data: str, retrain: bool | Non
     store = TrackingStore(config.tracking_uri())
     # 1. Alert URLs usable? Which batch files are there, and which are new?
     m.check_alert_urls(config)
-    triage = m.triage_batches(config, m.discover_batches(data))
+    # A folder of image subfolders is one labelled batch when they are its model's classes: the reference says.
+    reference = m.resolve_reference(config, store) if image_layout(data) == "labelled" else None
+    triage = m.triage_batches(config, m.discover_batches(data, reference))
     # 2. The drift reference: the champion's training data, else the latest run's
-    reference = m.resolve_reference(config, store) if triage.new else None
+    if reference is None and triage.new:
+        reference = m.resolve_reference(config, store)
     batches: list[BatchEntry] = list(triage.skipped)
     retrained: list[RetrainingRecord] = []
     for path in triage.new:

@@ -8,6 +8,15 @@ local run folder is not held by a live process, and reopens it: same run id,
 same folder, training continues from ``checkpoints/last.pt``. Otherwise a new
 run is created.
 
+The config hash holds ``train.precision``, so a run is never reopened in
+another precision (and `normlab.training.train_model` refuses a checkpoint
+written in another one). It holds ``train.device`` as written: with ``auto``,
+a run stopped on a machine with a GPU may be reopened on one without (or the
+other way round). Checkpoints hold CPU tensors, so training continues from the
+checkpoint's state, with a warning; the epochs after it are computed by the
+other device's kernels, so the metrics are not bit-identical to an
+uninterrupted run's.
+
 Liveness is an exclusive ``flock`` on ``<run folder>/.lock``, held by the
 process that runs the pipeline until the run is closed. The kernel drops it
 when that process dies, however it dies, so a RUNNING run whose lock can be

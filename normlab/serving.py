@@ -25,7 +25,10 @@ installed.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -206,7 +209,7 @@ def log_serving_model(
             # MLflow hints that integer columns cannot hold NaN: the training dtypes are the contract here.
             warnings.simplefilter("ignore", UserWarning)
             signature = infer_signature(example, local.predict(example))
-    with tracking_uri(store), mlflow.start_run(run_id=run_id):
+    with tracking_uri(store), mlflow.start_run(run_id=run_id), _no_signature_notice():
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=str(entry),
@@ -219,3 +222,20 @@ def log_serving_model(
     # Leaving the fluent run context marks the run FINISHED; the pipeline closes it itself.
     store.client.update_run(run_id, status="RUNNING")
     return {"model_uri": info.model_uri, "model_id": info.model_id, "name": name}
+
+
+class _SignatureNotice(logging.Filter):
+    """Drops MLflow's notice that no signature could be inferred: an image model has none on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to infer model signature: Type hint")
+
+
+@contextmanager
+def _no_signature_notice() -> Iterator[None]:
+    logger, notice = logging.getLogger("mlflow.pyfunc"), _SignatureNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)

@@ -9,12 +9,14 @@
 
 and returns what the later stages take (``prepared``, a `Splits`); `load_prepared`
 and `load_eval_frames` read the files back. How each OOD ``kind`` is built is
-`normlab.data.ood.OOD_KINDS`'s business.
+`normlab.data.ood.OOD_KINDS`'s business. A batch whose smallest encoding
+passes ``data.memory_budget_mb`` is split and encoded a chunk of rows at a
+time instead (`normlab.prepare_stream`): the same files, the same content,
+``prepared/`` instead of ``prepared.npz``.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -25,9 +27,11 @@ from normlab.config import DataConfig, EvalConfig, SplitsConfig, TimeSplit
 from normlab.contracts import Batch, Splits
 from normlab.data.encoding import FeatureEncoder, LabelEncoder
 from normlab.data.ood import DeriveFromTest, SelectRows, ood_kind
+from normlab.data.parquet_chunks import ParquetChunks
 from normlab.data.splits import assign_id_splits
 from normlab.errors import ConfigError, DataSourceError
 from normlab.images.decode import PIXEL_PREFIX, VALUE_RANGE
+from normlab.prepare_stream import check_slices, encoded_floor, eval_frame_path, prepare_chunked, write_encoders
 
 
 def feature_columns(data: DataConfig, splits: SplitsConfig, columns: list[str], *, images: bool = False) -> list[str]:
@@ -59,10 +63,16 @@ def prepare_splits(
     ``seed`` draws the corruptions.
     """
     run_dir = Path(run_dir)
-    frame = pd.read_parquet(batch.path)
-    features = feature_columns(data, splits, list(frame.columns), images=batch.images is not None)
+    source = ParquetChunks(batch.path)  # the footer: rows and columns
+    features = feature_columns(data, splits, source.columns, images=batch.images is not None)
     # Decoded image files hold 0..255 pixels whatever the batch's extremes.
     value_range = data.value_range or (VALUE_RANGE if batch.images is not None else None)
+    image_mode = batch.images.mode if batch.images is not None else None
+    if encoded_floor(source.n_rows, len(features)) > data.memory_budget_mb * 2**20:
+        # Even the smallest encoding passes the budget: never the whole batch in memory.
+        return prepare_chunked(data, splits, evaluation, seed, source, run_dir, features=features,
+                               value_range=value_range, image_mode=image_mode)
+    frame = pd.read_parquet(batch.path)
     kinds = [(split, ood_kind(split)) for split in splits.ood]
     held_out = np.zeros(len(frame), dtype=bool)
     domain_masks: dict[str, np.ndarray] = {}
@@ -116,7 +126,8 @@ def prepare_splits(
             add(f"ood/{split.name}", frame.loc[domain_masks[split.name]])
 
     # Over the memory budget, one .npy file per array (prepared/<split>/x.npy): training maps them and
-    # streams batches from disk (normlab.streaming). The arrays are still built here in memory first.
+    # streams batches from disk (normlab.streaming). Here the batch's smallest encoding fit the budget, so
+    # the arrays were built in memory (categories and derived copies can still take them past it).
     if sum(a.nbytes for a in arrays.values()) > data.memory_budget_mb * 2**20:
         prepared_path = run_dir / "prepared"
         shutil.rmtree(prepared_path, ignore_errors=True)  # a retried stage leaves no stale split behind
@@ -126,9 +137,7 @@ def prepare_splits(
     else:
         prepared_path = run_dir / "prepared.npz"
         np.savez(prepared_path, **arrays)
-    (run_dir / "encoder.json").write_text(
-        json.dumps({"features": encoder.to_dict(), "labels": labels.to_dict(), "label_column": data.label})
-    )
+    write_encoders(run_dir, encoder, labels, data.label, image_mode)
     parts["train"].to_parquet(run_dir / "reference.parquet", index=False)
     counts = {key[:-2]: len(v) for key, v in arrays.items() if key.endswith("/y")}
     eval_frames = save_eval_frames(scored, run_dir / "eval_frames", slices=evaluation.slices)
@@ -152,15 +161,11 @@ def save_eval_frames(frames: dict[str, pd.DataFrame], folder: Path, *, slices: l
     Raises:
         ConfigError: An ``eval.slices`` column is not in the data.
     """
-    columns = list(next(iter(frames.values())).columns) if frames else []
-    missing = [c for c in slices if c not in columns]
-    if missing:
-        raise ConfigError(f"eval.slices: columns not in the data: {', '.join(missing)}; columns: "
-                          f"{', '.join(map(str, columns[:20]))}")
+    check_slices(slices, list(next(iter(frames.values())).columns) if frames else [])
     folder.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
     for key, frame in frames.items():
-        path = folder / f"{key.replace('/', '__')}.parquet"
+        path = eval_frame_path(folder, key)
         frame.to_parquet(path, index=False)
         paths[key] = str(path)
     return paths

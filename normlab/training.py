@@ -18,8 +18,13 @@ the device once; the forward pass and loss run under autocast for bf16 and
 fp16, fp16 with a gradient scaler; a compiled model trains through its wrapper
 while weights and checkpoints are saved from the module itself (plain
 parameter names). Checkpoints hold CPU tensors, so a run checkpointed on one
-device resumes on another. The default (cpu, fp32, not compiled) runs exactly
-the arithmetic it always did.
+device resumes on another (``train.device: auto`` resolves per machine): it
+continues from the checkpoint's state, with a warning, since the epochs after
+it are computed by the other device's kernels and do not repeat an
+uninterrupted run bit for bit. A checkpoint resumes only in the precision it
+was written in (`ConfigError` otherwise): the epochs it holds, and fp16's
+gradient scaler, belong to that precision. The default (cpu, fp32, not compiled)
+runs exactly the arithmetic it always did.
 
 Streaming (`normlab.streaming`): training or validation arrays that are
 ``np.memmap`` (splits over ``data.memory_budget_mb``, memory-mapped by
@@ -35,6 +40,7 @@ from __future__ import annotations
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -44,6 +50,7 @@ from torch import nn
 
 from normlab.contracts import Epoch, TrainingResult
 from normlab.device import Precision, resolve_device, resolve_precision
+from normlab.errors import ConfigError
 from normlab.norms import has_batch_stats
 from normlab.streaming import EpochBatches, MemmapRows, batch_loader, chunks
 
@@ -280,7 +287,8 @@ def train_model(
     result = TrainingResult(history=[])
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
     if ckpt_path is not None and ckpt_path.is_file():
-        result = _load_checkpoint(ckpt_path, model, optimizer, generator, scaler=scaler, device=device)
+        result = _load_checkpoint(ckpt_path, model, optimizer, generator, scaler=scaler, device=device,
+                                  precision=mixed.name)
     step_model = torch.compile(model) if compile else model
     autocast_eval = mixed if mixed.dtype is not None else None
     start_epoch = result.resumed_from_epoch
@@ -340,7 +348,7 @@ def train_model(
         if epoch == epochs or time.perf_counter() - last_checkpoint >= checkpoint_every_seconds:
             if ckpt_path is not None:
                 _save_checkpoint(ckpt_path, model, optimizer, generator, current(), epoch, scaler=scaler,
-                                 device=device)
+                                 device=device, precision=mixed.name)
             if on_checkpoint is not None:
                 on_checkpoint(unsaved)
             unsaved = []
@@ -363,8 +371,9 @@ def _save_checkpoint(
     *,
     scaler: torch.amp.GradScaler | None = None,
     device: torch.device | None = None,
+    precision: str = "fp32",
 ) -> None:
-    """Write ``last.pt``: CPU tensors only, so that any device can resume from it."""
+    """Write ``last.pt``: CPU tensors only, so that any device can resume from it; and where and how it trained."""
     state = {
         "epoch": epoch,
         "model": cpu_state_dict(model),
@@ -372,6 +381,8 @@ def _save_checkpoint(
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "result": result.to_dict(),
+        "precision": precision,
+        "device": device.type if device is not None else "cpu",
     }
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
@@ -393,16 +404,34 @@ def _load_checkpoint(
     *,
     scaler: torch.amp.GradScaler | None = None,
     device: torch.device | None = None,
+    precision: str | None = None,
 ) -> TrainingResult:
     """Restore the model, optimizer, scaler and RNG states; the result so far, resumed from the checkpoint's epoch.
 
     The weights are copied into ``model`` where it is, and the optimizer's
-    state follows its parameters there. A checkpoint written without a
-    scaler (fp32, bf16) gives an fp16 run a fresh one. Its
-    ``samples_per_second`` starts again at 0 (the next epoch sets it).
+    state follows its parameters there. Its ``samples_per_second`` starts
+    again at 0 (the next epoch sets it).
+
+    Raises:
+        ConfigError: The checkpoint was written in another ``precision``
+            (nothing is restored then). A checkpoint from before checkpoints
+            recorded it counts as fp16 when it holds a scaler, else is not checked.
     """
     # weights_only: a checkpoint is data, never code.
     state = torch.load(path, map_location="cpu", weights_only=True)
+    written = state.get("precision", "fp16" if "scaler" in state else None)
+    if precision is not None and written is not None and written != precision:
+        raise ConfigError(
+            f"checkpoint {path} was written in {written} and cannot resume in {precision} (the epochs it holds were "
+            f"trained in {written}): resume it with train.precision={written}, or train into an empty checkpoint folder"
+        )
+    trained_on = state.get("device")
+    if device is not None and trained_on is not None and trained_on != device.type:
+        warnings.warn(
+            f"checkpoint {path} was written on {trained_on} and resumes on {device.type}: training continues from "
+            f"epoch {int(state['epoch'])}, but the later epochs do not repeat an uninterrupted run bit for bit",
+            RuntimeWarning, stacklevel=3,
+        )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])

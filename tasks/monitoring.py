@@ -47,9 +47,13 @@ def check_alert_urls(cfg: PipelineConfig) -> int:
 
 
 @task(name="discover-batches", **LOCAL)
-def discover_batches(data: str) -> list[str]:
-    """The batch file, or the table files of a landing folder, oldest first."""
-    paths = monitoring.discover_batches(data)
+def discover_batches(data: str, reference: Reference | None = None) -> list[str]:
+    """The batch file or image folder, or a landing folder's batches, oldest first.
+
+    With a ``reference``, a folder whose image subfolders are all its model's classes is one labelled batch.
+    """
+    classes = monitoring.reference_classes(reference) if reference is not None else None
+    paths = monitoring.discover_batches(data, classes)
     get_run_logger().info("%d batch file(s) at %s", len(paths), data)
     return paths
 
@@ -78,7 +82,7 @@ def triage_batches(cfg: PipelineConfig, paths: list[str]) -> Triage:
 @task(name="open-batch", **LOCAL)
 def open_batch(cfg: PipelineConfig, path: str) -> LandedBatch:
     """Fingerprint and claim the batch, or say why it is not processed now (seen, pending, unreadable, refused)."""
-    opened = monitoring.open_batch(cfg.workdir_path(), registry_name(cfg), path)
+    opened = monitoring.open_landed_batch(cfg.workdir_path(), registry_name(cfg), path, cfg.data)
     if opened.status in ("unreadable", "refused"):
         get_run_logger().warning("%s %s: %s", opened.status, path, opened.reason)
     elif opened.skip:

@@ -56,7 +56,7 @@ def _blank(value: int | None) -> str:
 def monitor(
     config: ConfigArg = None,
     set_: SetOpt = None,
-    data: Annotated[str, typer.Option("--data", help="A batch file (CSV/Parquet) or a landing folder of them.")] = ...,
+    data: Annotated[str, typer.Option("--data", help="A batch file (CSV/Parquet), an image folder, or a landing folder of them.")] = ...,
     summary: SummaryOpt = None,
     fail_on_drift: Annotated[bool, typer.Option(
         "--fail-on-drift", help=f"Exit with code {DRIFT_EXIT_CODE} when a batch drifted (suspected or detected).",

@@ -87,7 +87,8 @@ class DataConfig(_Strict):
     )
     memory_budget_mb: float = Field(
         1024, gt=0, description="encoded splits larger than this (MiB, all splits together) are written as .npy "
-        "files and stream from disk during training; smaller ones are held in memory"
+        "files and stream from disk during training; smaller ones are held in memory. A batch whose smallest "
+        "encoding passes it is split and encoded a chunk at a time; image files are decoded in chunks of a share of it"
     )
 
     @model_validator(mode="after")

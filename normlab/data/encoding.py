@@ -12,7 +12,7 @@ import numbers
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -93,15 +93,7 @@ class FeatureEncoder:
             DataSourceError: A feature column is missing, or a numeric column
                 has no values.
         """
-        names = list(features)
-        if not names:
-            raise ConfigError("features is empty; list at least one column to encode")
-        not_text = [n for n in names if not isinstance(n, str)]
-        if not_text:
-            raise ConfigError(f"feature names must be strings, got {not_text[:_MAX_QUOTED]!r}")
-        repeated = sorted(n for n, count in Counter(names).items() if count > 1)
-        if repeated:
-            raise ConfigError(f"features lists {repeated!r} more than once; list each column once")
+        names = check_feature_names(features)
         _require_columns(df, names)
         if len(df) == 0:
             raise DataSourceError("training frame has no rows; fit the encoder on training rows")
@@ -115,10 +107,7 @@ class FeatureEncoder:
                 categories = tuple(sorted(pd.unique(_category_text(series))))
                 specs.append(CategoricalColumn(name=name, categories=categories))
             else:
-                raise ConfigError(
-                    f"feature {name!r} has dtype {series.dtype}, which cannot be encoded; "
-                    "use numeric (bool, int, float) or categorical (text, category) columns"
-                )
+                raise unencodable(name, series.dtype)
         if scale == "global":
             specs = _pool_numeric(df, specs)
         return cls(columns=tuple(specs), scale=scale if scale == "global" else bool(scale))
@@ -227,6 +216,26 @@ class FeatureEncoder:
             ) from exc
 
 
+def check_feature_names(features: Sequence[str]) -> list[str]:
+    """``features`` as a list, or ConfigError when it is empty, holds a non-string or repeats a name."""
+    names = list(features)
+    if not names:
+        raise ConfigError("features is empty; list at least one column to encode")
+    not_text = [n for n in names if not isinstance(n, str)]
+    if not_text:
+        raise ConfigError(f"feature names must be strings, got {not_text[:_MAX_QUOTED]!r}")
+    repeated = sorted(n for n, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise ConfigError(f"features lists {repeated!r} more than once; list each column once")
+    return names
+
+
+def unencodable(name: str, dtype: Any) -> ConfigError:
+    """The error for a feature whose dtype is neither numeric nor categorical."""
+    return ConfigError(f"feature {name!r} has dtype {dtype}, which cannot be encoded; "
+                       "use numeric (bool, int, float) or categorical (text, category) columns")
+
+
 class LabelEncoder:
     """Map class labels to indices 0..k-1, classes sorted (numbers numerically).
 
@@ -249,16 +258,21 @@ class LabelEncoder:
                 numbers and text.
         """
         series = pd.Series(labels)
-        missing = int(series.isna().sum())
+        return cls.from_unique(series.name, pd.unique(series), rows=len(series), missing=int(series.isna().sum()))
+
+    @classmethod
+    def from_unique(cls, name: Any, unique: Any, *, rows: int, missing: int) -> LabelEncoder:
+        """`fit` from what it reads of a label column: its distinct values, its row count and its missing labels.
+
+        Raises:
+            DataSourceError: As `fit`.
+        """
         if missing:
-            raise DataSourceError(
-                f"label column {series.name!r} has {missing} missing labels; drop or fill those rows first"
-            )
-        if len(series) == 0:
-            raise DataSourceError(f"label column {series.name!r} has no rows; fit on training rows")
+            raise DataSourceError(f"label column {name!r} has {missing} missing labels; drop or fill those rows first")
+        if rows == 0:
+            raise DataSourceError(f"label column {name!r} has no rows; fit on training rows")
         # Unique values are few, so plain Python over them is cheap.
-        unique = np.asarray(pd.unique(series), dtype=object).tolist()
-        unique = [_plain(v) for v in unique]
+        unique = [_plain(v) for v in np.asarray(unique, dtype=object).tolist()]
         if all(isinstance(v, bool) for v in unique):
             return cls(sorted(unique))
         if all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in unique):
@@ -267,7 +281,7 @@ class LabelEncoder:
             return cls(sorted(unique))
         kinds = sorted({type(v).__name__ for v in unique})
         raise DataSourceError(
-            f"label column {series.name!r} mixes value types ({', '.join(kinds)}); "
+            f"label column {name!r} mixes value types ({', '.join(kinds)}); "
             "store every label as a number or every label as text"
         )
 
@@ -382,11 +396,19 @@ def _fit_numeric(series: pd.Series, name: str, *, scale: bool) -> NumericColumn:
     values = series.to_numpy(dtype=np.float64, na_value=np.nan)
     finite = values[np.isfinite(values)]
     if finite.size == 0:
-        raise DataSourceError(
-            f"feature {name!r} has no finite values in the training rows; "
-            "drop it from features or fix the data"
-        )
+        raise no_finite_values(name)
     mean, std = (float(v) for v in mean_std(finite))
+    return numeric_column(name, mean, std, scale=scale)
+
+
+def no_finite_values(name: str) -> DataSourceError:
+    """The error for a numeric feature without a finite value in the training rows."""
+    return DataSourceError(f"feature {name!r} has no finite values in the training rows; "
+                           "drop it from features or fix the data")
+
+
+def numeric_column(name: str, mean: float, std: float, *, scale: bool | str) -> NumericColumn:
+    """How a numeric column with this training mean and std is encoded (``scale`` as in `FeatureEncoder.fit`)."""
     if not scale:
         return NumericColumn(name=name, fill=mean, mean=0.0, std=1.0)
     # A constant column carries no signal; std 1 keeps it at 0 instead of dividing by 0.
@@ -401,13 +423,13 @@ def _pool_numeric(
     if not numeric:
         return specs
     values = df[numeric].to_numpy(dtype=np.float64, na_value=np.nan)
-    finite = values[np.isfinite(values)]
-    mean, std = (float(v) for v in mean_std(finite))
+    return pooled(specs, *(float(v) for v in mean_std(values[np.isfinite(values)])))
+
+
+def pooled(specs: list[NumericColumn | CategoricalColumn], mean: float, std: float) -> list[NumericColumn | CategoricalColumn]:
+    """``specs`` with every numeric column standardized by one pooled ``mean`` and ``std``, its own fill kept."""
     std = std if std > 0 and math.isfinite(std) else 1.0
-    return [
-        NumericColumn(name=s.name, fill=s.fill, mean=mean, std=std) if isinstance(s, NumericColumn) else s
-        for s in specs
-    ]
+    return [replace(s, mean=mean, std=std) if isinstance(s, NumericColumn) else s for s in specs]
 
 
 def _numeric_values(series: pd.Series, name: str) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -44,17 +45,36 @@ def fingerprint_frame(df: pd.DataFrame) -> str:
     Raises:
         DataSourceError: A column holds values pandas cannot hash (lists, dicts).
     """
-    digest = hashlib.sha256()
-    # repr keeps 1 and "1" apart as column names; json keeps the header unambiguous.
-    header = {
-        "columns": [repr(c) for c in df.columns],
-        "dtypes": [str(t) for t in df.dtypes],
-        "n_rows": len(df),
-    }
-    digest.update(json.dumps(header).encode("utf-8"))
-    if df.shape[1] > 0 and len(df) > 0:
-        digest.update(_hash_rows(df, hash_key=None).tobytes())
+    digest = FrameDigest(df.columns, df.dtypes, len(df))
+    digest.update(df)
     return digest.hexdigest()
+
+
+class FrameDigest:
+    """`fingerprint_frame` of a frame that arrives in consecutive row chunks, without the whole frame.
+
+    The header (columns, dtypes, row count) is hashed first, so the columns,
+    their dtypes and the total row count are given up front; then each chunk's
+    row hashes, in row order. A row's hash depends on that row alone, so any
+    chunking gives `fingerprint_frame`'s digest of the whole frame. (The one
+    exception cannot come from a typed Parquet column: pandas hashes an object
+    column that mixes bytes with other values through ``str``, chunk by chunk.)
+    """
+
+    def __init__(self, columns: Iterable[object], dtypes: Iterable[object], n_rows: int) -> None:
+        self._digest = hashlib.sha256()
+        # repr keeps 1 and "1" apart as column names; json keeps the header unambiguous.
+        header = {"columns": [repr(c) for c in columns], "dtypes": [str(t) for t in dtypes], "n_rows": n_rows}
+        self._digest.update(json.dumps(header).encode("utf-8"))
+
+    def update(self, chunk: pd.DataFrame) -> None:
+        """Hash the next rows (their columns and dtypes are the header's)."""
+        if chunk.shape[1] > 0 and len(chunk) > 0:
+            self._digest.update(_hash_rows(chunk, hash_key=None).tobytes())
+
+    def hexdigest(self) -> str:
+        """64 hex characters."""
+        return self._digest.hexdigest()
 
 
 def row_hashes(df: pd.DataFrame, *, salt: str = "normlab") -> np.ndarray:

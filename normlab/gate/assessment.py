@@ -43,7 +43,7 @@ from normlab.gate.reports import check_table, render_html
 from normlab.gate.results import CheckResult, Evaluated, ValidationReport, positional, take_rows
 from normlab.gate.scope import GateScope
 from normlab.gate.split_audit import read_evaluation_index
-from normlab.images.decode import pixel_frame
+from normlab.images.decode import write_pixel_parquet
 
 OUTCOMES = ("passed", "warned", "quarantined", "blocked", "off")
 
@@ -243,19 +243,19 @@ def run_gate(
 def decoded(scope: GateScope, accepted: Batch, out_dir: Path) -> Batch:
     """The accepted image files decoded into pixel rows (``pixels.parquet``): the batch every later stage reads.
 
-    The returned `Batch` is fingerprinted as a table and records the mode the
-    images were read in. The row accounting stands: one pixel row per accepted file.
+    The files are decoded and written a chunk at a time, the chunks sized from
+    ``data.memory_budget_mb`` (`write_pixel_parquet`). The returned `Batch` is
+    fingerprinted as a table (the whole frame's `fingerprint_frame`) and records
+    the mode the images were read in. The row accounting stands: one pixel row per accepted file.
     """
     if scope.image_shape is None:
         raise ConfigError("image files need data.image_shape, the (H, W) they are resized to, e.g. [32, 32]")
     images = accepted.images
     entries = pd.read_parquet(accepted.path)
-    frame, mode = pixel_frame(entries, Path(images.root), label=scope.label, image_shape=scope.image_shape,
-                              mode=scope.image_mode)
-    path = write_parquet(frame, out_dir / "pixels.parquet")
-    batch = Batch(path=str(path), source=accepted.source, fingerprint=fingerprint_frame(frame), rows=len(frame),
-                  columns=[str(c) for c in frame.columns], images=images.model_copy(update={"mode": mode}))
-    return batch
+    pixels = write_pixel_parquet(entries, Path(images.root), out_dir / "pixels.parquet", image_shape=scope.image_shape,
+                                 mode=scope.image_mode, budget_mb=scope.memory_budget_mb)
+    return Batch(path=str(pixels.path), source=accepted.source, fingerprint=pixels.fingerprint, rows=pixels.rows,
+                 columns=pixels.columns, images=images.model_copy(update={"mode": pixels.mode}))
 
 
 def settle(

@@ -11,7 +11,7 @@ also count as a missing value)::
 
     structure  columns (table), types (rows); image files: image_layout, image_readable
     rows       the suite's expectations (first), non_finite, duplicates, contamination;
-               image files: image_mode, image_size, image_duplicates
+               image files: contamination, image_mode, image_size, image_duplicates
     labels     label_noise, on the rows still accepted
     batch      empty_class (image files), class_balance, row_count, rejected_share, on the accepted rows
     split      leakage, after the split (`normlab.gate.split_audit`)
@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -266,11 +267,17 @@ def _duplicates(ctx: CheckContext, settings: GateCheck) -> Evaluated:
     return ck.check_duplicates(ctx.view, features=ctx.present, feature_hashes=ctx.feature_hashes)
 
 
-@register_check("contamination", stage="rows", monitor_default="warn", applies_to="tables")
+@register_check("contamination", stage="rows", monitor_default="warn")
 def _contamination(ctx: CheckContext, settings: GateCheck) -> Evaluated:
     index = ctx.evaluation_index
+    scope = ctx.scope
+    if ctx.images is not None:
+        # The index of an image run holds its pixel rows: the files are decoded as training reads them.
+        return ick.check_contamination(ctx.view, index, root=Path(ctx.images.root), label=ctx.label, salt=scope.salt,
+                                       image_shape=scope.image_shape, mode=scope.image_mode, features=scope.features,
+                                       budget_mb=scope.memory_budget_mb)
     hashes = ctx.feature_hashes if index is not None else None  # nothing to compare with: no hashing
-    return ck.check_contamination(ctx.view, hashes, index, salt=ctx.scope.salt)
+    return ck.check_contamination(ctx.view, hashes, index, salt=scope.salt)
 
 
 @register_check("image_mode", stage="rows", monitor_default="quarantine", applies_to="images")

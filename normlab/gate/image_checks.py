@@ -9,12 +9,16 @@ rows reach the quarantine with the file's path and the scan's own finding
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from normlab.gate.checks import _check
+from normlab.data.fingerprint import row_hashes
+from normlab.data.parquet_chunks import chunk_rows
+from normlab.gate.checks import _check, content_hashes, skipped
 from normlab.gate.results import Evaluated
+from normlab.images.decode import choose_mode, pixel_columns, pixel_frame
 
 
 def _flagged(mask: np.ndarray) -> np.ndarray:
@@ -66,6 +70,68 @@ def check_duplicates(entries: pd.DataFrame) -> Evaluated:
     pairs = [f"{entries['image'].iloc[r]} = {firsts[entries['sha256'].iloc[r]]}" for r in rows[:5]]
     return _check("image_duplicates", rows.size == 0, scope="rows", rows=rows, observed=int(rows.size),
                   details={"copies": pairs})
+
+
+def check_contamination(
+    entries: pd.DataFrame,
+    index: pd.DataFrame | None,
+    *,
+    root: Path,
+    label: str,
+    salt: str,
+    image_shape: tuple[int, int] | None,
+    mode: str | None,
+    features: Sequence[str] | None = None,
+    budget_mb: float = 1024.0,
+) -> Evaluated:
+    """Images whose pixels already sit in an evaluation split of an earlier run.
+
+    An image run's evaluation index (`normlab.gate.split_audit`) holds the
+    hashes of the rows its split saw: decoded pixel rows, not files. So each
+    file the scan decoded is decoded here as the accepted files will be (one
+    mode, resized to ``image_shape``) and hashed like those rows: a copy under
+    another name, in another class or re-encoded without loss (other bytes,
+    the same pixels) is found. An image whose whole row (pixels, label and a
+    table's other columns) is an indexed evaluation row under the same split
+    salt is not contamination: the split puts it back into the evaluation
+    split it came from.
+
+    Args:
+        entries: The manifest rows this stage sees.
+        index: Earlier runs' evaluation rows (``feature_hash``, ``row_hash``,
+            ``salt``), or None when no run has recorded any.
+        root: The folder the entries' paths are relative to.
+        label: The label column.
+        salt: The split salt of this run.
+        image_shape: ``data.image_shape``, (H, W).
+        mode: ``data.image_mode``; None: RGB when any of the entries has
+            colour, as the accepted files are decoded.
+        features: ``data.features``; None: the pixel columns (what image runs train on).
+        budget_mb: ``data.memory_budget_mb``: the files are decoded a chunk of them at a time.
+    """
+    if index is None or index.empty:
+        return skipped("contamination", "no evaluation rows recorded yet")
+    if image_shape is None:
+        return skipped("contamination", "data.image_shape is not set: the files cannot be decoded as training reads them")
+    chosen = choose_mode(entries["mode"], mode)
+    names = pixel_columns(1 if chosen == "L" else 3, image_shape)
+    # The files the scan decoded; the others (outside the layout, unreadable) have no pixels to compare.
+    decoded = np.flatnonzero((entries["error"].astype(str).eq("") & entries["mode"].astype(str).ne("")).to_numpy())
+    indexed = index["feature_hash"].to_numpy(dtype=np.uint64)
+    same_salt = index.loc[index["salt"] == salt, "row_hash"].to_numpy(dtype=np.uint64)
+    flagged: list[np.ndarray] = []
+    step = chunk_rows(budget_mb, 4 * len(names))
+    for start in range(0, decoded.size, step):
+        at = decoded[start : start + step]
+        pixels, _ = pixel_frame(entries.iloc[at], root, label=label, image_shape=image_shape, mode=chosen)
+        present = [c for c in (features or names) if c in pixels.columns]
+        seen = np.flatnonzero(np.isin(content_hashes(pixels, present), indexed))
+        if seen.size:
+            own = np.isin(row_hashes(pixels.iloc[seen], salt=salt), same_salt)
+            flagged.append(at[seen[~own]])
+    rows = np.concatenate(flagged).astype(np.int64) if flagged else np.zeros(0, dtype=np.int64)
+    return _check("contamination", rows.size == 0, scope="rows", rows=rows, observed=int(rows.size),
+                  details={"indexed_rows": len(index), "files": _examples(entries["image"], rows)})
 
 
 def check_empty_classes(empty: Sequence[str]) -> Evaluated:

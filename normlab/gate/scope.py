@@ -35,6 +35,7 @@ class GateScope:
     evaluation_index: Path  # `evaluation_index_dir`: earlier splits' evaluation rows (contamination)
     image_shape: tuple[int, int] | None = None  # data.image_shape: what accepted image files are resized to
     image_mode: str | None = None  # data.image_mode: L, RGB, or None (RGB when any image has colour)
+    memory_budget_mb: float = 1024.0  # data.memory_budget_mb: accepted image files are decoded in chunks of a share of it
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> GateScope:
@@ -52,4 +53,5 @@ class GateScope:
             evaluation_index=evaluation_index_dir(workdir, cfg.name),
             image_shape=tuple(cfg.data.image_shape) if cfg.data.image_shape else None,
             image_mode=cfg.data.image_mode,
+            memory_budget_mb=cfg.data.memory_budget_mb,
         )

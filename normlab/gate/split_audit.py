@@ -3,6 +3,13 @@
 A passing split records its evaluation rows (hashes) under
 ``<workdir>/gate/<name>/evaluation/``; later batches' ``contamination``
 check reads them back.
+
+For a batch of image files the rows split and indexed are the decoded pixel
+rows (``pixels.parquet``: the files' manifest columns are not part of them), so
+an image run's index identifies its evaluation images by their pixels, at its
+``data.image_shape`` and mode: what training reads, whatever the file's name
+or encoding. The check on a later image batch decodes its files the same way
+(`normlab.gate.image_checks.check_contamination`).
 """
 
 from __future__ import annotations

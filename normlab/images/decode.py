@@ -12,11 +12,14 @@ order, in columns ``pixel_0`` ... (the layout `normlab.models` reads).
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from normlab.data.fingerprint import FrameDigest
+from normlab.data.parquet_chunks import ParquetSink, chunk_rows, frame_types, group_bytes
 from normlab.errors import DataSourceError
 from normlab.images.scan import _THREADS, IMAGE, MANIFEST_COLUMNS
 
@@ -76,15 +79,85 @@ def pixel_frame(entries: pd.DataFrame, root: Path, *, label: str, image_shape: t
     """The accepted entries as pixel rows, with their label and a table's other columns; and the mode used.
 
     The manifest's own columns (path, hash, sizes, findings) are dropped: the
-    split hashes a row's content, so a renamed file keeps its split.
+    split hashes a row's content, so a renamed file keeps its split. All rows
+    are decoded at once; `write_pixel_parquet` writes the same rows a chunk at a time.
     """
     chosen = choose_mode(entries["mode"], mode)
-    paths = [Path(p) if Path(p).is_absolute() else root / p for p in entries[IMAGE]]
-    pixels = decode_images(paths, tuple(image_shape), chosen)
-    channels = 1 if chosen == "L" else 3
-    frame = pd.DataFrame(pixels, columns=pixel_columns(channels, tuple(image_shape)))
-    rest = entries.drop(columns=[c for c in MANIFEST_COLUMNS if c in entries.columns]).reset_index(drop=True)
-    return pd.concat([frame, rest], axis=1), chosen
+    shape = tuple(image_shape)
+    pixels = decode_images(_image_paths(entries, root), shape, chosen)
+    return _frame(pixels, _other_columns(entries), pixel_columns(1 if chosen == "L" else 3, shape)), chosen
+
+
+@dataclass(frozen=True)
+class PixelFile:
+    """What `write_pixel_parquet` wrote: the file, the mode the images were read in, and its rows and columns.
+
+    ``fingerprint`` is `normlab.data.fingerprint.fingerprint_frame` of the
+    whole frame, computed a chunk at a time.
+    """
+
+    path: Path
+    mode: str
+    rows: int
+    columns: list[str]
+    fingerprint: str
+
+
+def write_pixel_parquet(entries: pd.DataFrame, root: Path, path: Path, *, image_shape: tuple[int, int],
+                        mode: str | None, budget_mb: float) -> PixelFile:
+    """`pixel_frame`'s rows written to the Parquet file ``path`` a chunk at a time, never all of them in memory.
+
+    A chunk is as many rows as fit a share of ``budget_mb`` (``data.memory_budget_mb``,
+    `normlab.data.parquet_chunks.chunk_rows`), decoded and written (row groups
+    of `normlab.data.parquet_chunks.group_bytes`): the file reads back as
+    `pixel_frame`'s frame (same columns, dtypes, rows in order), whatever the
+    chunks. Small data are one chunk.
+
+    Raises:
+        DataSourceError: A file cannot be decoded (it passed the scan, so it changed since).
+    """
+    import pyarrow as pa
+
+    chosen = choose_mode(entries["mode"], mode)
+    shape = tuple(image_shape)
+    paths, rest = _image_paths(entries, root), _other_columns(entries)
+    names = pixel_columns(1 if chosen == "L" else 3, shape)
+    # A row is held decoded, as a frame, as arrow and as encoded pages: about 4 bytes a value, with its other columns.
+    rest_bytes = rest.memory_usage(index=False, deep=True).sum() / max(len(rest), 1)
+    rows = chunk_rows(budget_mb, 4 * len(names) + rest_bytes)
+    pixel_types = frame_types(pd.DataFrame(np.zeros((0, len(names)), dtype=np.uint8), columns=names))
+    rest_types = frame_types(rest)
+    digest = FrameDigest([*names, *rest.columns], [np.dtype(np.uint8)] * len(names) + list(rest.dtypes), len(rest))
+    schema = None  # with the pandas metadata of the first chunk's frame, as to_parquet writes it
+    with ParquetSink(path, pa.schema([*pixel_types, *rest_types]), group_bytes=group_bytes(budget_mb)) as sink:
+        for start in range(0, max(len(paths), 1), rows):
+            pixels = decode_images(paths[start : start + rows], shape, chosen)
+            others = rest.iloc[start : start + rows].reset_index(drop=True)
+            frame = _frame(pixels, others, names)
+            digest.update(frame)
+            if schema is None:
+                schema = pa.Table.from_pandas(frame, schema=sink.schema, preserve_index=False).schema
+            # Built from the arrays: converting thousands of pixel columns through pandas costs more than decoding.
+            planes = np.ascontiguousarray(pixels.T)
+            arrays = [pa.array(plane) for plane in planes]
+            arrays += pa.Table.from_pandas(others, schema=rest_types, preserve_index=False).columns
+            sink.write(pa.Table.from_arrays(arrays, schema=schema))
+    return PixelFile(path=Path(path), mode=chosen, rows=len(rest), columns=[str(c) for c in frame.columns],
+                     fingerprint=digest.hexdigest())
+
+
+def _image_paths(entries: pd.DataFrame, root: Path) -> list[Path]:
+    return [Path(p) if Path(p).is_absolute() else root / p for p in entries[IMAGE]]
+
+
+def _other_columns(entries: pd.DataFrame) -> pd.DataFrame:
+    """The entries' label and a table's other columns: the manifest's own are dropped."""
+    return entries.drop(columns=[c for c in MANIFEST_COLUMNS if c in entries.columns]).reset_index(drop=True)
+
+
+def _frame(pixels: np.ndarray, rest: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Pixel rows (columns ``names``, ``pixel_0`` ...) followed by their ``rest`` columns."""
+    return pd.concat([pd.DataFrame(pixels, columns=names), rest.reset_index(drop=True)], axis=1)
 
 
 def pixel_rows(images: np.ndarray | pd.Series | list, image_shape: tuple[int, int], mode: str) -> np.ndarray:

@@ -80,8 +80,12 @@ def is_image_folder(path: str | Path) -> bool:
     return Path(path).expanduser().is_dir()
 
 
-def scan_folder(root: str | Path, *, label: str = "label") -> Manifest:
+def scan_folder(root: str | Path, *, label: str = "label", flat: bool = False) -> Manifest:
     """Every file below ``root``, read and decoded once, as a `Manifest`.
+
+    ``flat`` reads an unlabelled batch (what a monitor sees before the ground
+    truth arrives): the images are directly in ``root``, their label is
+    missing, and a file in a subfolder is outside that layout.
 
     Raises:
         DataSourceError: ``root`` is missing, not a folder, or holds no file at all.
@@ -102,7 +106,9 @@ def scan_folder(root: str | Path, *, label: str = "label") -> Manifest:
             classes.append(rel_folder.parts[0])
         for name in sorted(files):
             rel = (rel_folder / name).as_posix() if depth else name
-            if depth == 0:
+            if flat:
+                found.append(_flat_entry(rel, depth, name))
+            elif depth == 0:
                 found.append((rel, "", "outside the layout: directly in the root, not in a class folder"))
             elif depth > 1:
                 found.append((rel, rel_folder.parts[0], "outside the layout: nested below the class folder"))
@@ -115,8 +121,29 @@ def scan_folder(root: str | Path, *, label: str = "label") -> Manifest:
     if not found:
         raise DataSourceError(f"image folder {str(root)!r} holds no files; put images in root/<label>/ folders")
     entries = _read_all(root, [(rel, lab, why) for rel, lab, why in found], label)
+    if flat:
+        entries[label] = None  # no ground truth yet
+        return Manifest(root=root, entries=entries, label=label)
     empty = tuple(c for c in classes if c not in with_images)
     return Manifest(root=root, entries=entries, label=label, empty_classes=empty)
+
+
+def _flat_entry(rel: str, depth: int, name: str) -> tuple[str, str, str]:
+    """(path, label, outside reason) of a file in an unlabelled batch: images belong directly in the root."""
+    if depth:
+        return rel, "", "outside the layout: in a subfolder of an unlabelled batch (its images sit in the root)"
+    if not name.lower().endswith(IMAGE_SUFFIXES):
+        return rel, "", f"not an image file by its name (allowed: {', '.join(IMAGE_SUFFIXES)})"
+    return rel, "", ""
+
+
+def holds_images(folder: str | Path) -> bool:
+    """Whether image files (by suffix) sit directly in ``folder`` (hidden and ``_`` names aside)."""
+    try:
+        return any(e.is_file() and not e.name.startswith((".", "_")) and e.name.lower().endswith(IMAGE_SUFFIXES)
+                   for e in os.scandir(folder))
+    except OSError:
+        return False
 
 
 def scan_table(table: pd.DataFrame, table_path: str | Path, *, column: str, label: str) -> Manifest:

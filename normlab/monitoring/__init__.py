@@ -8,7 +8,9 @@ and read back into them. The modules, by role:
 
     contracts    the typed hand-offs between the stages, and the summary entries
     state        the typed records of state.json
-    ledger       folders, batch discovery, the locked state, claims (exactly once)
+    landing      what a landing folder holds: batch files, image batch folders
+    ledger       folders, the locked state, claims (exactly once)
+    image_batches  opening an image batch (scan, fingerprint, claim); the pixels drift is measured on
     reference    the champion's (else the latest run's) training rows, model and encoders
     analysis     the gate in its monitoring context, data quality, drift, the report, the decision
     records      the batch's MLflow run, the committed state, its summary entries
@@ -69,10 +71,10 @@ from normlab.monitoring.contracts import (
     RetrainingRecord,
     Triage,
 )
+from normlab.monitoring.image_batches import is_image_batch, open_image_batch, open_landed_batch
+from normlab.monitoring.landing import BATCH_SUFFIXES, discover_batches, image_layout
 from normlab.monitoring.ledger import (
-    BATCH_SUFFIXES,
     SETTLE_S,
-    discover_batches,
     earlier_claims,
     locked_state,
     model_history,
@@ -96,6 +98,7 @@ from normlab.monitoring.records import (
 from normlab.monitoring.reference import (
     NoReferenceError,
     load_reference_model,
+    reference_classes,
     resolve_reference,
 )
 from normlab.monitoring.retraining import (
@@ -155,6 +158,8 @@ __all__ = [
     "earlier_claims",
     "finish_batch",
     "gate_batch",
+    "image_layout",
+    "is_image_batch",
     "load_reference_model",
     "locked_state",
     "log_monitoring_run",
@@ -163,10 +168,13 @@ __all__ = [
     "monitoring_experiment",
     "now_utc",
     "open_batch",
+    "open_image_batch",
+    "open_landed_batch",
     "quality_alert_batch",
     "quality_of",
     "read_state",
     "record_retraining",
+    "reference_classes",
     "release_batch",
     "resolve_reference",
     "retrained_run",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ import pandas as pd
 from normlab import drift
 from normlab.config import AlertsConfig, DataConfig, EvalConfig, MonitorConfig
 from normlab.errors import DataSourceError
+from normlab.images.stats import image_statistics, model_mode, pixel_channels
 from normlab.monitoring.contracts import (
     Analysis,
     Decision,
@@ -27,6 +29,7 @@ from normlab.monitoring.contracts import (
     Reference,
     ReportInputs,
 )
+from normlab.monitoring.image_batches import typed_pixels
 from normlab.monitoring.ledger import (
     earlier_claims,
     locked_state,
@@ -69,26 +72,39 @@ def gate_batch(scope: GateScope, batch: LandedBatch, out_dir: str | Path,
     """
     from normlab.gate import run_gate
 
+    features = _reference_features(reference) if reference is not None else None
+    if batch.images is not None:
+        # Image files are decoded as the model reads them: its mode, whatever the batch's files are.
+        mode = model_mode(features, scope.image_shape) if features else None
+        scope = replace(scope, image_mode=mode or scope.image_mode)
     # The gate takes what a training run loads: the snapshot's path, source, fingerprint, rows and columns.
     landed = {"path": batch.path, "source": batch.source, "fingerprint": batch.fingerprint, "rows": batch.rows,
-              "columns": list(batch.columns)}
+              "columns": list(batch.columns), "images": batch.images}
     gated = run_gate(scope, landed, out_dir, context="monitor",
                      reference_path=reference.reference if reference is not None else None)
     problems = [GateProblem(check=c.name, column=c.column, outcome=c.outcome, rows=c.rows_flagged,
                             label=c.name + (f":{c.column}" if c.column else ""))
                 for c in gated.report.checks if c.outcome in ("blocked", "quarantined")]
-    missing: list[str] = []
-    if reference is not None:
-        from normlab.data.encoding import FeatureEncoder
-
-        encoders = json.loads(Path(reference.encoder).read_text(encoding="utf-8"))
-        features = FeatureEncoder.from_dict(encoders["features"]).features
-        missing = [c for c in features if c not in batch.columns]
     # The full report stays in its file; tasks pass on the counts and paths.
     kept = {k: getattr(gated, k) for k in ("accepted_path", "quarantine_path", "typed_path", "rows_in",
                                            "rows_accepted", "rows_quarantined", "rows_typed", "rows_untyped",
                                            "blocked", "failed", "report_path")}
+    missing: list[str] = []
+    if batch.images is not None:
+        # Drift is measured on every file that decodes; its pixels are the model's features.
+        typed, rows = typed_pixels(pd.read_parquet(batch.path), batch.images.root, Path(out_dir), label=scope.label,
+                                   image_shape=scope.image_shape, mode=scope.image_mode or "RGB")
+        kept.update(typed_path=str(typed), rows_typed=rows, rows_untyped=gated.rows_in - rows)
+    elif features is not None:
+        missing = [c for c in features if c not in batch.columns]
     return GateOutcome(**kept, problems=problems, missing_features=missing)
+
+
+def _reference_features(reference: Reference) -> list[str]:
+    from normlab.data.encoding import FeatureEncoder
+
+    encoders = json.loads(Path(reference.encoder).read_text(encoding="utf-8"))
+    return list(FeatureEncoder.from_dict(encoders["features"]).features)
 
 
 def quality_of(monitor: MonitorConfig, gated: GateOutcome) -> Quality:
@@ -156,7 +172,10 @@ def analyze_batch(
     if missing:
         raise DataSourceError(f"batch {batch.fingerprint[:12]} lacks the model's feature columns: {missing[:10]}")
 
-    scores = drift.score_columns(ref, current, features, alpha=monitor.alpha, effect_floor=monitor.effect_floor)
+    # Image files are read into pixels: their drift is judged on per-image statistics instead.
+    image_shape = data.image_shape if batch.images is not None else None
+    ref_view, cur_view, measured = _drift_view(ref, current, features, image_shape)
+    scores = drift.score_columns(ref_view, cur_view, measured, alpha=monitor.alpha, effect_floor=monitor.effect_floor)
     data_drift = drift.summarize_columns(scores, drift_share=monitor.drift_share, top=monitor.top_columns)
     # Eval mode makes outputs independent of the chunking: large chunks, fewer Python round trips.
     chunk = max(evaluation.batch_size, _INFERENCE_ROWS)
@@ -185,10 +204,10 @@ def analyze_batch(
     # Samples for the report, with the model's outputs as two more columns.
     # Seeded by the batch content: the same batch always gets the same sample.
     sample_seed = int(batch.fingerprint[:8], 16)
-    for frame, proba, name in ((ref, ref_proba, "reference"), (current, cur_proba, "current")):
+    for frame, proba, name in ((ref_view, ref_proba, "reference"), (cur_view, cur_proba, "current")):
         outputs = {drift.PREDICTION_COLUMN: proba.argmax(axis=1).astype(str),
                    drift.CONFIDENCE_COLUMN: proba.max(axis=1)}
-        picked = drift.sample_rows(frame[features].assign(**outputs), monitor.report_rows, sample_seed)
+        picked = drift.sample_rows(frame[measured].assign(**outputs), monitor.report_rows, sample_seed)
         picked.to_parquet(out / f"report_{name}.parquet", index=False)
 
     full = DriftRecord(fingerprint=batch.fingerprint, reference_run_id=reference.run_id, rows=len(current),
@@ -210,6 +229,18 @@ def analyze_batch(
         report_columns=[s.column for s in sorted(scores, key=lambda s: s.score, reverse=True)][
             : monitor.report_columns],
     )
+
+
+def _drift_view(ref: pd.DataFrame, current: pd.DataFrame, features: list[str],
+                image_shape: tuple[int, int] | None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The rows and columns drift is measured on: the features, or (``image_shape`` given) per-image statistics."""
+    channels = pixel_channels(features, image_shape)
+    if channels is None:
+        return ref, current, list(features)
+    shape = (int(image_shape[0]), int(image_shape[1]))
+    ref_stats = image_statistics(ref[features].to_numpy(), channels=channels, image_shape=shape)
+    cur_stats = image_statistics(current[features].to_numpy(), channels=channels, image_shape=shape)
+    return ref_stats, cur_stats, list(ref_stats.columns)
 
 
 # 6. The Evidently report ---------------------------------------------------------------

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from normlab.alerts import Delivery, ServiceResult
 from normlab.contract_base import Contract
-from normlab.contracts import Publication
+from normlab.contracts import ImageSource, Publication
 from normlab.drift import ColumnScore, ColumnsDrift, DriftVerdict, PredictionDrift
 
 
@@ -69,7 +69,8 @@ class LandedBatch(_Contract):
     is None when the file was not read. A claimed batch has ``path`` (its
     snapshot), ``rows``, ``columns``, ``batch_dir``, ``landed_ns`` (the file's
     modification time, its place in the landing order) and ``change`` (None
-    for a file not processed before).
+    for a file not processed before); an image batch also ``images`` (where
+    its files are: its snapshot holds one manifest row per file).
     """
 
     skip: bool
@@ -84,6 +85,7 @@ class LandedBatch(_Contract):
     batch_dir: str | None = None
     landed_ns: int | None = None
     change: str | None = None
+    images: ImageSource | None = None  # an image batch: its snapshot is the manifest of its files
 
 
 class GateProblem(_Contract):

@@ -51,6 +51,7 @@ from normlab.data.fingerprint import fingerprint_frame
 from normlab.data.sources import read_table
 from normlab.errors import DataSourceError
 from normlab.monitoring.contracts import NO_ALERT, BatchEntry, LandedBatch, Reference, Triage
+from normlab.monitoring.landing import folder_identity
 from normlab.monitoring.state import (
     STATE_VERSION,
     BatchRecord,
@@ -60,7 +61,6 @@ from normlab.monitoring.state import (
     Processed,
 )
 
-BATCH_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 # A claim older than this is taken over even when its process seems alive (pid reuse).
 _CLAIM_TIMEOUT_S = 6 * 3600
 # Seconds a file's size and modification time must stand still before it is read: a writer that
@@ -112,41 +112,6 @@ def workspace_lock(folder: Path) -> Iterator[Path]:
 
 def now_utc() -> datetime:
     return datetime.now(timezone.utc)
-
-
-# 1. Discovery --------------------------------------------------------------------------
-
-
-def discover_batches(data: str | Path) -> list[str]:
-    """The batch files at ``data``: the file itself, or a landing folder's table files.
-
-    In a folder, files are taken oldest first (modification time, then name);
-    hidden files and names starting with ``_`` are skipped, so a writer can
-    upload as ``_part.parquet`` and rename when done. Symbolic links in the
-    folder are listed as they are (never followed), for `open_batch` to refuse.
-
-    Raises:
-        DataSourceError: ``data`` does not exist, is a file of another type,
-            or is a symbolic link to a file.
-    """
-    path = Path(data).expanduser()
-    if path.is_symlink() and not path.is_dir():
-        raise DataSourceError(f"--data {str(path)!r} is a symbolic link; normlab does not follow links to batch "
-                              "files: give the file itself or a landing folder")
-    if not path.exists():
-        raise DataSourceError(f"--data {str(path)!r} does not exist; give a batch file or a landing folder")
-    if path.is_file():
-        if not path.name.lower().endswith(BATCH_SUFFIXES):
-            raise DataSourceError(f"--data {str(path)!r}: batch files end with {', '.join(BATCH_SUFFIXES)}")
-        return [str(path.resolve())]
-    folder = path.resolve()
-    files = [
-        p for p in folder.iterdir()
-        if (p.is_symlink() or p.is_file()) and not p.name.startswith((".", "_"))
-        and p.name.lower().endswith(BATCH_SUFFIXES)
-    ]
-    files.sort(key=lambda p: (p.lstat().st_mtime_ns, p.name))
-    return [str(p) for p in files]
 
 
 # State ---------------------------------------------------------------------------------
@@ -270,9 +235,26 @@ def open_batch(workdir: Path, model: str, path: str) -> LandedBatch:
         return _not_opened("pending", path, "not yet stable: it changed while it was read; left for the next run")
     if failure is not None:
         return _quarantine_file(workdir, path, before, "unreadable", f"unreadable, left in place: {_one_line(failure)}")
+    opened = claim_batch(workdir, model, path, (before.st_size, before.st_mtime_ns), fingerprint, content, len(frame))
+    if opened.skip:
+        return opened
+    opened = opened.model_copy(update={"rows": len(batch_frame), "columns": [str(c) for c in batch_frame.columns],
+                                       "change": change})
+    return write_snapshot(workdir, opened, table)
+
+
+def claim_batch(workdir: Path, model: str, path: str, identity: tuple[int, int], fingerprint: str, content: str,
+                rows: int) -> LandedBatch:
+    """Record the file read at ``path`` (its size and modification time, ``identity``) and claim its batch.
+
+    Returns:
+        The claimed `LandedBatch` (no snapshot yet), or a skipped one: the batch
+        was processed before, or another live process is working on it.
+    """
+    size, mtime_ns = identity
     with locked_state(workdir) as state:
-        state.files[path] = FileRecord(size=before.st_size, mtime_ns=before.st_mtime_ns, fingerprint=fingerprint,
-                                       content=content, rows=len(frame), processed=_processed(state, path))
+        state.files[path] = FileRecord(size=size, mtime_ns=mtime_ns, fingerprint=fingerprint, content=content,
+                                       rows=rows, processed=_processed(state, path))
         record = state.batches.get(fingerprint)
         if record and record.status == "done":
             return _seen(fingerprint, path, record)
@@ -280,18 +262,21 @@ def open_batch(workdir: Path, model: str, path: str) -> LandedBatch:
             return LandedBatch(skip=True, status="skipped", fingerprint=fingerprint, source=path, previous=None,
                                reason=f"being processed by pid {record.pid} on {record.host}")
         claim = BatchRecord(status="claimed", source=path, pid=os.getpid(), host=socket.gethostname(),
-                            claimed_ts=time.time(), model=model, landed_ns=before.st_mtime_ns)
+                            claimed_ts=time.time(), model=model, landed_ns=mtime_ns)
         if record and record.decision is not None:
             # Committed to the streak once; a retry must not count it again.
             claim = claim.model_copy(update={"decision": record.decision})
         state.batches[fingerprint] = claim
-    opened = LandedBatch(skip=False, status="claimed", fingerprint=fingerprint, source=path,
-                         rows=len(batch_frame), columns=[str(c) for c in batch_frame.columns],
-                         landed_ns=before.st_mtime_ns, change=change)
+    return LandedBatch(skip=False, status="claimed", fingerprint=fingerprint, source=path, rows=rows,
+                       landed_ns=mtime_ns)
+
+
+def write_snapshot(workdir: Path, opened: LandedBatch, table: Any) -> LandedBatch:
+    """Write the claimed batch's rows (a pyarrow ``table``) to its folder; the claim is released if that fails."""
     try:
         import pyarrow.parquet as pq
 
-        batch_dir = monitor_dir(workdir) / "batches" / fingerprint[:16]
+        batch_dir = monitor_dir(workdir) / "batches" / opened.fingerprint[:16]
         batch_dir.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, batch_dir / "batch.parquet")
     except BaseException:
@@ -386,9 +371,15 @@ def _not_opened(status: Literal["skipped", "pending", "unreadable", "refused"], 
 
 def _quarantine_file(workdir: Path, path: str, st: os.stat_result, status: Literal["unreadable", "refused"],
                      reason: str) -> LandedBatch:
-    """Record a file that is not processed (``unreadable`` or ``refused``) until its size or time change."""
+    return record_unread(workdir, path, (st.st_size, st.st_mtime_ns), status, reason)
+
+
+def record_unread(workdir: Path, path: str, identity: tuple[int, int], status: Literal["unreadable", "refused"],
+                  reason: str) -> LandedBatch:
+    """Record a batch that is not processed (``unreadable`` or ``refused``) until its size or time (``identity``) change."""
+    size, mtime_ns = identity
     with locked_state(workdir) as state:
-        state.files[path] = FileRecord(status=status, reason=reason, size=st.st_size, mtime_ns=st.st_mtime_ns,
+        state.files[path] = FileRecord(status=status, reason=reason, size=size, mtime_ns=mtime_ns,
                                        at=now_utc().isoformat(), processed=_processed(state, path))
     return _not_opened(status, path, reason)
 
@@ -410,13 +401,14 @@ def triage_batches(workdir: Path, paths: list[str]) -> Triage:
         if st is None:
             continue  # moved or deleted since it was listed
         known = state.files.get(path)
-        same = known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns
+        size, mtime_ns = folder_identity(path) if stat.S_ISDIR(st.st_mode) else (st.st_size, st.st_mtime_ns)
+        same = known is not None and known.size == size and known.mtime_ns == mtime_ns
         if same and known.status in ("unreadable", "refused"):
             skipped.append(skipped_entry(_not_opened(
                 known.status, path, f"{known.reason} (recorded {known.at}; not read again until it changes)")))
             continue
         record = state.batches.get(known.fingerprint or "") if same else None
-        if record and record.status == "done" and stat.S_ISREG(st.st_mode):
+        if record and record.status == "done" and (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             skipped.append(skipped_entry(_seen(known.fingerprint, path, record)))
         else:
             new.append(path)

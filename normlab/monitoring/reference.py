@@ -9,6 +9,7 @@ from typing import Any
 from normlab import tracking
 from normlab.config import DataConfig
 from normlab.credentials import redact_uri
+from normlab.data.encoding import FeatureEncoder, LabelEncoder
 from normlab.errors import NormlabError, TrackingError
 from normlab.model_spec import ModelSpec
 from normlab.monitoring.contracts import Reference
@@ -111,8 +112,6 @@ def load_reference_model(store: TrackingStore, data: DataConfig, reference: Refe
     ``store`` is the tracking store a model logged to MLflow only is loaded from; the label column
     is the reference's own, else ``data.label``.
     """
-    from normlab.data.encoding import FeatureEncoder, LabelEncoder
-
     encoders = json.loads(Path(reference.encoder).read_text(encoding="utf-8"))
     features, labels = FeatureEncoder.from_dict(encoders["features"]), LabelEncoder.from_dict(encoders["labels"])
     if reference.model_spec:
@@ -125,3 +124,15 @@ def load_reference_model(store: TrackingStore, data: DataConfig, reference: Refe
         with tracking.tracking_uri(store):
             model = mlflow.pytorch.load_model(reference.model_uri, map_location="cpu").eval()
     return model, features, labels, encoders.get("label_column", data.label)
+
+
+def reference_classes(reference: Reference) -> list[str]:
+    """The classes the reference's model predicts (its label encoder), as strings."""
+    encoders = json.loads(Path(reference.encoder).read_text(encoding="utf-8"))
+    return [str(c) for c in LabelEncoder.from_dict(encoders["labels"]).classes]
+
+
+def reference_image_mode(reference: Reference) -> str | None:
+    """``L`` or ``RGB`` when the reference's model was trained on image files (the mode they were decoded in), else None."""
+    encoders = json.loads(Path(reference.encoder).read_text(encoding="utf-8"))
+    return encoders.get("image_mode")

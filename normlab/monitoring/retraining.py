@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from normlab.config import DataConfig
 from normlab.contracts import RunSummary
+from normlab.data.image_folders import write_image_folder
+from normlab.images.decode import PIXEL_PREFIX
+from normlab.images.stats import pixel_channels
 from normlab.monitoring.contracts import Reference, RetrainedRun, RetrainingData, RetrainingRecord
 from normlab.monitoring.ledger import (
     locked_state,
@@ -16,12 +20,17 @@ from normlab.monitoring.ledger import (
     now_utc,
     read_state,
 )
+from normlab.monitoring.reference import reference_image_mode
 
 # 11. Retraining ------------------------------------------------------------------------
 
 
 def retraining_data(data: DataConfig, workdir: Path, reference: Reference) -> RetrainingData:
     """Write the reference rows plus the accepted rows of the drifted batches as one Parquet file.
+
+    For a model trained on image files they are written as an image folder in the class layout
+    instead (``retrain/<stamp>/images/<label>/<n>.png``, lossless, at
+    ``data.image_shape``), which the retraining run reads as any image run.
 
     Only batches with the label column (``data.label``) can train; others are
     left out and counted. The streak is read from ``workdir``'s state and the
@@ -49,8 +58,24 @@ def retraining_data(data: DataConfig, workdir: Path, reference: Reference) -> Re
     combined = pd.concat([ref, *new], ignore_index=True)
     folder = monitor_dir(workdir) / "retrain" / now_utc().strftime("%Y%m%dT%H%M%S%fZ")
     folder.mkdir(parents=True, exist_ok=True)
+    pixels = [str(c) for c in ref.columns if str(c).startswith(PIXEL_PREFIX)]
+    channels = pixel_channels(pixels, data.image_shape) if reference_image_mode(reference) else None
+    if channels is not None:
+        # An image model retrains on image files, like any image run: its pixel rows as lossless PNGs.
+        return out.model_copy(update={"path": str(_image_folder(combined, pixels, channels, data, folder / "images"))})
     combined.to_parquet(folder / "data.parquet", index=False)
     return out.model_copy(update={"path": str(folder / "data.parquet")})
+
+
+def _image_folder(rows: pd.DataFrame, pixels: list[str], channels: int, data: DataConfig, root: Path) -> Path:
+    """Write pixel rows as ``root/<label>/<n>.png`` at the model's size (the decode of a run reads them back unchanged)."""
+    height, width = data.image_shape
+    images = rows[pixels].to_numpy(dtype=np.uint8).reshape(len(rows), channels, height, width).transpose(0, 2, 3, 1)
+    labels = rows[data.label].astype(str)
+    names = sorted(labels.unique())
+    write_image_folder(root, images[..., 0] if channels == 1 else images,
+                       labels.map({n: i for i, n in enumerate(names)}).to_numpy(), names)
+    return root
 
 
 def retrained_run(summary: RunSummary) -> RetrainedRun:

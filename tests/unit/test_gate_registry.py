@@ -28,7 +28,7 @@ REPORT_ORDER = ["columns", "types", "image_layout", "image_readable", "non_finit
                 "row_count", "rejected_share", "leakage"]
 # The checks of image files: a batch of values never reports them, a batch of image files only them and the shared ones.
 IMAGE_CHECKS = ["image_layout", "image_readable", "image_mode", "image_size", "image_duplicates", "empty_class"]
-TABLE_ONLY = ["non_finite", "duplicates", "contamination", "label_noise"]
+TABLE_ONLY = ["non_finite", "duplicates", "label_noise"]
 
 
 def config_sections() -> set[str]:

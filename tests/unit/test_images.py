@@ -81,7 +81,7 @@ def test_the_gate_quarantines_each_fault_by_path_and_reads_the_rest(faulty, tmp_
     result = run_gate(GateScope.from_config(cfg), batch, tmp_path)
     checks = {c.name: c for c in result.report.checks}
     # A table's checks do not run on image files; the image checks do not run on tables.
-    assert {"non_finite", "duplicates", "contamination", "label_noise"}.isdisjoint(checks)
+    assert {"non_finite", "duplicates", "label_noise"}.isdisjoint(checks)
     assert checks["image_layout"].outcome == "quarantined" and checks["image_layout"].unexpected_count == 3
     assert checks["image_readable"].outcome == "quarantined" and checks["image_readable"].unexpected_count == 2
     assert checks["image_mode"].observed == ["CMYK"]

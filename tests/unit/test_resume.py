@@ -109,3 +109,17 @@ def test_closed_interrupted_runs_are_reopened(tiny_config):
         again = resume.open_run(cfg, store, None, tags={}, params={}, owner=f"{status}-2")
         resume.close_run(store, again, "FINISHED")
         assert again.run_id == first.run_id and again.resumed, status
+
+
+def test_the_config_hash_holds_the_precision_and_the_device_as_written(tiny_config, monkeypatch):
+    import torch
+
+    cfg = tiny_config()
+    # Another precision is another run: never reopened, so its checkpoint is never resumed in it.
+    assert resume.config_hash(cfg) != resume.config_hash(tiny_config("train.precision=bf16"))
+    # train.device: auto is hashed as written, whatever it resolves to here: a run can resume on another device.
+    auto = tiny_config("train.device=auto")
+    before = resume.config_hash(auto)
+    present = torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: not present)
+    assert resume.config_hash(auto) == resume.config_hash(tiny_config("train.device=auto")) == before

@@ -216,3 +216,10 @@ def test_the_bench_section_runs_and_finds_the_same_history():
     row = result["rows"][0]
     assert row["family"] == "mlp" and row["device"] == "cpu" and row["ratio"] > 0
     assert row["identical_history"] and result["table"][0]["same history"] == "yes"
+    # Decode + prepare, peak memory: each side in its own process, the chunked one over its budget.
+    memory = result["memory"]
+    assert [r["ood"] for r in memory] == ["none", "gaussian_noise s1, s3"]
+    for r in memory:
+        assert not r["in_memory"]["streamed"] and r["chunked"]["streamed"]
+        assert r["in_memory"]["rows"] == r["chunked"]["rows"] > 0 and r["ratio"] > 0
+    assert len(result["tables"]["decode + prepare, peak memory"]) == 2
