@@ -44,7 +44,7 @@ from normlab.config import DataConfig, EvalConfig, SplitsConfig
 from normlab.contracts import Splits
 from normlab.data.chunked_fit import FeatureFit, LabelFit, encode
 from normlab.data.encoding import FeatureEncoder, LabelEncoder
-from normlab.data.ood import DeriveFromTest, SelectRows, ood_kind
+from normlab.data.ood import DeriveFromTest, hold_out, ood_kind
 from normlab.data.parquet_chunks import ParquetChunks, ParquetSink, as_float64, chunk_rows, group_bytes
 from normlab.data.splits import SPLIT_NAMES, assign_id_splits
 from normlab.errors import ConfigError, DataSourceError
@@ -160,22 +160,11 @@ def _select_rows(source: ParquetChunks, kinds: list) -> tuple[np.ndarray, dict[s
     Each reads the one column it names (``split.column``), whole; a column not
     in the data gets the in-memory path's error, which lists the columns there are.
     """
-    held_out = np.zeros(source.n_rows, dtype=bool)
-    masks: dict[str, np.ndarray] = {}
-    thresholds: dict[str, float] = {}
-    for split, kind in kinds:
-        if not isinstance(kind, SelectRows):
-            continue
+    def column_of(split) -> pd.DataFrame:
         column = getattr(split, "column", None)
-        frame = pd.read_parquet(source.path, columns=[column]) if column in source.columns else source.empty
-        selection = kind.select(frame, split)
-        if selection.threshold is not None:
-            thresholds[split.name] = selection.threshold
-        if not selection.mask.any():
-            raise ConfigError(f"splits.ood '{split.name}': selects no rows of this batch")
-        masks[split.name] = selection.mask
-        held_out |= selection.mask
-    return held_out, masks, thresholds
+        return pd.read_parquet(source.path, columns=[column]) if column in source.columns else source.empty
+
+    return hold_out(kinds, source.n_rows, column_of)
 
 
 def _assign(source: ParquetChunks, data: DataConfig, splits: SplitsConfig, held_out: np.ndarray,

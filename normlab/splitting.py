@@ -26,7 +26,7 @@ import pandas as pd
 from normlab.config import DataConfig, EvalConfig, SplitsConfig, TimeSplit
 from normlab.contracts import Batch, Splits
 from normlab.data.encoding import FeatureEncoder, LabelEncoder
-from normlab.data.ood import DeriveFromTest, SelectRows, ood_kind
+from normlab.data.ood import DeriveFromTest, hold_out, ood_kind
 from normlab.data.parquet_chunks import ParquetChunks
 from normlab.data.splits import assign_id_splits
 from normlab.errors import ConfigError, DataSourceError
@@ -74,19 +74,7 @@ def prepare_splits(
                                value_range=value_range, image_mode=image_mode)
     frame = pd.read_parquet(batch.path)
     kinds = [(split, ood_kind(split)) for split in splits.ood]
-    held_out = np.zeros(len(frame), dtype=bool)
-    domain_masks: dict[str, np.ndarray] = {}
-    thresholds: dict[str, float] = {}
-    for split, kind in kinds:
-        if not isinstance(kind, SelectRows):
-            continue
-        selection = kind.select(frame, split)
-        if selection.threshold is not None:
-            thresholds[split.name] = selection.threshold
-        if not selection.mask.any():
-            raise ConfigError(f"splits.ood '{split.name}': selects no rows of this batch")
-        domain_masks[split.name] = selection.mask
-        held_out |= selection.mask
+    held_out, domain_masks, thresholds = hold_out(kinds, len(frame), lambda split: frame)
 
     id_frame = frame.loc[~held_out]
     id_split = assign_id_splits(

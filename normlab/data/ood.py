@@ -139,3 +139,29 @@ def ood_kind(split: Any) -> OODKind:
             f"known: {', '.join(OOD_KINDS)}"
         )
     return kind
+
+
+def hold_out(kinds: list[tuple[Any, OODKind]], n_rows: int,
+             frame_for: Callable[[Any], pd.DataFrame]) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]]:
+    """The rows the row-selecting splits of ``kinds`` hold out of the ID splits, each split's mask, and thresholds.
+
+    ``frame_for(split)`` gives the rows a split selects from (the batch, or
+    only the column it names).
+
+    Raises:
+        ConfigError: A split selects no row.
+    """
+    held_out = np.zeros(n_rows, dtype=bool)
+    masks: dict[str, np.ndarray] = {}
+    thresholds: dict[str, float] = {}
+    for split, kind in kinds:
+        if not isinstance(kind, SelectRows):
+            continue
+        selection = kind.select(frame_for(split), split)
+        if selection.threshold is not None:
+            thresholds[split.name] = selection.threshold
+        if not selection.mask.any():
+            raise ConfigError(f"splits.ood '{split.name}': selects no rows of this batch")
+        masks[split.name] = selection.mask
+        held_out |= selection.mask
+    return held_out, masks, thresholds
